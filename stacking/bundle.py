@@ -1,0 +1,136 @@
+"""The only module that reads and writes a bundle folder (layout in DESIGN.md).
+
+``manifest.json`` lists every file with its sha256; loading checks each before use
+and refuses a bundle that does not match, so a served model is exactly the one that
+was validated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+from stacking.errors import UserError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+META_FILE = "meta.joblib"
+OOF_FILE = "oof.npz"
+
+
+class BundleError(UserError):
+    """A bundle that is missing, incomplete or altered."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def base_model_path(bundle: Path, name: str, fold: int | None) -> Path:
+    """``base/<name>/model.keras``, or ``fold<k>.keras`` for one fold of a kfold fit."""
+    return Path(bundle) / "base" / name / ("model.keras" if fold is None else f"fold{fold}.keras")
+
+
+def history_path(bundle: Path, name: str) -> Path:
+    return Path(bundle) / "history" / f"{name}.json"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def save_meta(bundle: Path, meta) -> Path:
+    path = Path(bundle) / META_FILE
+    joblib.dump(meta, path)
+    return path
+
+
+def load_meta(bundle: Path):
+    return joblib.load(Path(bundle) / META_FILE)
+
+
+def save_oof(bundle: Path, probabilities: np.ndarray, labels: np.ndarray, ids: list[str], models: list[str]) -> Path:
+    """OOF probabilities (models x images x classes) with their labels and image ids."""
+    path = Path(bundle) / OOF_FILE
+    np.savez_compressed(path, probabilities=probabilities, labels=labels, ids=np.array(ids), models=np.array(models))
+    return path
+
+
+def load_oof(bundle: Path) -> dict[str, np.ndarray]:
+    with np.load(Path(bundle) / OOF_FILE) as data:
+        return {k: data[k] for k in data.files}
+
+
+def library_versions() -> dict[str, str]:
+    import keras
+    import pandas
+    import PIL
+    import sklearn
+    import tensorflow
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tensorflow.__version__,
+        "keras": keras.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "pandas": pandas.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def write_manifest(bundle: Path, manifest: dict) -> dict:
+    """Hash every file now in the bundle (but the report) into ``manifest["files"]``; write it last."""
+    bundle = Path(bundle)
+    files = sorted(
+        p.relative_to(bundle).as_posix()
+        for p in bundle.rglob("*")
+        if p.is_file() and p.name != MANIFEST and p.relative_to(bundle).parts[0] != "report"
+    )
+    manifest = {"format_version": FORMAT_VERSION, **manifest, "files": {f: sha256_file(bundle / f) for f in files}}
+    write_json(bundle / MANIFEST, manifest)
+    return manifest
+
+
+def load_manifest(bundle: Path, verify: bool = True) -> dict:
+    """Read the manifest; with ``verify``, check every listed file's sha256 first."""
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle}: not a bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if verify:
+        for name, expected in manifest["files"].items():
+            file = bundle / name
+            if not file.is_file():
+                raise BundleError(f"{file}: listed in the manifest but missing; refusing the bundle")
+            if sha256_file(file) != expected:
+                raise BundleError(f"{file}: sha256 does not match the manifest; the bundle was altered, refusing it")
+    return manifest
+
+
+def manifest_sha(bundle: Path) -> str:
+    """The bundle's identity: the sha256 of its manifest, which pins every other file."""
+    return sha256_file(Path(bundle) / MANIFEST)

@@ -1,0 +1,154 @@
+"""The ``stacking`` commands that need no web stack: data, fit, evaluate, predict, report.
+
+``app/cli.py`` adds ``serve`` and ``demo`` and is the console script; imports flow
+app -> stacking, so the HTTP commands cannot live here. ``main(argv)`` returns the
+exit code: 0 done, 2 bad usage or input (one line naming the file or option), 1
+unexpected failure (with its traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from stacking.errors import UserError
+
+cli = typer.Typer(
+    name="stacking",
+    help="Stack several image CNNs into one stronger classifier, and serve it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_cli = typer.Typer(help="Write a bundled real data set.", no_args_is_help=True)
+cli.add_typer(data_cli, name="data")
+
+TTAOption = Annotated[Optional[int], typer.Option("--tta", help="TTA views (default: the bundle's policy).")]
+OnBadOption = Annotated[str, typer.Option("--on-bad-image", help="error: stop at an unreadable image; skip: leave it out and report it.")]
+
+
+@data_cli.command("digits")
+def data_digits(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the data set into.")],
+    limit: Annotated[Optional[int], typer.Option(help="Keep a stratified subset of this many scans.")] = None,
+) -> None:
+    """scikit-learn's 1,797 handwritten digit scans as PNGs, with a labelled test split."""
+    from stacking.digits import write_digits
+
+    counts = write_digits(out, limit=limit)
+    typer.echo(f"wrote {counts['train']} training and {counts['test']} test images to {out}")
+
+
+@cli.command("fit")
+def fit_command(
+    data: Annotated[Path, typer.Option("--data", help="Class folders or train.csv + train/.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to write.")],
+    config: Annotated[Optional[Path], typer.Option(help="TOML settings file.")] = None,
+    models: Annotated[Optional[str], typer.Option(help="Comma-separated architectures.")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="holdout or kfold.")] = None,
+    folds: Annotated[Optional[int], typer.Option(help="K for --protocol kfold.")] = None,
+    tta: TTAOption = None,
+    tta_policy: Annotated[Optional[str], typer.Option(help="none, flip, shift or flip-shift.")] = None,
+    meta: Annotated[Optional[str], typer.Option(help="auto, mean, logreg or rf.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs per base model.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for splits, training and the meta-learner.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square side.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="imagenet or none, for keras.applications models.")] = None,
+    on_bad_image: Annotated[Optional[str], typer.Option("--on-bad-image", help="error or skip.")] = None,
+) -> None:
+    """Train base models, make OOF predictions, fit and select the meta-learner, write the bundle."""
+    from stacking.config import load_config
+    from stacking.fit import fit
+
+    overrides = {
+        "models": tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+        "protocol": protocol, "folds": folds, "tta_views": tta, "tta_policy": tta_policy, "meta": meta,
+        "epochs": epochs, "seed": seed, "image_size": image_size, "weights": weights, "on_bad_image": on_bad_image,
+    }
+    fit(data, out, load_config(config, overrides), echo=typer.echo)
+    typer.echo(f"bundle written to {out}; report: {out / 'report' / 'index.html'}")
+
+
+@cli.command("evaluate")
+def evaluate_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    data: Annotated[Path, typer.Option("--data", help="Class folders, or a folder of images with --labels.")],
+    labels: Annotated[Optional[Path], typer.Option(help="Id,Category CSV for the images in --data.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
+    tta: TTAOption = None,
+    on_bad_image: OnBadOption = "error",
+) -> None:
+    """The comparison table (each base model, mean, stack) on labelled images."""
+    from stacking.datasets import load_pixels, read_evaluation_set
+    from stacking.evaluate import compare, format_table
+    from stacking.predictor import Predictor
+
+    predictor = Predictor(bundle)
+    predictor.check_views(tta)
+    images = read_evaluation_set(data, labels, predictor.classes)
+    images, pixels, bad = load_pixels(images, predictor.image_size, on_bad_image)
+    for _, reason in bad:
+        typer.echo(f"skipped {reason}", err=True)
+    rows = compare(predictor, pixels, images.labels, tta)
+    typer.echo(format_table(rows))
+    if json_out is not None:
+        json_out.write_text(json.dumps({"images": len(images.paths), "rows": rows}, indent=2))
+
+
+@cli.command("predict")
+def predict_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    images: Annotated[Path, typer.Argument(help="Folder of images to classify.")],
+    out: Annotated[Path, typer.Option("--out", help="Submission CSV to write (Id,Category).")],
+    tta: TTAOption = None,
+    sample_submission: Annotated[Optional[Path], typer.Option(help="Row order (default: sample_submission.csv in or beside IMAGES).")] = None,
+    on_bad_image: OnBadOption = "error",
+) -> None:
+    """Write an offline submission, rows in sample_submission.csv order when present."""
+    from stacking.predictor import Predictor
+    from stacking.submission import predict_folder
+
+    predictor = Predictor(bundle)
+    predictor.check_views(tta)
+    table, skipped = predict_folder(predictor, images, out, tta, on_bad_image, sample_submission)
+    for _, reason in skipped:
+        typer.echo(f"skipped {reason}", err=True)
+    typer.echo(f"wrote {len(table)} predictions to {out}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+
+
+@cli.command("report")
+def report_command(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
+    """(Re)write BUNDLE/report/index.html."""
+    from stacking.bundle import load_manifest
+    from stacking.report import write_report
+
+    load_manifest(bundle, verify=True)
+    typer.echo(f"report written to {write_report(bundle)}")
+
+
+def main(argv: list[str] | None = None, app: typer.Typer = cli) -> int:
+    """Run the CLI on ``argv``; return the exit code instead of exiting."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="stacking", standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except click.UsageError as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

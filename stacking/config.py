@@ -1,0 +1,121 @@
+"""Fit settings: defaults, overridden by a TOML file, overridden by command-line options.
+
+Every key is checked against the dataclasses below, so a misspelt option in the
+file is an error naming it, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from models import get_spec
+from models.training import Augmentation, TrainConfig
+from stacking.datasets import ON_BAD_IMAGE
+from stacking.errors import UserError
+from stacking.meta import META_KINDS
+from stacking.protocols import PROTOCOLS
+from stacking.tta import POLICIES, TTAPolicy
+
+DEFAULT_MODELS = ("tiny_cnn", "small_resnet", "mini_mobilenet")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    models: tuple[str, ...] = DEFAULT_MODELS
+    protocol: str = "holdout"
+    folds: int = 5
+    holdout_fraction: float = 0.2
+    validation_fraction: float = 0.1
+    meta: str = "auto"
+    image_size: int = 32
+    # ImageNet weights for keras.applications families (downloaded once to ~/.keras/models);
+    # "none" trains them from scratch. Built-in architectures always start from scratch.
+    weights: str = "imagenet"
+    seed: int = 0
+    on_bad_image: str = "error"
+    tta: TTAPolicy = field(default_factory=TTAPolicy)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def weights_for(self, model: str) -> str | None:
+        return None if get_spec(model).builtin or self.weights == "none" else self.weights
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "models": list(self.models), "tta": self.tta.as_dict()}
+
+
+def _build(cls: type, values: dict[str, Any], where: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown setting(s) {unknown}; known: {', '.join(known)}")
+    return cls(**values)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> FitConfig:
+    """Defaults <- TOML file <- ``overrides`` (command-line values that are not None)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError(f"--config {path}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"--config {path}: not valid TOML ({exc})") from None
+    where = f"--config {path}" if path else "settings"
+    tta = dict(raw.pop("tta", {}))
+    train = dict(raw.pop("train", {}))
+    augmentation = dict(raw.pop("augmentation", {}))
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("tta_views", "tta_policy"):
+            tta["views" if key == "tta_views" else "name"] = value
+        elif key == "epochs":
+            train["epochs"] = value
+        else:
+            raw[key] = value
+    if "policy" in tta:
+        tta["name"] = tta.pop("policy")
+    if "models" in raw:
+        raw["models"] = tuple(raw["models"])
+    cfg = _build(FitConfig, raw, where)
+    cfg = dataclasses.replace(
+        cfg,
+        tta=_build(TTAPolicy, tta, f"{where} [tta]"),
+        train=_build(TrainConfig, {**train, "augmentation": _build(Augmentation, augmentation, f"{where} [augmentation]")}, f"{where} [train]"),
+    )
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: FitConfig) -> None:
+    """Refuse settings that cannot work, naming the option."""
+    checks = [
+        (cfg.protocol in PROTOCOLS, f"--protocol {cfg.protocol!r}: expected one of {', '.join(PROTOCOLS)}"),
+        (cfg.meta == "auto" or cfg.meta in META_KINDS, f"--meta {cfg.meta!r}: expected auto, {', '.join(META_KINDS)}"),
+        (cfg.tta.name in POLICIES, f"--tta-policy {cfg.tta.name!r}: expected one of {', '.join(POLICIES)}"),
+        (cfg.tta.views >= 0, f"--tta {cfg.tta.views}: must be 0 or more"),
+        (cfg.folds >= 2, f"--folds {cfg.folds}: must be at least 2"),
+        (0 < cfg.holdout_fraction < 1, f"holdout_fraction {cfg.holdout_fraction}: must be between 0 and 1"),
+        (0 < cfg.validation_fraction < 1, f"validation_fraction {cfg.validation_fraction}: must be between 0 and 1"),
+        (cfg.train.epochs >= 1, f"--epochs {cfg.train.epochs}: must be at least 1"),
+        (cfg.on_bad_image in ON_BAD_IMAGE, f"--on-bad-image {cfg.on_bad_image!r}: expected error or skip"),
+        (cfg.weights in ("imagenet", "none"), f"weights {cfg.weights!r}: expected imagenet or none"),
+        (len(cfg.models) >= 1, "--models: name at least one model"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    for name in cfg.models:
+        try:
+            spec = get_spec(name)
+        except KeyError as exc:
+            raise UserError(f"--models: {exc.args[0]}") from None
+        if cfg.image_size < spec.min_image_size:
+            raise UserError(f"--image-size {cfg.image_size}: model {name!r} needs at least {spec.min_image_size}")
+    if len(set(cfg.models)) != len(cfg.models):
+        raise UserError(f"--models: a model is named twice in {list(cfg.models)}")

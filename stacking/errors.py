@@ -1,0 +1,5 @@
+"""The one exception type for bad user input: the CLI turns it into exit code 2."""
+
+
+class UserError(Exception):
+    """Bad input or usage; the message names the file, field or option at fault."""

@@ -1,0 +1,153 @@
+"""``stacking fit``: train base models, make OOF predictions, select the meta-learner, write the bundle.
+
+The bundle is built in a temporary sibling folder and moved into place at the
+end, so an interrupted fit never leaves a half-written bundle behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from models import create_model, get_spec
+from models.training import train_model
+from stacking import bundle as bundle_io
+from stacking.config import FitConfig
+from stacking.datasets import load_pixels, read_training_set
+from stacking.errors import UserError
+from stacking.meta import score, select_meta
+from stacking.protocols import check_class_counts, make_splits, minimum_per_class
+from stacking.report import write_report
+from stacking.tta import TTAForward, merge_views
+
+Echo = Callable[[str], None]
+
+
+def _prepare_output(out: Path) -> Path:
+    """A fresh work folder beside ``out``; ``out`` itself may be absent, empty or an old bundle."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / bundle_io.MANIFEST).is_file():
+        raise UserError(f"--out {out}: folder exists and is not a bundle; choose an empty or new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+
+
+def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
+    """Run the whole fit; return the manifest of the bundle written to ``out``."""
+    started = time.monotonic()
+    images = read_training_set(data_dir)
+    need = minimum_per_class(cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds)
+    check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
+    images, pixels, bad = load_pixels(images, cfg.image_size, cfg.on_bad_image)
+    for path, reason in bad:
+        echo(f"skipped {reason}")
+    check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
+    labels, classes = images.labels, images.classes
+    echo(f"{len(labels)} images, {len(classes)} classes, protocol {cfg.protocol}, models {', '.join(cfg.models)}")
+
+    splits = make_splits(labels, cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed)
+    views = cfg.tta.view_list(cfg.image_size)
+    work = _prepare_output(out)
+    try:
+        oof = np.zeros((len(cfg.models), len(labels), len(classes)), np.float32)
+        base_entries, validation = [], {}
+        for m, name in enumerate(cfg.models):
+            files, histories = [], []
+            for k, split in enumerate(splits):
+                fold = None if cfg.protocol == "holdout" else k
+                path = bundle_io.base_model_path(work, name, fold)
+                model = create_model(name, len(classes), cfg.image_size, weights=cfg.weights_for(name))
+                model, history = train_model(
+                    model,
+                    (pixels[split.fit], labels[split.fit]),
+                    (pixels[split.val], labels[split.val]),
+                    cfg.train,
+                    path,
+                    seed=cfg.seed + 1000 * m + k,
+                )
+                oof[m, split.oof] = merge_views(TTAForward([[model]], cfg.image_size)(pixels[split.oof], views))[0]
+                files.append(path.relative_to(work).as_posix())
+                histories.append(history)
+                fold_name = "" if fold is None else f" fold {k}"
+                echo(
+                    f"{name}{fold_name}: best epoch {history['best_epoch'] + 1}/{len(history['loss'])}, "
+                    f"val accuracy {history['best']['val_accuracy']:.4f}, "
+                    f"OOF accuracy {score(oof[m, split.oof], labels[split.oof])['accuracy']:.4f}"
+                )
+            bundle_io.write_json(bundle_io.history_path(work, name), {"model": name, "folds": histories})
+            validation[name] = [h["best"] for h in histories]
+            spec = get_spec(name)
+            base_entries.append({
+                "name": name,
+                "architecture": spec.name,
+                "preprocessing": spec.preprocessing,
+                "weights": cfg.weights_for(name),
+                "files": files,
+                "history": bundle_io.history_path(work, name).relative_to(work).as_posix(),
+            })
+
+        rows = np.sort(np.concatenate([s.oof for s in splits]))
+        oof_probs, oof_labels = oof[:, rows], labels[rows]
+        bundle_io.save_oof(work, oof_probs, oof_labels, [images.ids[i] for i in rows], list(cfg.models))
+        meta, selection = select_meta(oof_probs, oof_labels, cfg.meta, cfg.seed)
+        bundle_io.save_meta(work, meta)
+        echo(f"meta-learner: {selection['kind']} ({selection['reason']})")
+
+        metrics = {
+            "oof_rows": int(len(rows)),
+            "oof": {
+                **{name: score(oof_probs[m], oof_labels) for m, name in enumerate(cfg.models)},
+                "mean": score(oof_probs.mean(axis=0), oof_labels),
+            },
+            "meta_cv": selection["leaderboard"],
+            "validation": validation,
+            "fit_seconds": round(time.monotonic() - started, 1),
+        }
+        manifest = bundle_io.write_manifest(work, {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "classes": classes,
+            "image_size": cfg.image_size,
+            "data": {
+                "source": str(Path(data_dir).resolve()),
+                "images": int(len(labels)),
+                "per_class": dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist())),
+                "skipped": [str(p) for p, _ in bad],
+            },
+            "base_models": base_entries,
+            "meta_learner": {
+                "kind": selection["kind"],
+                "file": bundle_io.META_FILE,
+                "features": {
+                    "layout": "log-probabilities, base models side by side: column m * n_classes + c",
+                    "base_models": list(cfg.models),
+                    "n_classes": len(classes),
+                },
+                "selection": selection,
+            },
+            "tta": cfg.tta.as_dict(),
+            "protocol": {
+                "name": cfg.protocol,
+                "holdout_fraction": cfg.holdout_fraction if cfg.protocol == "holdout" else None,
+                "folds": cfg.folds if cfg.protocol == "kfold" else None,
+                "validation_fraction": cfg.validation_fraction,
+                "final_models": "holdout-trained" if cfg.protocol == "holdout" else "fold-average",
+            },
+            "config": cfg.as_dict(),
+            "metrics": metrics,
+            "seeds": {"seed": cfg.seed, "per_model": "seed + 1000 * model index + fold"},
+            "versions": bundle_io.library_versions(),
+        })
+        write_report(work)
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest

@@ -1,0 +1,78 @@
+"""``Predictor``: a verified bundle loaded once, turning pixels into stacked probabilities.
+
+The CLI (``predict``, ``evaluate``) and the HTTP service both predict through this
+class, so the same bundle, images and TTA give the same probabilities everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from stacking import bundle as bundle_io
+from stacking.errors import UserError
+from stacking.meta import full_probabilities, meta_features
+from stacking.tta import TTAForward, TTAPolicy, merge_views
+
+# Importing models registers the custom preprocessing layers that saved models use.
+import models  # noqa: F401  isort: skip
+
+
+@dataclass
+class Prediction:
+    """Stacked and per-base-model probabilities for N images."""
+
+    probabilities: np.ndarray  # (N, C) the served answer
+    base_probabilities: np.ndarray  # (M, N, C) each base model, TTA-averaged
+    agreement: np.ndarray  # (N,) share of views whose mean-of-models label equals the served label
+    views: int
+
+
+class Predictor:
+    """Everything needed to predict, from one bundle folder."""
+
+    def __init__(self, bundle: Path):
+        self.bundle = Path(bundle)
+        self.manifest = bundle_io.load_manifest(self.bundle, verify=True)
+        self.sha256 = bundle_io.manifest_sha(self.bundle)
+        self.classes: list[str] = self.manifest["classes"]
+        self.image_size: int = self.manifest["image_size"]
+        self.base_names = [b["name"] for b in self.manifest["base_models"]]
+        self.tta = TTAPolicy(**{k: v for k, v in self.manifest["tta"].items() if k != "policy"},
+                             name=self.manifest["tta"]["policy"])
+        members = [
+            [keras.models.load_model(self.bundle / f, safe_mode=True) for f in b["files"]]
+            for b in self.manifest["base_models"]
+        ]
+        self.forward = TTAForward(members, self.image_size)
+        self.meta = bundle_io.load_meta(self.bundle)
+
+    @property
+    def max_views(self) -> int:
+        return self.tta.max_views(self.image_size)
+
+    def check_views(self, views: int | None, option: str = "--tta") -> None:
+        """Refuse a TTA view count the bundle's policy cannot provide."""
+        if views is not None and not 0 <= views <= self.max_views:
+            raise UserError(f"{option} {views}: must be between 0 and {self.max_views} for TTA policy {self.tta.name!r}")
+
+    def base_probabilities(self, pixels: np.ndarray, views: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(M, N, C) TTA-averaged probabilities per base model, and the (M, T, N, C) per-view ones."""
+        per_view = self.forward(pixels, self.tta.view_list(self.image_size, views))
+        return merge_views(per_view), per_view
+
+    def predict(self, pixels: np.ndarray, views: int | None = None) -> Prediction:
+        """Stacked prediction for uint8 (N, size, size, 3) pixels with ``views`` TTA views."""
+        base, per_view = self.base_probabilities(pixels, views)
+        probs = full_probabilities(self.meta, meta_features(base), len(self.classes))
+        labels = probs.argmax(axis=1)
+        view_labels = per_view.mean(axis=0).argmax(axis=-1)  # (T, N)
+        agreement = (view_labels == labels[None, :]).mean(axis=0)
+        return Prediction(probs, base, agreement, per_view.shape[1])
+
+    def warm_up(self) -> None:
+        """Trace the compiled forward pass for the default views before real traffic."""
+        self.predict(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))

@@ -1,0 +1,51 @@
+"""``BUNDLE/report/index.html``: the comparison and selection tables, readable offline."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from stacking import bundle as bundle_io
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(bundle: Path) -> Path:
+    """Write the report page from the manifest; return its path."""
+    bundle = Path(bundle)
+    manifest = bundle_io.load_manifest(bundle, verify=False)
+    metrics, selection = manifest["metrics"], manifest["meta_learner"]["selection"]
+    oof = _table(
+        ["model", "accuracy", "log-loss"],
+        [[name, f"{s['accuracy']:.4f}", f"{s['log_loss']:.4f}"] for name, s in metrics["oof"].items()],
+    )
+    meta = _table(
+        ["candidate", "CV accuracy", "CV log-loss"],
+        [[("▶ " if k == selection["kind"] else "") + k, f"{s['accuracy']:.4f}", f"{s['log_loss']:.4f}"]
+         for k, s in selection["leaderboard"].items()],
+    )
+    protocol = manifest["protocol"]
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>stackserve report</title>
+<style>body{{font-family:sans-serif;max-width:52em;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}td:first-child{{text-align:left}}</style>
+</head><body>
+<h1>stackserve report</h1>
+<p>{len(manifest['classes'])} classes, {manifest['data']['images']} training images, image size
+{manifest['image_size']} px, protocol <b>{html.escape(protocol['name'])}</b>, TTA policy
+<b>{html.escape(manifest['tta']['policy'])}</b> with {manifest['tta']['views']} view(s).</p>
+<h2>Out-of-fold scores ({metrics['oof_rows']} images no base model trained on)</h2>
+{oof}
+<h2>Meta-learner selection</h2>
+<p>Chosen: <b>{html.escape(selection['kind'])}</b>: {html.escape(selection['reason'])}.</p>
+{meta}
+</body></html>
+"""
+    path = bundle / "report" / "index.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    return path

@@ -1,0 +1,77 @@
+"""``stacking predict``: a Kaggle ``Id,Category`` submission from a folder of images."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from stacking.datasets import ImageSet, list_images, load_pixels
+from stacking.errors import UserError
+from stacking.predictor import Predictor
+
+CHUNK = 256  # images decoded and predicted at a time, so memory stays flat on large folders
+
+
+def find_sample_submission(images_dir: Path) -> Path | None:
+    """``sample_submission.csv`` in the image folder or beside it, as Kaggle lays it out."""
+    for candidate in (Path(images_dir) / "sample_submission.csv", Path(images_dir).parent / "sample_submission.csv"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def order_by_sample(ids: list[str], sample: Path, skipped: set[str] = frozenset()) -> list[str]:
+    """The sample submission's Id order (less ``skipped`` images); an error names ids missing on either side."""
+    table = pd.read_csv(sample, dtype=str, keep_default_na=False)
+    if "Id" not in table.columns:
+        raise UserError(f"{sample}: no Id column")
+    wanted, have = [i for i in table["Id"] if i not in skipped], set(ids)
+    missing = [i for i in wanted if i not in have]
+    extra = sorted(have - set(wanted))
+    if missing or extra:
+        raise UserError(
+            f"{sample}: {len(missing)} Id(s) without an image (e.g. {missing[:3]}), "
+            f"{len(extra)} image(s) not in it (e.g. {extra[:3]})"
+        )
+    return wanted
+
+
+def write_csv_atomically(table: pd.DataFrame, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    with os.fdopen(fd, "w") as f:
+        table.to_csv(f, index=False)
+    os.replace(tmp, out)
+
+
+def predict_folder(
+    predictor: Predictor,
+    images_dir: Path,
+    out: Path,
+    views: int | None = None,
+    on_bad_image: str = "error",
+    sample_submission: Path | None = None,
+) -> tuple[pd.DataFrame, list]:
+    """Predict every image in ``images_dir``; write ``Id,Category`` to ``out``; return (table, skipped)."""
+    paths = list_images(images_dir)
+    if not paths:
+        raise UserError(f"{images_dir}: no images")
+    ids, labels, skipped = [], [], []
+    for start in range(0, len(paths), CHUNK):
+        chunk = ImageSet(paths[start : start + CHUNK], predictor.classes)
+        kept, pixels, bad = load_pixels(chunk, predictor.image_size, on_bad_image)
+        skipped += bad
+        if len(kept.paths):
+            probs = predictor.predict(pixels, views).probabilities
+            ids += kept.ids
+            labels += [predictor.classes[i] for i in probs.argmax(axis=1)]
+    table = pd.DataFrame({"Id": ids, "Category": labels})
+    sample = sample_submission or find_sample_submission(images_dir)
+    if sample is not None:
+        order = order_by_sample(ids, sample, {Path(p).name for p, _ in skipped})
+        table = table.set_index("Id").loc[order].reset_index()
+    write_csv_atomically(table, out)
+    return table, skipped

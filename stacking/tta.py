@@ -1,0 +1,130 @@
+"""The one place test-time augmentation happens: for OOF predictions, ``predict`` and the service.
+
+A policy is an ordered list of deterministic views (identity first); ``N`` views
+means its first N. For a batch of B images and T views, every base model runs
+once on a B x T tensor inside one compiled function, in inference mode; the view
+probabilities are then averaged. Views stay within the training augmentation's
+strength (a shift is at most the training shift), so TTA sees nothing the models
+were not taught to handle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+POLICIES = ("none", "flip", "shift", "flip-shift")
+
+
+@dataclass(frozen=True)
+class View:
+    """Mirror horizontally, then move the image by (dx, dy) pixels, edges repeated."""
+
+    flip: bool = False
+    dx: int = 0
+    dy: int = 0
+
+    @property
+    def name(self) -> str:
+        parts = (["hflip"] if self.flip else []) + ([f"shift({self.dx},{self.dy})"] if self.dx or self.dy else [])
+        return "+".join(parts) or "identity"
+
+
+@dataclass(frozen=True)
+class TTAPolicy:
+    """A named, ordered view list; stored in the bundle manifest so serving matches validation."""
+
+    name: str = "flip"
+    views: int = 2  # the number of views used by default
+    shift: float = 0.06  # shift views move by this fraction of the image side
+
+    def view_list(self, image_size: int, views: int | None = None) -> list[View]:
+        """The first ``views`` (default: the policy's count) views; at least the identity."""
+        if self.name not in POLICIES:
+            raise ValueError(f"unknown TTA policy {self.name!r}; expected one of {', '.join(POLICIES)}")
+        s = max(1, round(self.shift * image_size))
+        shifts = [View(dx=s), View(dx=-s), View(dy=s), View(dy=-s), View(dx=s, dy=s), View(dx=-s, dy=-s),
+                  View(dx=s, dy=-s), View(dx=-s, dy=s)]
+        candidates = {
+            "none": [View()],
+            "flip": [View(), View(flip=True)],
+            "shift": [View(), *shifts],
+            "flip-shift": [View(), View(flip=True), *[v for sh in shifts for v in (sh, View(True, sh.dx, sh.dy))]],
+        }[self.name]
+        n = self.views if views is None else views
+        return candidates[: max(1, min(n, len(candidates)))]
+
+    def max_views(self, image_size: int) -> int:
+        return len(self.view_list(image_size, views=10_000))
+
+    def as_dict(self) -> dict:
+        return {"policy": self.name, "views": self.views, "shift": self.shift}
+
+
+def _shift(x: tf.Tensor, dx: int, dy: int) -> tf.Tensor:
+    """Translate by (dx, dy) pixels, repeating edge pixels (Keras' ``fill_mode="nearest"``)."""
+    height, width = x.shape[1], x.shape[2]
+    rows = tf.clip_by_value(tf.range(height) - dy, 0, height - 1)
+    cols = tf.clip_by_value(tf.range(width) - dx, 0, width - 1)
+    return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
+
+
+def make_views(x: tf.Tensor, views: Sequence[View]) -> tf.Tensor:
+    """(B, H, W, 3) -> (T * B, H, W, 3), view-major."""
+    out = []
+    for v in views:
+        y = tf.reverse(x, axis=[2]) if v.flip else x
+        out.append(_shift(y, v.dx, v.dy) if (v.dx or v.dy) else y)
+    return tf.concat(out, axis=0)
+
+
+class TTAForward:
+    """Per-view class probabilities of several base models in one compiled call.
+
+    ``members[m]`` lists the Keras models whose probabilities are averaged to make
+    base model m (one model, or the K fold models of a ``kfold`` fit).
+    """
+
+    def __init__(self, members: Sequence[Sequence[keras.Model]], image_size: int, batch_size: int = 64):
+        self.members = [list(m) for m in members]
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self._compiled: dict[tuple[View, ...], tf.types.experimental.PolymorphicFunction] = {}
+
+    def _function(self, views: tuple[View, ...]):
+        if views not in self._compiled:
+            spec = tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.uint8)
+
+            @tf.function(input_signature=[spec])
+            def forward(pixels):
+                batch = tf.shape(pixels)[0]
+                stacked = make_views(tf.cast(pixels, tf.float32), views)
+                per_model = []
+                for folds in self.members:
+                    probs = tf.add_n([model(stacked, training=False) for model in folds]) / len(folds)
+                    per_model.append(tf.reshape(probs, (len(views), batch, -1)))
+                return tf.stack(per_model)  # (M, T, B, C)
+
+            self._compiled[views] = forward
+        return self._compiled[views]
+
+    def __call__(self, pixels: np.ndarray, views: Sequence[View]) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> float32 (M, T, N, C) probabilities per base model and view."""
+        forward = self._function(tuple(views))
+        chunks = [
+            forward(tf.constant(pixels[i : i + self.batch_size])).numpy()
+            for i in range(0, len(pixels), self.batch_size)
+        ]
+        if not chunks:
+            classes = self.members[0][0].output_shape[-1]
+            return np.zeros((len(self.members), len(views), 0, classes), np.float32)
+        return np.concatenate(chunks, axis=2)
+
+
+def merge_views(per_view: np.ndarray) -> np.ndarray:
+    """Average probabilities over the view axis: (M, T, N, C) -> (M, N, C)."""
+    return per_view.mean(axis=1)
