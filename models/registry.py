@@ -96,7 +96,7 @@ def _conv_bn(x, filters: int, kernel: int = 3, strides: int = 1, name: str = "")
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-@register_model("tiny_cnn", preprocessing="unit", builtin=True)
+@register_model("tiny_cnn", preprocessing="unit", min_image_size=8, builtin=True)
 def tiny_cnn(x, weights):
     """A VGG-like stack of plain 3x3 convolutions."""
     for i, filters in enumerate((32, 64, 96)):
@@ -107,7 +107,7 @@ def tiny_cnn(x, weights):
     return x
 
 
-@register_model("small_resnet", preprocessing="unit", builtin=True)
+@register_model("small_resnet", preprocessing="unit", min_image_size=8, builtin=True)
 def small_resnet(x, weights):
     """Pre-activation-free residual blocks with strided downsampling."""
     x = _conv_bn(x, 32, name="stem")
@@ -124,7 +124,7 @@ def small_resnet(x, weights):
     return x
 
 
-@register_model("mini_mobilenet", preprocessing="unit", builtin=True)
+@register_model("mini_mobilenet", preprocessing="unit", min_image_size=8, builtin=True)
 def mini_mobilenet(x, weights):
     """Depthwise-separable convolutions with 5x5 kernels: a wider receptive field."""
     x = _conv_bn(x, 24, name="stem")

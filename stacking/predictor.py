@@ -38,6 +38,8 @@ class Predictor:
         self.bundle = Path(bundle)
         self.manifest = bundle_io.load_manifest(self.bundle, verify=True)
         self.sha256 = bundle_io.manifest_sha(self.bundle)
+        self.name = self.bundle.resolve().name
+        self.version = self.sha256[:12]
         self.classes: list[str] = self.manifest["classes"]
         self.image_size: int = self.manifest["image_size"]
         self.base_names = [b["name"] for b in self.manifest["base_models"]]

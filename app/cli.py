@@ -1,0 +1,81 @@
+"""The ``stacking`` console script: stacking's commands plus ``serve`` and ``demo``, which need HTTP."""
+
+from __future__ import annotations
+
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from stacking.cli import cli
+from stacking.cli import main as stacking_main
+
+DEMO_CONFIG = Path(str(files("stacking") / "configs" / "digits.toml"))
+
+
+def serve_bundle(bundle: Path, host: str, port: int) -> None:
+    """Verify the bundle (a bad one exits 2 before any port opens), then run uvicorn."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import Settings
+    from stacking.bundle import load_manifest
+
+    load_manifest(bundle, verify=True)
+    typer.echo(f"serving {bundle} on http://{host}:{port} (page at /, API at /v1/predict, docs at /docs)")
+    uvicorn.run(create_app(Settings(bundle=bundle)), host=host, port=port, workers=1, log_level="info")
+
+
+@cli.command("serve")
+def serve_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Start the HTTP service."""
+    serve_bundle(bundle, host, port)
+
+
+@cli.command("demo")
+def demo_command(
+    workdir: Annotated[Path, typer.Option(help="Where the data, bundle and submission go.")] = Path("artifacts/demo"),
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs per base model (default: the demo config's).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use a stratified subset of this many scans.")] = None,
+    serve: Annotated[bool, typer.Option(help="Serve the bundle at the end.")] = True,
+    host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
+) -> None:
+    """The whole job on the bundled digits: data, fit, comparison table, submission, then serve."""
+    from stacking.config import load_config
+    from stacking.datasets import load_pixels, read_evaluation_set
+    from stacking.digits import write_digits
+    from stacking.evaluate import compare, format_table
+    from stacking.fit import fit
+    from stacking.predictor import Predictor
+    from stacking.submission import predict_folder
+
+    data, bundle = workdir / "digits", workdir / "bundle"
+    counts = write_digits(data, limit=limit)
+    typer.echo(f"1/4 data: {counts['train']} training and {counts['test']} test scans in {data}")
+    typer.echo(f"2/4 fit: config {DEMO_CONFIG}")
+    fit(data, bundle, load_config(DEMO_CONFIG, {"epochs": epochs}), echo=lambda s: typer.echo(f"    {s}"))
+    predictor = Predictor(bundle)
+    test = read_evaluation_set(data / "test", data / "test_labels.csv", predictor.classes)
+    test, pixels, _ = load_pixels(test, predictor.image_size)
+    typer.echo(f"3/4 held-out test split ({len(test.paths)} scans no model or meta-learner saw):")
+    typer.echo(format_table(compare(predictor, pixels, test.labels)))
+    submission = workdir / "submission.csv"
+    table, _ = predict_folder(predictor, data / "test", submission)
+    typer.echo(f"4/4 submission: {len(table)} rows in {submission}; report: {bundle / 'report' / 'index.html'}")
+    if serve:
+        serve_bundle(bundle, host, port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stacking_main(argv, cli)
+
+
+def run() -> None:
+    sys.exit(main())

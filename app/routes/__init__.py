@@ -1,0 +1,1 @@
+"""Route modules; ``app.main`` includes each ``router``."""

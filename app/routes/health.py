@@ -1,0 +1,32 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app.deps import ModelStateDep
+from app.errors import error_response
+from app.metrics import render_metrics
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """200 while the process lives."""
+    return {"status": "alive"}
+
+
+@router.get("/readyz", response_model=None)
+def readyz(state: ModelStateDep):
+    """200 once the bundle is verified, loaded and warmed up; 503 before (or if loading failed)."""
+    if state.ready:
+        return {"status": "ready"}
+    message = "loading the bundle" if state.error is None else f"the bundle failed to load: {state.error}"
+    return error_response(503, message)
+
+
+@router.get("/metrics")
+def metrics() -> Response:
+    body, content_type = render_metrics()
+    return Response(body, media_type=content_type)

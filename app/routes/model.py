@@ -1,0 +1,31 @@
+"""``GET /v1/model``: what is being served and how well it did in training."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.deps import PredictorDep
+
+router = APIRouter(prefix="/v1", tags=["model"])
+
+
+@router.get("/model")
+def model_info(predictor: PredictorDep) -> dict:
+    """Classes, base models, meta-learner, TTA policy, training metrics and the bundle's sha256."""
+    manifest = predictor.manifest
+    meta = manifest["meta_learner"]
+    return {
+        "name": predictor.name,
+        "version": predictor.version,
+        "bundle_sha256": predictor.sha256,
+        "classes": predictor.classes,
+        "image_size": predictor.image_size,
+        "base_models": [
+            {k: b[k] for k in ("name", "architecture", "preprocessing", "weights")} for b in manifest["base_models"]
+        ],
+        "meta_learner": {"kind": meta["kind"], "reason": meta["selection"]["reason"],
+                         "leaderboard": meta["selection"]["leaderboard"]},
+        "tta": {**manifest["tta"], "max_views": predictor.max_views},
+        "protocol": manifest["protocol"],
+        "metrics": manifest["metrics"],
+    }
