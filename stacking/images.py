@@ -48,7 +48,9 @@ def decode_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS) -> 
             return np.asarray(img, dtype=np.uint8)
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a readable image (unknown format or corrupt header)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from None
 
 

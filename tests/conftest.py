@@ -1,0 +1,106 @@
+"""Shared fixtures: a small real digits set, one tiny fitted bundle, and a served copy of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from stacking.config import load_config  # noqa: E402
+from stacking.digits import write_digits  # noqa: E402
+from stacking.fit import fit  # noqa: E402
+
+# Small enough to fit in seconds on 2 cores, big enough for every split and CV fold.
+TINY_FIT = {
+    "models": ("tiny_cnn", "mini_mobilenet"),
+    "image_size": 16,
+    "epochs": 3,
+    "tta_policy": "shift",
+    "tta_views": 3,
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """400 real digit scans in the class-folder layout, with a labelled test split."""
+    out = tmp_path_factory.mktemp("digits")
+    write_digits(out, limit=400)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(digits_dir, tmp_path_factory) -> Path:
+    """A bundle fitted once for the session; tests that alter it work on a copy."""
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    fit(digits_dir, out, load_config(None, TINY_FIT), echo=lambda _: None)
+    return out
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    return copy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``stacking serve`` in a child process on a loopback port."""
+
+    def __init__(self, bundle: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from app.cli import run; run()", "serve", str(bundle), "--port", str(self.port)],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited {self.process.returncode}: {self.process.stdout.read()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError("server not ready in time")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_bundle):
+    """The tiny bundle served with small limits, so the limits can be tested."""
+    srv = Server(tiny_bundle, {"STACKSERVE_MAX_FILES": "8", "STACKSERVE_MAX_BODY_BYTES": "200000",
+                                "STACKSERVE_MAX_TTA": "5"})
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()

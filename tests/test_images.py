@@ -1,0 +1,91 @@
+"""Decoding: every image mode becomes RGB, EXIF orientation is applied, bad files are named."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stacking.images import ImageDecodeError, decode_image, load_image, load_images
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "img, expected",
+    [
+        (Image.new("L", (4, 4), 200), (200, 200, 200)),
+        (Image.new("RGB", (4, 4), (10, 20, 30)), (10, 20, 30)),
+        (Image.new("RGBA", (4, 4), (10, 20, 30, 255)), (10, 20, 30)),
+        (Image.new("RGBA", (4, 4), (10, 20, 30, 0)), (255, 255, 255)),  # transparent -> white background
+        (Image.new("RGB", (4, 4), (0, 128, 255)).quantize(colors=4), (0, 128, 255)),
+    ],
+    ids=["grayscale", "rgb", "rgba-opaque", "rgba-transparent", "palette"],
+)
+def test_modes_become_rgb(img, expected):
+    out = decode_image(encode(img), 4)
+    assert out.shape == (4, 4, 3) and out.dtype == np.uint8
+    assert tuple(out[0, 0]) == expected
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red in CMYK
+    out = decode_image(encode(cmyk, "JPEG", quality=95), 8)
+    r, g, b = out[4, 4].astype(int)
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_exif_orientation_is_applied():
+    # A 2x1 image, left pixel white, tagged "rotate 90 CW to display" (orientation 6).
+    img = Image.new("RGB", (2, 1), (0, 0, 0))
+    img.putpixel((0, 0), (255, 255, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = encode(img, "PNG", exif=exif.tobytes())
+    with Image.open(io.BytesIO(raw)) as check:
+        assert check.getexif()[0x0112] == 6
+    out = decode_image(raw, 2)
+    # Displayed upright it is 1 wide and 2 tall with white on top; resized to 2x2 the top row is white.
+    assert out[0].mean() > 200 and out[1].mean() < 60
+
+
+def test_resize_to_square():
+    out = decode_image(encode(Image.new("RGB", (40, 10), (5, 5, 5))), 16)
+    assert out.shape == (16, 16, 3)
+
+
+def test_corrupt_file_is_named(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ImageDecodeError, match="broken.png"):
+        load_image(bad, 8)
+
+
+def test_truncated_image_is_an_error(tmp_path):
+    data = encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError, match="cut.jpg"):
+        load_image(cut, 8)
+
+
+def test_pixel_limit_refuses_bombs():
+    data = encode(Image.new("L", (300, 300)))
+    with pytest.raises(ImageDecodeError, match="exceeds the limit"):
+        decode_image(data, 8, max_pixels=300 * 300 - 1)
+
+
+def test_load_images_separates_bad_ones(tmp_path):
+    good = tmp_path / "a.png"
+    good.write_bytes(encode(Image.new("RGB", (4, 4), (1, 2, 3))))
+    bad = tmp_path / "b.png"
+    bad.write_bytes(b"nope")
+    pixels, failed = load_images([good, bad, good], 4)
+    assert pixels.shape == (2, 4, 4, 3)
+    assert [p for p, _ in failed] == [bad] and "b.png" in failed[0][1]

@@ -1,0 +1,82 @@
+"""The registry: every model takes raw 0..255 pixels, with its family's own preprocessing inside."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from models import create_model, get_spec, list_models
+from models.preprocessing import apply_preprocessing
+from models.training import TrainConfig, train_model
+
+RNG = np.random.default_rng(0)
+PIXELS = RNG.integers(0, 256, size=(2, 32, 32, 3)).astype("float32")
+
+# The official preprocessing of a family, to compare with our in-graph layers.
+OFFICIAL = {
+    "xception": keras.applications.xception.preprocess_input,
+    "resnet50v2": keras.applications.resnet_v2.preprocess_input,
+    "mobilenetv2": keras.applications.mobilenet_v2.preprocess_input,
+    "inceptionv3": keras.applications.inception_v3.preprocess_input,
+    "resnet50": keras.applications.resnet50.preprocess_input,
+    "vgg16": keras.applications.vgg16.preprocess_input,
+    "densenet121": keras.applications.densenet.preprocess_input,
+    "efficientnetb0": keras.applications.efficientnet.preprocess_input,
+    "efficientnetv2b0": keras.applications.efficientnet_v2.preprocess_input,
+    "convnexttiny": keras.applications.convnext.preprocess_input,
+    "mobilenetv3small": keras.applications.mobilenet_v3.preprocess_input,
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_in_graph_preprocessing_equals_official(name):
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, apply_preprocessing(inputs, get_spec(name).preprocessing))
+    ours = model.predict(PIXELS, verbose=0)
+    theirs = np.asarray(OFFICIAL[name](PIXELS.copy()))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+def test_registry_lists_builtins_and_applications():
+    assert set(list_models(builtin=True)) == {"tiny_cnn", "small_resnet", "mini_mobilenet"}
+    assert {"xception", "resnet50v2", *(f"efficientnetb{i}" for i in range(8))} <= set(list_models())
+    with pytest.raises(KeyError, match="unknown model 'nope'; known models:"):
+        get_spec("nope")
+
+
+@pytest.mark.parametrize("name", list_models(builtin=True))
+def test_builtin_models_give_probabilities(name):
+    model = create_model(name, num_classes=5, image_size=16)
+    probs = model.predict(PIXELS[:, :16, :16], verbose=0)
+    assert probs.shape == (2, 5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_application_model_with_lean_head_saves_and_loads_safely(tmp_path):
+    model = create_model("resnet50", num_classes=3, image_size=32, weights=None)
+    names = [layer.name for layer in model.layers]
+    assert names[-3:] == ["head_pool", "head_dropout", "head_softmax"]  # no hidden dense, no BN in the head
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(PIXELS, verbose=0), model.predict(PIXELS, verbose=0), atol=1e-5)
+
+
+def test_image_size_below_minimum_is_refused():
+    with pytest.raises(ValueError, match="needs image_size >= 71"):
+        create_model("xception", 2, 32)
+
+
+def test_training_keeps_the_best_epoch(tmp_path):
+    x = RNG.integers(0, 256, size=(64, 16, 16, 3)).astype("uint8")
+    y = (x[:, :, :, 0].mean(axis=(1, 2)) > 127).astype("int64")
+    cfg = TrainConfig(epochs=4, batch_size=16, early_stopping_patience=10)
+    model, history = train_model(create_model("tiny_cnn", 2, 16), (x[:48], y[:48]), (x[48:], y[48:]), cfg,
+                                 tmp_path / "best.keras", seed=1)
+    best = history["best_epoch"]
+    assert history["best"]["val_accuracy"] == max(history["val_accuracy"]) == history["val_accuracy"][best]
+    assert len(history["learning_rate"]) == len(history["loss"])
+    saved = keras.models.load_model(tmp_path / "best.keras")
+    accuracy = (saved.predict(x[48:].astype("float32"), verbose=0).argmax(1) == y[48:]).mean()
+    assert accuracy == pytest.approx(history["best"]["val_accuracy"])

@@ -1,0 +1,78 @@
+"""TTA views are the transforms they claim, and all views go through one compiled forward pass."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stacking.tta import TTAForward, TTAPolicy, View, make_views, merge_views
+
+RNG = np.random.default_rng(1)
+PIXELS = RNG.integers(0, 256, size=(5, 8, 8, 3)).astype("uint8")
+
+
+def test_flip_and_shift_views_match_numpy():
+    x = PIXELS.astype("float32")
+    views = [View(), View(flip=True), View(dx=2), View(dy=-1)]
+    out = make_views(tf.constant(x), views).numpy().reshape(4, *x.shape)
+    np.testing.assert_array_equal(out[0], x)
+    np.testing.assert_array_equal(out[1], x[:, :, ::-1])
+    # dx=2 moves content right by 2 pixels, repeating the left edge.
+    np.testing.assert_array_equal(out[2][:, :, 2:], x[:, :, :-2])
+    np.testing.assert_array_equal(out[2][:, :, 0], x[:, :, 0])
+    np.testing.assert_array_equal(out[3][:, :-1], x[:, 1:])
+
+
+@pytest.mark.parametrize("policy", ["none", "flip", "shift", "flip-shift"])
+def test_every_policy_starts_with_identity(policy):
+    views = TTAPolicy(policy, views=100).view_list(32)
+    assert views[0] == View()
+    assert len(set(views)) == len(views)
+    assert TTAPolicy(policy, views=0).view_list(32) == [View()]
+
+
+def test_digits_policy_never_flips():
+    assert not any(v.flip for v in TTAPolicy("shift", views=100).view_list(16))
+
+
+def tiny_model(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.Dropout(0.5)(x)  # must stay off at prediction time
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def test_forward_equals_per_view_predictions_and_is_deterministic():
+    models = [tiny_model(0), tiny_model(1)]
+    views = TTAPolicy("flip-shift", views=4).view_list(8)
+    forward = TTAForward([[m] for m in models], image_size=8, batch_size=2)  # several batches
+    per_view = forward(PIXELS, views)
+    assert per_view.shape == (2, 4, 5, 3)
+    stacked = make_views(tf.constant(PIXELS.astype("float32")), views).numpy().reshape(4, 5, 8, 8, 3)
+    for m, model in enumerate(models):
+        for t in range(4):
+            expected = model.predict(stacked[t], verbose=0)
+            np.testing.assert_allclose(per_view[m, t], expected, atol=1e-5)
+    np.testing.assert_array_equal(forward(PIXELS, views), per_view)
+    np.testing.assert_allclose(merge_views(per_view), per_view.mean(axis=1))
+
+
+def test_fold_members_are_averaged():
+    a, b = tiny_model(2), tiny_model(3)
+    views = [View()]
+    both = TTAForward([[a, b]], 8)(PIXELS, views)
+    alone = [TTAForward([[m]], 8)(PIXELS, views) for m in (a, b)]
+    np.testing.assert_allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)
+
+
+def test_one_trace_per_view_list():
+    forward = TTAForward([[tiny_model(4)]], 8, batch_size=3)
+    views = tuple(TTAPolicy("flip", views=2).view_list(8))
+    forward(PIXELS, views)
+    forward(PIXELS[:1], views)
+    assert forward._function(views).experimental_get_tracing_count() == 1
