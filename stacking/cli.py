@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from stacking.errors import UserError
@@ -21,11 +20,10 @@ from stacking.errors import UserError
 cli = typer.Typer(
     name="stacking",
     help="Stack several image CNNs into one stronger classifier, and serve it.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_cli = typer.Typer(help="Write a bundled real data set.", no_args_is_help=True)
+data_cli = typer.Typer(help="Write a bundled real data set.")
 cli.add_typer(data_cli, name="data")
 
 TTAOption = Annotated[Optional[int], typer.Option("--tta", help="TTA views (default: the bundle's policy).")]
@@ -107,6 +105,7 @@ def predict_command(
     out: Annotated[Path, typer.Option("--out", help="Submission CSV to write (Id,Category).")],
     tta: TTAOption = None,
     sample_submission: Annotated[Optional[Path], typer.Option(help="Row order (default: sample_submission.csv in or beside IMAGES).")] = None,
+    probabilities: Annotated[Optional[Path], typer.Option(help="Also write every class probability to this CSV.")] = None,
     on_bad_image: OnBadOption = "error",
 ) -> None:
     """Write an offline submission, rows in sample_submission.csv order when present."""
@@ -115,7 +114,7 @@ def predict_command(
 
     predictor = Predictor(bundle)
     predictor.check_views(tta)
-    table, skipped = predict_folder(predictor, images, out, tta, on_bad_image, sample_submission)
+    table, skipped = predict_folder(predictor, images, out, tta, on_bad_image, sample_submission, probabilities)
     for _, reason in skipped:
         typer.echo(f"skipped {reason}", err=True)
     typer.echo(f"wrote {len(table)} predictions to {out}" + (f" ({len(skipped)} skipped)" if skipped else ""))
@@ -133,18 +132,19 @@ def report_command(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")
 
 def main(argv: list[str] | None = None, app: typer.Typer = cli) -> int:
     """Run the CLI on ``argv``; return the exit code instead of exiting."""
+    argv = sys.argv[1:] if argv is None else argv
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv, prog_name="stacking", standalone_mode=False)
+        result = command.main(args=argv or ["--help"], prog_name="stacking", standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
-    except click.UsageError as exc:
+    except typer.TyperException as exc:  # usage errors: unknown option, bad value, missing argument
         typer.echo(f"error: {exc.format_message()}", err=True)
-        return 2
-    except click.exceptions.Exit as exc:
+        return getattr(exc, "exit_code", 2)
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         return 130
     return result if isinstance(result, int) else 0

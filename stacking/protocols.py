@@ -33,10 +33,10 @@ def minimum_per_class(protocol: str, holdout_fraction: float, validation_fractio
     """The fewest images a class may have for the protocol's stratified splits."""
     predicted_share = holdout_fraction if protocol == "holdout" else 1 / folds
     # Two rows per class in the predicted part (the meta-learner cross-validates on them)
-    # and one in the inner validation split.
+    # and two in the training part (its stratified inner validation split needs them).
     need_oof = math.ceil(2 / predicted_share)
-    need_val = math.ceil(1 / (validation_fraction * (1 - predicted_share)))
-    return max(need_oof, need_val, folds if protocol == "kfold" else 2)
+    need_train = math.ceil(2 / (1 - predicted_share))
+    return max(need_oof, need_train, folds if protocol == "kfold" else 2)
 
 
 def check_class_counts(labels: np.ndarray, classes: list[str], need: int, what: str) -> None:
@@ -67,6 +67,12 @@ def make_splits(
         raise UserError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     splits = []
     for train, oof in outer:
+        n_val, n_classes = math.ceil(validation_fraction * len(train)), len(np.unique(labels))
+        if n_val < n_classes:
+            raise UserError(
+                f"validation_fraction {validation_fraction}: {n_val} validation images for {n_classes} classes; "
+                "raise it or add images"
+            )
         fit, val = train_test_split(
             train, test_size=validation_fraction, stratify=labels[train], random_state=seed
         )

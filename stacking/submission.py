@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from stacking.datasets import ImageSet, list_images, load_pixels
@@ -54,24 +55,32 @@ def predict_folder(
     views: int | None = None,
     on_bad_image: str = "error",
     sample_submission: Path | None = None,
+    probabilities_out: Path | None = None,
 ) -> tuple[pd.DataFrame, list]:
-    """Predict every image in ``images_dir``; write ``Id,Category`` to ``out``; return (table, skipped)."""
+    """Predict every image in ``images_dir``; write ``Id,Category`` to ``out``; return (table, skipped).
+
+    ``probabilities_out`` also gets every class probability (``Id`` then one column per class).
+    """
     paths = list_images(images_dir)
     if not paths:
         raise UserError(f"{images_dir}: no images")
-    ids, labels, skipped = [], [], []
+    probabilities: list[np.ndarray] = []
+    ids, skipped = [], []
     for start in range(0, len(paths), CHUNK):
         chunk = ImageSet(paths[start : start + CHUNK], predictor.classes)
         kept, pixels, bad = load_pixels(chunk, predictor.image_size, on_bad_image)
         skipped += bad
-        if len(kept.paths):
-            probs = predictor.predict(pixels, views).probabilities
+        if kept.paths:
+            probabilities.append(predictor.predict(pixels, views).probabilities)
             ids += kept.ids
-            labels += [predictor.classes[i] for i in probs.argmax(axis=1)]
-    table = pd.DataFrame({"Id": ids, "Category": labels})
+    if not probabilities:
+        raise UserError(f"{images_dir}: none of the {len(paths)} images could be read")
+    probs = pd.DataFrame(np.concatenate(probabilities), index=pd.Index(ids, name="Id"), columns=predictor.classes)
     sample = sample_submission or find_sample_submission(images_dir)
     if sample is not None:
-        order = order_by_sample(ids, sample, {Path(p).name for p, _ in skipped})
-        table = table.set_index("Id").loc[order].reset_index()
+        probs = probs.loc[order_by_sample(ids, sample, {Path(p).name for p, _ in skipped})]
+    table = pd.DataFrame({"Id": probs.index, "Category": [predictor.classes[i] for i in probs.to_numpy().argmax(axis=1)]})
     write_csv_atomically(table, out)
+    if probabilities_out is not None:
+        write_csv_atomically(probs.reset_index(), probabilities_out)
     return table, skipped

@@ -1,0 +1,79 @@
+"""The bundle: complete, self-describing, verified on load, refused when altered."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stacking.images import load_images
+from stacking.bundle import BundleError, load_manifest, load_oof, sha256_file
+from stacking.predictor import Predictor
+
+
+def test_manifest_describes_the_bundle(tiny_bundle):
+    manifest = load_manifest(tiny_bundle)
+    assert manifest["format_version"] == 1
+    assert manifest["classes"] == [str(d) for d in range(10)]
+    assert [b["name"] for b in manifest["base_models"]] == ["tiny_cnn", "mini_mobilenet"]
+    for entry in manifest["base_models"]:
+        assert entry["preprocessing"] == "unit" and entry["weights"] is None
+        for file in entry["files"]:
+            assert manifest["files"][file] == sha256_file(tiny_bundle / file)
+        assert (tiny_bundle / entry["history"]).is_file()
+    assert manifest["meta_learner"]["kind"] in ("mean", "logreg", "rf")
+    assert manifest["files"]["meta.joblib"] == sha256_file(tiny_bundle / "meta.joblib")
+    assert manifest["tta"] == {"policy": "shift", "views": 3, "shift": 0.06}
+    assert manifest["protocol"]["name"] == "holdout"
+    assert {"tensorflow", "keras", "scikit-learn"} <= set(manifest["versions"])
+    assert (tiny_bundle / "report" / "index.html").is_file()
+
+
+def test_oof_rows_are_the_held_out_images_only(tiny_bundle):
+    manifest = load_manifest(tiny_bundle)
+    oof = load_oof(tiny_bundle)
+    assert oof["probabilities"].shape == (2, manifest["metrics"]["oof_rows"], 10)
+    np.testing.assert_allclose(oof["probabilities"].sum(axis=2), 1.0, rtol=1e-4)
+    assert len(set(oof["ids"].tolist())) == len(oof["ids"])
+    # holdout: 20 % of the training images, never seen by a base model
+    assert len(oof["ids"]) == round(manifest["data"]["images"] * 0.2)
+
+
+def test_history_marks_the_best_epoch(tiny_bundle):
+    history = json.loads((tiny_bundle / "history" / "tiny_cnn.json").read_text())
+    (fold,) = history["folds"]
+    assert fold["best"]["val_accuracy"] == max(fold["val_accuracy"])
+
+
+def test_altered_file_is_refused(bundle_copy):
+    model_file = bundle_copy / "base" / "tiny_cnn" / "model.keras"
+    model_file.write_bytes(model_file.read_bytes() + b"\0")
+    with pytest.raises(BundleError, match=r"model\.keras: sha256 does not match"):
+        Predictor(bundle_copy)
+
+
+def test_missing_file_is_refused(bundle_copy):
+    (bundle_copy / "meta.joblib").unlink()
+    with pytest.raises(BundleError, match=r"meta\.joblib: listed in the manifest but missing"):
+        load_manifest(bundle_copy)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="not a bundle"):
+        Predictor(tmp_path)
+
+
+def test_saved_models_reproduce_the_oof_predictions(tiny_bundle, digits_dir):
+    """What is served is exactly what made the meta-learner's training rows."""
+    predictor = Predictor(tiny_bundle)
+    oof = load_oof(tiny_bundle)
+    files = {p.name: p for p in (digits_dir / "train").rglob("*.png")}
+    pixels, bad = load_images([files[i] for i in oof["ids"][:40]], predictor.image_size)
+    assert not bad
+    base, _ = predictor.base_probabilities(pixels)
+    np.testing.assert_allclose(base, oof["probabilities"][:, :40], atol=1e-5)
+    result = predictor.predict(pixels)
+    assert result.views == 3 and result.probabilities.shape == (40, 10)
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.all((result.agreement >= 0) & (result.agreement <= 1))

@@ -1,0 +1,150 @@
+"""The command line: user errors exit 2 with one line naming the file or option, no traceback."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.cli import main
+from stacking.bundle import load_manifest, load_oof
+from stacking.predictor import Predictor
+
+FAST = ["--models", "tiny_cnn", "--epochs", "1", "--image-size", "16"]
+
+
+def make_images(root: Path, counts: dict[str, int]) -> Path:
+    rng = np.random.default_rng(0)
+    for cls, n in counts.items():
+        (root / "train" / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "train" / cls / f"{i}.png")
+    return root
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code: int, err: str) -> str:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "setup, extra, message",
+    [
+        (lambda d: d / "absent", [], "absent: no such folder"),
+        (lambda d: (d / "train").mkdir() or d, [], "no class folders"),
+        (lambda d: make_images(d, {"a": 12}), [], "found 1 class(es)"),
+        (lambda d: make_images(d, {"a": 12, "b": 3}), [], "class 'b' has 3 image(s); --protocol holdout needs at least 10"),
+        (lambda d: make_images(d, {"a": 12, "b": 12}), ["--models", "tiny_cnn,nope"], "--models: unknown model 'nope'"),
+        (lambda d: make_images(d, {"a": 12, "b": 12}), ["--protocol", "loo"], "--protocol 'loo'"),
+        (lambda d: make_images(d, {"a": 12, "b": 12}), ["--meta", "svm"], "--meta 'svm'"),
+        (lambda d: make_images(d, {"a": 12, "b": 12}), ["--epochs", "zero"], "Invalid value for '--epochs'"),
+    ],
+    ids=["missing", "empty", "one-class", "too-few", "unknown-model", "bad-protocol", "bad-meta", "bad-type"],
+)
+def test_fit_bad_input(tmp_path, capsys, setup, extra, message):
+    data = setup(tmp_path)
+    code, _, err = run_cli(["fit", "--data", data, "--out", tmp_path / "b", *extra], capsys)
+    assert message in one_line_error(code, err)
+    assert not (tmp_path / "b").exists()
+
+
+def test_fit_unreadable_image_fails_or_is_skipped(tmp_path, capsys):
+    data = make_images(tmp_path / "d", {"a": 12, "b": 12})
+    (data / "train" / "b" / "broken.png").write_bytes(b"not a png")
+    code, _, err = run_cli(["fit", "--data", data, "--out", tmp_path / "b", *FAST], capsys)
+    line = one_line_error(code, err)
+    assert "broken.png" in line and "--on-bad-image skip" in line
+    code, out, _ = run_cli(["fit", "--data", data, "--out", tmp_path / "b", *FAST, "--on-bad-image", "skip"], capsys)
+    assert code == 0 and "skipped" in out and "broken.png" in out
+    assert load_manifest(tmp_path / "b")["data"]["skipped"][0].endswith("broken.png")
+
+
+def test_bad_config_key_is_named(tmp_path, capsys):
+    data = make_images(tmp_path / "d", {"a": 12, "b": 12})
+    (tmp_path / "c.toml").write_text("[train]\nepoch = 3\n")
+    code, _, err = run_cli(["fit", "--data", data, "--out", tmp_path / "b", "--config", tmp_path / "c.toml"], capsys)
+    assert "[train]: unknown setting(s) ['epoch']" in one_line_error(code, err)
+
+
+def test_out_folder_that_is_not_a_bundle_is_left_alone(tmp_path, capsys):
+    data = make_images(tmp_path / "d", {"a": 12, "b": 12})
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "precious.txt").write_text("mine")
+    code, _, err = run_cli(["fit", "--data", data, "--out", tmp_path / "keep", *FAST], capsys)
+    assert "is not a bundle" in one_line_error(code, err)
+    assert (tmp_path / "keep" / "precious.txt").read_text() == "mine"
+
+
+def test_changed_bundle_is_refused_by_every_command(bundle_copy, digits_dir, tmp_path, capsys):
+    (bundle_copy / "oof.npz").write_bytes(b"changed")
+    for argv in (
+        ["predict", bundle_copy, digits_dir / "test", "--out", tmp_path / "s.csv"],
+        ["evaluate", bundle_copy, "--data", digits_dir / "test", "--labels", digits_dir / "test_labels.csv"],
+        ["serve", bundle_copy, "--port", "1"],
+    ):
+        code, _, err = run_cli(argv, capsys)
+        assert "oof.npz: sha256 does not match" in one_line_error(code, err)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_predict_and_evaluate_bad_options(tiny_bundle, digits_dir, tmp_path, capsys):
+    code, _, err = run_cli(["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv", "--tta", "50"], capsys)
+    assert "--tta 50: must be between 0 and 9" in one_line_error(code, err)
+    code, _, err = run_cli(["predict", tiny_bundle, tmp_path / "nothing", "--out", tmp_path / "s.csv"], capsys)
+    assert "nothing: no such folder" in one_line_error(code, err)
+    code, _, err = run_cli(["evaluate", tiny_bundle, "--data", digits_dir / "test"], capsys)
+    assert "no class folders" in one_line_error(code, err)
+
+
+def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys):
+    bundle = tmp_path / "kfold"
+    code, out, err = run_cli(["fit", "--data", digits_dir, "--out", bundle, *FAST, "--protocol", "kfold",
+                              "--folds", "3", "--meta", "logreg", "--tta", "1"], capsys)
+    assert code == 0, err
+    manifest = load_manifest(bundle)
+    assert manifest["base_models"][0]["files"] == [f"base/tiny_cnn/fold{k}.keras" for k in range(3)]
+    assert manifest["meta_learner"]["kind"] == "logreg"
+    oof = load_oof(bundle)
+    assert len(oof["ids"]) == manifest["data"]["images"]  # every training image, each once
+    assert Predictor(bundle).predict(np.zeros((2, 16, 16, 3), np.uint8)).probabilities.shape == (2, 10)
+    assert "fold 2" in out
+
+
+def test_evaluate_writes_the_comparison_table(tiny_bundle, digits_dir, tmp_path, capsys):
+    code, out, err = run_cli(["evaluate", tiny_bundle, "--data", digits_dir / "test",
+                              "--labels", digits_dir / "test_labels.csv", "--json", tmp_path / "t.json"], capsys)
+    assert code == 0, err
+    import json
+
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert [r["model"] for r in table["rows"]][:3] == ["tiny_cnn", "mini_mobilenet", "mean"]
+    assert table["rows"][-1]["model"].startswith("stack (")
+    assert table["images"] == 80
+    for row in table["rows"]:
+        assert f"{row['accuracy']:.4f}" in out and 0 <= row["accuracy"] <= 1
+
+
+def test_data_digits_command(tmp_path, capsys):
+    code, out, _ = run_cli(["data", "digits", "--out", tmp_path / "d", "--limit", "100"], capsys)
+    assert code == 0 and "80 training and 20 test" in out
+    assert (tmp_path / "d" / "sample_submission.csv").is_file()
+
+
+def test_report_command_rewrites_the_page(bundle_copy, capsys):
+    shutil.rmtree(bundle_copy / "report")
+    code, out, _ = run_cli(["report", bundle_copy], capsys)
+    assert code == 0
+    page = (bundle_copy / "report" / "index.html").read_text()
+    assert "Meta-learner selection" in page and "tiny_cnn" in page
