@@ -62,29 +62,40 @@ def free_port() -> int:
 class Server:
     """``stacking serve`` in a child process on a loopback port."""
 
-    def __init__(self, bundle: Path, env: dict[str, str] | None = None):
+    def __init__(self, bundle: Path, env: dict[str, str] | None = None, via_uvicorn: bool = False):
+        """``via_uvicorn``: start as a container does, ``uvicorn --factory`` with STACKSERVE_BUNDLE set."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        if via_uvicorn:
+            command = ["-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(self.port)]
+            env = {**(env or {}), "STACKSERVE_BUNDLE": str(bundle)}
+        else:
+            command = ["-c", "from app.cli import run; run()", "serve", str(bundle), "--port", str(self.port)]
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from app.cli import run; run()", "serve", str(bundle), "--port", str(self.port)],
+            [sys.executable, *command],
             env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_for(self, done, timeout: float = 120) -> httpx.Response:
+        """Poll ``/readyz`` until ``done(response)``; return that response."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited {self.process.returncode}: {self.process.stdout.read()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
+                response = httpx.get(f"{self.url}/readyz", timeout=2)
+                if done(response):
+                    return response
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
-        raise TimeoutError("server not ready in time")
+        raise TimeoutError("server did not reach the expected state in time")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        self.wait_for(lambda r: r.status_code == 200, timeout)
 
     def stop(self) -> None:
         self.process.terminate()
