@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -69,9 +70,11 @@ def train_model(
     cfg: TrainConfig,
     checkpoint_path: Path,
     seed: int = 0,
-    verbose: int = 0,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> tuple[keras.Model, dict]:
     """Fit ``model`` on raw-pixel ``train`` images, watching ``val``; return (best model, history).
+
+    ``on_epoch_end(epoch, logs)`` is called after each epoch, for progress display.
 
     The history holds each metric per epoch, the learning rate per epoch, and
     ``best_epoch`` (0-based) with that epoch's validation metrics.
@@ -92,6 +95,8 @@ def train_model(
             monitor="val_accuracy", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True
         ),
     ]
+    if on_epoch_end is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end))
     fitted = model.fit(
         _training_dataset(*train, cfg, seed),
         validation_data=(val[0].astype("float32"), val[1]),
@@ -99,7 +104,7 @@ def train_model(
         epochs=cfg.epochs,
         callbacks=callbacks,
         shuffle=False,  # the dataset reshuffles itself each epoch
-        verbose=verbose,
+        verbose=0,
     )
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     best = int(np.argmax(history["val_accuracy"]))  # first maximum, as ModelCheckpoint keeps it

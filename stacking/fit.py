@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from models import create_model, get_spec
 from models.training import train_model
@@ -62,19 +63,23 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
             for k, split in enumerate(splits):
                 fold = None if cfg.protocol == "holdout" else k
                 path = bundle_io.base_model_path(work, name, fold)
+                fold_name = "" if fold is None else f" fold {k}"
                 model = create_model(name, len(classes), cfg.image_size, weights=cfg.weights_for(name))
-                model, history = train_model(
-                    model,
-                    (pixels[split.fit], labels[split.fit]),
-                    (pixels[split.val], labels[split.val]),
-                    cfg.train,
-                    path,
-                    seed=cfg.seed + 1000 * m + k,
-                )
+                # A live bar on a terminal only (disable=None); the summary line below is always printed.
+                with tqdm(total=cfg.train.epochs, desc=f"{name}{fold_name}", unit="epoch", leave=False,
+                          disable=None) as bar:
+                    model, history = train_model(
+                        model,
+                        (pixels[split.fit], labels[split.fit]),
+                        (pixels[split.val], labels[split.val]),
+                        cfg.train,
+                        path,
+                        seed=cfg.seed + 1000 * m + k,
+                        on_epoch_end=lambda _, logs: (bar.update(), bar.set_postfix(val_acc=f"{logs['val_accuracy']:.3f}")),
+                    )
                 oof[m, split.oof] = merge_views(TTAForward([[model]], cfg.image_size)(pixels[split.oof], views))[0]
                 files.append(path.relative_to(work).as_posix())
                 histories.append(history)
-                fold_name = "" if fold is None else f" fold {k}"
                 echo(
                     f"{name}{fold_name}: best epoch {history['best_epoch'] + 1}/{len(history['loss'])}, "
                     f"val accuracy {history['best']['val_accuracy']:.4f}, "

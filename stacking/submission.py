@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from stacking.datasets import ImageSet, list_images, load_pixels
 from stacking.errors import UserError
@@ -66,13 +67,15 @@ def predict_folder(
         raise UserError(f"{images_dir}: no images")
     probabilities: list[np.ndarray] = []
     ids, skipped = [], []
-    for start in range(0, len(paths), CHUNK):
-        chunk = ImageSet(paths[start : start + CHUNK], predictor.classes)
-        kept, pixels, bad = load_pixels(chunk, predictor.image_size, on_bad_image)
-        skipped += bad
-        if kept.paths:
-            probabilities.append(predictor.predict(pixels, views).probabilities)
-            ids += kept.ids
+    with tqdm(total=len(paths), desc="predict", unit="img", leave=False, disable=None) as bar:
+        for start in range(0, len(paths), CHUNK):
+            chunk = ImageSet(paths[start : start + CHUNK], predictor.classes)
+            kept, pixels, bad = load_pixels(chunk, predictor.image_size, on_bad_image)
+            skipped += bad
+            if kept.paths:
+                probabilities.append(predictor.predict(pixels, views).probabilities)
+                ids += kept.ids
+            bar.update(len(chunk.paths))
     if not probabilities:
         raise UserError(f"{images_dir}: none of the {len(paths)} images could be read")
     probs = pd.DataFrame(np.concatenate(probabilities), index=pd.Index(ids, name="Id"), columns=predictor.classes)
