@@ -49,9 +49,8 @@ def demo_command(
 ) -> None:
     """The whole job on the bundled digits: data, fit, comparison table, submission, then serve."""
     from stacking.config import load_config
-    from stacking.datasets import load_pixels, read_evaluation_set
     from stacking.digits import write_digits
-    from stacking.evaluate import compare, format_table
+    from stacking.evaluate import evaluate_folder, format_table
     from stacking.fit import fit
     from stacking.predictor import Predictor
     from stacking.submission import predict_folder
@@ -62,10 +61,9 @@ def demo_command(
     typer.echo(f"2/4 fit: config {DEMO_CONFIG}")
     fit(data, bundle, load_config(DEMO_CONFIG, {"epochs": epochs}), echo=lambda s: typer.echo(f"    {s}"))
     predictor = Predictor(bundle)
-    test = read_evaluation_set(data / "test", data / "test_labels.csv", predictor.classes)
-    test, pixels, _ = load_pixels(test, predictor.image_size)
-    typer.echo(f"3/4 held-out test split ({len(test.paths)} scans no model or meta-learner saw):")
-    typer.echo(format_table(compare(predictor, pixels, test.labels)))
+    rows, count, _ = evaluate_folder(predictor, data / "test", data / "test_labels.csv")
+    typer.echo(f"3/4 held-out test split ({count} scans no model or meta-learner saw):")
+    typer.echo(format_table(rows))
     submission = workdir / "submission.csv"
     table, _ = predict_folder(predictor, data / "test", submission)
     typer.echo(f"4/4 submission: {len(table)} rows in {submission}; report: {bundle / 'report' / 'index.html'}")

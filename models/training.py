@@ -58,7 +58,6 @@ def _training_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size).map(
         lambda images, labels: (augment(tf.cast(images, "float32"), training=True), labels),
-        num_parallel_calls=tf.data.AUTOTUNE,
     )
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -74,12 +73,13 @@ def train_model(
 ) -> tuple[keras.Model, dict]:
     """Fit ``model`` on raw-pixel ``train`` images, watching ``val``; return (best model, history).
 
-    ``on_epoch_end(epoch, logs)`` is called after each epoch, for progress display.
+    ``seed`` fixes shuffling and augmentation; seed Keras (``keras.utils.set_random_seed``)
+    before building the model to fix its initial weights too. ``on_epoch_end(epoch, logs)``
+    is called after each epoch, for progress display.
 
     The history holds each metric per epoch, the learning rate per epoch, and
     ``best_epoch`` (0-based) with that epoch's validation metrics.
     """
-    keras.utils.set_random_seed(seed)
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
         loss="sparse_categorical_crossentropy",

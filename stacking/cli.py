@@ -82,20 +82,17 @@ def evaluate_command(
     on_bad_image: OnBadOption = "error",
 ) -> None:
     """The comparison table (each base model, mean, stack) on labelled images."""
-    from stacking.datasets import load_pixels, read_evaluation_set
-    from stacking.evaluate import compare, format_table
+    from stacking.evaluate import evaluate_folder, format_table
     from stacking.predictor import Predictor
 
     predictor = Predictor(bundle)
     predictor.check_views(tta)
-    images = read_evaluation_set(data, labels, predictor.classes)
-    images, pixels, bad = load_pixels(images, predictor.image_size, on_bad_image)
+    rows, count, bad = evaluate_folder(predictor, data, labels, tta, on_bad_image)
     for _, reason in bad:
         typer.echo(f"skipped {reason}", err=True)
-    rows = compare(predictor, pixels, images.labels, tta)
     typer.echo(format_table(rows))
     if json_out is not None:
-        json_out.write_text(json.dumps({"images": len(images.paths), "rows": rows}, indent=2))
+        json_out.write_text(json.dumps({"images": count, "rows": rows}, indent=2))
 
 
 @cli.command("predict")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from stacking.datasets import load_pixels, read_evaluation_set
 from stacking.meta import score
 from stacking.predictor import Predictor
 
@@ -25,3 +28,12 @@ def format_table(rows: list[dict]) -> str:
     lines = [f"{'model':<{width}}  accuracy  log_loss", f"{'-' * width}  --------  --------"]
     lines += [f"{r['model']:<{width}}  {r['accuracy']:>8.4f}  {r['log_loss']:>8.4f}" for r in rows]
     return "\n".join(lines)
+
+
+def evaluate_folder(
+    predictor: Predictor, images: Path, labels_csv: Path | None, views: int | None = None, on_bad_image: str = "error"
+) -> tuple[list[dict], int, list]:
+    """:func:`compare` on class folders, or a folder plus an Id,Category CSV: (rows, images used, skipped)."""
+    labelled = read_evaluation_set(images, labels_csv, predictor.classes)
+    labelled, pixels, bad = load_pixels(labelled, predictor.image_size, on_bad_image)
+    return compare(predictor, pixels, labelled.labels, views), len(labelled.paths), bad

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import keras
 import numpy as np
 from tqdm import tqdm
 
@@ -41,7 +42,7 @@ def _prepare_output(out: Path) -> Path:
 
 def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
     """Run the whole fit; return the manifest of the bundle written to ``out``."""
-    started = time.monotonic()
+    started, out = time.monotonic(), Path(out)
     images = read_training_set(data_dir)
     need = minimum_per_class(cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds)
     check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
@@ -64,6 +65,8 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
                 fold = None if cfg.protocol == "holdout" else k
                 path = bundle_io.base_model_path(work, name, fold)
                 fold_name = "" if fold is None else f" fold {k}"
+                seed = cfg.seed + 1000 * m + k
+                keras.utils.set_random_seed(seed)  # initial weights, dropout and augmentation
                 model = create_model(name, len(classes), cfg.image_size, weights=cfg.weights_for(name))
                 # A live bar on a terminal only (disable=None); the summary line below is always printed.
                 with tqdm(total=cfg.train.epochs, desc=f"{name}{fold_name}", unit="epoch", leave=False,
@@ -74,7 +77,7 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
                         (pixels[split.val], labels[split.val]),
                         cfg.train,
                         path,
-                        seed=cfg.seed + 1000 * m + k,
+                        seed=seed,
                         on_epoch_end=lambda _, logs: (bar.update(), bar.set_postfix(val_acc=f"{logs['val_accuracy']:.3f}")),
                     )
                 oof[m, split.oof] = merge_views(TTAForward([[model]], cfg.image_size)(pixels[split.oof], views))[0]

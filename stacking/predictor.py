@@ -43,8 +43,7 @@ class Predictor:
         self.classes: list[str] = self.manifest["classes"]
         self.image_size: int = self.manifest["image_size"]
         self.base_names = [b["name"] for b in self.manifest["base_models"]]
-        self.tta = TTAPolicy(**{k: v for k, v in self.manifest["tta"].items() if k != "policy"},
-                             name=self.manifest["tta"]["policy"])
+        self.tta = TTAPolicy.from_dict(self.manifest["tta"])
         members = [
             [keras.models.load_model(self.bundle / f, safe_mode=True) for f in b["files"]]
             for b in self.manifest["base_models"]

@@ -62,7 +62,12 @@ class TTAPolicy:
         return len(self.view_list(image_size, views=10_000))
 
     def as_dict(self) -> dict:
+        """The manifest's ``tta`` entry."""
         return {"policy": self.name, "views": self.views, "shift": self.shift}
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> "TTAPolicy":
+        return cls(name=entry["policy"], views=entry["views"], shift=entry["shift"])
 
 
 def _shift(x: tf.Tensor, dx: int, dy: int) -> tf.Tensor:
