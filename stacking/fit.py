@@ -21,10 +21,10 @@ from models import create_model, get_spec
 from models.training import train_model
 from stacking import bundle as bundle_io
 from stacking.config import FitConfig
-from stacking.datasets import load_pixels, read_training_set
+from stacking.datasets import ImageSet, load_pixels, read_training_set
 from stacking.errors import UserError
 from stacking.meta import score, select_meta
-from stacking.protocols import check_class_counts, make_splits, minimum_per_class
+from stacking.protocols import Split, check_class_counts, make_splits, minimum_per_class
 from stacking.report import write_report
 from stacking.tta import TTAForward, merge_views
 
@@ -40,21 +40,71 @@ def _prepare_output(out: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
 
 
-def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
-    """Run the whole fit; return the manifest of the bundle written to ``out``."""
-    started, out = time.monotonic(), Path(out)
+def _build_model(name: str, n_classes: int, cfg: FitConfig, seed: int) -> keras.Model:
+    """A freshly initialised base model; seeding first fixes its initial weights."""
+    keras.utils.set_random_seed(seed)  # initial weights, dropout and augmentation
+    weights = cfg.weights_for(name)
+    try:
+        return create_model(name, n_classes, cfg.image_size, weights=weights)
+    except Exception as exc:  # keras raises plain Exceptions when the weights download fails
+        if weights is None:
+            raise
+        raise UserError(
+            f"--weights {weights}: could not load them for {name!r} ({exc}); without the internet, put the "
+            "weight files in ~/.keras/models/ first, or train from scratch with --weights none"
+        ) from None
+
+
+def _train_and_predict(name: str, seed: int, split: Split, path: Path, data: tuple, cfg: FitConfig, desc: str):
+    """Train one base model on ``split.fit``; return (its history, TTA probabilities on ``split.oof``)."""
+    pixels, labels, n_classes = data
+    model = _build_model(name, n_classes, cfg, seed)
+    # A live bar on a terminal only (disable=None); fit() prints a summary line in any case.
+    with tqdm(total=cfg.train.epochs, desc=desc, unit="epoch", leave=False, disable=None) as bar:
+        model, history = train_model(
+            model,
+            (pixels[split.fit], labels[split.fit]),
+            (pixels[split.val], labels[split.val]),
+            cfg.train,
+            path,
+            seed=seed,
+            on_epoch_end=lambda _, logs: (bar.update(), bar.set_postfix(val_acc=f"{logs['val_accuracy']:.3f}")),
+        )
+    views = cfg.tta.view_list(cfg.image_size)
+    return history, merge_views(TTAForward([[model]], cfg.image_size)(pixels[split.oof], views))[0]
+
+
+def _base_entry(work: Path, name: str, files: list[str], cfg: FitConfig) -> dict:
+    spec = get_spec(name)
+    return {
+        "name": name,
+        "architecture": spec.name,
+        "preprocessing": spec.preprocessing,
+        "weights": cfg.weights_for(name),
+        "files": files,
+        "history": bundle_io.history_path(work, name).relative_to(work).as_posix(),
+    }
+
+
+def _load_training_data(data_dir: Path, cfg: FitConfig, echo: Echo) -> tuple[ImageSet, np.ndarray, list]:
+    """The labelled images and their pixels, with enough images per class for the protocol."""
     images = read_training_set(data_dir)
     need = minimum_per_class(cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds)
     check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
     images, pixels, bad = load_pixels(images, cfg.image_size, cfg.on_bad_image)
-    for path, reason in bad:
+    for _, reason in bad:
         echo(f"skipped {reason}")
     check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
+    return images, pixels, bad
+
+
+def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
+    """Run the whole fit; return the manifest of the bundle written to ``out``."""
+    started, out = time.monotonic(), Path(out)
+    images, pixels, bad = _load_training_data(data_dir, cfg, echo)
     labels, classes = images.labels, images.classes
     echo(f"{len(labels)} images, {len(classes)} classes, protocol {cfg.protocol}, models {', '.join(cfg.models)}")
-
     splits = make_splits(labels, cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed)
-    views = cfg.tta.view_list(cfg.image_size)
     work = _prepare_output(out)
     try:
         oof = np.zeros((len(cfg.models), len(labels), len(classes)), np.float32)
@@ -64,41 +114,20 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
             for k, split in enumerate(splits):
                 fold = None if cfg.protocol == "holdout" else k
                 path = bundle_io.base_model_path(work, name, fold)
-                fold_name = "" if fold is None else f" fold {k}"
-                seed = cfg.seed + 1000 * m + k
-                keras.utils.set_random_seed(seed)  # initial weights, dropout and augmentation
-                model = create_model(name, len(classes), cfg.image_size, weights=cfg.weights_for(name))
-                # A live bar on a terminal only (disable=None); the summary line below is always printed.
-                with tqdm(total=cfg.train.epochs, desc=f"{name}{fold_name}", unit="epoch", leave=False,
-                          disable=None) as bar:
-                    model, history = train_model(
-                        model,
-                        (pixels[split.fit], labels[split.fit]),
-                        (pixels[split.val], labels[split.val]),
-                        cfg.train,
-                        path,
-                        seed=seed,
-                        on_epoch_end=lambda _, logs: (bar.update(), bar.set_postfix(val_acc=f"{logs['val_accuracy']:.3f}")),
-                    )
-                oof[m, split.oof] = merge_views(TTAForward([[model]], cfg.image_size)(pixels[split.oof], views))[0]
+                desc = name if fold is None else f"{name} fold {k}"
+                history, oof[m, split.oof] = _train_and_predict(
+                    name, cfg.seed + 1000 * m + k, split, path, (pixels, labels, len(classes)), cfg, desc
+                )
                 files.append(path.relative_to(work).as_posix())
                 histories.append(history)
                 echo(
-                    f"{name}{fold_name}: best epoch {history['best_epoch'] + 1}/{len(history['loss'])}, "
+                    f"{desc}: best epoch {history['best_epoch'] + 1}/{len(history['loss'])}, "
                     f"val accuracy {history['best']['val_accuracy']:.4f}, "
                     f"OOF accuracy {score(oof[m, split.oof], labels[split.oof])['accuracy']:.4f}"
                 )
             bundle_io.write_json(bundle_io.history_path(work, name), {"model": name, "folds": histories})
             validation[name] = [h["best"] for h in histories]
-            spec = get_spec(name)
-            base_entries.append({
-                "name": name,
-                "architecture": spec.name,
-                "preprocessing": spec.preprocessing,
-                "weights": cfg.weights_for(name),
-                "files": files,
-                "history": bundle_io.history_path(work, name).relative_to(work).as_posix(),
-            })
+            base_entries.append(_base_entry(work, name, files, cfg))
 
         rows = np.sort(np.concatenate([s.oof for s in splits]))
         oof_probs, oof_labels = oof[:, rows], labels[rows]

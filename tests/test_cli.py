@@ -148,3 +148,17 @@ def test_report_command_rewrites_the_page(bundle_copy, capsys):
     assert code == 0
     page = (bundle_copy / "report" / "index.html").read_text()
     assert "Meta-learner selection" in page and "tiny_cnn" in page
+
+
+def test_imagenet_weights_that_cannot_be_fetched_are_a_clear_error(digits_dir, tmp_path, capsys, monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):  # what keras sees here: no network, no cached weight file
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--models", "mobilenetv3small",
+                            "--image-size", "32", "--epochs", "1"], capsys)
+    line = one_line_error(code, err)
+    assert "--weights imagenet: could not load them for 'mobilenetv3small'" in line and "--weights none" in line
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial-*"))

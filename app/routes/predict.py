@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 import numpy as np
@@ -29,10 +30,14 @@ def _decode(upload: UploadFile, image_size: int, max_pixels: int) -> np.ndarray 
         return ServiceError(400, f"{name}: {exc}")
 
 
+def _by_class(classes: list[str], probs: np.ndarray) -> dict[str, float]:
+    return {c: float(p) for c, p in zip(classes, probs)}
+
+
 def _entry(predictor: Predictor, result: Prediction, i: int, filename: str, details: bool) -> ImagePrediction:
     probs = result.probabilities[i]
     best = int(probs.argmax())
-    as_dict = lambda p: {c: float(v) for c, v in zip(predictor.classes, p)}  # noqa: E731
+    as_dict = partial(_by_class, predictor.classes)
     return ImagePrediction(
         filename=filename,
         label=predictor.classes[best],
