@@ -110,6 +110,9 @@ def validate(cfg: FitConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    most = cfg.tta.max_views(cfg.image_size)
+    if cfg.tta.views > most:
+        raise UserError(f"--tta {cfg.tta.views}: TTA policy {cfg.tta.name!r} has {most} views")
     for name in cfg.models:
         try:
             spec = get_spec(name)

@@ -162,3 +162,9 @@ def test_imagenet_weights_that_cannot_be_fetched_are_a_clear_error(digits_dir, t
     line = one_line_error(code, err)
     assert "--weights imagenet: could not load them for 'mobilenetv3small'" in line and "--weights none" in line
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial-*"))
+
+
+def test_more_tta_views_than_the_policy_has_is_refused(tmp_path, capsys):
+    data = make_images(tmp_path / "d", {"a": 12, "b": 12})
+    code, _, err = run_cli(["fit", "--data", data, "--out", tmp_path / "b", "--tta-policy", "flip", "--tta", "3"], capsys)
+    assert "--tta 3: TTA policy 'flip' has 2 views" in one_line_error(code, err)
