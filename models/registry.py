@@ -1,12 +1,17 @@
-"""Registry of base architectures: small built-ins and the keras.applications families.
+"""Registry of base architectures: small built-ins, the keras.applications families, your own.
 
 ``create_model(name, ...)`` returns a Keras model that takes raw RGB pixels 0..255
 (its preprocessing is a layer inside it) and ends in a lean head: global average
-pooling, dropout, softmax. ``list_models()`` names every registered architecture.
+pooling, dropout, softmax (``head="gap-dense"`` adds one hidden dense layer).
+``list_models()`` names every registered architecture. A name of the form
+``pkg.module:function`` calls ``function((size, size, 3), num_classes)`` instead, which
+must return a complete model taking raw pixels.
 """
 
 from __future__ import annotations
 
+import importlib
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,6 +21,8 @@ from keras import layers
 from models.preprocessing import apply_preprocessing
 
 Backbone = Callable[[keras.KerasTensor, str | None], keras.KerasTensor]
+BACKBONE = "backbone"  # the name of a keras.applications backbone inside a built model
+HEADS = ("gap", "gap-dense")
 
 
 @dataclass(frozen=True)
@@ -27,16 +34,21 @@ class ArchitectureSpec:
     preprocessing: str
     min_image_size: int = 32
     builtin: bool = False  # small enough to train in seconds on a CPU; has no ImageNet weights
+    # Regex whose first group names the block a backbone layer belongs to, for
+    # unfreezing whole blocks when fine-tuning (keras.applications families only).
+    block_pattern: str | None = None
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}
 
 
-def register_model(name: str, preprocessing: str, min_image_size: int = 32, builtin: bool = False):
+def register_model(
+    name: str, preprocessing: str, min_image_size: int = 32, builtin: bool = False, block_pattern: str | None = None
+):
     """Decorator: register a backbone builder ``f(x, weights) -> feature map``."""
 
     def wrap(build: Backbone) -> Backbone:
-        _REGISTRY[name] = ArchitectureSpec(name, build, preprocessing, min_image_size, builtin)
+        _REGISTRY[name] = ArchitectureSpec(name, build, preprocessing, min_image_size, builtin, block_pattern)
         return build
 
     return wrap
@@ -47,12 +59,55 @@ def list_models(builtin: bool | None = None) -> list[str]:
     return sorted(n for n, s in _REGISTRY.items() if builtin is None or s.builtin == builtin)
 
 
+def is_custom(name: str) -> bool:
+    """``pkg.module:function`` names a user's own model builder."""
+    return ":" in name
+
+
 def get_spec(name: str) -> ArchitectureSpec:
     """The spec of ``name``; a KeyError that lists the known names otherwise."""
+    if is_custom(name):
+        return ArchitectureSpec(name, build_backbone=_custom_unsupported, preprocessing="custom", min_image_size=1)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+        raise KeyError(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}, or pkg.module:function"
+        ) from None
+
+
+def _custom_unsupported(x, weights):
+    raise TypeError("a custom model is built whole by its own function")
+
+
+def load_custom_builder(name: str) -> Callable[[tuple[int, int, int], int], keras.Model]:
+    """Import ``pkg.module:function``; a ValueError says what is wrong with the name."""
+    module_name, _, attribute = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"model {name!r}: cannot import {module_name!r} ({exc})") from None
+    builder = getattr(module, attribute, None)
+    if not callable(builder):
+        raise ValueError(f"model {name!r}: {module_name} has no function {attribute!r}")
+    return builder
+
+
+def import_custom_module(name: str) -> None:
+    """Import the module of ``pkg.module:function``, so layers it registers load from ``.keras`` files."""
+    load_custom_builder(name)
+
+
+def _create_custom(name: str, num_classes: int, image_size: int) -> keras.Model:
+    model = load_custom_builder(name)((image_size, image_size, 3), num_classes)
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model {name!r}: the function returned {type(model).__name__}, not a keras.Model")
+    if tuple(model.input_shape[1:]) != (image_size, image_size, 3) or model.output_shape[-1] != num_classes:
+        raise ValueError(
+            f"model {name!r}: expected input (None, {image_size}, {image_size}, 3) and {num_classes} outputs, "
+            f"got input {model.input_shape} and output {model.output_shape}"
+        )
+    return model
 
 
 def create_model(
@@ -60,22 +115,43 @@ def create_model(
     num_classes: int,
     image_size: int,
     weights: str | None = None,
+    head: str = "gap",
     dropout: float = 0.2,
+    head_units: int = 256,
 ) -> keras.Model:
-    """Build ``name`` for ``image_size`` x ``image_size`` RGB input and ``num_classes``."""
+    """Build ``name`` for ``image_size`` x ``image_size`` RGB input and ``num_classes``.
+
+    A keras.applications backbone is a nested model named ``BACKBONE``, called with
+    ``training=False`` so its BatchNorm layers stay in inference mode even when
+    fine-tuned (their ImageNet statistics are kept).
+    """
+    if is_custom(name):
+        return _create_custom(name, num_classes, image_size)
     spec = get_spec(name)
     if image_size < spec.min_image_size:
         raise ValueError(f"model {name!r} needs image_size >= {spec.min_image_size}, got {image_size}")
     if spec.builtin and weights is not None:
         raise ValueError(f"model {name!r} is a built-in architecture and has no {weights!r} weights")
+    if head not in HEADS:
+        raise ValueError(f"head {head!r}: expected one of {', '.join(HEADS)}")
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = apply_preprocessing(inputs, spec.preprocessing)
     x = spec.build_backbone(x, weights)
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if head == "gap-dense":
+        x = layers.Dense(head_units, use_bias=False, name="head_dense")(x)
+        x = layers.BatchNormalization(name="head_bn")(x)
+        x = layers.Activation("relu", name="head_relu")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="head_softmax")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def block_ids(backbone: keras.Model, pattern: str) -> list[str | None]:
+    """The block each backbone layer belongs to (None for layers outside any block)."""
+    regex = re.compile(pattern)
+    return [(m.group(1) if (m := regex.search(layer.name)) else None) for layer in backbone.layers]
 
 
 # --- small built-in architectures: different inductive biases, for a diverse stack ---
@@ -138,34 +214,50 @@ def mini_mobilenet(x, weights):
 
 # --- keras.applications families, each with the preprocessing its weights expect ---
 
-_APPLICATIONS: dict[str, tuple[str, str, int]] = {
-    # registry name: (keras.applications attribute, preprocessing mode, minimum image size)
-    "xception": ("Xception", "tf", 71),
-    "inceptionv3": ("InceptionV3", "tf", 75),
-    "inceptionresnetv2": ("InceptionResNetV2", "tf", 75),
-    "mobilenet": ("MobileNet", "tf", 32),
-    "mobilenetv2": ("MobileNetV2", "tf", 32),
-    "resnet50v2": ("ResNet50V2", "tf", 32),
-    "resnet101v2": ("ResNet101V2", "tf", 32),
-    "resnet152v2": ("ResNet152V2", "tf", 32),
-    "resnet50": ("ResNet50", "caffe", 32),
-    "resnet101": ("ResNet101", "caffe", 32),
-    "resnet152": ("ResNet152", "caffe", 32),
-    "vgg16": ("VGG16", "caffe", 32),
-    "vgg19": ("VGG19", "caffe", 32),
-    "densenet121": ("DenseNet121", "torch", 32),
-    "densenet169": ("DenseNet169", "torch", 32),
-    "densenet201": ("DenseNet201", "torch", 32),
-    "mobilenetv3small": ("MobileNetV3Small", "raw", 32),
-    "mobilenetv3large": ("MobileNetV3Large", "raw", 32),
-    "convnexttiny": ("ConvNeXtTiny", "raw", 32),
-    "convnextsmall": ("ConvNeXtSmall", "raw", 32),
-    "convnextbase": ("ConvNeXtBase", "raw", 32),
-    **{f"efficientnetb{i}": (f"EfficientNetB{i}", "raw", 32) for i in range(8)},
-    **{f"efficientnetv2b{i}": (f"EfficientNetV2B{i}", "raw", 32) for i in range(4)},
-    "efficientnetv2s": ("EfficientNetV2S", "raw", 32),
-    "efficientnetv2m": ("EfficientNetV2M", "raw", 32),
-    "efficientnetv2l": ("EfficientNetV2L", "raw", 32),
+# Block patterns per keras.applications module: group 1 names a layer's block.
+_BLOCKS = {
+    "xception": r"^(block\d+)_",
+    "inception_v3": r"^(mixed\d+)$",
+    "inception_resnet_v2": r"^(block\d+_\d+)_",
+    "mobilenet": r"^conv_(?:dw|pw)_(\d+)",
+    "mobilenet_v2": r"^(block_\d+)_",
+    "mobilenet_v3": r"^(expanded_conv(?:_\d+)?)_",
+    "resnet": r"^(conv\d_block\d+)_",
+    "resnet_v2": r"^(conv\d_block\d+)_",
+    "densenet": r"^(conv\d_block\d+)_",
+    "vgg": r"^(block\d+)_",
+    "convnext": r"_(stage_\d+_block_\d+)_",
+    "efficientnet": r"^(block\d+[a-z])_",
+}
+
+_APPLICATIONS: dict[str, tuple[str, str, int, str]] = {
+    # registry name: (keras.applications attribute, preprocessing mode, minimum image size, block family)
+    "xception": ("Xception", "tf", 71, "xception"),
+    "inceptionv3": ("InceptionV3", "tf", 75, "inception_v3"),
+    "inceptionresnetv2": ("InceptionResNetV2", "tf", 75, "inception_resnet_v2"),
+    "mobilenet": ("MobileNet", "tf", 32, "mobilenet"),
+    "mobilenetv2": ("MobileNetV2", "tf", 32, "mobilenet_v2"),
+    "resnet50v2": ("ResNet50V2", "tf", 32, "resnet_v2"),
+    "resnet101v2": ("ResNet101V2", "tf", 32, "resnet_v2"),
+    "resnet152v2": ("ResNet152V2", "tf", 32, "resnet_v2"),
+    "resnet50": ("ResNet50", "caffe", 32, "resnet"),
+    "resnet101": ("ResNet101", "caffe", 32, "resnet"),
+    "resnet152": ("ResNet152", "caffe", 32, "resnet"),
+    "vgg16": ("VGG16", "caffe", 32, "vgg"),
+    "vgg19": ("VGG19", "caffe", 32, "vgg"),
+    "densenet121": ("DenseNet121", "torch", 32, "densenet"),
+    "densenet169": ("DenseNet169", "torch", 32, "densenet"),
+    "densenet201": ("DenseNet201", "torch", 32, "densenet"),
+    "mobilenetv3small": ("MobileNetV3Small", "raw", 32, "mobilenet_v3"),
+    "mobilenetv3large": ("MobileNetV3Large", "raw", 32, "mobilenet_v3"),
+    "convnexttiny": ("ConvNeXtTiny", "raw", 32, "convnext"),
+    "convnextsmall": ("ConvNeXtSmall", "raw", 32, "convnext"),
+    "convnextbase": ("ConvNeXtBase", "raw", 32, "convnext"),
+    **{f"efficientnetb{i}": (f"EfficientNetB{i}", "raw", 32, "efficientnet") for i in range(8)},
+    **{f"efficientnetv2b{i}": (f"EfficientNetV2B{i}", "raw", 32, "efficientnet") for i in range(4)},
+    "efficientnetv2s": ("EfficientNetV2S", "raw", 32, "efficientnet"),
+    "efficientnetv2m": ("EfficientNetV2M", "raw", 32, "efficientnet"),
+    "efficientnetv2l": ("EfficientNetV2L", "raw", 32, "efficientnet"),
 }
 
 
@@ -173,13 +265,15 @@ def _application_backbone(attribute: str) -> Backbone:
     def build(x, weights):
         # ``weights="imagenet"`` downloads once into ~/.keras/models; tests use None.
         backbone = getattr(keras.applications, attribute)(
-            include_top=False, weights=weights, input_shape=tuple(x.shape[1:])
+            include_top=False, weights=weights, input_shape=tuple(x.shape[1:]), name=BACKBONE
         )
-        return backbone(x)
+        return backbone(x, training=False)
 
     build.__doc__ = f"keras.applications.{attribute} without its classifier."
     return build
 
 
-for _name, (_attribute, _mode, _min_size) in _APPLICATIONS.items():
-    register_model(_name, preprocessing=_mode, min_image_size=_min_size)(_application_backbone(_attribute))
+for _name, (_attribute, _mode, _min_size, _family) in _APPLICATIONS.items():
+    register_model(_name, preprocessing=_mode, min_image_size=_min_size, block_pattern=_BLOCKS[_family])(
+        _application_backbone(_attribute)
+    )

@@ -1,8 +1,15 @@
-"""Training of one base model: augmentation, best-epoch checkpoint, LR schedule, early stop.
+"""Training of one base model, as an experienced practitioner would do it.
 
-The file at ``checkpoint_path`` is always the best epoch's model (by validation
-accuracy), and the returned model is that file reloaded, so whatever predicts next
-is exactly what was saved.
+- Augmentation (Keras preprocessing layers) on training batches only.
+- A pretrained backbone is fine-tuned in two phases: first the head alone on the
+  frozen backbone; then the top N whole blocks unfrozen, every BatchNormalization
+  layer kept frozen (and in inference mode), at a lower learning rate, optionally
+  smaller still for the backbone than for the head (``DiscriminativeAdam``).
+- One ``ModelCheckpoint`` across both phases keeps the best epoch by validation
+  accuracy; ``ReduceLROnPlateau`` acts before ``EarlyStopping`` gives up.
+
+The file at ``checkpoint_path`` is always the best epoch's model, and the returned
+model is that file reloaded, so whatever predicts next is exactly what was saved.
 """
 
 from __future__ import annotations
@@ -15,30 +22,69 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models.registry import BACKBONE, block_ids
+
+CLASS_WEIGHTS = ("none", "balanced")
+
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Training-time augmentation; TTA views should stay within these strengths."""
+    """Training-time augmentation by name and strength; TTA views should stay within it."""
 
     flip: bool = True  # horizontal flips: off for data where mirroring changes the class (digits, text)
-    shift: float = 0.1  # translation as a fraction of the image side
+    shift: float = 0.1  # translation, as a fraction of the image side
+    rotate: float = 0.0  # rotation, as a fraction of a full turn (0.05 = up to 18 degrees)
     zoom: float = 0.1  # zoom in or out by up to this fraction
+    contrast: float = 0.0  # contrast changed by up to this fraction
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings shared by every base model of a fit."""
 
-    epochs: int = 30
+    epochs: int = 30  # all epochs, both phases together
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # from scratch, or phase 1 (head on a frozen backbone)
     early_stopping_patience: int = 6
     reduce_lr_patience: int = 3  # below the early-stopping patience, so the LR drops before training stops
     reduce_lr_factor: float = 0.3
+    head_epochs: int = 5  # phase 1 of fine-tuning a pretrained backbone
+    fine_tune_blocks: int = 2  # phase 2 unfreezes this many top blocks of the backbone (0: head only)
+    fine_tune_learning_rate: float = 1e-4
+    backbone_lr_factor: float = 1.0  # phase 2 backbone rate = this x the head's (e.g. 0.1); 1: one rate
+    class_weight: str = "none"  # "balanced" weighs each class by n / (classes x its count)
+    jit_compile: bool = False  # XLA, for GPU users; off on CPU
     augmentation: Augmentation = Augmentation()
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@keras.saving.register_keras_serializable(package="stackserve")
+class DiscriminativeAdam(keras.optimizers.Adam):
+    """Adam with a step size ``backbone_factor`` times smaller for the backbone than for the head.
+
+    Scaling the backbone's gradients instead would do nothing: Adam divides each
+    gradient by its own running magnitude. So the learning rate itself is scaled,
+    per variable. Head variables are those of layers named ``head_*``.
+    """
+
+    def __init__(self, backbone_factor: float = 0.1, head_prefix: str = "head_", **kwargs):
+        super().__init__(**kwargs)
+        self.backbone_factor = backbone_factor
+        self.head_prefix = head_prefix
+
+    def build(self, variables):
+        super().build(variables)
+        self._backbone = {i for i, v in enumerate(variables) if not v.path.startswith(self.head_prefix)}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._get_variable_index(variable) in self._backbone:
+            learning_rate = learning_rate * self.backbone_factor
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "backbone_factor": self.backbone_factor, "head_prefix": self.head_prefix}
 
 
 def make_augmenter(aug: Augmentation, seed: int) -> keras.Sequential:
@@ -48,18 +94,66 @@ def make_augmenter(aug: Augmentation, seed: int) -> keras.Sequential:
         steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if aug.shift > 0:
         steps.append(keras.layers.RandomTranslation(aug.shift, aug.shift, fill_mode="nearest", seed=seed + 1))
+    if aug.rotate > 0:
+        steps.append(keras.layers.RandomRotation(aug.rotate, fill_mode="nearest", seed=seed + 2))
     if aug.zoom > 0:
-        steps.append(keras.layers.RandomZoom(aug.zoom, fill_mode="nearest", seed=seed + 2))
+        steps.append(keras.layers.RandomZoom(aug.zoom, fill_mode="nearest", seed=seed + 3))
+    if aug.contrast > 0:
+        steps.append(keras.layers.RandomContrast(aug.contrast, seed=seed + 4))
     return keras.Sequential(steps, name="augmentation")
+
+
+def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:
+    """Keras ``class_weight``: None, or n / (classes x count) per class for ``balanced``."""
+    if mode == "none":
+        return None
+    if mode != "balanced":
+        raise ValueError(f"class_weight {mode!r}: expected one of {', '.join(CLASS_WEIGHTS)}")
+    counts = np.bincount(labels, minlength=n_classes)
+    return {c: float(len(labels) / (n_classes * n)) for c, n in enumerate(counts) if n > 0}
 
 
 def _training_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int) -> tf.data.Dataset:
     augment = make_augmenter(cfg.augmentation, seed)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    # A sequential map: the augmentation layers' random state then advances in one
+    # order, so a seeded fit is reproducible.
     ds = ds.batch(cfg.batch_size).map(
         lambda images, labels: (augment(tf.cast(images, "float32"), training=True), labels),
     )
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def find_backbone(model: keras.Model) -> keras.Model | None:
+    """The nested keras.applications backbone, if the model has one."""
+    return next((layer for layer in model.layers if layer.name == BACKBONE), None)
+
+
+def unfreeze_top_blocks(backbone: keras.Model, block_pattern: str, n: int) -> int:
+    """Make the top ``n`` whole blocks trainable, every BatchNormalization frozen; return how many layers."""
+    ids = block_ids(backbone, block_pattern)
+    order = list(dict.fromkeys(b for b in ids if b is not None))
+    if n >= len(order):
+        start = 0
+    else:
+        boundary = order[len(order) - n - 1]  # the last block that stays frozen
+        start = max(i for i, b in enumerate(ids) if b == boundary) + 1
+    backbone.trainable = True
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(layer.trainable for layer in backbone.layers)
+
+
+def _schedule(cfg: TrainConfig) -> list[keras.callbacks.Callback]:
+    """Per-phase callbacks: the LR drops first, training stops later, best weights restored."""
+    return [
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, min_lr=1e-6
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True
+        ),
+    ]
 
 
 def train_model(
@@ -69,44 +163,47 @@ def train_model(
     cfg: TrainConfig,
     checkpoint_path: Path,
     seed: int = 0,
+    fine_tune: str | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> tuple[keras.Model, dict]:
     """Fit ``model`` on raw-pixel ``train`` images, watching ``val``; return (best model, history).
 
-    ``seed`` fixes shuffling and augmentation; seed Keras (``keras.utils.set_random_seed``)
-    before building the model to fix its initial weights too. ``on_epoch_end(epoch, logs)``
-    is called after each epoch, for progress display.
-
-    The history holds each metric per epoch, the learning rate per epoch, and
-    ``best_epoch`` (0-based) with that epoch's validation metrics.
+    ``fine_tune``: the block pattern of a pretrained backbone, to train in two phases;
+    None trains every layer from the start. ``seed`` fixes shuffling and augmentation;
+    seed Keras (``keras.utils.set_random_seed``) before building the model to fix its
+    initial weights too. ``on_epoch_end(epoch, logs)`` is called after each epoch.
+    The history holds each metric per epoch, the learning rate and phase per epoch,
+    and ``best_epoch`` (0-based) with that epoch's validation metrics.
     """
-    model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(checkpoint_path, monitor="val_accuracy", mode="max", save_best_only=True),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, min_lr=1e-6
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True
-        ),
-    ]
-    if on_epoch_end is not None:
-        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end))
-    fitted = model.fit(
-        _training_dataset(*train, cfg, seed),
-        validation_data=(val[0].astype("float32"), val[1]),
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        callbacks=callbacks,
-        shuffle=False,  # the dataset reshuffles itself each epoch
-        verbose=0,
-    )
-    history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        checkpoint_path, monitor="val_accuracy", mode="max", save_best_only=True
+    )  # one instance across both phases, so "best" spans them
+    extra = [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)] if on_epoch_end else []
+    data = _training_dataset(*train, cfg, seed)
+    weights = class_weights(train[1], model.output_shape[-1], cfg.class_weight)
+
+    def run(optimizer: keras.optimizers.Optimizer, first: int, last: int, phase: int) -> dict:
+        model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=cfg.jit_compile)
+        fitted = model.fit(
+            data, validation_data=(val[0].astype("float32"), val[1]), initial_epoch=first, epochs=last,
+            callbacks=[checkpoint, *_schedule(cfg), *extra], class_weight=weights, shuffle=False, verbose=0,
+        )
+        return {**fitted.history, "phase": [phase] * len(fitted.history["loss"])}
+
+    backbone = find_backbone(model)
+    if fine_tune and backbone is not None:
+        backbone.trainable = False
+        phases = [run(keras.optimizers.Adam(cfg.learning_rate), 0, min(cfg.head_epochs, cfg.epochs), 1)]
+        done = len(phases[0]["loss"])
+        if cfg.fine_tune_blocks > 0 and done < cfg.epochs:
+            unfreeze_top_blocks(backbone, fine_tune, cfg.fine_tune_blocks)
+            optimizer = DiscriminativeAdam(cfg.backbone_lr_factor, learning_rate=cfg.fine_tune_learning_rate)
+            phases.append(run(optimizer, done, cfg.epochs, 2))
+    else:
+        phases = [run(keras.optimizers.Adam(cfg.learning_rate), 0, cfg.epochs, 1)]
+    history = {k: [float(v) for p in phases for v in p[k]] for k in phases[0]}
+    history["phase"] = [int(v) for v in history["phase"]]
     best = int(np.argmax(history["val_accuracy"]))  # first maximum, as ModelCheckpoint keeps it
     history["best_epoch"] = best
     history["best"] = {k: v[best] for k, v in history.items() if isinstance(v, list) and k.startswith("val_")}

@@ -25,6 +25,8 @@ cli = typer.Typer(
 )
 data_cli = typer.Typer(help="Write a bundled real data set.")
 cli.add_typer(data_cli, name="data")
+preview_cli = typer.Typer(help="Pictures to check before a long fit.")
+cli.add_typer(preview_cli, name="preview")
 
 TTAOption = Annotated[Optional[int], typer.Option("--tta", help="TTA views (default: the bundle's policy).")]
 OnBadOption = Annotated[str, typer.Option("--on-bad-image", help="error: stop at an unreadable image; skip: leave it out and report it.")]
@@ -40,6 +42,23 @@ def data_digits(
 
     counts = write_digits(out, limit=limit)
     typer.echo(f"wrote {counts['train']} training and {counts['test']} test images to {out}")
+
+
+@preview_cli.command("augment")
+def preview_augment(
+    data: Annotated[Path, typer.Option("--data", help="Class folders or train.csv + train/.")],
+    out: Annotated[Path, typer.Option("--out", help="PNG to write.")],
+    config: Annotated[Optional[Path], typer.Option(help="TOML settings file (its [augmentation] and image_size).")] = None,
+    count: Annotated[int, typer.Option(help="Images to show, one per class in turn.")] = 8,
+    copies: Annotated[int, typer.Option(help="Augmented copies per image.")] = 5,
+) -> None:
+    """A grid of originals and augmented copies, so a wrong augmentation is seen before training."""
+    from stacking.config import load_config
+    from stacking.preview import preview_augmentation
+
+    if count < 1 or copies < 1:
+        raise UserError("--count and --copies: must be at least 1")
+    typer.echo(f"wrote {preview_augmentation(data, out, load_config(config, {}), count, copies)}")
 
 
 @cli.command("fit")

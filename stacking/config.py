@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from models import get_spec
-from models.training import Augmentation, TrainConfig
+from models.registry import HEADS, get_spec, is_custom, load_custom_builder
+from models.training import CLASS_WEIGHTS, Augmentation, TrainConfig
 from stacking.datasets import ON_BAD_IMAGE
 from stacking.errors import UserError
 from stacking.meta import META_KINDS
@@ -37,11 +37,17 @@ class FitConfig:
     weights: str = "imagenet"
     seed: int = 0
     on_bad_image: str = "error"
+    head: str = "gap"  # "gap": pool, dropout, softmax; "gap-dense" adds a hidden dense + BatchNorm layer
+    dropout: float = 0.2
+    deterministic: bool = True  # deterministic TensorFlow ops: the same seed gives the same weights
+    mixed_precision: bool = False  # float16 compute, for GPU users; off on CPU
     tta: TTAPolicy = field(default_factory=TTAPolicy)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def weights_for(self, model: str) -> str | None:
-        return None if get_spec(model).builtin or self.weights == "none" else self.weights
+        """Pretrained weights for ``model``: keras.applications families only."""
+        spec = get_spec(model)
+        return None if spec.builtin or is_custom(model) or self.weights == "none" else self.weights
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "models": list(self.models), "tta": self.tta.as_dict()}
@@ -106,6 +112,10 @@ def validate(cfg: FitConfig) -> None:
         (cfg.on_bad_image in ON_BAD_IMAGE, f"--on-bad-image {cfg.on_bad_image!r}: expected error or skip"),
         (cfg.weights in ("imagenet", "none"), f"weights {cfg.weights!r}: expected imagenet or none"),
         (len(cfg.models) >= 1, "--models: name at least one model"),
+        (cfg.head in HEADS, f"head {cfg.head!r}: expected one of {', '.join(HEADS)}"),
+        (0 <= cfg.dropout < 1, f"dropout {cfg.dropout}: must be in [0, 1)"),
+        (cfg.train.class_weight in CLASS_WEIGHTS, f"class_weight {cfg.train.class_weight!r}: expected none or balanced"),
+        (cfg.train.head_epochs >= 0 and cfg.train.fine_tune_blocks >= 0, "head_epochs and fine_tune_blocks: must be 0 or more"),
     ]
     for ok, message in checks:
         if not ok:
@@ -116,8 +126,12 @@ def validate(cfg: FitConfig) -> None:
     for name in cfg.models:
         try:
             spec = get_spec(name)
+            if is_custom(name):
+                load_custom_builder(name)
         except KeyError as exc:
             raise UserError(f"--models: {exc.args[0]}") from None
+        except ValueError as exc:
+            raise UserError(f"--models: {exc}") from None
         if cfg.image_size < spec.min_image_size:
             raise UserError(f"--image-size {cfg.image_size}: model {name!r} needs at least {spec.min_image_size}")
     if len(set(cfg.models)) != len(cfg.models):

@@ -15,6 +15,7 @@ from typing import Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
 from tqdm import tqdm
 
 from models import create_model, get_spec
@@ -40,12 +41,21 @@ def _prepare_output(out: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
 
 
+def _set_numerics(cfg: FitConfig) -> None:
+    """Process-wide switches: deterministic ops (CPU default) and mixed precision (GPU users)."""
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("mixed_float16" if cfg.mixed_precision else "float32")
+
+
 def _build_model(name: str, n_classes: int, cfg: FitConfig, seed: int) -> keras.Model:
     """A freshly initialised base model; seeding first fixes its initial weights."""
     keras.utils.set_random_seed(seed)  # initial weights, dropout and augmentation
     weights = cfg.weights_for(name)
     try:
-        return create_model(name, n_classes, cfg.image_size, weights=weights)
+        return create_model(name, n_classes, cfg.image_size, weights=weights, head=cfg.head, dropout=cfg.dropout)
+    except ValueError as exc:  # a custom builder that cannot be imported or returns the wrong shape
+        raise UserError(f"--models: {exc}") from None
     except Exception as exc:  # keras raises plain Exceptions when the weights download fails
         if weights is None:
             raise
@@ -68,21 +78,27 @@ def _train_and_predict(name: str, seed: int, split: Split, path: Path, data: tup
             cfg.train,
             path,
             seed=seed,
+            fine_tune=get_spec(name).block_pattern if cfg.weights_for(name) else None,
             on_epoch_end=lambda _, logs: (bar.update(), bar.set_postfix(val_acc=f"{logs['val_accuracy']:.3f}")),
         )
     views = cfg.tta.view_list(cfg.image_size)
     return history, merge_views(TTAForward([[model]], cfg.image_size)(pixels[split.oof], views))[0]
 
 
-def _base_entry(work: Path, name: str, files: list[str], cfg: FitConfig) -> dict:
-    spec = get_spec(name)
+def base_name(model: str) -> str:
+    """A base model's name in the bundle: its architecture, or module.function for your own."""
+    return model.replace(":", ".")
+
+
+def _base_entry(work: Path, model: str, files: list[str], cfg: FitConfig) -> dict:
+    spec = get_spec(model)
     return {
-        "name": name,
+        "name": base_name(model),
         "architecture": spec.name,
         "preprocessing": spec.preprocessing,
-        "weights": cfg.weights_for(name),
+        "weights": cfg.weights_for(model),
         "files": files,
-        "history": bundle_io.history_path(work, name).relative_to(work).as_posix(),
+        "history": bundle_io.history_path(work, base_name(model)).relative_to(work).as_posix(),
     }
 
 
@@ -101,6 +117,7 @@ def _load_training_data(data_dir: Path, cfg: FitConfig, echo: Echo) -> tuple[Ima
 def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
     """Run the whole fit; return the manifest of the bundle written to ``out``."""
     started, out = time.monotonic(), Path(out)
+    _set_numerics(cfg)
     images, pixels, bad = _load_training_data(data_dir, cfg, echo)
     labels, classes = images.labels, images.classes
     echo(f"{len(labels)} images, {len(classes)} classes, protocol {cfg.protocol}, models {', '.join(cfg.models)}")
@@ -109,14 +126,15 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
     try:
         oof = np.zeros((len(cfg.models), len(labels), len(classes)), np.float32)
         base_entries, validation = [], {}
-        for m, name in enumerate(cfg.models):
+        names = [base_name(model) for model in cfg.models]
+        for m, (model, name) in enumerate(zip(cfg.models, names)):
             files, histories = [], []
             for k, split in enumerate(splits):
                 fold = None if cfg.protocol == "holdout" else k
                 path = bundle_io.base_model_path(work, name, fold)
                 desc = name if fold is None else f"{name} fold {k}"
                 history, oof[m, split.oof] = _train_and_predict(
-                    name, cfg.seed + 1000 * m + k, split, path, (pixels, labels, len(classes)), cfg, desc
+                    model, cfg.seed + 1000 * m + k, split, path, (pixels, labels, len(classes)), cfg, desc
                 )
                 files.append(path.relative_to(work).as_posix())
                 histories.append(history)
@@ -127,11 +145,11 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
                 )
             bundle_io.write_json(bundle_io.history_path(work, name), {"model": name, "folds": histories})
             validation[name] = [h["best"] for h in histories]
-            base_entries.append(_base_entry(work, name, files, cfg))
+            base_entries.append(_base_entry(work, model, files, cfg))
 
         rows = np.sort(np.concatenate([s.oof for s in splits]))
         oof_probs, oof_labels = oof[:, rows], labels[rows]
-        bundle_io.save_oof(work, oof_probs, oof_labels, [images.ids[i] for i in rows], list(cfg.models))
+        bundle_io.save_oof(work, oof_probs, oof_labels, [images.ids[i] for i in rows], names)
         meta, selection = select_meta(oof_probs, oof_labels, cfg.meta, cfg.seed)
         bundle_io.save_meta(work, meta)
         echo(f"meta-learner: {selection['kind']} ({selection['reason']})")
@@ -139,7 +157,7 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
         metrics = {
             "oof_rows": int(len(rows)),
             "oof": {
-                **{name: score(oof_probs[m], oof_labels) for m, name in enumerate(cfg.models)},
+                **{name: score(oof_probs[m], oof_labels) for m, name in enumerate(names)},
                 "mean": score(oof_probs.mean(axis=0), oof_labels),
             },
             "meta_cv": selection["leaderboard"],
@@ -162,7 +180,7 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
                 "file": bundle_io.META_FILE,
                 "features": {
                     "layout": "log-probabilities, base models side by side: column m * n_classes + c",
-                    "base_models": list(cfg.models),
+                    "base_models": names,
                     "n_classes": len(classes),
                 },
                 "selection": selection,

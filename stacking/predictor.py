@@ -12,13 +12,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
+# Importing models registers the preprocessing layers that saved models use.
+from models.registry import import_custom_module, is_custom
 from stacking import bundle as bundle_io
 from stacking.errors import UserError
 from stacking.meta import full_probabilities, meta_features
 from stacking.tta import TTAForward, TTAPolicy, merge_views
-
-# Importing models registers the custom preprocessing layers that saved models use.
-import models  # noqa: F401  isort: skip
 
 
 @dataclass
@@ -44,8 +43,11 @@ class Predictor:
         self.image_size: int = self.manifest["image_size"]
         self.base_names = [b["name"] for b in self.manifest["base_models"]]
         self.tta = TTAPolicy.from_dict(self.manifest["tta"])
+        for entry in self.manifest["base_models"]:
+            if is_custom(entry["architecture"]):
+                import_custom_module(entry["architecture"])
         members = [
-            [keras.models.load_model(self.bundle / f, safe_mode=True) for f in b["files"]]
+            [keras.models.load_model(self.bundle / f, compile=False, safe_mode=True) for f in b["files"]]
             for b in self.manifest["base_models"]
         ]
         self.forward = TTAForward(members, self.image_size)

@@ -1,17 +1,37 @@
-"""``BUNDLE/report/index.html``: the comparison and selection tables, readable offline."""
+"""``BUNDLE/report/index.html``: the comparison and selection tables and training curves, readable offline."""
 
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 from stacking import bundle as bundle_io
+from stacking.plots import plot_history
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _training_curves(bundle: Path, manifest: dict) -> str:
+    """One PNG per base model and fold beside the page; the HTML that shows them."""
+    parts = []
+    for entry in manifest["base_models"]:
+        folds = json.loads((bundle / entry["history"]).read_text())["folds"]
+        for k, history in enumerate(folds):
+            suffix = "" if len(folds) == 1 else f" fold {k}"
+            file = f"curves_{entry['name']}{'' if len(folds) == 1 else f'_fold{k}'}.png"
+            plot_history(history, bundle / "report" / file, f"{entry['name']}{suffix}")
+            best = history["best_epoch"]
+            parts.append(
+                f"<figure><img src='{html.escape(file)}' alt='training curves of {html.escape(entry['name'])}{suffix}'>"
+                f"<figcaption>{html.escape(entry['name'])}{suffix}: best epoch {best + 1} of {len(history['loss'])}, "
+                f"validation accuracy {history['best']['val_accuracy']:.4f}</figcaption></figure>"
+            )
+    return "\n".join(parts)
 
 
 def write_report(bundle: Path) -> Path:
@@ -32,7 +52,7 @@ def write_report(bundle: Path) -> Path:
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>stackserve report</title>
 <style>body{{font-family:sans-serif;max-width:52em;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}td:first-child{{text-align:left}}</style>
+td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}</style>
 </head><body>
 <h1>stackserve report</h1>
 <p>{len(manifest['classes'])} classes, {manifest['data']['images']} training images, image size
@@ -43,6 +63,8 @@ td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}td:first-child{
 <h2>Meta-learner selection</h2>
 <p>Chosen: <b>{html.escape(selection['kind'])}</b>: {html.escape(selection['reason'])}.</p>
 {meta}
+<h2>Training curves</h2>
+{_training_curves(bundle, manifest)}
 </body></html>
 """
     path = bundle / "report" / "index.html"

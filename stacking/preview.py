@@ -1,0 +1,36 @@
+"""``stacking preview augment``: see the training augmentation before hours of training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from models.training import make_augmenter
+from stacking.config import FitConfig
+from stacking.datasets import ImageSet, load_pixels, read_training_set
+from stacking.plots import augmentation_grid
+
+
+def _one_per_class(images: ImageSet, count: int) -> list[int]:
+    """Indices of up to ``count`` images, taking each class in turn."""
+    by_class = [list(np.flatnonzero(images.labels == c)) for c in range(len(images.classes))]
+    picked: list[int] = []
+    while len(picked) < count and any(by_class):
+        for members in by_class:
+            if members and len(picked) < count:
+                picked.append(int(members.pop(0)))
+    return picked
+
+
+def preview_augmentation(data_dir: Path, out: Path, cfg: FitConfig, count: int = 8, copies: int = 5) -> Path:
+    """Write a grid: ``count`` training images (one per class in turn), each with ``copies`` augmented copies."""
+    images = read_training_set(data_dir)
+    images, pixels, _ = load_pixels(images.subset(_one_per_class(images, count)), cfg.image_size, "skip")
+    keras.utils.set_random_seed(cfg.seed)
+    augment = make_augmenter(cfg.train.augmentation, cfg.seed)
+    batch = pixels.astype("float32")
+    augmented = np.stack([keras.ops.convert_to_numpy(augment(batch, training=True)) for _ in range(copies)])
+    titles = [f"{images.classes[label]}: {path.name}" for label, path in zip(images.labels, images.paths)]
+    return augmentation_grid(pixels, augmented, Path(out), titles)
