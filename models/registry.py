@@ -265,8 +265,9 @@ def _application_backbone(attribute: str) -> Backbone:
     def build(x, weights):
         # ``weights="imagenet"`` downloads once into ~/.keras/models; tests use None.
         backbone = getattr(keras.applications, attribute)(
-            include_top=False, weights=weights, input_shape=tuple(x.shape[1:]), name=BACKBONE
+            include_top=False, weights=weights, input_shape=tuple(x.shape[1:])
         )
+        backbone.name = BACKBONE  # set afterwards: some builders look their defaults up by name
         return backbone(x, training=False)
 
     build.__doc__ = f"keras.applications.{attribute} without its classifier."

@@ -168,3 +168,42 @@ def test_more_tta_views_than_the_policy_has_is_refused(tmp_path, capsys):
     data = make_images(tmp_path / "d", {"a": 12, "b": 12})
     code, _, err = run_cli(["fit", "--data", data, "--out", tmp_path / "b", "--tta-policy", "flip", "--tta", "3"], capsys)
     assert "--tta 3: TTA policy 'flip' has 2 views" in one_line_error(code, err)
+
+
+def test_your_own_model_is_trained_bundled_and_served(digits_dir, tmp_path, capsys):
+    bundle = tmp_path / "own"
+    code, out, err = run_cli(["fit", "--data", digits_dir, "--out", bundle, "--models", "tests.custom_model:build,tiny_cnn",
+                              "--epochs", "1", "--image-size", "16"], capsys)
+    assert code == 0, err
+    manifest = load_manifest(bundle)
+    entry = manifest["base_models"][0]
+    assert entry["name"] == "tests.custom_model.build" and entry["architecture"] == "tests.custom_model:build"
+    assert entry["files"] == ["base/tests.custom_model.build/model.keras"]
+    predictor = Predictor(bundle)
+    assert predictor.base_names == ["tests.custom_model.build", "tiny_cnn"]
+    assert predictor.predict(np.zeros((1, 16, 16, 3), np.uint8)).base_probabilities.shape == (2, 1, 10)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("nowhere.module:build", "cannot import 'nowhere.module'"),
+        ("tests.custom_model:missing", "has no function 'missing'"),
+        ("tests.custom_model:not_a_model", "returned str, not a keras.Model"),
+    ],
+)
+def test_bad_custom_model_is_named(digits_dir, tmp_path, capsys, model, message):
+    code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--models", model,
+                            "--epochs", "1", "--image-size", "16"], capsys)
+    assert message in one_line_error(code, err)
+
+
+def test_preview_augment_writes_a_grid(digits_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    code, _, err = run_cli(["preview", "augment", "--data", digits_dir, "--out", out, "--count", "4", "--copies", "3"],
+                           capsys)
+    assert code == 0, err
+    with Image.open(out) as img:
+        pixels = np.asarray(img.convert("L"), dtype=float)
+        assert img.size[0] > 300 and img.size[1] > 300
+    assert pixels.std() > 20  # images drawn, not a blank canvas

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -10,10 +11,13 @@ from stacking.config import load_config
 from stacking.fit import fit
 
 
-def test_same_seed_same_out_of_fold_predictions(digits_dir, tmp_path):
+def test_same_seed_same_weights_and_out_of_fold_predictions(digits_dir, tmp_path):
     cfg = load_config(None, {"models": ("tiny_cnn",), "image_size": 16, "epochs": 2, "tta_views": 2, "seed": 3})
     for name in ("a", "b"):
         fit(digits_dir, tmp_path / name, cfg, echo=lambda _: None)
+    weights = [keras.models.load_model(tmp_path / n / "base" / "tiny_cnn" / "model.keras").get_weights() for n in "ab"]
+    for wa, wb in zip(*weights):
+        np.testing.assert_array_equal(wa, wb)  # the same trained weights, bit for bit
     a, b = load_oof(tmp_path / "a"), load_oof(tmp_path / "b")
     np.testing.assert_array_equal(a["ids"], b["ids"])
     np.testing.assert_array_equal(a["probabilities"], b["probabilities"])

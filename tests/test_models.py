@@ -7,34 +7,54 @@ import numpy as np
 import pytest
 
 from models import create_model, get_spec, list_models
-from models.preprocessing import apply_preprocessing
+from models.registry import _APPLICATIONS, BACKBONE
 from models.training import TrainConfig, train_model
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, size=(2, 32, 32, 3)).astype("float32")
 
-# The official preprocessing of a family, to compare with our in-graph layers.
-OFFICIAL = {
-    "xception": keras.applications.xception.preprocess_input,
-    "resnet50v2": keras.applications.resnet_v2.preprocess_input,
-    "mobilenetv2": keras.applications.mobilenet_v2.preprocess_input,
-    "inceptionv3": keras.applications.inception_v3.preprocess_input,
-    "resnet50": keras.applications.resnet50.preprocess_input,
-    "vgg16": keras.applications.vgg16.preprocess_input,
-    "densenet121": keras.applications.densenet.preprocess_input,
-    "efficientnetb0": keras.applications.efficientnet.preprocess_input,
-    "efficientnetv2b0": keras.applications.efficientnet_v2.preprocess_input,
-    "convnexttiny": keras.applications.convnext.preprocess_input,
-    "mobilenetv3small": keras.applications.mobilenet_v3.preprocess_input,
+# One registered model per keras.applications module, with that module's official preprocess_input.
+FAMILIES = {
+    "xception": keras.applications.xception,
+    "inceptionv3": keras.applications.inception_v3,
+    "inceptionresnetv2": keras.applications.inception_resnet_v2,
+    "mobilenet": keras.applications.mobilenet,
+    "mobilenetv2": keras.applications.mobilenet_v2,
+    "resnet50v2": keras.applications.resnet_v2,
+    "resnet50": keras.applications.resnet50,
+    "vgg16": keras.applications.vgg16,
+    "vgg19": keras.applications.vgg19,
+    "densenet121": keras.applications.densenet,
+    "mobilenetv3small": keras.applications.mobilenet_v3,
+    "convnexttiny": keras.applications.convnext,
+    "efficientnetb0": keras.applications.efficientnet,
+    "efficientnetv2b0": keras.applications.efficientnet_v2,
 }
 
 
-@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def family_of(name: str) -> str:
+    """The representative in FAMILIES built by the same keras.applications module as ``name``."""
+    module = getattr(keras.applications, _APPLICATIONS[name][0]).__module__
+    return next(f for f in FAMILIES if getattr(keras.applications, _APPLICATIONS[f][0]).__module__ == module)
+
+
+def test_every_registered_application_has_a_tested_family():
+    for name in list_models(builtin=False):
+        representative = family_of(name)
+        assert get_spec(name).preprocessing == get_spec(representative).preprocessing, name
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_in_graph_preprocessing_equals_official(name):
-    inputs = keras.Input((32, 32, 3))
-    model = keras.Model(inputs, apply_preprocessing(inputs, get_spec(name).preprocessing))
-    ours = model.predict(PIXELS, verbose=0)
-    theirs = np.asarray(OFFICIAL[name](PIXELS.copy()))
+    """The built model's own preprocessing (before the backbone) equals the official preprocess_input."""
+    size = get_spec(name).min_image_size if get_spec(name).min_image_size > 32 else 32
+    model = create_model(name, num_classes=3, image_size=size, weights=None)
+    backbone = model.get_layer(BACKBONE)
+    pixels = RNG.integers(0, 256, size=(2, size, size, 3)).astype("float32")
+    # What reaches the backbone: the output of the model's layers before it.
+    before = keras.Model(model.input, model.layers[model.layers.index(backbone) - 1].output)
+    ours = before.predict(pixels, verbose=0)
+    theirs = np.asarray(FAMILIES[name].preprocess_input(pixels.copy()))
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
 
 
