@@ -1,0 +1,51 @@
+"""Settings: the README's documented defaults are the code's, and overrides layer correctly."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from stacking.config import FitConfig, load_config
+from stacking.errors import UserError
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def documented_defaults() -> str:
+    text = README.read_text()
+    section = text[text.index("Every setting, with its default:"):]
+    return re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_lists_every_setting_with_the_real_default(tmp_path):
+    path = tmp_path / "defaults.toml"
+    path.write_text(documented_defaults())
+    assert load_config(path, {}) == FitConfig()
+    keys = set(re.findall(r"^(\w+) =", documented_defaults(), re.M))
+    fields = set(FitConfig.__dataclass_fields__) - {"tta", "train"}
+    assert fields <= keys
+
+
+def test_command_line_overrides_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('protocol = "kfold"\nseed = 4\n[train]\nepochs = 9\n[tta]\npolicy = "shift"\n')
+    cfg = load_config(path, {"seed": 7, "epochs": None, "tta_views": 3})
+    assert (cfg.protocol, cfg.seed, cfg.train.epochs, cfg.tta.name, cfg.tta.views) == ("kfold", 7, 9, "shift", 3)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('head = "mlp"\n', "head 'mlp'"),
+        ('[train]\nclass_weight = "auto"\n', "class_weight 'auto'"),
+        ('[augmentation]\nblur = 0.1\n', "[augmentation]: unknown setting(s) ['blur']"),
+        ("protocol = \n", "not valid TOML"),
+    ],
+)
+def test_bad_settings_are_named(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(path, {})
