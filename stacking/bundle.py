@@ -23,6 +23,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 META_FILE = "meta.joblib"
 OOF_FILE = "oof.npz"
+TTA_DIAGNOSTICS = "tta_diagnostics.json"
 
 
 class BundleError(UserError):

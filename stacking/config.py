@@ -41,6 +41,7 @@ class FitConfig:
     dropout: float = 0.2
     deterministic: bool = True  # deterministic TensorFlow ops: the same seed gives the same weights
     mixed_precision: bool = False  # float16 compute, for GPU users; off on CPU
+    tta_diagnostic_views: int = 10  # views measured for the TTA diagnostics (at most the policy's)
     tta: TTAPolicy = field(default_factory=TTAPolicy)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -105,6 +106,7 @@ def validate(cfg: FitConfig) -> None:
         (cfg.meta == "auto" or cfg.meta in META_KINDS, f"--meta {cfg.meta!r}: expected auto, {', '.join(META_KINDS)}"),
         (cfg.tta.name in POLICIES, f"--tta-policy {cfg.tta.name!r}: expected one of {', '.join(POLICIES)}"),
         (cfg.tta.views >= 0, f"--tta {cfg.tta.views}: must be 0 or more"),
+        (cfg.tta_diagnostic_views >= 1, f"tta_diagnostic_views {cfg.tta_diagnostic_views}: must be at least 1"),
         (cfg.folds >= 2, f"--folds {cfg.folds}: must be at least 2"),
         (0 < cfg.holdout_fraction < 1, f"holdout_fraction {cfg.holdout_fraction}: must be between 0 and 1"),
         (0 < cfg.validation_fraction < 1, f"validation_fraction {cfg.validation_fraction}: must be between 0 and 1"),

@@ -27,7 +27,8 @@ from stacking.errors import UserError
 from stacking.meta import score, select_meta
 from stacking.protocols import Split, check_class_counts, make_splits, minimum_per_class
 from stacking.report import write_report
-from stacking.tta import TTAForward, merge_views
+from stacking.tta import TTAForward, View
+from stacking.tta_diagnostics import diagnostic_rows, tta_diagnostics
 
 Echo = Callable[[str], None]
 
@@ -65,8 +66,13 @@ def _build_model(name: str, n_classes: int, cfg: FitConfig, seed: int) -> keras.
         ) from None
 
 
-def _train_and_predict(name: str, seed: int, split: Split, path: Path, data: tuple, cfg: FitConfig, desc: str):
-    """Train one base model on ``split.fit``; return (its history, TTA probabilities on ``split.oof``)."""
+def _train_and_predict(
+    name: str, seed: int, split: Split, path: Path, data: tuple, cfg: FitConfig, views: list[View], desc: str
+):
+    """Train one base model on ``split.fit``; return (its history, (T, n, C) per-view probabilities on ``split.oof``).
+
+    ``views`` covers the served views (the first ones) and those the diagnostics measure.
+    """
     pixels, labels, n_classes = data
     model = _build_model(name, n_classes, cfg, seed)
     # A live bar on a terminal only (disable=None); fit() prints a summary line in any case.
@@ -81,8 +87,7 @@ def _train_and_predict(name: str, seed: int, split: Split, path: Path, data: tup
             fine_tune=get_spec(name).block_pattern if cfg.weights_for(name) else None,
             on_epoch_end=lambda _, logs: (bar.update(), bar.set_postfix(val_acc=f"{logs['val_accuracy']:.3f}")),
         )
-    views = cfg.tta.view_list(cfg.image_size)
-    return history, merge_views(TTAForward([[model]], cfg.image_size)(pixels[split.oof], views))[0]
+    return history, TTAForward([[model]], cfg.image_size)(pixels[split.oof], views)[0]
 
 
 def base_name(model: str) -> str:
@@ -125,6 +130,10 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
     work = _prepare_output(out)
     try:
         oof = np.zeros((len(cfg.models), len(labels), len(classes)), np.float32)
+        served = len(cfg.tta.view_list(cfg.image_size))
+        views = cfg.tta.view_list(cfg.image_size, max(cfg.tta.views, cfg.tta_diagnostic_views))
+        diag = diagnostic_rows(np.concatenate([s.oof for s in splits]), cfg.seed)
+        diag_views = np.zeros((len(cfg.models), len(views), len(diag), len(classes)), np.float32)
         base_entries, validation = [], {}
         names = [base_name(model) for model in cfg.models]
         for m, (model, name) in enumerate(zip(cfg.models, names)):
@@ -133,9 +142,12 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
                 fold = None if cfg.protocol == "holdout" else k
                 path = bundle_io.base_model_path(work, name, fold)
                 desc = name if fold is None else f"{name} fold {k}"
-                history, oof[m, split.oof] = _train_and_predict(
-                    model, cfg.seed + 1000 * m + k, split, path, (pixels, labels, len(classes)), cfg, desc
+                history, per_view = _train_and_predict(
+                    model, cfg.seed + 1000 * m + k, split, path, (pixels, labels, len(classes)), cfg, views, desc
                 )
+                oof[m, split.oof] = per_view[:served].mean(axis=0)
+                kept = np.isin(split.oof, diag)
+                diag_views[m][:, np.searchsorted(diag, split.oof[kept])] = per_view[:, kept]
                 files.append(path.relative_to(work).as_posix())
                 histories.append(history)
                 echo(
@@ -152,6 +164,8 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
         bundle_io.save_oof(work, oof_probs, oof_labels, [images.ids[i] for i in rows], names)
         meta, selection = select_meta(oof_probs, oof_labels, cfg.meta, cfg.seed)
         bundle_io.save_meta(work, meta)
+        bundle_io.write_json(work / bundle_io.TTA_DIAGNOSTICS,
+                             tta_diagnostics(diag_views, labels[diag], names, served))
         echo(f"meta-learner: {selection['kind']} ({selection['reason']})")
 
         metrics = {

@@ -60,3 +60,38 @@ def augmentation_grid(originals: np.ndarray, augmented: np.ndarray, path: Path, 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_tta_curve(accuracy_by_views: dict[str, list[float]], path: Path, served_views: int) -> Path:
+    """Accuracy against the number of TTA views, one line per model and the ensemble."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
+    for name, accuracies in accuracy_by_views.items():
+        style = {"linewidth": 2.5, "color": "black"} if name == "ensemble" else {}
+        ax.plot(np.arange(1, len(accuracies) + 1), accuracies, marker="o", label=name, **style)
+    ax.axvline(served_views, color="0.5", linestyle="--", label="served views")
+    ax.set_xlabel("TTA views (identity first)")
+    ax.set_ylabel("accuracy on out-of-fold images")
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_tta_heatmap(predicted: list[list[int]], labels: list[int], classes: list[str], path: Path,
+                     view_names: list[str]) -> Path:
+    """Predicted class per view (rows) and image (columns); the bottom row is the true class."""
+    grid = np.array([*predicted, labels])
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * grid.shape[1] + 2), 0.35 * grid.shape[0] + 1.6),
+                           constrained_layout=True)
+    image = ax.imshow(grid, aspect="auto", cmap="tab20" if len(classes) > 10 else "tab10",
+                      vmin=-0.5, vmax=len(classes) - 0.5, interpolation="nearest")
+    ax.set_yticks(range(len(grid)), [*view_names, "true class"], fontsize=7)
+    ax.set_xlabel("image")
+    ax.axhline(len(predicted) - 0.5, color="white", linewidth=2)
+    bar = fig.colorbar(image, ax=ax, ticks=range(len(classes)))
+    bar.ax.set_yticklabels(classes, fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from stacking import bundle as bundle_io
-from stacking.plots import plot_history
+from stacking.plots import plot_history, plot_tta_curve, plot_tta_heatmap
+from stacking.tta import TTAPolicy
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -32,6 +33,35 @@ def _training_curves(bundle: Path, manifest: dict) -> str:
                 f"validation accuracy {history['best']['val_accuracy']:.4f}</figcaption></figure>"
             )
     return "\n".join(parts)
+
+
+def _tta_section(bundle: Path, manifest: dict) -> str:
+    """The TTA table, fixed/broken counts, accuracy-by-views curve and per-view heat map."""
+    path = bundle / bundle_io.TTA_DIAGNOSTICS
+    if not path.is_file():
+        return "<p>This bundle has no TTA diagnostics.</p>"
+    diag = json.loads(path.read_text())
+    columns = list(next(iter(diag["table"].values())))
+    table = _table(
+        ["model", *[f"{c} acc / log-loss" for c in columns], "fixed", "broken"],
+        [[name, *[f"{row[c]['accuracy']:.4f} / {row[c]['log_loss']:.4f}" for c in columns],
+          str(diag["fixed_broken"][name]["fixed"]), str(diag["fixed_broken"][name]["broken"])]
+         for name, row in diag["table"].items()],
+    )
+    plot_tta_curve(diag["accuracy_by_views"], bundle / "report" / "tta_curve.png", diag["served_views"])
+    policy = TTAPolicy.from_dict(manifest["tta"])
+    names = [v.name for v in policy.view_list(manifest["image_size"], diag["views"])]
+    heat = diag["heatmap"]
+    plot_tta_heatmap(heat["predicted"], heat["labels"], manifest["classes"], bundle / "report" / "tta_heatmap.png", names)
+    return (
+        f"<p>Measured on {diag['rows']} out-of-fold images. Fixed: wrong with the identity view alone, right "
+        f"with the served {diag['served_views']} views; broken: the reverse.</p>{table}"
+        "<figure><img src='tta_curve.png' alt='accuracy against the number of TTA views'></figure>"
+        "<figure><img src='tta_heatmap.png' alt='predicted class per view and image'>"
+        f"<figcaption>Ensemble's predicted class per view for {len(heat['labels'])} images, grouped by true "
+        "class (bottom row); a column that changes colour is an image the views disagree on.</figcaption>"
+        "</figure>"
+    )
 
 
 def write_report(bundle: Path) -> Path:
@@ -63,6 +93,8 @@ td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}td:first-child{
 <h2>Meta-learner selection</h2>
 <p>Chosen: <b>{html.escape(selection['kind'])}</b>: {html.escape(selection['reason'])}.</p>
 {meta}
+<h2>Test-time augmentation</h2>
+{_tta_section(bundle, manifest)}
 <h2>Training curves</h2>
 {_training_curves(bundle, manifest)}
 </body></html>

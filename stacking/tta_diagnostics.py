@@ -1,0 +1,61 @@
+"""What TTA did, measured on out-of-fold rows: the table, the curve, fixed and broken counts, a heat map of 50 images.
+
+Computed once at fit time from per-view probabilities of images no base model trained
+on, saved in the bundle (``tta_diagnostics.json``), drawn by the report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stacking.meta import score
+
+HEATMAP_IMAGES = 50
+ROWS_CAP = 5000  # diagnostics use at most this many OOF rows, so memory stays bounded on large sets
+
+
+def diagnostic_rows(rows: np.ndarray, seed: int) -> np.ndarray:
+    """A fixed, sorted sample of at most ``ROWS_CAP`` OOF rows."""
+    if len(rows) <= ROWS_CAP:
+        return np.sort(rows)
+    return np.sort(np.random.default_rng(seed).permutation(rows)[:ROWS_CAP])
+
+
+def tta_diagnostics(per_view: np.ndarray, labels: np.ndarray, names: list[str], served_views: int) -> dict:
+    """From (M, T, N, C) per-view probabilities: every TTA diagnostic, as plain JSON-ready data.
+
+    Rows are the base models and the ensemble (their plain mean). Columns of the
+    table: identity only ("none"), the first augmented view alone ("one view"), the
+    served view count, and all T views.
+    """
+    per_view = np.concatenate([per_view, per_view.mean(axis=0, keepdims=True)])  # + ensemble
+    rows = [*names, "ensemble"]
+    views = per_view.shape[1]
+    cumulative = np.cumsum(per_view, axis=1) / np.arange(1, views + 1)[None, :, None, None]  # mean of first k
+    table, curve, changes = {}, {}, {}
+    for i, name in enumerate(rows):
+        columns = {"none": score(per_view[i, 0], labels)}
+        if views > 1:
+            columns["one view"] = score(per_view[i, 1], labels)
+        columns[f"{served_views} views (served)"] = score(cumulative[i, served_views - 1], labels)
+        columns[f"{views} views"] = score(cumulative[i, -1], labels)
+        table[name] = columns
+        curve[name] = [float((cumulative[i, k].argmax(axis=1) == labels).mean()) for k in range(views)]
+        right_before = per_view[i, 0].argmax(axis=1) == labels
+        right_after = cumulative[i, served_views - 1].argmax(axis=1) == labels
+        changes[name] = {"fixed": int((~right_before & right_after).sum()), "broken": int((right_before & ~right_after).sum())}
+    # A fixed sample across classes (OOF rows come grouped by class), shown grouped by true class.
+    sample = np.random.default_rng(0).permutation(per_view.shape[2])[:HEATMAP_IMAGES]
+    shown = sample[np.argsort(labels[sample], kind="stable")]
+    return {
+        "rows": int(per_view.shape[2]),
+        "views": views,
+        "served_views": served_views,
+        "table": table,
+        "accuracy_by_views": curve,
+        "fixed_broken": changes,
+        "heatmap": {
+            "predicted": per_view[-1][:, shown].argmax(axis=-1).tolist(),  # ensemble, views x images
+            "labels": labels[shown].tolist(),
+        },
+    }

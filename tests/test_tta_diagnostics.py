@@ -1,0 +1,55 @@
+"""TTA diagnostics: the numbers follow from the per-view predictions, and the pictures are drawn."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from stacking.bundle import TTA_DIAGNOSTICS, load_manifest
+from stacking.tta_diagnostics import tta_diagnostics
+
+LABELS = np.array([0, 1, 0, 1])
+
+
+def one_hot(classes: list[int], p: float = 0.9) -> np.ndarray:
+    out = np.full((len(classes), 2), 1 - p)
+    out[np.arange(len(classes)), classes] = p
+    return out
+
+
+def test_fixed_broken_table_and_curve():
+    # Identity gets images 0 and 1 wrong... views 1 and 2 get them right but break image 3.
+    views = np.stack([one_hot([1, 0, 0, 1]), one_hot([0, 1, 0, 0]), one_hot([0, 1, 0, 0])])
+    diag = tta_diagnostics(views[None], LABELS, ["m"], served_views=3)
+    assert diag["fixed_broken"]["m"] == {"fixed": 2, "broken": 1}
+    assert diag["accuracy_by_views"]["m"] == [0.5, 0.5, 0.75]  # mean of the first k views
+    table = diag["table"]["m"]
+    assert list(table) == ["none", "one view", "3 views (served)", "3 views"]
+    assert table["none"]["accuracy"] == 0.5 and table["one view"]["accuracy"] == 0.75
+    assert diag["table"]["ensemble"] == table  # one model: the ensemble is that model
+    assert np.array(diag["heatmap"]["predicted"]).shape == (3, 4)
+    assert sorted(diag["heatmap"]["labels"]) == diag["heatmap"]["labels"]  # grouped by true class
+
+
+def test_ensemble_is_the_mean_of_models():
+    a = np.stack([one_hot([0, 0, 0, 0], 0.6)])
+    b = np.stack([one_hot([1, 1, 1, 1], 0.9)])
+    diag = tta_diagnostics(np.stack([a, b]), LABELS, ["a", "b"], served_views=1)
+    assert diag["accuracy_by_views"]["ensemble"] == [0.5]
+    assert set(diag["table"]) == {"a", "b", "ensemble"}
+
+
+def test_every_bundle_has_diagnostics_and_their_pictures(tiny_bundle):
+    manifest = load_manifest(tiny_bundle)
+    assert TTA_DIAGNOSTICS in manifest["files"]
+    diag = json.loads((tiny_bundle / TTA_DIAGNOSTICS).read_text())
+    assert diag["served_views"] == 3 and diag["views"] == 9  # shift policy: 9 views measured, 3 served
+    assert diag["rows"] == manifest["metrics"]["oof_rows"]
+    page = (tiny_bundle / "report" / "index.html").read_text()
+    for picture in ("tta_curve.png", "tta_heatmap.png"):
+        assert picture in page
+        with Image.open(tiny_bundle / "report" / picture) as img:
+            gray = np.asarray(img.convert("L"), dtype=float)
+        assert gray.std() > 10 and (gray < 200).mean() > 0.02  # drawn, not blank
