@@ -29,6 +29,7 @@ preview_cli = typer.Typer(help="Pictures to check before a long fit.")
 cli.add_typer(preview_cli, name="preview")
 
 TTAOption = Annotated[Optional[int], typer.Option("--tta", help="TTA views (default: the bundle's policy).")]
+PolicyOption = Annotated[Optional[str], typer.Option("--tta-policy", help="none, flip, shift or flip-shift (default: the bundle's).")]
 OnBadOption = Annotated[str, typer.Option("--on-bad-image", help="error: stop at an unreadable image; skip: leave it out and report it.")]
 
 
@@ -98,6 +99,7 @@ def evaluate_command(
     labels: Annotated[Optional[Path], typer.Option(help="Id,Category CSV for the images in --data.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
     tta: TTAOption = None,
+    tta_policy: PolicyOption = None,
     on_bad_image: OnBadOption = "error",
 ) -> None:
     """The comparison table (each base model, mean, stack) on labelled images."""
@@ -105,8 +107,8 @@ def evaluate_command(
     from stacking.predictor import Predictor
 
     predictor = Predictor(bundle)
-    predictor.check_views(tta)
-    rows, count, bad = evaluate_folder(predictor, data, labels, tta, on_bad_image)
+    predictor.check_views(tta, tta_policy)
+    rows, count, bad = evaluate_folder(predictor, data, labels, tta, tta_policy, on_bad_image)
     for _, reason in bad:
         typer.echo(f"skipped {reason}", err=True)
     typer.echo(format_table(rows))
@@ -120,6 +122,7 @@ def predict_command(
     images: Annotated[Path, typer.Argument(help="Folder of images to classify.")],
     out: Annotated[Path, typer.Option("--out", help="Submission CSV to write (Id,Category).")],
     tta: TTAOption = None,
+    tta_policy: PolicyOption = None,
     sample_submission: Annotated[Optional[Path], typer.Option(help="Row order (default: sample_submission.csv in or beside IMAGES).")] = None,
     probabilities: Annotated[Optional[Path], typer.Option(help="Also write every class probability to this CSV.")] = None,
     on_bad_image: OnBadOption = "error",
@@ -129,8 +132,10 @@ def predict_command(
     from stacking.submission import predict_folder
 
     predictor = Predictor(bundle)
-    predictor.check_views(tta)
-    table, skipped = predict_folder(predictor, images, out, tta, on_bad_image, sample_submission, probabilities)
+    predictor.check_views(tta, tta_policy)
+    table, skipped = predict_folder(
+        predictor, images, out, tta, tta_policy, on_bad_image, sample_submission, probabilities
+    )
     for _, reason in skipped:
         typer.echo(f"skipped {reason}", err=True)
     typer.echo(f"wrote {len(table)} predictions to {out}" + (f" ({len(skipped)} skipped)" if skipped else ""))

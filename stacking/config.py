@@ -18,7 +18,7 @@ from stacking.datasets import ON_BAD_IMAGE
 from stacking.errors import UserError
 from stacking.meta import META_KINDS
 from stacking.protocols import PROTOCOLS
-from stacking.tta import POLICIES, TTAPolicy
+from stacking.tta import MERGES, POLICIES, TTAPolicy
 
 DEFAULT_MODELS = ("tiny_cnn", "small_resnet", "mini_mobilenet")
 
@@ -105,6 +105,7 @@ def validate(cfg: FitConfig) -> None:
         (cfg.protocol in PROTOCOLS, f"--protocol {cfg.protocol!r}: expected one of {', '.join(PROTOCOLS)}"),
         (cfg.meta == "auto" or cfg.meta in META_KINDS, f"--meta {cfg.meta!r}: expected auto, {', '.join(META_KINDS)}"),
         (cfg.tta.name in POLICIES, f"--tta-policy {cfg.tta.name!r}: expected one of {', '.join(POLICIES)}"),
+        (cfg.tta.merge in MERGES, f"[tta] merge {cfg.tta.merge!r}: expected one of {', '.join(MERGES)}"),
         (cfg.tta.views >= 0, f"--tta {cfg.tta.views}: must be 0 or more"),
         (cfg.tta_diagnostic_views >= 1, f"tta_diagnostic_views {cfg.tta_diagnostic_views}: must be at least 1"),
         (cfg.folds >= 2, f"--folds {cfg.folds}: must be at least 2"),

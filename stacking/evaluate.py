@@ -11,9 +11,11 @@ from stacking.meta import score
 from stacking.predictor import Predictor
 
 
-def compare(predictor: Predictor, pixels: np.ndarray, labels: np.ndarray, views: int | None = None) -> list[dict]:
+def compare(
+    predictor: Predictor, pixels: np.ndarray, labels: np.ndarray, views: int | None = None, policy: str | None = None
+) -> list[dict]:
     """One row per base model, the mean, and the stack: accuracy and log-loss."""
-    prediction = predictor.predict(pixels, views)
+    prediction = predictor.predict(pixels, views, policy)
     rows = [{"model": name, **score(prediction.base_probabilities[m], labels)}
             for m, name in enumerate(predictor.base_names)]
     rows.append({"model": "mean", **score(prediction.base_probabilities.mean(axis=0), labels)})
@@ -31,9 +33,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def evaluate_folder(
-    predictor: Predictor, images: Path, labels_csv: Path | None, views: int | None = None, on_bad_image: str = "error"
+    predictor: Predictor,
+    images: Path,
+    labels_csv: Path | None,
+    views: int | None = None,
+    policy: str | None = None,
+    on_bad_image: str = "error",
 ) -> tuple[list[dict], int, list]:
     """:func:`compare` on class folders, or a folder plus an Id,Category CSV: (rows, images used, skipped)."""
     labelled = read_evaluation_set(images, labels_csv, predictor.classes)
     labelled, pixels, bad = load_pixels(labelled, predictor.image_size, on_bad_image)
-    return compare(predictor, pixels, labelled.labels, views), len(labelled.paths), bad
+    return compare(predictor, pixels, labelled.labels, views, policy), len(labelled.paths), bad

@@ -27,7 +27,7 @@ from stacking.errors import UserError
 from stacking.meta import score, select_meta
 from stacking.protocols import Split, check_class_counts, make_splits, minimum_per_class
 from stacking.report import write_report
-from stacking.tta import TTAForward, View
+from stacking.tta import TTAForward, View, merge_views
 from stacking.tta_diagnostics import diagnostic_rows, tta_diagnostics
 
 Echo = Callable[[str], None]
@@ -145,7 +145,7 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
                 history, per_view = _train_and_predict(
                     model, cfg.seed + 1000 * m + k, split, path, (pixels, labels, len(classes)), cfg, views, desc
                 )
-                oof[m, split.oof] = per_view[:served].mean(axis=0)
+                oof[m, split.oof] = merge_views(per_view[None, :served], cfg.tta.merge)[0]
                 kept = np.isin(split.oof, diag)
                 diag_views[m][:, np.searchsorted(diag, split.oof[kept])] = per_view[:, kept]
                 files.append(path.relative_to(work).as_posix())
@@ -165,7 +165,7 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
         meta, selection = select_meta(oof_probs, oof_labels, cfg.meta, cfg.seed)
         bundle_io.save_meta(work, meta)
         bundle_io.write_json(work / bundle_io.TTA_DIAGNOSTICS,
-                             tta_diagnostics(diag_views, labels[diag], names, served))
+                             tta_diagnostics(diag_views, labels[diag], names, served, cfg.tta.merge))
         echo(f"meta-learner: {selection['kind']} ({selection['reason']})")
 
         metrics = {

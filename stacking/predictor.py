@@ -6,7 +6,7 @@ class, so the same bundle, images and TTA give the same probabilities everywhere
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -17,7 +17,7 @@ from models.registry import import_custom_module, is_custom
 from stacking import bundle as bundle_io
 from stacking.errors import UserError
 from stacking.meta import full_probabilities, meta_features
-from stacking.tta import TTAForward, TTAPolicy, merge_views
+from stacking.tta import POLICIES, TTAForward, TTAPolicy, merge_views
 
 
 @dataclass
@@ -53,23 +53,34 @@ class Predictor:
         self.forward = TTAForward(members, self.image_size)
         self.meta = bundle_io.load_meta(self.bundle)
 
-    @property
-    def max_views(self) -> int:
-        return self.tta.max_views(self.image_size)
+    def policy(self, name: str | None = None) -> TTAPolicy:
+        """The bundle's validated TTA policy, or another named one with the same shift and merge."""
+        if name is None or name == self.tta.name:
+            return self.tta
+        if name not in POLICIES:
+            raise UserError(f"--tta-policy {name!r}: expected one of {', '.join(POLICIES)}")
+        return replace(self.tta, name=name)
 
-    def check_views(self, views: int | None, option: str = "--tta") -> None:
-        """Refuse a TTA view count the bundle's policy cannot provide."""
-        if views is not None and not 0 <= views <= self.max_views:
-            raise UserError(f"{option} {views}: must be between 0 and {self.max_views} for TTA policy {self.tta.name!r}")
+    def max_views(self, policy: str | None = None) -> int:
+        return self.policy(policy).max_views(self.image_size)
 
-    def base_probabilities(self, pixels: np.ndarray, views: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(M, N, C) TTA-averaged probabilities per base model, and the (M, T, N, C) per-view ones."""
-        per_view = self.forward(pixels, self.tta.view_list(self.image_size, views))
-        return merge_views(per_view), per_view
+    def check_views(self, views: int | None, policy: str | None = None, option: str = "--tta") -> None:
+        """Refuse a TTA view count the policy cannot provide."""
+        most = self.max_views(policy)
+        if views is not None and not 0 <= views <= most:
+            raise UserError(f"{option} {views}: must be between 0 and {most} for TTA policy {self.policy(policy).name!r}")
 
-    def predict(self, pixels: np.ndarray, views: int | None = None) -> Prediction:
-        """Stacked prediction for uint8 (N, size, size, 3) pixels with ``views`` TTA views."""
-        base, per_view = self.base_probabilities(pixels, views)
+    def base_probabilities(
+        self, pixels: np.ndarray, views: int | None = None, policy: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(M, N, C) TTA-merged probabilities per base model, and the (M, T, N, C) per-view ones."""
+        chosen = self.policy(policy)
+        per_view = self.forward(pixels, chosen.view_list(self.image_size, views))
+        return merge_views(per_view, chosen.merge), per_view
+
+    def predict(self, pixels: np.ndarray, views: int | None = None, policy: str | None = None) -> Prediction:
+        """Stacked prediction for uint8 (N, size, size, 3) pixels with ``views`` views of ``policy``."""
+        base, per_view = self.base_probabilities(pixels, views, policy)
         probs = full_probabilities(self.meta, meta_features(base), len(self.classes))
         labels = probs.argmax(axis=1)
         view_labels = per_view.mean(axis=0).argmax(axis=-1)  # (T, N)

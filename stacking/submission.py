@@ -54,6 +54,7 @@ def predict_folder(
     images_dir: Path,
     out: Path,
     views: int | None = None,
+    policy: str | None = None,
     on_bad_image: str = "error",
     sample_submission: Path | None = None,
     probabilities_out: Path | None = None,
@@ -73,7 +74,7 @@ def predict_folder(
             kept, pixels, bad = load_pixels(chunk, predictor.image_size, on_bad_image)
             skipped += bad
             if kept.paths:
-                probabilities.append(predictor.predict(pixels, views).probabilities)
+                probabilities.append(predictor.predict(pixels, views, policy).probabilities)
                 ids += kept.ids
             bar.update(len(chunk.paths))
     if not probabilities:

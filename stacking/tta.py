@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 POLICIES = ("none", "flip", "shift", "flip-shift")
+MERGES = ("mean", "geometric")
+EPS = 1e-7
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class TTAPolicy:
     name: str = "flip"
     views: int = 2  # the number of views used by default
     shift: float = 0.06  # shift views move by this fraction of the image side
+    merge: str = "mean"  # mean of probabilities, or "geometric" (mean of log-probabilities)
 
     def view_list(self, image_size: int, views: int | None = None) -> list[View]:
         """The first ``views`` (default: the policy's count) views; at least the identity."""
@@ -63,11 +66,11 @@ class TTAPolicy:
 
     def as_dict(self) -> dict:
         """The manifest's ``tta`` entry."""
-        return {"policy": self.name, "views": self.views, "shift": self.shift}
+        return {"policy": self.name, "views": self.views, "shift": self.shift, "merge": self.merge}
 
     @classmethod
     def from_dict(cls, entry: dict) -> "TTAPolicy":
-        return cls(name=entry["policy"], views=entry["views"], shift=entry["shift"])
+        return cls(name=entry["policy"], views=entry["views"], shift=entry["shift"], merge=entry["merge"])
 
 
 def _shift(x: tf.Tensor, dx: int, dy: int) -> tf.Tensor:
@@ -130,6 +133,15 @@ class TTAForward:
         return np.concatenate(chunks, axis=2)
 
 
-def merge_views(per_view: np.ndarray) -> np.ndarray:
-    """Average probabilities over the view axis: (M, T, N, C) -> (M, N, C)."""
-    return per_view.mean(axis=1)
+def merge_views(per_view: np.ndarray, method: str = "mean") -> np.ndarray:
+    """Combine the view axis: (M, T, N, C) -> (M, N, C) probabilities.
+
+    ``mean`` averages probabilities; ``geometric`` averages log-probabilities (clipped,
+    so a zero never gives -inf) and renormalises: never NaN.
+    """
+    if method == "mean":
+        return per_view.mean(axis=1)
+    if method == "geometric":
+        merged = np.exp(np.log(np.clip(per_view, EPS, 1.0)).mean(axis=1))
+        return merged / merged.sum(axis=-1, keepdims=True)
+    raise ValueError(f"unknown TTA merge {method!r}; expected one of {', '.join(MERGES)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from stacking.meta import score
+from stacking.tta import merge_views
 
 HEATMAP_IMAGES = 50
 ROWS_CAP = 5000  # diagnostics use at most this many OOF rows, so memory stays bounded on large sets
@@ -21,7 +22,9 @@ def diagnostic_rows(rows: np.ndarray, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(rows)[:ROWS_CAP])
 
 
-def tta_diagnostics(per_view: np.ndarray, labels: np.ndarray, names: list[str], served_views: int) -> dict:
+def tta_diagnostics(
+    per_view: np.ndarray, labels: np.ndarray, names: list[str], served_views: int, merge: str = "mean"
+) -> dict:
     """From (M, T, N, C) per-view probabilities: every TTA diagnostic, as plain JSON-ready data.
 
     Rows are the base models and the ensemble (their plain mean). Columns of the
@@ -31,7 +34,8 @@ def tta_diagnostics(per_view: np.ndarray, labels: np.ndarray, names: list[str], 
     per_view = np.concatenate([per_view, per_view.mean(axis=0, keepdims=True)])  # + ensemble
     rows = [*names, "ensemble"]
     views = per_view.shape[1]
-    cumulative = np.cumsum(per_view, axis=1) / np.arange(1, views + 1)[None, :, None, None]  # mean of first k
+    # cumulative[:, k]: the first k + 1 views merged as served
+    cumulative = np.stack([merge_views(per_view[:, : k + 1], merge) for k in range(views)], axis=1)
     table, curve, changes = {}, {}, {}
     for i, name in enumerate(rows):
         columns = {"none": score(per_view[i, 0], labels)}

@@ -24,7 +24,7 @@ def test_manifest_describes_the_bundle(tiny_bundle):
         assert (tiny_bundle / entry["history"]).is_file()
     assert manifest["meta_learner"]["kind"] in ("mean", "logreg", "rf")
     assert manifest["files"]["meta.joblib"] == sha256_file(tiny_bundle / "meta.joblib")
-    assert manifest["tta"] == {"policy": "shift", "views": 3, "shift": 0.06}
+    assert manifest["tta"] == {"policy": "shift", "views": 3, "shift": 0.06, "merge": "mean"}
     assert manifest["protocol"]["name"] == "holdout"
     assert {"tensorflow", "keras", "scikit-learn"} <= set(manifest["versions"])
     assert (tiny_bundle / "report" / "index.html").is_file()

@@ -102,6 +102,12 @@ def test_changed_bundle_is_refused_by_every_command(bundle_copy, digits_dir, tmp
 def test_predict_and_evaluate_bad_options(tiny_bundle, digits_dir, tmp_path, capsys):
     code, _, err = run_cli(["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv", "--tta", "50"], capsys)
     assert "--tta 50: must be between 0 and 9" in one_line_error(code, err)
+    code, _, err = run_cli(["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv",
+                            "--tta-policy", "spin"], capsys)
+    assert "--tta-policy 'spin': expected one of" in one_line_error(code, err)
+    code, _, err = run_cli(["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv",
+                            "--tta-policy", "flip", "--tta", "3"], capsys)
+    assert "--tta 3: must be between 0 and 2 for TTA policy 'flip'" in one_line_error(code, err)
     code, _, err = run_cli(["predict", tiny_bundle, tmp_path / "nothing", "--out", tmp_path / "s.csv"], capsys)
     assert "nothing: no such folder" in one_line_error(code, err)
     code, _, err = run_cli(["evaluate", tiny_bundle, "--data", digits_dir / "test"], capsys)

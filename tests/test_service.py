@@ -56,6 +56,14 @@ def test_predict_answers_each_file(server, digits_dir):
         assert "base_models" not in entry
 
 
+def test_another_tta_policy_can_be_asked_for(server):
+    body = post(server, [("files", ("a.png", png_bytes(), "image/png"))], tta=2, tta_policy="flip").json()
+    assert body["predictions"][0]["tta"]["iterations"] == 2
+    assert_error(post(server, [("files", ("a.png", png_bytes(), "image/png"))], tta=3, tta_policy="flip"), 422,
+                 "at most 2")
+    assert_error(post(server, [("files", ("a.png", png_bytes(), "image/png"))], tta_policy="spin"), 422, "tta_policy")
+
+
 def test_tta_zero_means_the_identity_view_only(server):
     body = post(server, [("files", ("a.png", png_bytes(), "image/png"))], tta=0).json()
     assert body["predictions"][0]["tta"]["iterations"] == 1

@@ -76,3 +76,14 @@ def test_one_trace_per_view_list():
     forward(PIXELS, views)
     forward(PIXELS[:1], views)
     assert forward._function(views).experimental_get_tracing_count() == 1
+
+
+def test_geometric_merge_is_normalised_and_never_nan():
+    per_view = np.array([[[[1.0, 0.0], [0.5, 0.5]], [[0.0, 1.0], [0.9, 0.1]]]])  # (1 model, 2 views, 2 images, 2)
+    merged = merge_views(per_view, "geometric")[0]
+    assert np.isfinite(merged).all()
+    np.testing.assert_allclose(merged.sum(axis=1), 1.0)
+    np.testing.assert_allclose(merged[0], [0.5, 0.5])  # symmetric certainty cancels out
+    expected = np.sqrt([0.5 * 0.9, 0.5 * 0.1])
+    np.testing.assert_allclose(merged[1], expected / expected.sum())
+    np.testing.assert_allclose(merge_views(per_view, "mean")[0], per_view[0].mean(axis=0))

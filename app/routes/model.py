@@ -25,7 +25,7 @@ def model_info(predictor: PredictorDep) -> dict:
         ],
         "meta_learner": {"kind": meta["kind"], "reason": meta["selection"]["reason"],
                          "leaderboard": meta["selection"]["leaderboard"]},
-        "tta": {**manifest["tta"], "max_views": predictor.max_views},
+        "tta": {**manifest["tta"], "max_views": predictor.max_views()},
         "protocol": manifest["protocol"],
         "metrics": manifest["metrics"],
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, File, Query, UploadFile
@@ -13,6 +13,7 @@ from app.errors import ServiceError
 from app.schemas import ErrorBody, ImagePrediction, ModelRef, PredictResponse, TTAInfo
 from stacking.images import ImageDecodeError, decode_image
 from stacking.predictor import Prediction, Predictor
+from stacking.tta import POLICIES
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
@@ -56,6 +57,7 @@ def predict(
     files: Annotated[list[UploadFile], File(description="One or more images.")],
     tta: Annotated[int | None, Query(ge=0, description="TTA views (default: the bundle's policy).")] = None,
     details: Annotated[bool, Query(description="Add each base model's probabilities.")] = False,
+    tta_policy: Annotated[Literal[POLICIES] | None, Query(description="TTA policy (default: the bundle's).")] = None,
 ) -> PredictResponse:
     """Runs in the thread pool (a plain ``def``), so decoding and the models never block the event loop.
 
@@ -64,14 +66,14 @@ def predict(
     """
     if len(files) > settings.max_files:
         raise ServiceError(413, f"files: {len(files)} images in one request; the limit is {settings.max_files}")
-    limit = min(settings.max_tta, predictor.max_views)
+    limit = min(settings.max_tta, predictor.max_views(tta_policy))
     if tta is not None and tta > limit:
         raise ServiceError(422, f"tta: {tta} views asked for; this service allows at most {limit}")
     decoded = [_decode(f, predictor.image_size, settings.max_pixels) for f in files]
     good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
     if not good:
         raise decoded[0]
-    result = predictor.predict(np.stack([decoded[i] for i in good]), tta)
+    result = predictor.predict(np.stack([decoded[i] for i in good]), tta, tta_policy)
     entries: list[ImagePrediction] = []
     row = {i: k for k, i in enumerate(good)}
     for i, (upload, d) in enumerate(zip(files, decoded)):
