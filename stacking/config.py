@@ -105,6 +105,7 @@ def validate(cfg: FitConfig) -> None:
         (cfg.protocol in PROTOCOLS, f"--protocol {cfg.protocol!r}: expected one of {', '.join(PROTOCOLS)}"),
         (cfg.meta == "auto" or cfg.meta in META_KINDS, f"--meta {cfg.meta!r}: expected auto, {', '.join(META_KINDS)}"),
         (cfg.tta.name in POLICIES, f"--tta-policy {cfg.tta.name!r}: expected one of {', '.join(POLICIES)}"),
+        (cfg.tta.adaptive_views >= 0, f"[tta] adaptive_views {cfg.tta.adaptive_views}: must be 0 (off) or more"),
         (cfg.tta.merge in MERGES, f"[tta] merge {cfg.tta.merge!r}: expected one of {', '.join(MERGES)}"),
         (cfg.tta.views >= 0, f"--tta {cfg.tta.views}: must be 0 or more"),
         (cfg.tta_diagnostic_views >= 1, f"tta_diagnostic_views {cfg.tta_diagnostic_views}: must be at least 1"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -28,7 +29,7 @@ from stacking.meta import score, select_meta
 from stacking.protocols import Split, check_class_counts, make_splits, minimum_per_class
 from stacking.report import write_report
 from stacking.tta import TTAForward, View, merge_views
-from stacking.tta_diagnostics import diagnostic_rows, tta_diagnostics
+from stacking.tta_diagnostics import diagnostic_rows, tta_diagnostics, tune_adaptive
 
 Echo = Callable[[str], None]
 
@@ -164,8 +165,14 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
         bundle_io.save_oof(work, oof_probs, oof_labels, [images.ids[i] for i in rows], names)
         meta, selection = select_meta(oof_probs, oof_labels, cfg.meta, cfg.seed)
         bundle_io.save_meta(work, meta)
-        bundle_io.write_json(work / bundle_io.TTA_DIAGNOSTICS,
-                             tta_diagnostics(diag_views, labels[diag], names, served, cfg.tta.merge))
+        diagnostics = tta_diagnostics(diag_views, labels[diag], names, served, cfg.tta.merge)
+        tta = cfg.tta
+        if 0 < tta.adaptive_views < served:
+            diagnostics["adaptive"] = tune_adaptive(diag_views, labels[diag], served, tta.adaptive_views, tta.merge)
+            tta = replace(tta, adaptive_margin=diagnostics["adaptive"]["margin"])
+            echo(f"adaptive TTA: margin {tta.adaptive_margin}, {diagnostics['adaptive']['passes_saved']:.0%} "
+                 "of view passes saved on OOF images")
+        bundle_io.write_json(work / bundle_io.TTA_DIAGNOSTICS, diagnostics)
         echo(f"meta-learner: {selection['kind']} ({selection['reason']})")
 
         metrics = {
@@ -199,7 +206,7 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
                 },
                 "selection": selection,
             },
-            "tta": cfg.tta.as_dict(),
+            "tta": tta.as_dict(),
             "protocol": {
                 "name": cfg.protocol,
                 "holdout_fraction": cfg.holdout_fraction if cfg.protocol == "holdout" else None,

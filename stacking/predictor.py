@@ -17,7 +17,7 @@ from models.registry import import_custom_module, is_custom
 from stacking import bundle as bundle_io
 from stacking.errors import UserError
 from stacking.meta import full_probabilities, meta_features
-from stacking.tta import POLICIES, TTAForward, TTAPolicy, merge_views
+from stacking.tta import POLICIES, TTAForward, TTAPolicy, TTAResult, run_tta
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Prediction:
     probabilities: np.ndarray  # (N, C) the served answer
     base_probabilities: np.ndarray  # (M, N, C) each base model, TTA-averaged
     agreement: np.ndarray  # (N,) share of views whose mean-of-models label equals the served label
-    views: int
+    views: np.ndarray  # (N,) TTA views run per image (fewer where adaptive TTA was sure early)
 
 
 class Predictor:
@@ -70,22 +70,17 @@ class Predictor:
         if views is not None and not 0 <= views <= most:
             raise UserError(f"{option} {views}: must be between 0 and {most} for TTA policy {self.policy(policy).name!r}")
 
-    def base_probabilities(
-        self, pixels: np.ndarray, views: int | None = None, policy: str | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(M, N, C) TTA-merged probabilities per base model, and the (M, T, N, C) per-view ones."""
+    def merged_views(self, pixels: np.ndarray, views: int | None = None, policy: str | None = None) -> TTAResult:
+        """Each base model's TTA-merged probabilities for uint8 (N, size, size, 3) pixels."""
         chosen = self.policy(policy)
-        per_view = self.forward(pixels, chosen.view_list(self.image_size, views))
-        return merge_views(per_view, chosen.merge), per_view
+        return run_tta(self.forward, pixels, chosen.view_list(self.image_size, views), chosen)
 
     def predict(self, pixels: np.ndarray, views: int | None = None, policy: str | None = None) -> Prediction:
         """Stacked prediction for uint8 (N, size, size, 3) pixels with ``views`` views of ``policy``."""
-        base, per_view = self.base_probabilities(pixels, views, policy)
-        probs = full_probabilities(self.meta, meta_features(base), len(self.classes))
-        labels = probs.argmax(axis=1)
-        view_labels = per_view.mean(axis=0).argmax(axis=-1)  # (T, N)
-        agreement = (view_labels == labels[None, :]).mean(axis=0)
-        return Prediction(probs, base, agreement, per_view.shape[1])
+        result = self.merged_views(pixels, views, policy)
+        probs = full_probabilities(self.meta, meta_features(result.merged), len(self.classes))
+        agrees = (result.view_labels == probs.argmax(axis=1)[None, :]).sum(axis=0)
+        return Prediction(probs, result.merged, agrees / result.views_used, result.views_used)
 
     def warm_up(self) -> None:
         """Trace the compiled forward pass for the default views before real traffic."""

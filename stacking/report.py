@@ -53,7 +53,15 @@ def _tta_section(bundle: Path, manifest: dict) -> str:
     names = [v.name for v in policy.view_list(manifest["image_size"], diag["views"])]
     heat = diag["heatmap"]
     plot_tta_heatmap(heat["predicted"], heat["labels"], manifest["classes"], bundle / "report" / "tta_heatmap.png", names)
-    return (
+    adaptive = diag.get("adaptive")
+    adaptive_text = (
+        f"<p>Adaptive TTA: {adaptive['first_views']} views first, all {adaptive['served_views']} for images whose "
+        f"views disagree or whose margin is below {adaptive['margin']}: {adaptive['share_extra']:.1%} of images got "
+        f"extra views, {adaptive['passes_saved']:.1%} of view passes saved, accuracy {adaptive['accuracy']:.4f} "
+        f"against {adaptive['full_accuracy']:.4f} with full TTA.</p>"
+        if adaptive else "<p>Adaptive TTA is off.</p>"
+    )
+    return adaptive_text + (
         f"<p>Measured on {diag['rows']} out-of-fold images. Fixed: wrong with the identity view alone, right "
         f"with the served {diag['served_views']} views; broken: the reverse.</p>{table}"
         "<figure><img src='tta_curve.png' alt='accuracy against the number of TTA views'></figure>"

@@ -44,6 +44,11 @@ class TTAPolicy:
     views: int = 2  # the number of views used by default
     shift: float = 0.06  # shift views move by this fraction of the image side
     merge: str = "mean"  # mean of probabilities, or "geometric" (mean of log-probabilities)
+    # Adaptive TTA: run this many views first (0: off), the rest only on images whose views
+    # disagree or whose margin (top-1 minus top-2 probability) is below adaptive_margin,
+    # which the fit tunes on out-of-fold images.
+    adaptive_views: int = 0
+    adaptive_margin: float = 0.0
 
     def view_list(self, image_size: int, views: int | None = None) -> list[View]:
         """The first ``views`` (default: the policy's count) views; at least the identity."""
@@ -66,11 +71,13 @@ class TTAPolicy:
 
     def as_dict(self) -> dict:
         """The manifest's ``tta`` entry."""
-        return {"policy": self.name, "views": self.views, "shift": self.shift, "merge": self.merge}
+        return {"policy": self.name, "views": self.views, "shift": self.shift, "merge": self.merge,
+                "adaptive_views": self.adaptive_views, "adaptive_margin": self.adaptive_margin}
 
     @classmethod
     def from_dict(cls, entry: dict) -> "TTAPolicy":
-        return cls(name=entry["policy"], views=entry["views"], shift=entry["shift"], merge=entry["merge"])
+        return cls(name=entry["policy"], views=entry["views"], shift=entry["shift"], merge=entry["merge"],
+                   adaptive_views=entry["adaptive_views"], adaptive_margin=entry["adaptive_margin"])
 
 
 def _shift(x: tf.Tensor, dx: int, dy: int) -> tf.Tensor:
@@ -145,3 +152,38 @@ def merge_views(per_view: np.ndarray, method: str = "mean") -> np.ndarray:
         merged = np.exp(np.log(np.clip(per_view, EPS, 1.0)).mean(axis=1))
         return merged / merged.sum(axis=-1, keepdims=True)
     raise ValueError(f"unknown TTA merge {method!r}; expected one of {', '.join(MERGES)}")
+
+
+def needs_more_views(first: np.ndarray, merge: str, margin: float) -> np.ndarray:
+    """(M, k, N, C) first views -> (N,) True where views disagree or the ensemble's margin is below ``margin``."""
+    labels = first.mean(axis=0).argmax(axis=-1)  # (k, N) ensemble label per view
+    disagree = (labels != labels[:1]).any(axis=0)
+    top2 = np.sort(merge_views(first, merge).mean(axis=0), axis=-1)[:, -2:]
+    return disagree | (top2[:, 1] - top2[:, 0] < margin)
+
+
+@dataclass
+class TTAResult:
+    """What TTA gives for N images: merged probabilities and what each view said."""
+
+    merged: np.ndarray  # (M, N, C) per base model
+    view_labels: np.ndarray  # (T, N) ensemble label per view, -1 where the view was not run
+    views_used: np.ndarray  # (N,)
+
+
+def run_tta(forward: TTAForward, pixels: np.ndarray, views: list[View], policy: TTAPolicy) -> TTAResult:
+    """All ``views``; or, with adaptive TTA, the first ones everywhere and the rest where needed."""
+    k = policy.adaptive_views if 0 < policy.adaptive_views < len(views) else len(views)
+    first = forward(pixels, views[:k])
+    merged = merge_views(first, policy.merge)
+    view_labels = np.full((len(views), len(pixels)), -1)
+    view_labels[:k] = first.mean(axis=0).argmax(axis=-1)
+    used = np.full(len(pixels), k)
+    if k < len(views):
+        unsure = needs_more_views(first, policy.merge, policy.adaptive_margin)
+        if unsure.any():
+            rest = forward(pixels[unsure], views[k:])
+            merged[:, unsure] = merge_views(np.concatenate([first[:, :, unsure], rest], axis=1), policy.merge)
+            view_labels[k:, unsure] = rest.mean(axis=0).argmax(axis=-1)
+            used[unsure] = len(views)
+    return TTAResult(merged, view_labels, used)

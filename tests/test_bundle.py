@@ -24,7 +24,8 @@ def test_manifest_describes_the_bundle(tiny_bundle):
         assert (tiny_bundle / entry["history"]).is_file()
     assert manifest["meta_learner"]["kind"] in ("mean", "logreg", "rf")
     assert manifest["files"]["meta.joblib"] == sha256_file(tiny_bundle / "meta.joblib")
-    assert manifest["tta"] == {"policy": "shift", "views": 3, "shift": 0.06, "merge": "mean"}
+    assert manifest["tta"] == {"policy": "shift", "views": 3, "shift": 0.06, "merge": "mean",
+                               "adaptive_views": 0, "adaptive_margin": 0.0}
     assert manifest["protocol"]["name"] == "holdout"
     assert {"tensorflow", "keras", "scikit-learn"} <= set(manifest["versions"])
     assert (tiny_bundle / "report" / "index.html").is_file()
@@ -71,9 +72,9 @@ def test_saved_models_reproduce_the_oof_predictions(tiny_bundle, digits_dir):
     files = {p.name: p for p in (digits_dir / "train").rglob("*.png")}
     pixels, bad = load_images([files[i] for i in oof["ids"][:40]], predictor.image_size)
     assert not bad
-    base, _ = predictor.base_probabilities(pixels)
+    base = predictor.merged_views(pixels).merged
     np.testing.assert_allclose(base, oof["probabilities"][:, :40], atol=1e-5)
     result = predictor.predict(pixels)
-    assert result.views == 3 and result.probabilities.shape == (40, 10)
+    assert (result.views == 3).all() and result.probabilities.shape == (40, 10)
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, rtol=1e-5)
     assert np.all((result.agreement >= 0) & (result.agreement <= 1))

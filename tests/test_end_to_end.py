@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pandas as pd
 
 from app.cli import main
+from stacking.bundle import load_manifest
 from tests.conftest import Server
 
 
@@ -16,7 +19,7 @@ def test_digits_from_folder_to_served_prediction(tmp_path, capsys):
     config = tmp_path / "fit.toml"
     config.write_text(
         'models = ["tiny_cnn", "small_resnet"]\nimage_size = 16\n'
-        '[tta]\npolicy = "shift"\nviews = 3\n[train]\nepochs = 3\n[augmentation]\nflip = false\n'
+        '[tta]\npolicy = "shift"\nviews = 3\nadaptive_views = 1\n[train]\nepochs = 3\n[augmentation]\nflip = false\n'
     )
     assert main(["fit", "--data", str(data), "--out", str(bundle), "--config", str(config)]) == 0
     submission, probabilities = tmp_path / "submission.csv", tmp_path / "probabilities.csv"
@@ -32,6 +35,10 @@ def test_digits_from_folder_to_served_prediction(tmp_path, capsys):
     accuracy = (table.set_index("Id")["Category"] == truth.loc[table["Id"]]).mean()
     assert accuracy > 0.5  # 10 classes: far above chance even after 3 epochs on 240 scans
     cli_probs = pd.read_csv(probabilities, dtype={"Id": str}).set_index("Id")
+    manifest = load_manifest(bundle)
+    adaptive = json.loads((bundle / "tta_diagnostics.json").read_text())["adaptive"]
+    assert manifest["tta"]["adaptive_margin"] == adaptive["margin"]
+    assert adaptive["accuracy"] >= adaptive["full_accuracy"] and 0 <= adaptive["passes_saved"] < 1
 
     server = Server(bundle)
     try:
@@ -47,7 +54,7 @@ def test_digits_from_folder_to_served_prediction(tmp_path, capsys):
             http = np.array([entry["probabilities"][c] for c in cli_probs.columns])
             np.testing.assert_allclose(http, cli_probs.loc[i].to_numpy(), atol=1e-5)
             assert entry["label"] == table.set_index("Id").loc[i, "Category"]
-            assert entry["tta"]["iterations"] == 3
+            assert entry["tta"]["iterations"] in (1, 3)  # adaptive: 3 views only where 1 was not enough
             assert set(entry["base_models"]) == {"tiny_cnn", "small_resnet"}
     finally:
         server.stop()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stacking.tta import TTAForward, TTAPolicy, View, make_views, merge_views
+from stacking.tta import TTAForward, TTAPolicy, View, make_views, merge_views, needs_more_views, run_tta
 
 RNG = np.random.default_rng(1)
 PIXELS = RNG.integers(0, 256, size=(5, 8, 8, 3)).astype("uint8")
@@ -87,3 +87,35 @@ def test_geometric_merge_is_normalised_and_never_nan():
     expected = np.sqrt([0.5 * 0.9, 0.5 * 0.1])
     np.testing.assert_allclose(merged[1], expected / expected.sum())
     np.testing.assert_allclose(merge_views(per_view, "mean")[0], per_view[0].mean(axis=0))
+
+
+def test_adaptive_tta_at_full_margin_equals_full_tta():
+    models = [[tiny_model(5)], [tiny_model(6)]]
+    forward = TTAForward(models, 8)
+    views = TTAPolicy("shift", views=9).view_list(8)
+    full = run_tta(forward, PIXELS, views, TTAPolicy("shift", views=9))
+    adaptive = run_tta(forward, PIXELS, views, TTAPolicy("shift", views=9, adaptive_views=2, adaptive_margin=1.0))
+    np.testing.assert_allclose(adaptive.merged, full.merged, atol=1e-6)
+    assert (adaptive.views_used == 9).all()
+    np.testing.assert_array_equal(adaptive.view_labels, full.view_labels)
+
+
+def test_adaptive_tta_stops_early_only_where_views_agree_and_margin_is_wide():
+    forward = TTAForward([[tiny_model(7)]], 8)
+    views = TTAPolicy("shift", views=9).view_list(8)
+    policy = TTAPolicy("shift", views=9, adaptive_views=2, adaptive_margin=0.0)
+    result = run_tta(forward, PIXELS, views, policy)
+    first = forward(PIXELS, views[:2])
+    unsure = needs_more_views(first, "mean", 0.0)
+    np.testing.assert_array_equal(result.views_used, np.where(unsure, 9, 2))
+    np.testing.assert_allclose(result.merged[:, ~unsure], merge_views(first)[:, ~unsure], atol=1e-6)
+    assert (result.view_labels[2:, ~unsure] == -1).all()
+
+
+def test_needs_more_views_flags_disagreement_and_narrow_margins():
+    agree_wide = [[0.9, 0.1], [0.8, 0.2]]
+    agree_narrow = [[0.55, 0.45], [0.6, 0.4]]
+    disagree = [[0.9, 0.1], [0.2, 0.8]]
+    first = np.array([agree_wide, agree_narrow, disagree]).transpose(1, 0, 2)[None]  # (1 model, 2 views, 3, 2)
+    assert needs_more_views(first, "mean", 0.0).tolist() == [False, False, True]
+    assert needs_more_views(first, "mean", 0.3).tolist() == [False, True, True]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from stacking.bundle import TTA_DIAGNOSTICS, load_manifest
@@ -53,3 +54,21 @@ def test_every_bundle_has_diagnostics_and_their_pictures(tiny_bundle):
         with Image.open(tiny_bundle / "report" / picture) as img:
             gray = np.asarray(img.convert("L"), dtype=float)
         assert gray.std() > 10 and (gray < 200).mean() > 0.02  # drawn, not blank
+
+
+def test_tune_adaptive_finds_the_smallest_safe_margin():
+    from stacking.tta_diagnostics import tune_adaptive
+
+    # Image 0: confident and right from the first view. Image 1: first view narrowly wrong,
+    # later views right. Adaptive TTA must send image 1 (margin 0.1) for more views.
+    per_view = np.array([[
+        [[0.95, 0.05], [0.55, 0.45]],
+        [[0.95, 0.05], [0.1, 0.9]],
+        [[0.95, 0.05], [0.1, 0.9]],
+    ]])
+    labels = np.array([0, 1])
+    tuned = tune_adaptive(per_view, labels, served=3, first=1, merge="mean")
+    assert tuned["full_accuracy"] == 1.0 and tuned["accuracy"] == 1.0
+    assert tuned["margin"] == pytest.approx(0.15)  # the first grid step above image 1's margin of 0.1
+    assert tuned["share_extra"] == 0.5
+    assert tuned["passes_saved"] == pytest.approx(1 - (1 + 0.5 * 2) / 3)

@@ -44,7 +44,7 @@ def _entry(predictor: Predictor, result: Prediction, i: int, filename: str, deta
         label=predictor.classes[best],
         confidence=float(probs[best]),
         probabilities=as_dict(probs),
-        tta=TTAInfo(iterations=result.views, agreement=float(result.agreement[i])),
+        tta=TTAInfo(iterations=int(result.views[i]), agreement=float(result.agreement[i])),
         base_models={n: as_dict(result.base_probabilities[m, i]) for m, n in enumerate(predictor.base_names)}
         if details else None,
     )
