@@ -18,7 +18,7 @@ from stacking.datasets import ON_BAD_IMAGE
 from stacking.errors import UserError
 from stacking.meta import META_KINDS
 from stacking.protocols import PROTOCOLS
-from stacking.tta import MERGES, POLICIES, TTAPolicy
+from stacking.tta import FLIPPING, MERGES, POLICIES, TTAPolicy
 
 DEFAULT_MODELS = ("tiny_cnn", "small_resnet", "mini_mobilenet")
 
@@ -90,10 +90,13 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> FitConfig:
     if "models" in raw:
         raw["models"] = tuple(raw["models"])
     cfg = _build(FitConfig, raw, where)
+    if "allow_flip" in tta:
+        raise UserError(f"{where} [tta]: allow_flip follows [augmentation] flip; set that instead")
+    aug = _build(Augmentation, augmentation, f"{where} [augmentation]")
     cfg = dataclasses.replace(
         cfg,
-        tta=_build(TTAPolicy, tta, f"{where} [tta]"),
-        train=_build(TrainConfig, {**train, "augmentation": _build(Augmentation, augmentation, f"{where} [augmentation]")}, f"{where} [train]"),
+        tta=_build(TTAPolicy, {**tta, "allow_flip": aug.flip}, f"{where} [tta]"),
+        train=_build(TrainConfig, {**train, "augmentation": aug}, f"{where} [train]"),
     )
     validate(cfg)
     return cfg
@@ -124,6 +127,7 @@ def validate(cfg: FitConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    _check_tta_within_augmentation(cfg.tta, cfg.train.augmentation)
     most = cfg.tta.max_views(cfg.image_size)
     if cfg.tta.views > most:
         raise UserError(f"--tta {cfg.tta.views}: TTA policy {cfg.tta.name!r} has {most} views")
@@ -140,3 +144,18 @@ def validate(cfg: FitConfig) -> None:
             raise UserError(f"--image-size {cfg.image_size}: model {name!r} needs at least {spec.min_image_size}")
     if len(set(cfg.models)) != len(cfg.models):
         raise UserError(f"--models: a model is named twice in {list(cfg.models)}")
+
+
+def _check_tta_within_augmentation(tta: TTAPolicy, aug: Augmentation) -> None:
+    """TTA views the models were never trained on hurt more than help: refuse them."""
+    if tta.name in FLIPPING and not aug.flip:
+        raise UserError(
+            f"--tta-policy {tta.name}: its views mirror images, but [augmentation] flip = false (mirroring changes "
+            "the class, or the models never saw it); use shift, zoom or random"
+        )
+    if tta.name in ("shift", "flip-shift", "zoom", "random") and tta.shift > aug.shift:
+        raise UserError(f"[tta] shift {tta.shift}: larger than the training augmentation's shift {aug.shift}")
+    if tta.name in ("zoom", "random") and tta.zoom > aug.zoom:
+        raise UserError(f"[tta] zoom {tta.zoom}: larger than the training augmentation's zoom {aug.zoom}")
+    if tta.identity_weight <= 0:
+        raise UserError(f"[tta] identity_weight {tta.identity_weight}: must be above 0")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -28,8 +27,8 @@ from stacking.errors import UserError
 from stacking.meta import score, select_meta
 from stacking.protocols import Split, check_class_counts, make_splits, minimum_per_class
 from stacking.report import write_report
-from stacking.tta import TTAForward, View, merge_views
-from stacking.tta_diagnostics import diagnostic_rows, tta_diagnostics, tune_adaptive
+from stacking.tta import TTAForward, View
+from stacking.tta_diagnostics import diagnostic_rows, tune_and_measure
 
 Echo = Callable[[str], None]
 
@@ -130,8 +129,8 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
     splits = make_splits(labels, cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed)
     work = _prepare_output(out)
     try:
-        oof = np.zeros((len(cfg.models), len(labels), len(classes)), np.float32)
         served = len(cfg.tta.view_list(cfg.image_size))
+        oof_views = np.zeros((len(cfg.models), served, len(labels), len(classes)), np.float32)
         views = cfg.tta.view_list(cfg.image_size, max(cfg.tta.views, cfg.tta_diagnostic_views))
         diag = diagnostic_rows(np.concatenate([s.oof for s in splits]), cfg.seed)
         diag_views = np.zeros((len(cfg.models), len(views), len(diag), len(classes)), np.float32)
@@ -146,7 +145,7 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
                 history, per_view = _train_and_predict(
                     model, cfg.seed + 1000 * m + k, split, path, (pixels, labels, len(classes)), cfg, views, desc
                 )
-                oof[m, split.oof] = merge_views(per_view[None, :served], cfg.tta.merge)[0]
+                oof_views[m][:, split.oof] = per_view[:served]
                 kept = np.isin(split.oof, diag)
                 diag_views[m][:, np.searchsorted(diag, split.oof[kept])] = per_view[:, kept]
                 files.append(path.relative_to(work).as_posix())
@@ -154,24 +153,20 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
                 echo(
                     f"{desc}: best epoch {history['best_epoch'] + 1}/{len(history['loss'])}, "
                     f"val accuracy {history['best']['val_accuracy']:.4f}, "
-                    f"OOF accuracy {score(oof[m, split.oof], labels[split.oof])['accuracy']:.4f}"
+                    f"OOF accuracy {score(cfg.tta.merge_views(per_view[None, :served])[0], labels[split.oof])['accuracy']:.4f}"
                 )
             bundle_io.write_json(bundle_io.history_path(work, name), {"model": name, "folds": histories})
             validation[name] = [h["best"] for h in histories]
             base_entries.append(_base_entry(work, model, files, cfg))
 
+        tta, diagnostics = tune_and_measure(diag_views, labels[diag], names, served, cfg.tta)
+        for line in diagnostics["summary"]:
+            echo(line)
         rows = np.sort(np.concatenate([s.oof for s in splits]))
-        oof_probs, oof_labels = oof[:, rows], labels[rows]
+        oof_probs, oof_labels = tta.merge_views(oof_views[:, :, rows]), labels[rows]
         bundle_io.save_oof(work, oof_probs, oof_labels, [images.ids[i] for i in rows], names)
         meta, selection = select_meta(oof_probs, oof_labels, cfg.meta, cfg.seed)
         bundle_io.save_meta(work, meta)
-        diagnostics = tta_diagnostics(diag_views, labels[diag], names, served, cfg.tta.merge)
-        tta = cfg.tta
-        if 0 < tta.adaptive_views < served:
-            diagnostics["adaptive"] = tune_adaptive(diag_views, labels[diag], served, tta.adaptive_views, tta.merge)
-            tta = replace(tta, adaptive_margin=diagnostics["adaptive"]["margin"])
-            echo(f"adaptive TTA: margin {tta.adaptive_margin}, {diagnostics['adaptive']['passes_saved']:.0%} "
-                 "of view passes saved on OOF images")
         bundle_io.write_json(work / bundle_io.TTA_DIAGNOSTICS, diagnostics)
         echo(f"meta-learner: {selection['kind']} ({selection['reason']})")
 

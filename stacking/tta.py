@@ -1,11 +1,14 @@
 """The one place test-time augmentation happens: for OOF predictions, ``predict`` and the service.
 
-A policy is an ordered list of deterministic views (identity first); ``N`` views
-means its first N. For a batch of B images and T views, every base model runs
-once on a B x T tensor inside one compiled function, in inference mode; the view
-probabilities are then averaged. Views stay within the training augmentation's
-strength (a shift is at most the training shift), so TTA sees nothing the models
-were not taught to handle.
+A policy is an ordered list of views (identity first); ``N`` views means its first
+N. Deterministic policies use flips, shifts and zoomed crops; ``random`` draws each
+view's flip, shift and zoom once from the training augmentation's ranges with a
+fixed seed, so every image gets the same views whatever its batch. For a batch of
+B images and T views, every base model runs once on a B x T tensor inside one
+compiled function, in inference mode; the views are then merged (mean or geometric
+mean, the identity view weighted as tuned on out-of-fold images). The config check
+keeps views within the training augmentation (no flips for a model never shown
+one), so TTA sees nothing the models were not taught to handle.
 """
 
 from __future__ import annotations
@@ -17,22 +20,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-POLICIES = ("none", "flip", "shift", "flip-shift")
+POLICIES = ("none", "flip", "shift", "flip-shift", "zoom", "random")
+FLIPPING = ("flip", "flip-shift")  # policies whose views mirror images
+RANDOM_VIEWS = 32  # views the random policy can draw
 MERGES = ("mean", "geometric")
 EPS = 1e-7
 
 
 @dataclass(frozen=True)
 class View:
-    """Mirror horizontally, then move the image by (dx, dy) pixels, edges repeated."""
+    """Mirror horizontally, zoom into the centre by ``zoom``, then move by (dx, dy) pixels, edges repeated."""
 
     flip: bool = False
     dx: int = 0
     dy: int = 0
+    zoom: float = 1.0
 
     @property
     def name(self) -> str:
-        parts = (["hflip"] if self.flip else []) + ([f"shift({self.dx},{self.dy})"] if self.dx or self.dy else [])
+        parts = (["hflip"] if self.flip else []) + ([f"zoom{self.zoom:.2f}"] if self.zoom != 1.0 else [])
+        parts += [f"shift({self.dx},{self.dy})"] if self.dx or self.dy else []
         return "+".join(parts) or "identity"
 
 
@@ -42,7 +49,11 @@ class TTAPolicy:
 
     name: str = "flip"
     views: int = 2  # the number of views used by default
-    shift: float = 0.06  # shift views move by this fraction of the image side
+    shift: float = 0.06  # shift views move by (random: up to) this fraction of the image side
+    zoom: float = 0.1  # zoom views crop the centre by (random: up to) this fraction
+    seed: int = 0  # draws the random policy's views
+    allow_flip: bool = True  # random views may mirror; set from the training augmentation
+    identity_weight: float = 1.0  # the identity view's weight when merging; tuned by the fit
     merge: str = "mean"  # mean of probabilities, or "geometric" (mean of log-probabilities)
     # Adaptive TTA: run this many views first (0: off), the rest only on images whose views
     # disagree or whose margin (top-1 minus top-2 probability) is below adaptive_margin,
@@ -57,27 +68,44 @@ class TTAPolicy:
         s = max(1, round(self.shift * image_size))
         shifts = [View(dx=s), View(dx=-s), View(dy=s), View(dy=-s), View(dx=s, dy=s), View(dx=-s, dy=-s),
                   View(dx=s, dy=-s), View(dx=-s, dy=s)]
+        z = 1 + self.zoom
         candidates = {
             "none": [View()],
             "flip": [View(), View(flip=True)],
             "shift": [View(), *shifts],
             "flip-shift": [View(), View(flip=True), *[v for sh in shifts for v in (sh, View(True, sh.dx, sh.dy))]],
+            "zoom": [View(), View(zoom=1 + self.zoom / 2), View(zoom=z),
+                     *[View(dx=v.dx, dy=v.dy, zoom=z) for v in shifts[4:]]],
+            "random": [View(), *self._random_views(image_size)],
         }[self.name]
         n = self.views if views is None else views
         return candidates[: max(1, min(n, len(candidates)))]
+
+    def _random_views(self, image_size: int) -> list[View]:
+        rng = np.random.default_rng(self.seed)
+        views = []
+        for _ in range(RANDOM_VIEWS - 1):
+            flip = bool(self.allow_flip and rng.random() < 0.5)
+            dx, dy = (int(round(rng.uniform(-self.shift, self.shift) * image_size)) for _ in range(2))
+            views.append(View(flip, dx, dy, float(round(1 + rng.uniform(0, self.zoom), 3))))
+        return views
 
     def max_views(self, image_size: int) -> int:
         return len(self.view_list(image_size, views=10_000))
 
     def as_dict(self) -> dict:
         """The manifest's ``tta`` entry."""
-        return {"policy": self.name, "views": self.views, "shift": self.shift, "merge": self.merge,
+        return {"policy": self.name, "views": self.views, "shift": self.shift, "zoom": self.zoom, "seed": self.seed,
+                "allow_flip": self.allow_flip, "merge": self.merge, "identity_weight": self.identity_weight,
                 "adaptive_views": self.adaptive_views, "adaptive_margin": self.adaptive_margin}
+
+    def merge_views(self, per_view: np.ndarray) -> np.ndarray:
+        """(M, T, N, C) -> (M, N, C), merged as this policy serves."""
+        return merge_views(per_view, self.merge, self.identity_weight)
 
     @classmethod
     def from_dict(cls, entry: dict) -> "TTAPolicy":
-        return cls(name=entry["policy"], views=entry["views"], shift=entry["shift"], merge=entry["merge"],
-                   adaptive_views=entry["adaptive_views"], adaptive_margin=entry["adaptive_margin"])
+        return cls(name=entry["policy"], **{k: v for k, v in entry.items() if k != "policy"})
 
 
 def _shift(x: tf.Tensor, dx: int, dy: int) -> tf.Tensor:
@@ -93,6 +121,8 @@ def make_views(x: tf.Tensor, views: Sequence[View]) -> tf.Tensor:
     out = []
     for v in views:
         y = tf.reverse(x, axis=[2]) if v.flip else x
+        if v.zoom != 1.0:
+            y = tf.image.resize(tf.image.central_crop(y, 1 / v.zoom), (x.shape[1], x.shape[2]))
         out.append(_shift(y, v.dx, v.dy) if (v.dx or v.dy) else y)
     return tf.concat(out, axis=0)
 
@@ -140,25 +170,29 @@ class TTAForward:
         return np.concatenate(chunks, axis=2)
 
 
-def merge_views(per_view: np.ndarray, method: str = "mean") -> np.ndarray:
+def merge_views(per_view: np.ndarray, method: str = "mean", identity_weight: float = 1.0) -> np.ndarray:
     """Combine the view axis: (M, T, N, C) -> (M, N, C) probabilities.
 
     ``mean`` averages probabilities; ``geometric`` averages log-probabilities (clipped,
-    so a zero never gives -inf) and renormalises: never NaN.
+    so a zero never gives -inf) and renormalises: never NaN. View 0 (the identity)
+    counts ``identity_weight`` times as much as each other view.
     """
+    weights = np.ones(per_view.shape[1])
+    weights[0] = identity_weight
+    weights = (weights / weights.sum())[None, :, None, None]
     if method == "mean":
-        return per_view.mean(axis=1)
+        return (per_view * weights).sum(axis=1)
     if method == "geometric":
-        merged = np.exp(np.log(np.clip(per_view, EPS, 1.0)).mean(axis=1))
+        merged = np.exp((np.log(np.clip(per_view, EPS, 1.0)) * weights).sum(axis=1))
         return merged / merged.sum(axis=-1, keepdims=True)
     raise ValueError(f"unknown TTA merge {method!r}; expected one of {', '.join(MERGES)}")
 
 
-def needs_more_views(first: np.ndarray, merge: str, margin: float) -> np.ndarray:
+def needs_more_views(first: np.ndarray, policy: TTAPolicy, margin: float) -> np.ndarray:
     """(M, k, N, C) first views -> (N,) True where views disagree or the ensemble's margin is below ``margin``."""
     labels = first.mean(axis=0).argmax(axis=-1)  # (k, N) ensemble label per view
     disagree = (labels != labels[:1]).any(axis=0)
-    top2 = np.sort(merge_views(first, merge).mean(axis=0), axis=-1)[:, -2:]
+    top2 = np.sort(policy.merge_views(first).mean(axis=0), axis=-1)[:, -2:]
     return disagree | (top2[:, 1] - top2[:, 0] < margin)
 
 
@@ -175,15 +209,15 @@ def run_tta(forward: TTAForward, pixels: np.ndarray, views: list[View], policy: 
     """All ``views``; or, with adaptive TTA, the first ones everywhere and the rest where needed."""
     k = policy.adaptive_views if 0 < policy.adaptive_views < len(views) else len(views)
     first = forward(pixels, views[:k])
-    merged = merge_views(first, policy.merge)
+    merged = policy.merge_views(first)
     view_labels = np.full((len(views), len(pixels)), -1)
     view_labels[:k] = first.mean(axis=0).argmax(axis=-1)
     used = np.full(len(pixels), k)
     if k < len(views):
-        unsure = needs_more_views(first, policy.merge, policy.adaptive_margin)
+        unsure = needs_more_views(first, policy, policy.adaptive_margin)
         if unsure.any():
             rest = forward(pixels[unsure], views[k:])
-            merged[:, unsure] = merge_views(np.concatenate([first[:, :, unsure], rest], axis=1), policy.merge)
+            merged[:, unsure] = policy.merge_views(np.concatenate([first[:, :, unsure], rest], axis=1))
             view_labels[k:, unsure] = rest.mean(axis=0).argmax(axis=-1)
             used[unsure] = len(views)
     return TTAResult(merged, view_labels, used)

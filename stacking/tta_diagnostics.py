@@ -6,12 +6,15 @@ on, saved in the bundle (``tta_diagnostics.json``), drawn by the report.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from stacking.meta import score
-from stacking.tta import merge_views, needs_more_views
+from stacking.tta import TTAPolicy, needs_more_views
 
 HEATMAP_IMAGES = 50
+IDENTITY_WEIGHTS = (1.0, 1.5, 2.0, 3.0, 5.0)  # the identity view's weight, tried when tuning
 MARGINS = np.round(np.linspace(0.0, 1.0, 21), 2)  # adaptive TTA thresholds tried, smallest first
 ROWS_CAP = 5000  # diagnostics use at most this many OOF rows, so memory stays bounded on large sets
 
@@ -24,7 +27,7 @@ def diagnostic_rows(rows: np.ndarray, seed: int) -> np.ndarray:
 
 
 def tta_diagnostics(
-    per_view: np.ndarray, labels: np.ndarray, names: list[str], served_views: int, merge: str = "mean"
+    per_view: np.ndarray, labels: np.ndarray, names: list[str], served_views: int, policy: TTAPolicy
 ) -> dict:
     """From (M, T, N, C) per-view probabilities: every TTA diagnostic, as plain JSON-ready data.
 
@@ -36,7 +39,7 @@ def tta_diagnostics(
     rows = [*names, "ensemble"]
     views = per_view.shape[1]
     # cumulative[:, k]: the first k + 1 views merged as served
-    cumulative = np.stack([merge_views(per_view[:, : k + 1], merge) for k in range(views)], axis=1)
+    cumulative = np.stack([policy.merge_views(per_view[:, : k + 1]) for k in range(views)], axis=1)
     table, curve, changes = {}, {}, {}
     for i, name in enumerate(rows):
         columns = {"none": score(per_view[i, 0], labels)}
@@ -66,18 +69,19 @@ def tta_diagnostics(
     }
 
 
-def tune_adaptive(per_view: np.ndarray, labels: np.ndarray, served: int, first: int, merge: str) -> dict:
+def tune_adaptive(per_view: np.ndarray, labels: np.ndarray, served: int, policy: TTAPolicy) -> dict:
     """The smallest margin at which adaptive TTA is as accurate as full TTA on these OOF rows, and what it saves.
 
     Judged on the ensemble (plain mean of the base models), which the meta-learner
     builds on; at margin 1 every image gets every view, so a margin is always found.
     """
+    first = policy.adaptive_views
     full_views = per_view[:, :served]
-    full = merge_views(full_views, merge)
-    quick = merge_views(full_views[:, :first], merge)
+    full = policy.merge_views(full_views)
+    quick = policy.merge_views(full_views[:, :first])
     full_accuracy = float((full.mean(axis=0).argmax(axis=-1) == labels).mean())
     for margin in MARGINS:
-        unsure = needs_more_views(full_views[:, :first], merge, margin)
+        unsure = needs_more_views(full_views[:, :first], policy, margin)
         merged = np.where(unsure[None, :, None], full, quick)
         accuracy = float((merged.mean(axis=0).argmax(axis=-1) == labels).mean())
         if accuracy >= full_accuracy:
@@ -92,3 +96,37 @@ def tune_adaptive(per_view: np.ndarray, labels: np.ndarray, served: int, first: 
         "accuracy": accuracy,
         "full_accuracy": full_accuracy,
     }
+
+
+def tune_identity_weight(per_view: np.ndarray, labels: np.ndarray, served: int, policy: TTAPolicy) -> dict:
+    """The identity view's weight with the lowest ensemble log-loss over the served views."""
+    losses = {
+        w: score(replace(policy, identity_weight=w).merge_views(per_view[:, :served]).mean(axis=0), labels)["log_loss"]
+        for w in IDENTITY_WEIGHTS
+    }
+    return {"chosen": min(losses, key=losses.get), "log_loss_by_weight": {str(w): v for w, v in losses.items()}}
+
+
+def tune_and_measure(
+    per_view: np.ndarray, labels: np.ndarray, names: list[str], served: int, policy: TTAPolicy
+) -> tuple[TTAPolicy, dict]:
+    """Tune the identity weight (and adaptive margin) on OOF rows; measure TTA as it will be served.
+
+    Returns the policy to serve and the diagnostics, with a few summary lines for the log.
+    """
+    summary = []
+    identity = None
+    if served > 1:
+        identity = tune_identity_weight(per_view, labels, served, policy)
+        policy = replace(policy, identity_weight=identity["chosen"])
+        summary.append(f"TTA: identity view weight {identity['chosen']} (lowest OOF log-loss)")
+    diagnostics = tta_diagnostics(per_view, labels, names, served, policy)
+    diagnostics["identity_weight"] = identity
+    if 0 < policy.adaptive_views < served:
+        adaptive = tune_adaptive(per_view, labels, served, policy)
+        policy = replace(policy, adaptive_margin=adaptive["margin"])
+        diagnostics["adaptive"] = adaptive
+        summary.append(f"adaptive TTA: margin {adaptive['margin']}, {adaptive['passes_saved']:.0%} of view passes "
+                       f"saved on OOF images, accuracy {adaptive['accuracy']:.4f} vs {adaptive['full_accuracy']:.4f}")
+    diagnostics["summary"] = summary
+    return policy, diagnostics

@@ -49,3 +49,25 @@ def test_bad_settings_are_named(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(UserError, match=re.escape(message)):
         load_config(path, {})
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[tta]\npolicy = "flip"\n[augmentation]\nflip = false\n', "its views mirror images"),
+        ('[tta]\npolicy = "shift"\nshift = 0.2\n', "[tta] shift 0.2: larger than the training augmentation's shift 0.1"),
+        ('[tta]\npolicy = "zoom"\nzoom = 0.3\n', "[tta] zoom 0.3: larger than"),
+        ('[tta]\nallow_flip = true\n', "allow_flip follows [augmentation] flip"),
+    ],
+)
+def test_tta_must_stay_within_the_training_augmentation(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(path, {})
+
+
+def test_random_views_follow_the_augmentation_flip(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[tta]\npolicy = "random"\nviews = 8\n[augmentation]\nflip = false\n')
+    assert load_config(path, {}).tta.allow_flip is False

@@ -59,7 +59,7 @@ def test_forward_equals_per_view_predictions_and_is_deterministic():
             expected = model.predict(stacked[t], verbose=0)
             np.testing.assert_allclose(per_view[m, t], expected, atol=1e-5)
     np.testing.assert_array_equal(forward(PIXELS, views), per_view)
-    np.testing.assert_allclose(merge_views(per_view), per_view.mean(axis=1))
+    np.testing.assert_allclose(merge_views(per_view), per_view.mean(axis=1), rtol=1e-6)
 
 
 def test_fold_members_are_averaged():
@@ -106,7 +106,7 @@ def test_adaptive_tta_stops_early_only_where_views_agree_and_margin_is_wide():
     policy = TTAPolicy("shift", views=9, adaptive_views=2, adaptive_margin=0.0)
     result = run_tta(forward, PIXELS, views, policy)
     first = forward(PIXELS, views[:2])
-    unsure = needs_more_views(first, "mean", 0.0)
+    unsure = needs_more_views(first, policy, 0.0)
     np.testing.assert_array_equal(result.views_used, np.where(unsure, 9, 2))
     np.testing.assert_allclose(result.merged[:, ~unsure], merge_views(first)[:, ~unsure], atol=1e-6)
     assert (result.view_labels[2:, ~unsure] == -1).all()
@@ -117,5 +117,27 @@ def test_needs_more_views_flags_disagreement_and_narrow_margins():
     agree_narrow = [[0.55, 0.45], [0.6, 0.4]]
     disagree = [[0.9, 0.1], [0.2, 0.8]]
     first = np.array([agree_wide, agree_narrow, disagree]).transpose(1, 0, 2)[None]  # (1 model, 2 views, 3, 2)
-    assert needs_more_views(first, "mean", 0.0).tolist() == [False, False, True]
-    assert needs_more_views(first, "mean", 0.3).tolist() == [False, True, True]
+    assert needs_more_views(first, TTAPolicy(), 0.0).tolist() == [False, False, True]
+    assert needs_more_views(first, TTAPolicy(), 0.3).tolist() == [False, True, True]
+
+
+def test_zoom_view_crops_the_centre():
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    x[:, 2:6, 2:6] = 255.0  # a centred square of half the side
+    out = make_views(tf.constant(x), [View(zoom=2.0)]).numpy()
+    assert out.min() > 250  # zoomed 2x into the centre, the square fills the image
+
+
+def test_random_views_are_fixed_by_the_seed_and_follow_the_augmentation():
+    a = TTAPolicy("random", views=32, seed=3, allow_flip=False).view_list(32)
+    b = TTAPolicy("random", views=32, seed=3, allow_flip=False).view_list(32)
+    c = TTAPolicy("random", views=32, seed=4, allow_flip=False).view_list(32)
+    assert a == b and a != c and a[0] == View()
+    assert not any(v.flip for v in a)
+    assert all(abs(v.dx) <= round(0.06 * 32) and 1.0 <= v.zoom <= 1.1 for v in a)
+    assert any(v.flip for v in TTAPolicy("random", views=32, seed=3).view_list(32))
+
+
+def test_identity_weight_tilts_the_merge_towards_the_identity_view():
+    per_view = np.array([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # identity says class 0, the other view class 1
+    np.testing.assert_allclose(merge_views(per_view, "mean", identity_weight=3.0)[0, 0], [0.75, 0.25])

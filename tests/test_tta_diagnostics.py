@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from stacking.bundle import TTA_DIAGNOSTICS, load_manifest
-from stacking.tta_diagnostics import tta_diagnostics
+from stacking.tta import TTAPolicy
+from stacking.tta_diagnostics import tta_diagnostics, tune_and_measure
 
 LABELS = np.array([0, 1, 0, 1])
 
@@ -23,7 +24,7 @@ def one_hot(classes: list[int], p: float = 0.9) -> np.ndarray:
 def test_fixed_broken_table_and_curve():
     # Identity gets images 0 and 1 wrong... views 1 and 2 get them right but break image 3.
     views = np.stack([one_hot([1, 0, 0, 1]), one_hot([0, 1, 0, 0]), one_hot([0, 1, 0, 0])])
-    diag = tta_diagnostics(views[None], LABELS, ["m"], served_views=3)
+    diag = tta_diagnostics(views[None], LABELS, ["m"], 3, TTAPolicy())
     assert diag["fixed_broken"]["m"] == {"fixed": 2, "broken": 1}
     assert diag["accuracy_by_views"]["m"] == [0.5, 0.5, 0.75]  # mean of the first k views
     table = diag["table"]["m"]
@@ -37,7 +38,7 @@ def test_fixed_broken_table_and_curve():
 def test_ensemble_is_the_mean_of_models():
     a = np.stack([one_hot([0, 0, 0, 0], 0.6)])
     b = np.stack([one_hot([1, 1, 1, 1], 0.9)])
-    diag = tta_diagnostics(np.stack([a, b]), LABELS, ["a", "b"], served_views=1)
+    diag = tta_diagnostics(np.stack([a, b]), LABELS, ["a", "b"], 1, TTAPolicy())
     assert diag["accuracy_by_views"]["ensemble"] == [0.5]
     assert set(diag["table"]) == {"a", "b", "ensemble"}
 
@@ -67,8 +68,17 @@ def test_tune_adaptive_finds_the_smallest_safe_margin():
         [[0.95, 0.05], [0.1, 0.9]],
     ]])
     labels = np.array([0, 1])
-    tuned = tune_adaptive(per_view, labels, served=3, first=1, merge="mean")
+    tuned = tune_adaptive(per_view, labels, 3, TTAPolicy("shift", views=3, adaptive_views=1))
     assert tuned["full_accuracy"] == 1.0 and tuned["accuracy"] == 1.0
     assert tuned["margin"] == pytest.approx(0.15)  # the first grid step above image 1's margin of 0.1
     assert tuned["share_extra"] == 0.5
     assert tuned["passes_saved"] == pytest.approx(1 - (1 + 0.5 * 2) / 3)
+
+
+def test_identity_weight_is_tuned_to_the_lowest_log_loss():
+    # The identity view is right and sure, the other view is wrong: weighting the identity up helps.
+    per_view = np.stack([one_hot([0, 1, 0, 1], 0.9), one_hot([1, 0, 1, 0], 0.6)])[None]
+    policy, diag = tune_and_measure(per_view, LABELS, ["m"], 2, TTAPolicy())
+    assert policy.identity_weight == 5.0 == diag["identity_weight"]["chosen"]
+    losses = diag["identity_weight"]["log_loss_by_weight"]
+    assert losses["5.0"] == min(losses.values())
