@@ -123,6 +123,11 @@ def validate(cfg: FitConfig) -> None:
         (0 <= cfg.dropout < 1, f"dropout {cfg.dropout}: must be in [0, 1)"),
         (cfg.train.class_weight in CLASS_WEIGHTS, f"class_weight {cfg.train.class_weight!r}: expected none or balanced"),
         (cfg.train.head_epochs >= 0 and cfg.train.fine_tune_blocks >= 0, "head_epochs and fine_tune_blocks: must be 0 or more"),
+        (
+            cfg.train.reduce_lr_patience < cfg.train.early_stopping_patience,
+            f"[train] reduce_lr_patience {cfg.train.reduce_lr_patience}: must be below early_stopping_patience "
+            f"{cfg.train.early_stopping_patience}, or training stops before the learning rate ever drops",
+        ),
     ]
     for ok, message in checks:
         if not ok:

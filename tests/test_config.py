@@ -42,6 +42,7 @@ def test_command_line_overrides_the_file(tmp_path):
         ('[train]\nclass_weight = "auto"\n', "class_weight 'auto'"),
         ('[augmentation]\nblur = 0.1\n', "[augmentation]: unknown setting(s) ['blur']"),
         ("protocol = \n", "not valid TOML"),
+        ("[train]\nreduce_lr_patience = 6\n", "reduce_lr_patience 6: must be below early_stopping_patience 6"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, text, message):
