@@ -43,25 +43,14 @@ def test_command_line_overrides_the_file(tmp_path):
         ('[augmentation]\nblur = 0.1\n', "[augmentation]: unknown setting(s) ['blur']"),
         ("protocol = \n", "not valid TOML"),
         ("[train]\nreduce_lr_patience = 6\n", "reduce_lr_patience 6: must be below early_stopping_patience 6"),
-    ],
-)
-def test_bad_settings_are_named(tmp_path, text, message):
-    path = tmp_path / "c.toml"
-    path.write_text(text)
-    with pytest.raises(UserError, match=re.escape(message)):
-        load_config(path, {})
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
+        # TTA views must stay within what the training augmentation taught the models.
         ('[tta]\npolicy = "flip"\n[augmentation]\nflip = false\n', "its views mirror images"),
         ('[tta]\npolicy = "shift"\nshift = 0.2\n', "[tta] shift 0.2: larger than the training augmentation's shift 0.1"),
         ('[tta]\npolicy = "zoom"\nzoom = 0.3\n', "[tta] zoom 0.3: larger than"),
         ('[tta]\nallow_flip = true\n', "allow_flip follows [augmentation] flip"),
     ],
 )
-def test_tta_must_stay_within_the_training_augmentation(tmp_path, text, message):
+def test_bad_settings_are_named(tmp_path, text, message):
     path = tmp_path / "c.toml"
     path.write_text(text)
     with pytest.raises(UserError, match=re.escape(message)):
