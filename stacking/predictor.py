@@ -83,5 +83,13 @@ class Predictor:
         return Prediction(probs, result.merged, agrees / result.views_used, result.views_used)
 
     def warm_up(self) -> None:
-        """Trace the compiled forward pass for the default views before real traffic."""
-        self.predict(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
+        """Trace the compiled forward passes of the default views before real traffic.
+
+        With adaptive TTA that is two view sets: the first views, and the rest that
+        only unsure images get; neither should compile while a client waits.
+        """
+        pixels = np.zeros((1, self.image_size, self.image_size, 3), np.uint8)
+        self.predict(pixels)
+        views, k = self.tta.view_list(self.image_size), self.tta.adaptive_views
+        if 0 < k < len(views):
+            self.forward(pixels, views[k:])

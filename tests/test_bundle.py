@@ -80,3 +80,13 @@ def test_saved_models_reproduce_the_oof_predictions(tiny_bundle, digits_dir):
     assert (result.views == 3).all() and result.probabilities.shape == (40, 10)
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, rtol=1e-5)
     assert np.all((result.agreement >= 0) & (result.agreement <= 1))
+
+
+def test_warm_up_compiles_every_view_set_of_adaptive_tta(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["tta"]["adaptive_views"] = 1
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))  # the manifest is not self-hashed
+    predictor = Predictor(bundle_copy)
+    predictor.warm_up()
+    views = predictor.tta.view_list(predictor.image_size)
+    assert set(predictor.forward._compiled) == {tuple(views[:1]), tuple(views[1:])}
