@@ -31,7 +31,5 @@ class ModelState:
         except Exception as exc:  # noqa: BLE001  reported by /readyz, the process stays up
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def start_loading(self) -> threading.Thread:
-        thread = threading.Thread(target=self.load, name="load-bundle", daemon=True)
-        thread.start()
-        return thread
+    def start_loading(self) -> None:
+        threading.Thread(target=self.load, name="load-bundle", daemon=True).start()

@@ -30,7 +30,7 @@ class ArchitectureSpec:
     """What the registry knows of one architecture."""
 
     name: str
-    build_backbone: Backbone
+    build_backbone: Backbone | None  # None for a custom model, which its own function builds whole
     preprocessing: str
     min_image_size: int = 32
     builtin: bool = False  # small enough to train in seconds on a CPU; has no ImageNet weights
@@ -67,17 +67,13 @@ def is_custom(name: str) -> bool:
 def get_spec(name: str) -> ArchitectureSpec:
     """The spec of ``name``; a KeyError that lists the known names otherwise."""
     if is_custom(name):
-        return ArchitectureSpec(name, build_backbone=_custom_unsupported, preprocessing="custom", min_image_size=1)
+        return ArchitectureSpec(name, build_backbone=None, preprocessing="custom", min_image_size=1)
     try:
         return _REGISTRY[name]
     except KeyError:
         raise KeyError(
             f"unknown model {name!r}; known models: {', '.join(list_models())}, or pkg.module:function"
         ) from None
-
-
-def _custom_unsupported(x, weights):
-    raise TypeError("a custom model is built whole by its own function")
 
 
 def load_custom_builder(name: str) -> Callable[[tuple[int, int, int], int], keras.Model]:

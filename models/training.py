@@ -129,8 +129,8 @@ def find_backbone(model: keras.Model) -> keras.Model | None:
     return next((layer for layer in model.layers if layer.name == BACKBONE), None)
 
 
-def unfreeze_top_blocks(backbone: keras.Model, block_pattern: str, n: int) -> int:
-    """Make the top ``n`` whole blocks trainable, every BatchNormalization frozen; return how many layers."""
+def unfreeze_top_blocks(backbone: keras.Model, block_pattern: str, n: int) -> None:
+    """Make the top ``n`` whole blocks trainable, every BatchNormalization layer frozen."""
     ids = block_ids(backbone, block_pattern)
     order = list(dict.fromkeys(b for b in ids if b is not None))
     if n >= len(order):
@@ -141,7 +141,6 @@ def unfreeze_top_blocks(backbone: keras.Model, block_pattern: str, n: int) -> in
     backbone.trainable = True
     for i, layer in enumerate(backbone.layers):
         layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
-    return sum(layer.trainable for layer in backbone.layers)
 
 
 def _schedule(cfg: TrainConfig) -> list[keras.callbacks.Callback]:

@@ -64,11 +64,11 @@ class Predictor:
     def max_views(self, policy: str | None = None) -> int:
         return self.policy(policy).max_views(self.image_size)
 
-    def check_views(self, views: int | None, policy: str | None = None, option: str = "--tta") -> None:
+    def check_views(self, views: int | None, policy: str | None = None) -> None:
         """Refuse a TTA view count the policy cannot provide."""
         most = self.max_views(policy)
         if views is not None and not 0 <= views <= most:
-            raise UserError(f"{option} {views}: must be between 0 and {most} for TTA policy {self.policy(policy).name!r}")
+            raise UserError(f"--tta {views}: must be between 0 and {most} for TTA policy {self.policy(policy).name!r}")
 
     def merged_views(self, pixels: np.ndarray, views: int | None = None, policy: str | None = None) -> TTAResult:
         """Each base model's TTA-merged probabilities for uint8 (N, size, size, 3) pixels."""

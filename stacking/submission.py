@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ from tqdm import tqdm
 
 from stacking.datasets import ImageSet, list_images, load_pixels
 from stacking.errors import UserError
+from stacking.files import write_atomically
 from stacking.predictor import Predictor
 
 CHUNK = 256  # images decoded and predicted at a time, so memory stays flat on large folders
@@ -39,14 +38,6 @@ def order_by_sample(ids: list[str], sample: Path, skipped: set[str] = frozenset(
             f"{len(extra)} image(s) not in it (e.g. {extra[:3]})"
         )
     return wanted
-
-
-def write_csv_atomically(table: pd.DataFrame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    with os.fdopen(fd, "w") as f:
-        table.to_csv(f, index=False)
-    os.replace(tmp, out)
 
 
 def predict_folder(
@@ -84,7 +75,7 @@ def predict_folder(
     if sample is not None:
         probs = probs.loc[order_by_sample(ids, sample, {Path(p).name for p, _ in skipped})]
     table = pd.DataFrame({"Id": probs.index, "Category": [predictor.classes[i] for i in probs.to_numpy().argmax(axis=1)]})
-    write_csv_atomically(table, out)
+    write_atomically(out, table.to_csv(index=False))
     if probabilities_out is not None:
-        write_csv_atomically(probs.reset_index(), probabilities_out)
+        write_atomically(probabilities_out, probs.reset_index().to_csv(index=False))
     return table, skipped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -132,8 +133,6 @@ def test_evaluate_writes_the_comparison_table(tiny_bundle, digits_dir, tmp_path,
     code, out, err = run_cli(["evaluate", tiny_bundle, "--data", digits_dir / "test",
                               "--labels", digits_dir / "test_labels.csv", "--json", tmp_path / "t.json"], capsys)
     assert code == 0, err
-    import json
-
     table = json.loads((tmp_path / "t.json").read_text())
     assert [r["model"] for r in table["rows"]][:3] == ["tiny_cnn", "mini_mobilenet", "mean"]
     assert table["rows"][-1]["model"].startswith("stack (")

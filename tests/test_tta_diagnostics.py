@@ -82,3 +82,13 @@ def test_identity_weight_is_tuned_to_the_lowest_log_loss():
     assert policy.identity_weight == 5.0 == diag["identity_weight"]["chosen"]
     losses = diag["identity_weight"]["log_loss_by_weight"]
     assert losses["5.0"] == min(losses.values())
+
+
+def test_diagnostics_use_a_fixed_bounded_sample_of_rows():
+    from stacking.tta_diagnostics import ROWS_CAP, diagnostic_rows
+
+    rows = np.arange(ROWS_CAP + 1000) * 2
+    sample = diagnostic_rows(rows, seed=1)
+    assert len(sample) == ROWS_CAP and np.all(np.diff(sample) > 0) and set(sample) <= set(rows)
+    np.testing.assert_array_equal(sample, diagnostic_rows(rows, seed=1))
+    np.testing.assert_array_equal(diagnostic_rows(rows[:10][::-1], seed=1), np.sort(rows[:10]))
