@@ -118,9 +118,9 @@ def _training_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     # A sequential map: the augmentation layers' random state then advances in one
     # order, so a seeded fit is reproducible.
-    ds = ds.batch(cfg.batch_size).map(
-        lambda images, labels: (augment(tf.cast(images, "float32"), training=True), labels),
-    )
+    ds = ds.batch(cfg.batch_size)
+    if augment.layers:  # an empty Sequential cannot be built: no augmentation, no map
+        ds = ds.map(lambda images, labels: (augment(tf.cast(images, "float32"), training=True), labels))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

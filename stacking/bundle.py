@@ -14,13 +14,16 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import pandas as pd
 
 from stacking.errors import UserError
-from stacking.files import write_atomically
+from stacking.files import atomic_path, write_atomically
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta candidates, fold assignment and hash, TTA meta-features
 MANIFEST = "manifest.json"
 META_FILE = "meta.joblib"
+CANDIDATES_FILE = "candidates.joblib"
+FOLDS_FILE = "folds.csv"
 OOF_FILE = "oof.npz"
 TTA_DIAGNOSTICS = "tta_diagnostics.json"
 
@@ -51,21 +54,35 @@ def write_json(path: Path, data: dict) -> None:
     write_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
-def save_meta(bundle: Path, meta) -> Path:
-    path = Path(bundle) / META_FILE
-    joblib.dump(meta, path)
-    return path
+def save_meta(bundle: Path, meta, candidates: dict) -> None:
+    """The chosen meta-learner, and every candidate fitted on all OOF rows (for ``evaluate``)."""
+    for name, obj in ((META_FILE, meta), (CANDIDATES_FILE, candidates)):
+        with atomic_path(Path(bundle) / name) as tmp:
+            joblib.dump(obj, tmp)
 
 
 def load_meta(bundle: Path):
     return joblib.load(Path(bundle) / META_FILE)
 
 
-def save_oof(bundle: Path, probabilities: np.ndarray, labels: np.ndarray, ids: list[str], models: list[str]) -> Path:
-    """OOF probabilities (models x images x classes) with their labels and image ids."""
-    path = Path(bundle) / OOF_FILE
-    np.savez_compressed(path, probabilities=probabilities, labels=labels, ids=np.array(ids), models=np.array(models))
-    return path
+def load_candidates(bundle: Path) -> dict:
+    return joblib.load(Path(bundle) / CANDIDATES_FILE)
+
+
+def save_folds(bundle: Path, ids: list[str], fold: np.ndarray, groups: np.ndarray | None) -> None:
+    """The fold assignment of every training image (-1: trained on, never predicted), with its group."""
+    table = pd.DataFrame({"Id": ids, "fold": fold})
+    if groups is not None:
+        table["group"] = groups
+    write_atomically(Path(bundle) / FOLDS_FILE, table.to_csv(index=False))
+
+
+def save_oof(bundle: Path, oof: dict[str, np.ndarray]) -> None:
+    """OOF arrays: ``probabilities`` (models x images x classes), ``disagreement`` (models x images),
+    ``labels``, ``ids``, ``folds`` (each row's fold), ``models``, ``fold_hashes`` (per model), and
+    ``groups`` when the fit was grouped."""
+    with atomic_path(Path(bundle) / OOF_FILE) as tmp:
+        np.savez_compressed(tmp, **oof)
 
 
 def load_oof(bundle: Path) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from stacking.errors import UserError
+from stacking.files import write_atomically
 
 cli = typer.Typer(
     name="stacking",
@@ -30,6 +31,10 @@ cli.add_typer(preview_cli, name="preview")
 
 TTAOption = Annotated[Optional[int], typer.Option("--tta", help="TTA views (default: the bundle's policy).")]
 PolicyOption = Annotated[Optional[str], typer.Option("--tta-policy", help="none, flip, shift or flip-shift (default: the bundle's).")]
+MetaOption = Annotated[Optional[str], typer.Option(help="auto, best-single, mean, weighted, caruana, logreg or rf.")]
+CriterionOption = Annotated[Optional[str], typer.Option(help="Rank meta candidates by log_loss (default) or accuracy.")]
+TTAFeaturesOption = Annotated[Optional[bool], typer.Option("--tta-features/--no-tta-features", help="Give the meta-learner each model's TTA entropy and disagreement.")]
+CalibrationOption = Annotated[Optional[str], typer.Option(help="none, or temperature: scale the chosen output, fitted on OOF rows.")]
 OnBadOption = Annotated[str, typer.Option("--on-bad-image", help="error: stop at an unreadable image; skip: leave it out and report it.")]
 
 
@@ -72,7 +77,12 @@ def fit_command(
     folds: Annotated[Optional[int], typer.Option(help="K for --protocol kfold.")] = None,
     tta: TTAOption = None,
     tta_policy: Annotated[Optional[str], typer.Option(help="none, flip, shift or flip-shift.")] = None,
-    meta: Annotated[Optional[str], typer.Option(help="auto, mean, logreg or rf.")] = None,
+    meta: MetaOption = None,
+    meta_criterion: CriterionOption = None,
+    tta_features: TTAFeaturesOption = None,
+    calibration: CalibrationOption = None,
+    group_column: Annotated[Optional[str], typer.Option(help="Column of train.csv (or groups.csv) keeping groups on one side of every split.")] = None,
+    final: Annotated[Optional[str], typer.Option(help="kfold's served models: fold-average or refit.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs per base model.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for splits, training and the meta-learner.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square side.")] = None,
@@ -87,9 +97,27 @@ def fit_command(
         "models": tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
         "protocol": protocol, "folds": folds, "tta_views": tta, "tta_policy": tta_policy, "meta": meta,
         "epochs": epochs, "seed": seed, "image_size": image_size, "weights": weights, "on_bad_image": on_bad_image,
+        "meta_criterion": meta_criterion, "tta_features": tta_features, "calibration": calibration,
+        "group_column": group_column, "final": final,
     }
     fit(data, out, load_config(config, overrides), echo=typer.echo)
     typer.echo(f"bundle written to {out}; report: {out / 'report' / 'index.html'}")
+
+
+@cli.command("meta")
+def meta_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    meta: MetaOption = None,
+    meta_criterion: CriterionOption = None,
+    tta_features: TTAFeaturesOption = None,
+    calibration: CalibrationOption = None,
+) -> None:
+    """Refit only the meta-learner from the bundle's OOF arrays (seconds; no CNN is retrained)."""
+    from stacking.stack import refit_meta
+
+    overrides = {"meta": meta, "meta_criterion": meta_criterion, "tta_features": tta_features, "calibration": calibration}
+    refit_meta(bundle, overrides, echo=typer.echo)
+    typer.echo(f"meta-learner of {bundle} refitted; report: {bundle / 'report' / 'index.html'}")
 
 
 @cli.command("evaluate")
@@ -102,8 +130,8 @@ def evaluate_command(
     tta_policy: PolicyOption = None,
     on_bad_image: OnBadOption = "error",
 ) -> None:
-    """The comparison table (each base model, mean, stack) on labelled images."""
-    from stacking.evaluate import evaluate_folder, format_table
+    """The comparison table (base models, meta candidates, the stack) on labelled images, and diversity."""
+    from stacking.evaluate import diversity, evaluate_folder, format_diversity, format_table
     from stacking.predictor import Predictor
 
     predictor = Predictor(bundle)
@@ -111,9 +139,11 @@ def evaluate_command(
     rows, count, bad = evaluate_folder(predictor, data, labels, tta, tta_policy, on_bad_image)
     for _, reason in bad:
         typer.echo(f"skipped {reason}", err=True)
+    typer.echo(f"{count} labelled images; accuracy intervals: bootstrap 95%")
     typer.echo(format_table(rows))
+    typer.echo(format_diversity(*diversity(bundle)))
     if json_out is not None:
-        json_out.write_text(json.dumps({"images": count, "rows": rows}, indent=2))
+        write_atomically(json_out, json.dumps(rows, indent=2) + "\n")
 
 
 @cli.command("predict")

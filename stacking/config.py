@@ -16,8 +16,8 @@ from models.registry import HEADS, get_spec, is_custom, load_custom_builder
 from models.training import CLASS_WEIGHTS, Augmentation, TrainConfig
 from stacking.datasets import ON_BAD_IMAGE
 from stacking.errors import UserError
-from stacking.meta import META_KINDS
-from stacking.protocols import PROTOCOLS
+from stacking.protocols import FINALS, PROTOCOLS
+from stacking.stack import MetaSettings
 from stacking.tta import FLIPPING, MERGES, POLICIES, TTAPolicy
 
 DEFAULT_MODELS = ("tiny_cnn", "small_resnet", "mini_mobilenet")
@@ -30,7 +30,14 @@ class FitConfig:
     folds: int = 5
     holdout_fraction: float = 0.2
     validation_fraction: float = 0.1
+    # A column of DIR/train.csv (or DIR/groups.csv: Id,<column>) whose images stay on one side of every split.
+    group_column: str = ""
+    final: str = "fold-average"  # kfold's served models: the K fold models averaged, or "refit" on all images
     meta: str = "auto"
+    meta_criterion: str = "log_loss"  # how candidates are ranked: "log_loss" (lower) or "accuracy" (higher)
+    meta_folds: int = 5  # cross-validation folds over the OOF rows that rank the candidates
+    tta_features: bool = False  # also give the meta-learner each model's TTA entropy and view disagreement
+    calibration: str = "none"  # "temperature": scale the chosen output, fitted on OOF rows only
     image_size: int = 32
     # ImageNet weights for keras.applications families (downloaded once to ~/.keras/models);
     # "none" trains them from scratch. Built-in architectures always start from scratch.
@@ -106,7 +113,9 @@ def validate(cfg: FitConfig) -> None:
     """Refuse settings that cannot work, naming the option."""
     checks = [
         (cfg.protocol in PROTOCOLS, f"--protocol {cfg.protocol!r}: expected one of {', '.join(PROTOCOLS)}"),
-        (cfg.meta == "auto" or cfg.meta in META_KINDS, f"--meta {cfg.meta!r}: expected auto, {', '.join(META_KINDS)}"),
+        (cfg.final in FINALS, f"--final {cfg.final!r}: expected one of {', '.join(FINALS)}"),
+        (cfg.final == "fold-average" or cfg.protocol == "kfold", "--final refit: only with --protocol kfold (holdout "
+         "models are already the served ones)"),
         (cfg.tta.name in POLICIES, f"--tta-policy {cfg.tta.name!r}: expected one of {', '.join(POLICIES)}"),
         (cfg.tta.adaptive_views >= 0, f"[tta] adaptive_views {cfg.tta.adaptive_views}: must be 0 (off) or more"),
         (cfg.tta.merge in MERGES, f"[tta] merge {cfg.tta.merge!r}: expected one of {', '.join(MERGES)}"),
@@ -132,6 +141,7 @@ def validate(cfg: FitConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    MetaSettings.from_config(dataclasses.asdict(cfg)).check()
     _check_tta_within_augmentation(cfg.tta, cfg.train.augmentation)
     most = cfg.tta.max_views(cfg.image_size)
     if cfg.tta.views > most:

@@ -135,3 +135,24 @@ def load_pixels(images: ImageSet, image_size: int, on_bad_image: str = "error") 
     bad_paths = {p for p, _ in bad}
     kept = images.subset([i for i, p in enumerate(images.paths) if p not in bad_paths])
     return kept, pixels, bad
+
+
+def read_groups(data_dir: Path, images: ImageSet, column: str) -> np.ndarray:
+    """Each training image's group, from ``column`` of ``DIR/train.csv`` or of ``DIR/groups.csv`` (Id,<column>).
+
+    Images of one group (near-duplicates, photos of one object) are kept on one side
+    of every split; an image the table does not name is an error, not its own group.
+    """
+    data_dir = Path(data_dir)
+    csv = next((p for p in (data_dir / "train.csv", data_dir / "groups.csv") if p.is_file()), None)
+    if csv is None:
+        raise UserError(f"--group-column {column}: needs {data_dir}/train.csv or {data_dir}/groups.csv with Id,{column}")
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    if column not in table.columns or "Id" not in table.columns:
+        raise UserError(f"--group-column {column}: {csv} has columns {list(table.columns)}; expected Id and {column}")
+    by_id = dict(zip(table["Id"], table[column]))
+    groups = [by_id.get(p.name, by_id.get(p.stem)) for p in images.paths]
+    absent = [p.name for p, g in zip(images.paths, groups) if g is None or g == ""]
+    if absent:
+        raise UserError(f"--group-column {column}: {csv} gives no group for {len(absent)} image(s), e.g. {absent[:3]}")
+    return np.array(groups)

@@ -1,54 +1,119 @@
-"""Meta-learners fitted on out-of-fold base-model probabilities, and their selection.
+"""The meta step: candidates that combine base models, compared by cross-validation on OOF rows.
 
-Features are the log-probabilities of every base model side by side: column
-``m * C + c`` is base model m's log-probability of class c. Candidates: the plain
-mean of the base models, logistic regression and a random forest. ``auto`` picks
-the lowest cross-validated log-loss on the OOF rows, so a learned stack is served
-only when it beats the plain mean.
+Features (``meta_features``): the log-probabilities of every base model side by side
+(column ``m * C + c`` is model m's log-probability of class c), optionally followed
+by two TTA features per model: the entropy of its merged probabilities (divided by
+log C) and the share of its TTA views that disagree with its merged label.
+
+Candidates, simplest first: the best single model, the plain mean, a weighted mean
+with non-negative weights summing to 1 fitted for log-loss, greedy ensemble selection
+with replacement (Caruana et al., 2004), logistic regression and a random forest. All
+are scikit-learn classifiers on the same features, so cross-validation, saving and
+serving treat them alike. The chosen one has the best mean score over the meta-folds;
+a learned stack (logreg, rf) must strictly beat every simple candidate to be chosen.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from scipy.optimize import minimize
+from scipy.special import softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, log_loss
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-META_KINDS = ("mean", "logreg", "rf")
+from stacking.calibration import TemperatureScaled, apply_temperature, brier, ece, fit_temperature
+
+SIMPLE = ("best-single", "mean", "weighted", "caruana")  # averages of the base models' probabilities
+LEARNED = ("logreg", "rf")
+META_KINDS = SIMPLE + LEARNED
+CRITERIA = ("log_loss", "accuracy")
+CALIBRATIONS = ("none", "temperature")
+CARUANA_ROUNDS = 50
 EPS = 1e-7
 
 
-def meta_features(base_probs: np.ndarray) -> np.ndarray:
-    """(M, N, C) probabilities -> (N, M * C) clipped log-probabilities."""
+def meta_features(base_probs: np.ndarray, disagreement: np.ndarray | None = None) -> np.ndarray:
+    """(M, N, C) probabilities [, (M, N) TTA disagreement] -> (N, M * C [+ 2M]) features."""
     m, n, c = base_probs.shape
-    return np.log(np.clip(base_probs, EPS, 1.0)).transpose(1, 0, 2).reshape(n, m * c)
+    logp = np.log(np.clip(base_probs, EPS, 1.0))
+    X = logp.transpose(1, 0, 2).reshape(n, m * c)
+    if disagreement is None:
+        return X
+    entropy = -(np.clip(base_probs, EPS, 1.0) * logp).sum(axis=2) / np.log(c)  # (M, N), 0 = sure, 1 = uniform
+    return np.hstack([X, entropy.T, np.asarray(disagreement, X.dtype).T])
 
 
-class MeanEnsemble(ClassifierMixin, BaseEstimator):
-    """The plain average of the base models' probabilities, on the meta-feature layout."""
+def _base_probabilities(X: np.ndarray, n_models: int, n_classes: int) -> np.ndarray:
+    """The (M, N, C) probabilities back from the first M * C feature columns."""
+    return np.exp(X[:, : n_models * n_classes]).reshape(len(X), n_models, n_classes).transpose(1, 0, 2)
 
-    def __init__(self, n_models: int = 1):
+
+def _true_class_log_loss(q: np.ndarray, w: np.ndarray) -> float:
+    return float(-np.log(np.clip(q @ w, EPS, None)).mean())
+
+
+class WeightedAverage(ClassifierMixin, BaseEstimator):
+    """A weighted mean of the base models' probabilities; ``method`` says how the weights are found.
+
+    ``mean``: equal. ``best-single``: all weight on the model with the lowest log-loss.
+    ``weighted``: the log-loss minimum over the simplex (softmax-parametrised, L-BFGS).
+    ``caruana``: greedy selection with replacement, ``CARUANA_ROUNDS`` picks.
+    """
+
+    def __init__(self, n_models: int = 1, n_classes: int = 2, method: str = "mean"):
         self.n_models = n_models
+        self.n_classes = n_classes
+        self.method = method
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "MeanEnsemble":
-        self.classes_ = np.unique(y)
-        self.n_classes_ = X.shape[1] // self.n_models
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "WeightedAverage":
+        self.classes_ = np.arange(self.n_classes)
+        probs = _base_probabilities(X, self.n_models, self.n_classes)
+        q = probs[:, np.arange(len(y)), y].T  # (N, M): each model's probability of the true class
+        if self.method == "mean":
+            weights = np.ones(self.n_models)
+        elif self.method == "best-single":
+            weights = np.eye(self.n_models)[np.argmin(-np.log(np.clip(q, EPS, None)).mean(axis=0))]
+        elif self.method == "weighted":
+            weights = self._optimal_weights(q)
+        elif self.method == "caruana":
+            weights = self._greedy_weights(q)
+        else:
+            raise ValueError(f"unknown averaging method {self.method!r}")
+        self.weights_ = weights / weights.sum()
         return self
 
+    def _optimal_weights(self, q: np.ndarray) -> np.ndarray:
+        def loss_and_grad(z: np.ndarray) -> tuple[float, np.ndarray]:
+            w = softmax(z)
+            mix = np.clip(q @ w, EPS, None)
+            g = -(q / mix[:, None]).mean(axis=0)  # d loss / d w
+            return float(-np.log(mix).mean()), w * (g - w @ g)  # chain rule through the softmax
+
+        result = minimize(loss_and_grad, np.zeros(self.n_models), jac=True, method="L-BFGS-B")
+        return softmax(result.x)
+
+    def _greedy_weights(self, q: np.ndarray) -> np.ndarray:
+        counts = np.zeros(self.n_models)
+        for _ in range(CARUANA_ROUNDS):
+            trials = [_true_class_log_loss(q, (counts + one) / (counts.sum() + 1)) for one in np.eye(self.n_models)]
+            counts[int(np.argmin(trials))] += 1
+        return counts
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        probs = np.exp(X).reshape(len(X), self.n_models, self.n_classes_).mean(axis=1)
+        probs = np.tensordot(self.weights_, _base_probabilities(X, self.n_models, self.n_classes), axes=1)
         return probs / probs.sum(axis=1, keepdims=True)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
 
 
-def make_meta(kind: str, n_models: int, seed: int = 0) -> BaseEstimator:
-    """An unfitted meta-learner of ``kind``."""
-    if kind == "mean":
-        return MeanEnsemble(n_models)
+def make_meta(kind: str, n_models: int, n_classes: int, seed: int = 0) -> BaseEstimator:
+    """An unfitted candidate of ``kind``."""
+    if kind in SIMPLE:
+        return WeightedAverage(n_models, n_classes, kind)
     if kind == "logreg":
         return LogisticRegression(C=0.5, max_iter=5000)
     if kind == "rf":
@@ -67,44 +132,141 @@ def full_probabilities(estimator: BaseEstimator, X: np.ndarray, n_classes: int) 
 
 
 def score(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy and log-loss of (N, C) probabilities."""
+    """Accuracy, log-loss, Brier score and expected calibration error of (N, C) probabilities."""
     probs = np.clip(np.asarray(probs, np.float64), EPS, 1.0)
     probs /= probs.sum(axis=1, keepdims=True)  # float32 sums drift from 1; log_loss warns on that
     return {
         "accuracy": float(accuracy_score(y, probs.argmax(axis=1))),
         "log_loss": float(log_loss(y, probs, labels=np.arange(probs.shape[1]))),
+        "brier": brier(probs, y),
+        "ece": ece(probs, y),
     }
 
 
-def select_meta(
-    base_probs: np.ndarray, y: np.ndarray, kind: str = "auto", seed: int = 0, cv: int = 5
-) -> tuple[BaseEstimator, dict]:
-    """Cross-validate the candidates on the OOF rows, fit the chosen one on all of them.
+def model_weights(estimator: BaseEstimator, n_models: int, n_classes: int) -> list[float]:
+    """How much a fitted candidate relies on each base model, summing to 1.
 
-    Returns (fitted meta-learner, selection record with every candidate's CV scores
-    and the reason for the choice).
+    Averages: their weights. Logistic regression: the mean absolute coefficient over
+    each model's columns. Random forest: the summed feature importance of them.
+    """
+    if isinstance(estimator, TemperatureScaled):
+        estimator = estimator.estimator
+    if isinstance(estimator, WeightedAverage):
+        return [float(w) for w in estimator.weights_]
+    if isinstance(estimator, LogisticRegression):
+        per_column = np.abs(estimator.coef_).mean(axis=0)
+    else:
+        per_column = estimator.feature_importances_
+    per_model = per_column[: n_models * n_classes].reshape(n_models, n_classes).sum(axis=1)
+    if len(per_column) > n_models * n_classes:  # the TTA features: entropy then disagreement, one per model
+        per_model += per_column[n_models * n_classes :].reshape(2, n_models).sum(axis=0)
+    return [float(w) for w in per_model / per_model.sum()]
+
+
+def _meta_folds(y: np.ndarray, groups: np.ndarray | None, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One fold assignment of the OOF rows for every candidate, so their scores compare like with like."""
+    folds = min(cv, int(np.bincount(y).min()))
+    if groups is not None:
+        folds = min(folds, len(np.unique(groups)))
+    if folds < 2:
+        raise ValueError("every class needs at least 2 out-of-fold rows to cross-validate the meta-learner")
+    if groups is None:
+        return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(y, y))
+    return list(StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(y, y, groups))
+
+
+def _summary(per_fold: list[dict]) -> dict[str, float]:
+    """Mean and spread (standard deviation) of each metric across the meta-folds."""
+    out = {}
+    for metric in per_fold[0]:
+        values = np.array([f[metric] for f in per_fold])
+        out[metric], out[f"{metric}_std"] = float(values.mean()), float(values.std())
+    return out
+
+
+def _calibrate(
+    chosen: BaseEstimator, pooled: np.ndarray, y: np.ndarray, folds: list
+) -> tuple[BaseEstimator, dict]:
+    """Temperature scaling fitted on OOF rows only; its effect measured by cross-validation too."""
+    calibrated = np.zeros_like(pooled)
+    for train, test in folds:
+        calibrated[test] = apply_temperature(pooled[test], fit_temperature(pooled[train], y[train]))
+    temperature = fit_temperature(pooled, y)
+    before, after = score(pooled, y), score(calibrated, y)
+    record = {
+        "method": "temperature",
+        "temperature": temperature,
+        "before": {k: before[k] for k in ("log_loss", "brier", "ece")},
+        "after": {k: after[k] for k in ("log_loss", "brier", "ece")},
+    }
+    return TemperatureScaled(chosen, temperature), record
+
+
+def select_meta(
+    base_probs: np.ndarray,
+    y: np.ndarray,
+    kind: str = "auto",
+    seed: int = 0,
+    cv: int = 5,
+    criterion: str = "log_loss",
+    disagreement: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    calibration: str = "none",
+) -> tuple[BaseEstimator, dict, dict[str, BaseEstimator]]:
+    """Cross-validate every candidate on the OOF rows and fit each on all of them.
+
+    Returns (the chosen meta-learner, temperature-scaled when asked; the selection
+    record: leaderboard with mean and spread over meta-folds, choice and reason;
+    every candidate fitted on all OOF rows, for ``evaluate``).
     """
     if kind != "auto" and kind not in META_KINDS:
         raise ValueError(f"unknown meta-learner {kind!r}; expected auto or one of {', '.join(META_KINDS)}")
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration {calibration!r}; expected one of {', '.join(CALIBRATIONS)}")
     n_models, _, n_classes = base_probs.shape
-    X = meta_features(base_probs)
-    folds = min(cv, int(np.bincount(y, minlength=n_classes).min()))
-    if folds < 2:
-        raise ValueError("every class needs at least 2 out-of-fold rows to cross-validate the meta-learner")
-    # One fold assignment for every candidate, so their scores compare like with like.
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    kinds = list(META_KINDS) if kind == "auto" else [kind]
-    leaderboard = {}
-    for candidate in kinds:
-        probs = cross_val_predict(make_meta(candidate, n_models, seed), X, y, cv=splitter, method="predict_proba")
-        leaderboard[candidate] = score(probs, y)
-    chosen = min(leaderboard, key=lambda k: leaderboard[k]["log_loss"]) if kind == "auto" else kind
-    others = ", ".join(f"{k} {v['log_loss']:.4f}" for k, v in leaderboard.items() if k != chosen)
-    reason = (
-        f"lowest {folds}-fold cross-validated log-loss on the OOF rows: {chosen} "
-        f"{leaderboard[chosen]['log_loss']:.4f}" + (f" vs {others}" if others else "")
-        if kind == "auto"
-        else f"asked for with --meta {kind}"
-    )
-    meta = make_meta(chosen, n_models, seed).fit(X, y)
-    return meta, {"kind": chosen, "criterion": "log_loss", "cv_folds": folds, "reason": reason, "leaderboard": leaderboard}
+    X = meta_features(base_probs, disagreement)
+    folds = _meta_folds(y, groups, cv, seed)
+    leaderboard, pooled, fitted = [], {}, {}
+    for candidate in META_KINDS:
+        pooled[candidate] = np.zeros((len(y), n_classes))
+        per_fold = []
+        for train, test in folds:
+            model = clone(make_meta(candidate, n_models, n_classes, seed)).fit(X[train], y[train])
+            pooled[candidate][test] = full_probabilities(model, X[test], n_classes)
+            per_fold.append(score(pooled[candidate][test], y[test]))
+        fitted[candidate] = make_meta(candidate, n_models, n_classes, seed).fit(X, y)
+        leaderboard.append({
+            "name": candidate,
+            "family": "simple" if candidate in SIMPLE else "learned",
+            **_summary(per_fold),
+            "model_weights": model_weights(fitted[candidate], n_models, n_classes),
+        })
+    sign = 1 if criterion == "log_loss" else -1  # lower log-loss is better, higher accuracy is better
+    board = {row["name"]: row for row in leaderboard}
+    best_simple = min(SIMPLE, key=lambda k: sign * board[k][criterion])
+    best_learned = min(LEARNED, key=lambda k: sign * board[k][criterion])
+    stack_wins = sign * board[best_learned][criterion] < sign * board[best_simple][criterion]
+    chosen = (best_learned if stack_wins else best_simple) if kind == "auto" else kind
+    described = lambda k: f"{k} {board[k][criterion]:.4f} ± {board[k][criterion + '_std']:.4f}"  # noqa: E731
+    if kind != "auto":
+        reason = f"asked for with --meta {kind}"
+    else:
+        word = "lowest" if criterion == "log_loss" else "highest"
+        others = ", ".join(described(k) for k in META_KINDS if k != chosen)
+        reason = f"{word} {len(folds)}-fold cross-validated {criterion} on the OOF rows: {described(chosen)} vs {others}"
+        if not stack_wins:
+            reason += f"; the best learned stack ({best_learned}) does not beat the best simple candidate"
+    meta, calibrated = fitted[chosen], None
+    if calibration == "temperature":
+        meta, calibrated = _calibrate(fitted[chosen], pooled[chosen], y, folds)
+    record = {
+        "kind": chosen,
+        "criterion": criterion,
+        "cv_folds": len(folds),
+        "reason": reason,
+        "leaderboard": leaderboard,
+        "calibration": calibrated,
+    }
+    return meta, record, fitted

@@ -28,6 +28,7 @@ class Prediction:
     base_probabilities: np.ndarray  # (M, N, C) each base model, TTA-averaged
     agreement: np.ndarray  # (N,) share of views whose mean-of-models label equals the served label
     views: np.ndarray  # (N,) TTA views run per image (fewer where adaptive TTA was sure early)
+    features: np.ndarray  # (N, F) what the meta-learner saw, for scoring other candidates on the same images
 
 
 class Predictor:
@@ -52,6 +53,7 @@ class Predictor:
         ]
         self.forward = TTAForward(members, self.image_size)
         self.meta = bundle_io.load_meta(self.bundle)
+        self.tta_features: bool = self.manifest["meta_learner"]["features"]["tta_features"]
 
     def policy(self, name: str | None = None) -> TTAPolicy:
         """The bundle's validated TTA policy, or another named one with the same shift and merge."""
@@ -78,9 +80,14 @@ class Predictor:
     def predict(self, pixels: np.ndarray, views: int | None = None, policy: str | None = None) -> Prediction:
         """Stacked prediction for uint8 (N, size, size, 3) pixels with ``views`` views of ``policy``."""
         result = self.merged_views(pixels, views, policy)
-        probs = full_probabilities(self.meta, meta_features(result.merged), len(self.classes))
+        features = meta_features(result.merged, result.disagreement if self.tta_features else None)
+        probs = full_probabilities(self.meta, features, len(self.classes))
         agrees = (result.view_labels == probs.argmax(axis=1)[None, :]).sum(axis=0)
-        return Prediction(probs, result.merged, agrees / result.views_used, result.views_used)
+        return Prediction(probs, result.merged, agrees / result.views_used, result.views_used, features)
+
+    def candidates(self) -> dict:
+        """Every meta-learner candidate fitted at training time (the bundle's sha256 already checked)."""
+        return bundle_io.load_candidates(self.bundle)
 
     def warm_up(self) -> None:
         """Trace the compiled forward passes of the default views before real traffic.

@@ -3,21 +3,29 @@
 ``holdout``: one stratified split; base models train on the rest and predict the
 held-out part, which alone feeds the meta-learner. ``kfold``: K stratified folds;
 each fold's models train on the other folds and predict it, so every image gets an
-out-of-fold prediction. In both, early stopping and checkpoint choice watch an
-inner validation split carved from the training part, never the predicted rows.
+out-of-fold prediction. With groups (e.g. several photos of one object), every
+split keeps a group on one side, so no near-duplicate of a predicted image was
+trained on. In both protocols, early stopping and checkpoint choice watch an inner
+validation split carved from the training part, never the predicted rows.
+
+The outer assignment is one array, ``fold[i]`` = the fold that predicts image i
+(-1: never predicted, the training part of ``holdout``), hashed with the image ids
+so every base model's OOF rows can be checked to come from the same assignment.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from stacking.errors import UserError
 
 PROTOCOLS = ("holdout", "kfold")
+FINALS = ("fold-average", "refit")  # kfold's served models
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,41 @@ def check_class_counts(labels: np.ndarray, classes: list[str], need: int, what: 
         raise UserError(f"class {name!r} has {count} image(s); {what} needs at least {need} per class")
 
 
+def _partition(
+    index: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified (and, with groups, grouped) K-fold over ``index``: [(rest, part)] as indices into ``index``'s values."""
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        parts = splitter.split(index, labels[index])
+    else:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        parts = splitter.split(index, labels[index], groups[index])
+    return [(index[rest], index[part]) for rest, part in parts]
+
+
+def _carve(
+    index: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``index`` into (rest, part) with about ``fraction`` in ``part``, stratified, groups kept whole."""
+    if groups is None:
+        rest, part = train_test_split(index, test_size=fraction, stratify=labels[index], random_state=seed)
+        return rest, part
+    n_splits = max(2, round(1 / fraction))
+    if len(np.unique(groups[index])) < n_splits:
+        raise UserError(f"--group-column: {len(np.unique(groups[index]))} groups cannot be split {n_splits} ways")
+    return _partition(index, labels, groups, n_splits, seed)[0]
+
+
+def _check_every_class(labels: np.ndarray, part: np.ndarray, classes: list[str], what: str) -> None:
+    missing = sorted(set(range(len(classes))) - set(labels[part].tolist()))
+    if missing:
+        raise UserError(
+            f"class {classes[missing[0]]!r} has no image in {what}; it is too small (or its groups too few) "
+            "for this split: add images, or lower --folds / raise the fraction"
+        )
+
+
 def make_splits(
     labels: np.ndarray,
     protocol: str = "holdout",
@@ -54,27 +97,60 @@ def make_splits(
     validation_fraction: float = 0.1,
     folds: int = 5,
     seed: int = 0,
+    groups: np.ndarray | None = None,
+    classes: list[str] | None = None,
 ) -> list[Split]:
-    """The protocol's splits; the same for every base model of a fit."""
+    """The protocol's splits; the same for every base model of a fit.
+
+    Every predicted part and every inner validation split holds every class, or a
+    UserError names the class that is too small.
+    """
+    classes = classes or [str(c) for c in range(int(labels.max()) + 1)]
     index = np.arange(len(labels))
     if protocol == "holdout":
-        train, oof = train_test_split(index, test_size=holdout_fraction, stratify=labels, random_state=seed)
-        outer = [(np.sort(train), np.sort(oof))]
+        train, oof = _carve(index, labels, groups, holdout_fraction, seed)
+        outer = [(train, oof)]
     elif protocol == "kfold":
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        outer = list(splitter.split(index, labels))
+        if groups is not None and len(np.unique(groups)) < folds:
+            raise UserError(f"--folds {folds}: only {len(np.unique(groups))} groups to spread over the folds")
+        outer = _partition(index, labels, groups, folds, seed)
     else:
         raise UserError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     splits = []
-    for train, oof in outer:
+    for k, (train, oof) in enumerate(outer):
         n_val, n_classes = math.ceil(validation_fraction * len(train)), len(np.unique(labels))
         if n_val < n_classes:
             raise UserError(
                 f"validation_fraction {validation_fraction}: {n_val} validation images for {n_classes} classes; "
                 "raise it or add images"
             )
-        fit, val = train_test_split(
-            train, test_size=validation_fraction, stratify=labels[train], random_state=seed
-        )
+        where = "the held-out part" if protocol == "holdout" else f"fold {k}"
+        _check_every_class(labels, oof, classes, where)
+        fit, val = _carve(train, labels, groups, validation_fraction, seed)
+        _check_every_class(labels, val, classes, f"the inner validation split of {where}")
         splits.append(Split(np.sort(fit), np.sort(val), np.sort(oof)))
     return splits
+
+
+def refit_split(
+    labels: np.ndarray, validation_fraction: float, seed: int, groups: np.ndarray | None = None
+) -> Split:
+    """``--final refit``: train on every image but an inner validation split that drives the callbacks."""
+    fit, val = _carve(np.arange(len(labels)), labels, groups, validation_fraction, seed)
+    return Split(np.sort(fit), np.sort(val), np.array([], dtype=np.int64))
+
+
+def fold_assignment(splits: list[Split], n_images: int) -> np.ndarray:
+    """``fold[i]``: the split that predicts image i, -1 where none does."""
+    fold = np.full(n_images, -1, dtype=np.int64)
+    for k, split in enumerate(splits):
+        fold[split.oof] = k
+    return fold
+
+
+def fold_hash(ids: list[str], fold: np.ndarray) -> str:
+    """The identity of a fold assignment: sha256 of each image id with its fold."""
+    digest = hashlib.sha256()
+    for image_id, k in zip(ids, fold.tolist(), strict=True):
+        digest.update(f"{image_id}\t{k}\n".encode())
+    return digest.hexdigest()

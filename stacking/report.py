@@ -82,10 +82,17 @@ def write_report(bundle: Path) -> Path:
         [[name, f"{s['accuracy']:.4f}", f"{s['log_loss']:.4f}"] for name, s in metrics["oof"].items()],
     )
     meta = _table(
-        ["candidate", "CV accuracy", "CV log-loss"],
-        [[("▶ " if k == selection["kind"] else "") + k, f"{s['accuracy']:.4f}", f"{s['log_loss']:.4f}"]
-         for k, s in selection["leaderboard"].items()],
+        ["candidate", "family", "CV accuracy", "CV log-loss", "Brier", "ECE", "weight per base model"],
+        [[("▶ " if row["name"] == selection["kind"] else "") + row["name"], row["family"],
+          f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}", f"{row['log_loss']:.4f} ± {row['log_loss_std']:.4f}",
+          f"{row['brier']:.4f}", f"{row['ece']:.4f}", " / ".join(f"{w:.2f}" for w in row["model_weights"])]
+         for row in selection["leaderboard"]],
     )
+    calibration = selection["calibration"]
+    if calibration:
+        meta += (f"<p>Temperature scaling (fitted on OOF rows): T = {calibration['temperature']:.3f}; cross-validated "
+                 f"log-loss {calibration['before']['log_loss']:.4f} → {calibration['after']['log_loss']:.4f}, "
+                 f"ECE {calibration['before']['ece']:.4f} → {calibration['after']['ece']:.4f}.</p>")
     protocol = manifest["protocol"]
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>stackserve report</title>
@@ -99,7 +106,9 @@ td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}td:first-child{
 <h2>Out-of-fold scores ({metrics['oof_rows']} images no base model trained on)</h2>
 {oof}
 <h2>Meta-learner selection</h2>
-<p>Chosen: <b>{html.escape(selection['kind'])}</b>: {html.escape(selection['reason'])}.</p>
+<p>Chosen: <b>{html.escape(selection['kind'])}</b>: {html.escape(selection['reason'])}. Scores are the mean ± spread
+over {selection['cv_folds']} cross-validation folds of the OOF rows; weights are in the order
+{html.escape(', '.join(manifest['meta_learner']['features']['base_models']))}.</p>
 {meta}
 <h2>Test-time augmentation</h2>
 {_tta_section(bundle, manifest)}

@@ -203,21 +203,45 @@ class TTAResult:
     merged: np.ndarray  # (M, N, C) per base model
     view_labels: np.ndarray  # (T, N) ensemble label per view, -1 where the view was not run
     views_used: np.ndarray  # (N,)
+    disagreement: np.ndarray  # (M, N) share of the views run whose label differs from the model's merged label
+
+
+def summarise_views(per_view: np.ndarray, unsure: np.ndarray, k: int, policy: TTAPolicy) -> TTAResult:
+    """(M, T, N, C) per-view probabilities -> the served result.
+
+    Images not ``unsure`` use only the first ``k`` views (their later views may be
+    unset); unsure ones use all T.
+    """
+    n_views = per_view.shape[1]
+    merged = policy.merge_views(per_view[:, :k])
+    if k < n_views and unsure.any():
+        merged[:, unsure] = policy.merge_views(per_view[:, :, unsure])
+    used = np.where(unsure, n_views, k) if k < n_views else np.full(per_view.shape[2], n_views)
+    ran = np.arange(n_views)[:, None] < used[None, :]  # (T, N)
+    view_labels = np.where(ran, per_view.mean(axis=0).argmax(axis=-1), -1)
+    differs = (per_view.argmax(axis=-1) != merged.argmax(axis=-1)[:, None, :]) & ran[None]
+    return TTAResult(merged, view_labels, used, differs.sum(axis=1) / used)
+
+
+def adaptive_views(policy: TTAPolicy, n_views: int) -> int:
+    """How many views every image gets before adaptive TTA decides which need the rest."""
+    return policy.adaptive_views if 0 < policy.adaptive_views < n_views else n_views
+
+
+def served_result(per_view: np.ndarray, policy: TTAPolicy) -> TTAResult:
+    """What serving would return, from every view's probabilities (OOF rows: all views were run)."""
+    k = adaptive_views(policy, per_view.shape[1])
+    unsure = needs_more_views(per_view[:, :k], policy, policy.adaptive_margin)
+    return summarise_views(per_view, unsure, k, policy)
 
 
 def run_tta(forward: TTAForward, pixels: np.ndarray, views: list[View], policy: TTAPolicy) -> TTAResult:
     """All ``views``; or, with adaptive TTA, the first ones everywhere and the rest where needed."""
-    k = policy.adaptive_views if 0 < policy.adaptive_views < len(views) else len(views)
+    k = adaptive_views(policy, len(views))
     first = forward(pixels, views[:k])
-    merged = policy.merge_views(first)
-    view_labels = np.full((len(views), len(pixels)), -1)
-    view_labels[:k] = first.mean(axis=0).argmax(axis=-1)
-    used = np.full(len(pixels), k)
-    if k < len(views):
-        unsure = needs_more_views(first, policy, policy.adaptive_margin)
-        if unsure.any():
-            rest = forward(pixels[unsure], views[k:])
-            merged[:, unsure] = policy.merge_views(np.concatenate([first[:, :, unsure], rest], axis=1))
-            view_labels[k:, unsure] = rest.mean(axis=0).argmax(axis=-1)
-            used[unsure] = len(views)
-    return TTAResult(merged, view_labels, used)
+    unsure = needs_more_views(first, policy, policy.adaptive_margin) if k < len(views) else np.zeros(len(pixels), bool)
+    per_view = np.zeros((first.shape[0], len(views), *first.shape[2:]), first.dtype)
+    per_view[:, :k] = first
+    if unsure.any():
+        per_view[:, k:, unsure] = forward(pixels[unsure], views[k:])
+    return summarise_views(per_view, unsure, k, policy)

@@ -9,12 +9,13 @@ import pytest
 
 from stacking.images import load_images
 from stacking.bundle import BundleError, load_manifest, load_oof, sha256_file
+from stacking.meta import META_KINDS
 from stacking.predictor import Predictor
 
 
 def test_manifest_describes_the_bundle(tiny_bundle):
     manifest = load_manifest(tiny_bundle)
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["classes"] == [str(d) for d in range(10)]
     assert [b["name"] for b in manifest["base_models"]] == ["tiny_cnn", "mini_mobilenet"]
     for entry in manifest["base_models"]:
@@ -22,8 +23,9 @@ def test_manifest_describes_the_bundle(tiny_bundle):
         for file in entry["files"]:
             assert manifest["files"][file] == sha256_file(tiny_bundle / file)
         assert (tiny_bundle / entry["history"]).is_file()
-    assert manifest["meta_learner"]["kind"] in ("mean", "logreg", "rf")
-    assert manifest["files"]["meta.joblib"] == sha256_file(tiny_bundle / "meta.joblib")
+    assert manifest["meta_learner"]["kind"] in META_KINDS
+    for file in ("meta.joblib", "candidates.joblib", "folds.csv", "oof.npz"):
+        assert manifest["files"][file] == sha256_file(tiny_bundle / file)
     tta = manifest["tta"]
     assert (tta["policy"], tta["views"], tta["merge"], tta["adaptive_views"]) == ("shift", 3, "mean", 0)
     diag = json.loads((tiny_bundle / "tta_diagnostics.json").read_text())

@@ -6,13 +6,19 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from app.cli import main
 from stacking.bundle import load_manifest, load_oof
+from stacking.datasets import load_pixels, read_evaluation_set
+from stacking.meta import META_KINDS
 from stacking.predictor import Predictor
+from stacking.protocols import fold_hash
+from tests.conftest import Server
 
 FAST = ["--models", "tiny_cnn", "--epochs", "1", "--image-size", "16"]
 
@@ -123,22 +129,68 @@ def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys
     manifest = load_manifest(bundle)
     assert manifest["base_models"][0]["files"] == [f"base/tiny_cnn/fold{k}.keras" for k in range(3)]
     assert manifest["meta_learner"]["kind"] == "logreg"
+    assert manifest["protocol"]["final_models"] == "fold-average"
     oof = load_oof(bundle)
     assert len(oof["ids"]) == manifest["data"]["images"]  # every training image, each once
+    folds = pd.read_csv(bundle / "folds.csv")
+    assert sorted(folds["fold"].unique()) == [0, 1, 2]
+    assert fold_hash(folds["Id"].tolist(), folds["fold"].to_numpy()) == manifest["protocol"]["fold_hash"]
+    assert set(oof["fold_hashes"]) == {manifest["protocol"]["fold_hash"]}
     assert Predictor(bundle).predict(np.zeros((2, 16, 16, 3), np.uint8)).probabilities.shape == (2, 10)
     assert "fold 2" in out
+
+
+def test_kfold_refit_serves_one_model_per_architecture(digits_dir, tmp_path, capsys):
+    bundle = tmp_path / "refit"
+    code, out, err = run_cli(["fit", "--data", digits_dir, "--out", bundle, *FAST, "--protocol", "kfold",
+                              "--folds", "3", "--final", "refit", "--tta", "1"], capsys)
+    assert code == 0, err
+    manifest = load_manifest(bundle)
+    assert manifest["protocol"]["final_models"] == "refit"
+    assert manifest["base_models"][0]["files"] == ["base/tiny_cnn/model.keras"]
+    assert sorted(p.name for p in (bundle / "base" / "tiny_cnn").iterdir()) == ["model.keras"]
+    history = json.loads((bundle / "history" / "tiny_cnn.json").read_text())["folds"]
+    assert len(history) == 4 and history[-1]["refit"]  # three folds for the OOF rows, then the refit
+    assert len(load_oof(bundle)["ids"]) == manifest["data"]["images"]  # OOF rows still come from the folds
+    assert "refit on all images" in out
+    server = Server(bundle)
+    try:
+        server.wait_ready()
+        with open(next((digits_dir / "test").iterdir()), "rb") as f:
+            answer = httpx.post(f"{server.url}/v1/predict", files={"files": ("x.png", f, "image/png")}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in manifest["classes"]
+    finally:
+        server.stop()
+
+
+def test_refit_needs_kfold(digits_dir, tmp_path, capsys):
+    code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", *FAST, "--final", "refit"], capsys)
+    assert "--final refit: only with --protocol kfold" in one_line_error(code, err)
 
 
 def test_evaluate_writes_the_comparison_table(tiny_bundle, digits_dir, tmp_path, capsys):
     code, out, err = run_cli(["evaluate", tiny_bundle, "--data", digits_dir / "test",
                               "--labels", digits_dir / "test_labels.csv", "--json", tmp_path / "t.json"], capsys)
     assert code == 0, err
-    table = json.loads((tmp_path / "t.json").read_text())
-    assert [r["model"] for r in table["rows"]][:3] == ["tiny_cnn", "mini_mobilenet", "mean"]
-    assert table["rows"][-1]["model"].startswith("stack (")
-    assert table["images"] == 80
-    for row in table["rows"]:
-        assert f"{row['accuracy']:.4f}" in out and 0 <= row["accuracy"] <= 1
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [r["kind"] for r in rows] == ["base"] * 2 + ["candidate"] * 6 + ["chosen"]
+    assert [r["name"] for r in rows[:2]] == ["tiny_cnn", "mini_mobilenet"]
+    assert {r["name"] for r in rows if r["kind"] == "candidate"} == set(META_KINDS)
+    manifest = load_manifest(tiny_bundle)
+    chosen = manifest["meta_learner"]["kind"]
+    assert rows[-1]["name"] == f"stack ({chosen})"
+    same = next(r for r in rows if r["name"] == chosen)  # no calibration: the stack is that candidate
+    assert (rows[-1]["accuracy"], rows[-1]["log_loss"]) == pytest.approx((same["accuracy"], same["log_loss"]))
+    for row in rows:
+        assert set(row) == {"name", "kind", "accuracy", "ci_low", "ci_high", "log_loss", "ece"}
+        assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and 0 <= row["ece"] <= 1
+        assert f"{row['accuracy']:.4f}  [{row['ci_low']:.4f}, {row['ci_high']:.4f}]" in out
+    # The base rows are the predictor's own per-model answers on the same 80 images.
+    images = read_evaluation_set(digits_dir / "test", digits_dir / "test_labels.csv", manifest["classes"])
+    _, pixels, _ = load_pixels(images, 16)
+    base = Predictor(tiny_bundle).predict(pixels).base_probabilities
+    assert rows[0]["accuracy"] == pytest.approx((base[0].argmax(axis=1) == images.labels).mean())
+    assert "correlation of base models' OOF probabilities" in out and "80 labelled images" in out
 
 
 def test_data_digits_command(tmp_path, capsys):

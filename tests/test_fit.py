@@ -21,11 +21,29 @@ def test_same_seed_same_weights_and_out_of_fold_predictions(digits_dir, tmp_path
     a, b = load_oof(tmp_path / "a"), load_oof(tmp_path / "b")
     np.testing.assert_array_equal(a["ids"], b["ids"])
     np.testing.assert_array_equal(a["probabilities"], b["probabilities"])
-    ma, mb = load_manifest(tmp_path / "a"), load_manifest(tmp_path / "b")
-    sa, sb = ma["meta_learner"]["selection"], mb["meta_learner"]["selection"]
+    assert_same_choice(tmp_path / "a", tmp_path / "b")
+
+
+def assert_same_choice(a, b) -> None:
+    sa, sb = (load_manifest(x)["meta_learner"]["selection"] for x in (a, b))
     assert sa["kind"] == sb["kind"]
-    for kind, scores in sa["leaderboard"].items():  # random-forest trees may sum in another order
-        assert scores == pytest.approx(sb["leaderboard"][kind], rel=1e-12)
+    for row_a, row_b in zip(sa["leaderboard"], sb["leaderboard"], strict=True):
+        assert row_a["name"] == row_b["name"]
+        for key, value in row_a.items():  # random-forest trees may sum in another order
+            if key not in ("name", "family"):
+                assert value == pytest.approx(row_b[key], rel=1e-9), (row_a["name"], key)
+
+
+def test_kfold_same_seed_same_oof_arrays_and_choice(digits_dir, tmp_path):
+    cfg = load_config(None, {"models": ("tiny_cnn",), "image_size": 16, "epochs": 1, "tta_views": 2,
+                             "protocol": "kfold", "folds": 3, "seed": 4})
+    manifests = [fit(digits_dir, tmp_path / name, cfg, echo=lambda _: None) for name in ("a", "b")]
+    assert manifests[0]["protocol"]["fold_hash"] == manifests[1]["protocol"]["fold_hash"]
+    a, b = load_oof(tmp_path / "a"), load_oof(tmp_path / "b")
+    assert set(a) == set(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert_same_choice(tmp_path / "a", tmp_path / "b")
 
 
 def test_refit_replaces_an_existing_bundle(digits_dir, tmp_path):

@@ -1,0 +1,121 @@
+"""The meta step, shared by ``stacking fit`` and ``stacking meta``: OOF arrays in, chosen meta-learner out.
+
+``stacking meta BUNDLE`` reruns only this step from the bundle's saved OOF arrays, so
+trying another meta-learner, criterion or calibration takes seconds, not a refit of
+the CNNs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from stacking import bundle as bundle_io
+from stacking.errors import UserError
+from stacking.meta import CALIBRATIONS, CRITERIA, META_KINDS, select_meta
+
+Echo = Callable[[str], None]
+FEATURE_LAYOUT = (
+    "log-probabilities, base models side by side: column m * n_classes + c; with tta_features, then each "
+    "model's normalised entropy, then each model's TTA view disagreement"
+)
+
+
+@dataclass(frozen=True)
+class MetaSettings:
+    """The settings of the meta step (same names as in the fit config)."""
+
+    meta: str = "auto"
+    meta_criterion: str = "log_loss"
+    meta_folds: int = 5
+    tta_features: bool = False
+    calibration: str = "none"
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "MetaSettings":
+        return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
+
+    def check(self) -> None:
+        if self.meta != "auto" and self.meta not in META_KINDS:
+            raise UserError(f"--meta {self.meta!r}: expected auto, {', '.join(META_KINDS)}")
+        if self.meta_criterion not in CRITERIA:
+            raise UserError(f"--meta-criterion {self.meta_criterion!r}: expected one of {', '.join(CRITERIA)}")
+        if self.calibration not in CALIBRATIONS:
+            raise UserError(f"--calibration {self.calibration!r}: expected one of {', '.join(CALIBRATIONS)}")
+        if self.meta_folds < 2:
+            raise UserError(f"meta_folds {self.meta_folds}: must be at least 2")
+
+
+def check_fold_hashes(models: list[str], hashes: list[str], expected: str) -> None:
+    """Refuse OOF arrays made under different fold assignments: their rows would not be out-of-fold together."""
+    for model, got in zip(models, hashes, strict=True):
+        if got != expected:
+            raise UserError(
+                f"OOF predictions of {model!r} come from fold assignment {got[:12]}, not {expected[:12]} like the "
+                "bundle's; every base model must be cross-fitted on the same folds before stacking"
+            )
+
+
+def fit_meta(bundle: Path, oof: dict[str, np.ndarray], settings: MetaSettings, fold_hash: str) -> dict:
+    """Select and fit the meta-learner on ``oof``, save it with every candidate; return the manifest entry."""
+    settings.check()
+    names = [str(n) for n in oof["models"]]
+    check_fold_hashes(names, [str(h) for h in oof["fold_hashes"]], fold_hash)
+    try:
+        meta, selection, candidates = select_meta(
+            oof["probabilities"],
+            oof["labels"],
+            settings.meta,
+            settings.seed,
+            cv=settings.meta_folds,
+            criterion=settings.meta_criterion,
+            disagreement=oof["disagreement"] if settings.tta_features else None,
+            groups=oof.get("groups"),
+            calibration=settings.calibration,
+        )
+    except ValueError as exc:
+        raise UserError(f"meta-learner: {exc}") from None
+    bundle_io.save_meta(bundle, meta, candidates)
+    return {
+        "kind": selection["kind"],
+        "file": bundle_io.META_FILE,
+        "candidates_file": bundle_io.CANDIDATES_FILE,
+        "features": {
+            "layout": FEATURE_LAYOUT,
+            "tta_features": settings.tta_features,
+            "base_models": names,
+            "n_classes": int(oof["probabilities"].shape[2]),
+        },
+        "selection": selection,
+    }
+
+
+def describe(entry: dict) -> str:
+    """One line on the choice, for the log."""
+    selection = entry["selection"]
+    line = f"meta-learner: {selection['kind']} ({selection['reason']})"
+    if selection["calibration"]:
+        cal = selection["calibration"]
+        line += (f"; temperature {cal['temperature']:.3f}: CV log-loss {cal['before']['log_loss']:.4f} -> "
+                 f"{cal['after']['log_loss']:.4f}, ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}")
+    return line
+
+
+def refit_meta(bundle: Path, overrides: dict[str, Any], echo: Echo = print) -> dict:
+    """``stacking meta``: rerun the meta step of a fitted bundle with ``overrides``; return the new manifest."""
+    from stacking.report import write_report
+
+    bundle = Path(bundle)
+    manifest = bundle_io.load_manifest(bundle, verify=True)
+    config = {**manifest["config"], **{k: v for k, v in overrides.items() if v is not None}}
+    entry = fit_meta(bundle, bundle_io.load_oof(bundle), MetaSettings.from_config(config), manifest["protocol"]["fold_hash"])
+    echo(describe(entry))
+    kept = {k: v for k, v in manifest.items() if k not in ("format_version", "files")}
+    manifest = bundle_io.write_manifest(bundle, {**kept, "config": config, "meta_learner": entry})
+    write_report(bundle)
+    return manifest
