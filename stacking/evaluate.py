@@ -14,7 +14,7 @@ import numpy as np
 
 from stacking import bundle as bundle_io
 from stacking.datasets import load_pixels, read_evaluation_set
-from stacking.meta import full_probabilities, score
+from stacking.meta import score
 from stacking.predictor import Predictor
 
 BOOTSTRAP_SAMPLES = 1000
@@ -41,10 +41,9 @@ def compare(
 ) -> list[dict]:
     """One row per base model, per meta candidate (each fitted on the OOF rows), and the served stack."""
     prediction = predictor.predict(pixels, views, policy)
-    n_classes = len(predictor.classes)
     rows = [table_row(name, "base", prediction.base_probabilities[m], labels)
             for m, name in enumerate(predictor.base_names)]
-    rows += [table_row(name, "candidate", full_probabilities(candidate, prediction.features, n_classes), labels)
+    rows += [table_row(name, "candidate", predictor.stack(candidate, prediction.features), labels)
              for name, candidate in predictor.candidates().items()]
     selection = predictor.manifest["meta_learner"]["selection"]
     chosen = selection["kind"] + (" + temperature" if selection["calibration"] else "")

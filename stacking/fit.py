@@ -189,7 +189,7 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
         result = served_result(oof_views[:, :, rows], tta)  # TTA-merged exactly as served, adaptive included
         oof = {
             "probabilities": result.merged,
-            "disagreement": result.disagreement.astype(np.float32),
+            "disagreement": result.fold_disagreement[0].astype(np.float32),
             "labels": labels[rows],
             "ids": np.array([images.ids[i] for i in rows]),
             "folds": folds[rows],

@@ -28,7 +28,7 @@ class Prediction:
     base_probabilities: np.ndarray  # (M, N, C) each base model, TTA-averaged
     agreement: np.ndarray  # (N,) share of views whose mean-of-models label equals the served label
     views: np.ndarray  # (N,) TTA views run per image (fewer where adaptive TTA was sure early)
-    features: np.ndarray  # (N, F) what the meta-learner saw, for scoring other candidates on the same images
+    features: np.ndarray  # (K, N, F) what the meta-learner saw per fold, for scoring other candidates alike
 
 
 class Predictor:
@@ -80,10 +80,21 @@ class Predictor:
     def predict(self, pixels: np.ndarray, views: int | None = None, policy: str | None = None) -> Prediction:
         """Stacked prediction for uint8 (N, size, size, 3) pixels with ``views`` views of ``policy``."""
         result = self.merged_views(pixels, views, policy)
-        features = meta_features(result.merged, result.disagreement if self.tta_features else None)
-        probs = full_probabilities(self.meta, features, len(self.classes))
+        features = np.stack([
+            meta_features(merged, disagreement if self.tta_features else None)
+            for merged, disagreement in zip(result.fold_merged, result.fold_disagreement)
+        ])
+        probs = self.stack(self.meta, features)
         agrees = (result.view_labels == probs.argmax(axis=1)[None, :]).sum(axis=0)
         return Prediction(probs, result.merged, agrees / result.views_used, result.views_used, features)
+
+    def stack(self, meta, features: np.ndarray) -> np.ndarray:
+        """A meta-learner's (N, C) answer: applied to each fold's (N, F) features, the K answers averaged.
+
+        It learnt from single fold models' OOF answers; fed the average of K fold
+        models it would see smoother inputs than those it was fitted on.
+        """
+        return np.mean([full_probabilities(meta, X, len(self.classes)) for X in features], axis=0)
 
     def candidates(self) -> dict:
         """Every meta-learner candidate fitted at training time (the bundle's sha256 already checked)."""

@@ -130,14 +130,22 @@ def make_views(x: tf.Tensor, views: Sequence[View]) -> tf.Tensor:
 class TTAForward:
     """Per-view class probabilities of several base models in one compiled call.
 
-    ``members[m]`` lists the Keras models whose probabilities are averaged to make
-    base model m (one model, or the K fold models of a ``kfold`` fit).
+    ``members[m]`` lists base model m's Keras models: one, or the K fold models of a
+    ``kfold`` fit, kept apart by :meth:`folds` and averaged by calling.
+
+    Every call runs the same shape: ``rows_per_call // views`` images (at least one),
+    the last chunk padded. A CPU convolution's rounding depends on the batch shape,
+    and a tree meta-learner can turn a last-bit difference into another leaf; with
+    one shape an image gets the same bits whatever its companions (at most a last-bit
+    difference from its position in the batch).
     """
 
-    def __init__(self, members: Sequence[Sequence[keras.Model]], image_size: int, batch_size: int = 64):
+    def __init__(self, members: Sequence[Sequence[keras.Model]], image_size: int, rows_per_call: int = 64):
         self.members = [list(m) for m in members]
+        if len({len(m) for m in self.members}) != 1:
+            raise ValueError("every base model needs the same number of fold models")
         self.image_size = image_size
-        self.batch_size = batch_size
+        self.rows_per_call = rows_per_call
         self._compiled: dict[tuple[View, ...], tf.types.experimental.PolymorphicFunction] = {}
 
     def _function(self, views: tuple[View, ...]):
@@ -148,26 +156,34 @@ class TTAForward:
             def forward(pixels):
                 batch = tf.shape(pixels)[0]
                 stacked = make_views(tf.cast(pixels, tf.float32), views)
-                per_model = []
-                for folds in self.members:
-                    probs = tf.add_n([model(stacked, training=False) for model in folds]) / len(folds)
-                    per_model.append(tf.reshape(probs, (len(views), batch, -1)))
-                return tf.stack(per_model)  # (M, T, B, C)
+                per_fold = [
+                    tf.stack([tf.reshape(folds[k](stacked, training=False), (len(views), batch, -1))
+                              for folds in self.members])
+                    for k in range(len(self.members[0]))
+                ]
+                return tf.stack(per_fold)  # (K, M, T, B, C)
 
             self._compiled[views] = forward
         return self._compiled[views]
 
-    def __call__(self, pixels: np.ndarray, views: Sequence[View]) -> np.ndarray:
-        """uint8 (N, H, W, 3) -> float32 (M, T, N, C) probabilities per base model and view."""
+    def folds(self, pixels: np.ndarray, views: Sequence[View]) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> float32 (K, M, T, N, C) probabilities per fold model, base model and view."""
         forward = self._function(tuple(views))
-        chunks = [
-            forward(tf.constant(pixels[i : i + self.batch_size])).numpy()
-            for i in range(0, len(pixels), self.batch_size)
-        ]
+        size = max(1, self.rows_per_call // len(views))
+        chunks = []
+        for i in range(0, len(pixels), size):
+            chunk = pixels[i : i + size]
+            padded = np.zeros((size, *pixels.shape[1:]), np.uint8)
+            padded[: len(chunk)] = chunk
+            chunks.append(forward(tf.constant(padded)).numpy()[:, :, :, : len(chunk)])
         if not chunks:
             classes = self.members[0][0].output_shape[-1]
-            return np.zeros((len(self.members), len(views), 0, classes), np.float32)
-        return np.concatenate(chunks, axis=2)
+            return np.zeros((len(self.members[0]), len(self.members), len(views), 0, classes), np.float32)
+        return np.concatenate(chunks, axis=3)
+
+    def __call__(self, pixels: np.ndarray, views: Sequence[View]) -> np.ndarray:
+        """(M, T, N, C): each base model's probabilities per view, its fold models averaged."""
+        return self.folds(pixels, views).mean(axis=0)
 
 
 def merge_views(per_view: np.ndarray, method: str = "mean", identity_weight: float = 1.0) -> np.ndarray:
@@ -198,29 +214,38 @@ def needs_more_views(first: np.ndarray, policy: TTAPolicy, margin: float) -> np.
 
 @dataclass
 class TTAResult:
-    """What TTA gives for N images: merged probabilities and what each view said."""
+    """What TTA gives for N images: merged probabilities and what each view said.
 
-    merged: np.ndarray  # (M, N, C) per base model
+    ``fold_*`` keep the K fold models of a kfold bundle apart (K = 1 otherwise): the
+    meta-learner learnt from one fold model's OOF answers, so it is applied per fold.
+    """
+
+    fold_merged: np.ndarray  # (K, M, N, C) per fold model and base model
+    fold_disagreement: np.ndarray  # (K, M, N) share of the views run whose label differs from the merged one
     view_labels: np.ndarray  # (T, N) ensemble label per view, -1 where the view was not run
     views_used: np.ndarray  # (N,)
-    disagreement: np.ndarray  # (M, N) share of the views run whose label differs from the model's merged label
+
+    @property
+    def merged(self) -> np.ndarray:
+        """(M, N, C) each base model's probabilities, its fold models averaged."""
+        return self.fold_merged.mean(axis=0)
 
 
 def summarise_views(per_view: np.ndarray, unsure: np.ndarray, k: int, policy: TTAPolicy) -> TTAResult:
-    """(M, T, N, C) per-view probabilities -> the served result.
+    """(K, M, T, N, C) per-view probabilities -> the served result.
 
     Images not ``unsure`` use only the first ``k`` views (their later views may be
     unset); unsure ones use all T.
     """
-    n_views = per_view.shape[1]
-    merged = policy.merge_views(per_view[:, :k])
+    n_views = per_view.shape[2]
+    merged = np.stack([policy.merge_views(fold[:, :k]) for fold in per_view])
     if k < n_views and unsure.any():
-        merged[:, unsure] = policy.merge_views(per_view[:, :, unsure])
-    used = np.where(unsure, n_views, k) if k < n_views else np.full(per_view.shape[2], n_views)
+        merged[:, :, unsure] = np.stack([policy.merge_views(fold[:, :, unsure]) for fold in per_view])
+    used = np.where(unsure, n_views, k) if k < n_views else np.full(per_view.shape[3], n_views)
     ran = np.arange(n_views)[:, None] < used[None, :]  # (T, N)
-    view_labels = np.where(ran, per_view.mean(axis=0).argmax(axis=-1), -1)
-    differs = (per_view.argmax(axis=-1) != merged.argmax(axis=-1)[:, None, :]) & ran[None]
-    return TTAResult(merged, view_labels, used, differs.sum(axis=1) / used)
+    view_labels = np.where(ran, per_view.mean(axis=(0, 1)).argmax(axis=-1), -1)
+    differs = (per_view.argmax(axis=-1) != merged.argmax(axis=-1)[:, :, None, :]) & ran
+    return TTAResult(merged, differs.sum(axis=2) / used, view_labels, used)
 
 
 def adaptive_views(policy: TTAPolicy, n_views: int) -> int:
@@ -229,19 +254,20 @@ def adaptive_views(policy: TTAPolicy, n_views: int) -> int:
 
 
 def served_result(per_view: np.ndarray, policy: TTAPolicy) -> TTAResult:
-    """What serving would return, from every view's probabilities (OOF rows: all views were run)."""
+    """What serving would return, from every view's (M, T, N, C) probabilities (OOF rows: all views were run)."""
     k = adaptive_views(policy, per_view.shape[1])
     unsure = needs_more_views(per_view[:, :k], policy, policy.adaptive_margin)
-    return summarise_views(per_view, unsure, k, policy)
+    return summarise_views(per_view[None], unsure, k, policy)
 
 
 def run_tta(forward: TTAForward, pixels: np.ndarray, views: list[View], policy: TTAPolicy) -> TTAResult:
     """All ``views``; or, with adaptive TTA, the first ones everywhere and the rest where needed."""
     k = adaptive_views(policy, len(views))
-    first = forward(pixels, views[:k])
-    unsure = needs_more_views(first, policy, policy.adaptive_margin) if k < len(views) else np.zeros(len(pixels), bool)
-    per_view = np.zeros((first.shape[0], len(views), *first.shape[2:]), first.dtype)
-    per_view[:, :k] = first
+    first = forward.folds(pixels, views[:k])
+    unsure = (needs_more_views(first.mean(axis=0), policy, policy.adaptive_margin) if k < len(views)
+              else np.zeros(len(pixels), bool))
+    per_view = np.zeros((*first.shape[:2], len(views), *first.shape[3:]), first.dtype)
+    per_view[:, :, :k] = first
     if unsure.any():
-        per_view[:, k:, unsure] = forward(pixels[unsure], views[k:])
+        per_view[:, :, k:, unsure] = forward.folds(pixels[unsure], views[k:])
     return summarise_views(per_view, unsure, k, policy)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,10 +15,11 @@ from PIL import Image
 
 from app.cli import main
 from stacking.bundle import load_manifest, load_oof
-from stacking.datasets import load_pixels, read_evaluation_set
-from stacking.meta import META_KINDS
+from stacking.datasets import load_pixels, read_evaluation_set, read_training_set
+from stacking.meta import META_KINDS, meta_features
 from stacking.predictor import Predictor
 from stacking.protocols import fold_hash
+from stacking.tta import TTAForward, View
 from tests.conftest import Server
 
 FAST = ["--models", "tiny_cnn", "--epochs", "1", "--image-size", "16"]
@@ -136,7 +138,17 @@ def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
     assert fold_hash(folds["Id"].tolist(), folds["fold"].to_numpy()) == manifest["protocol"]["fold_hash"]
     assert set(oof["fold_hashes"]) == {manifest["protocol"]["fold_hash"]}
-    assert Predictor(bundle).predict(np.zeros((2, 16, 16, 3), np.uint8)).probabilities.shape == (2, 10)
+    # Served: the meta-learner applied to each fold's base models (as it learnt from one fold model's
+    # OOF answers), the three answers averaged; checked against each fold model loaded on its own.
+    predictor = Predictor(bundle)
+    pixels = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    prediction = predictor.predict(pixels)
+    assert prediction.features.shape[0] == 3
+    per_fold = [
+        predictor.meta.predict_proba(meta_features(TTAForward([[keras.models.load_model(bundle / f)]], 16)(pixels, [View()])[:, 0]))
+        for f in manifest["base_models"][0]["files"]
+    ]
+    np.testing.assert_allclose(prediction.probabilities, np.mean(per_fold, axis=0), atol=1e-5)
     assert "fold 2" in out
 
 
@@ -264,3 +276,29 @@ def test_preview_augment_writes_a_grid(digits_dir, tmp_path, capsys):
         pixels = np.asarray(img.convert("L"), dtype=float)
         assert img.size[0] > 300 and img.size[1] > 300
     assert pixels.std() > 20  # images drawn, not a blank canvas
+
+
+def grouped_csv_layout(digits_dir: Path, root: Path) -> Path:
+    """The digits in the Kaggle layout, with a Group column pairing consecutive scans of a class."""
+    images = read_training_set(digits_dir)
+    (root / "train").mkdir(parents=True)
+    rows = []
+    for i, (path, label) in enumerate(zip(images.paths, images.labels)):
+        shutil.copy(path, root / "train" / path.name)
+        rows.append({"Id": path.name, "Category": images.classes[label], "Group": f"g{label}_{i // 2}"})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    return root
+
+
+def test_grouped_kfold_keeps_each_group_in_one_fold(digits_dir, tmp_path, capsys):
+    data = grouped_csv_layout(digits_dir, tmp_path / "grouped")
+    code, out, err = run_cli(["fit", "--data", data, "--out", tmp_path / "b", *FAST, "--protocol", "kfold",
+                              "--folds", "3", "--group-column", "Group", "--tta", "1"], capsys)
+    assert code == 0, err
+    folds = pd.read_csv(tmp_path / "b" / "folds.csv")
+    assert folds.groupby("group")["fold"].nunique().max() == 1  # no group straddles two folds
+    assert sorted(folds["fold"].unique()) == [0, 1, 2]
+    assert load_manifest(tmp_path / "b")["protocol"]["group_column"] == "Group"
+    assert "grouped by Group" in out
+    code, _, err = run_cli(["fit", "--data", data, "--out", tmp_path / "c", *FAST, "--group-column", "Batch"], capsys)
+    assert "--group-column Batch" in one_line_error(code, err) and "Group" in err

@@ -35,7 +35,7 @@ def test_meta_command_refits_only_the_meta_learner(bundle_copy, capsys):
     predictor = Predictor(bundle_copy)
     pixels = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
     prediction = predictor.predict(pixels)
-    raw = predictor.candidates()["rf"].predict_proba(prediction.features)
+    raw = predictor.stack(predictor.candidates()["rf"], prediction.features)
     assert (prediction.probabilities.argmax(axis=1) == raw.argmax(axis=1)).all()
     assert not np.allclose(prediction.probabilities, raw)  # the temperature is applied when serving
 
@@ -47,7 +47,7 @@ def test_tta_features_reach_the_meta_learner_when_serving(bundle_copy):
     assert predictor.meta.n_features_in_ == n_models * n_classes + 2 * n_models
     pixels = np.random.default_rng(1).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
     prediction = predictor.predict(pixels)
-    assert prediction.features.shape == (4, predictor.meta.n_features_in_)
+    assert prediction.features.shape == (1, 4, predictor.meta.n_features_in_)  # one fold: a holdout bundle
     np.testing.assert_allclose(prediction.probabilities.sum(axis=1), 1, rtol=1e-6)
 
 
@@ -67,5 +67,5 @@ def test_oof_rows_are_merged_over_tta_exactly_as_served(tiny_bundle, digits_dir)
     _, pixels, _ = load_pixels(rows, 16)
     prediction = Predictor(tiny_bundle).predict(pixels)
     np.testing.assert_allclose(prediction.base_probabilities, oof["probabilities"][:, :40], atol=1e-5)
-    np.testing.assert_allclose(prediction.features, meta_features(oof["probabilities"][:, :40]), atol=1e-4)
+    np.testing.assert_allclose(prediction.features[0], meta_features(oof["probabilities"][:, :40]), atol=1e-4)
     assert (oof["labels"][:40] == rows.labels).all()
