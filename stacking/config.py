@@ -32,7 +32,7 @@ class FitConfig:
     validation_fraction: float = 0.1
     # A column of DIR/train.csv (or DIR/groups.csv: Id,<column>) whose images stay on one side of every split.
     group_column: str = ""
-    final: str = "fold-average"  # kfold's served models: the K fold models averaged, or "refit" on all images
+    final: str = "fold-average"  # kfold's served models: the K fold models (stacked per fold, averaged), or "refit"
     meta: str = "auto"
     meta_criterion: str = "log_loss"  # how candidates are ranked: "log_loss" (lower) or "accuracy" (higher)
     meta_folds: int = 5  # cross-validation folds over the OOF rows that rank the candidates
