@@ -18,7 +18,6 @@ from stacking.meta import score
 from stacking.predictor import Predictor
 
 BOOTSTRAP_SAMPLES = 1000
-COLUMNS = ("name", "kind", "accuracy", "ci_low", "ci_high", "log_loss", "ece")
 
 
 def bootstrap_interval(right: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
