@@ -6,6 +6,8 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
+
 from stacking import bundle as bundle_io
 from stacking.plots import plot_history, plot_tta_curve, plot_tta_heatmap
 from stacking.tta import TTAPolicy
@@ -33,6 +35,20 @@ def _training_curves(bundle: Path, manifest: dict) -> str:
                 f"validation accuracy {history['best']['val_accuracy']:.4f}</figcaption></figure>"
             )
     return "\n".join(parts)
+
+
+def _data_section(bundle: Path, manifest: dict) -> str:
+    """Images per class: in all, and in each predicted part (the folds, or the held-out part)."""
+    oof = bundle_io.load_oof(bundle)
+    classes, per_class = manifest["classes"], manifest["data"]["per_class"]
+    parts = sorted(set(oof["folds"].tolist()))
+    names = ["held out"] if manifest["protocol"]["name"] == "holdout" else [f"fold {k}" for k in parts]
+    counts = [np.bincount(oof["labels"][oof["folds"] == k], minlength=len(classes)) for k in parts]
+    rows = [[name, str(per_class[name]), *[str(c[i]) for c in counts]] for i, name in enumerate(classes)]
+    rows.append(["all", str(manifest["data"]["images"]), *[str(c.sum()) for c in counts]])
+    skipped = manifest["data"]["skipped"]
+    note = f"<p>{len(skipped)} unreadable image(s) left out.</p>" if skipped else ""
+    return _table(["class", "images", *names], rows) + note
 
 
 def _tta_section(bundle: Path, manifest: dict) -> str:
@@ -103,6 +119,8 @@ td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}td:first-child{
 <p>{len(manifest['classes'])} classes, {manifest['data']['images']} training images, image size
 {manifest['image_size']} px, protocol <b>{html.escape(protocol['name'])}</b>, TTA policy
 <b>{html.escape(manifest['tta']['policy'])}</b> with {manifest['tta']['views']} view(s).</p>
+<h2>Data</h2>
+{_data_section(bundle, manifest)}
 <h2>Out-of-fold scores ({metrics['oof_rows']} images no base model trained on)</h2>
 {oof}
 <h2>Meta-learner selection</h2>

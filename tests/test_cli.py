@@ -138,6 +138,8 @@ def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
     assert fold_hash(folds["Id"].tolist(), folds["fold"].to_numpy()) == manifest["protocol"]["fold_hash"]
     assert set(oof["fold_hashes"]) == {manifest["protocol"]["fold_hash"]}
+    page = (bundle / "report" / "index.html").read_text()
+    assert "<th>fold 0</th><th>fold 1</th><th>fold 2</th>" in page  # the report's data table, one column a fold
     # Served: the meta-learner applied to each fold's base models (as it learnt from one fold model's
     # OOF answers), the three answers averaged; checked against each fold model loaded on its own.
     predictor = Predictor(bundle)
