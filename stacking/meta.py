@@ -163,7 +163,7 @@ def model_weights(estimator: BaseEstimator, n_models: int, n_classes: int) -> li
     return [float(w) for w in per_model / per_model.sum()]
 
 
-def _meta_folds(y: np.ndarray, groups: np.ndarray | None, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def meta_cv_folds(y: np.ndarray, groups: np.ndarray | None, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """One fold assignment of the OOF rows for every candidate, so their scores compare like with like."""
     folds = min(cv, int(np.bincount(y).min()))
     if groups is not None:
@@ -227,7 +227,7 @@ def select_meta(
         raise ValueError(f"unknown calibration {calibration!r}; expected one of {', '.join(CALIBRATIONS)}")
     n_models, _, n_classes = base_probs.shape
     X = meta_features(base_probs, disagreement)
-    folds = _meta_folds(y, groups, cv, seed)
+    folds = meta_cv_folds(y, groups, cv, seed)
     leaderboard, pooled, fitted = [], {}, {}
     for candidate in META_KINDS:
         pooled[candidate] = np.zeros((len(y), n_classes))
