@@ -50,7 +50,7 @@ def demo_command(
     """The whole job on the bundled digits: data, fit, comparison table, submission, then serve."""
     from stacking.config import load_config
     from stacking.digits import write_digits
-    from stacking.evaluate import evaluate_folder, format_table
+    from stacking.evaluate import evaluate_folder, format_table, record_evaluation
     from stacking.fit import fit
     from stacking.predictor import Predictor
     from stacking.submission import predict_folder
@@ -61,9 +61,10 @@ def demo_command(
     typer.echo(f"2/4 fit: config {DEMO_CONFIG}")
     fit(data, bundle, load_config(DEMO_CONFIG, {"epochs": epochs}), echo=lambda s: typer.echo(f"    {s}"))
     predictor = Predictor(bundle)
-    rows, count, _ = evaluate_folder(predictor, data / "test", data / "test_labels.csv")
+    rows, count, bad = evaluate_folder(predictor, data / "test", data / "test_labels.csv")
     typer.echo(f"3/4 held-out test split ({count} scans no model or meta-learner saw):")
     typer.echo(format_table(rows))
+    record_evaluation(predictor, rows, data / "test", data / "test_labels.csv", count, bad)
     submission = workdir / "submission.csv"
     table, _ = predict_folder(predictor, data / "test", submission)
     typer.echo(f"4/4 submission: {len(table)} rows in {submission}; report: {bundle / 'report' / 'index.html'}")

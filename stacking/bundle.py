@@ -25,7 +25,10 @@ META_FILE = "meta.joblib"
 CANDIDATES_FILE = "candidates.joblib"
 FOLDS_FILE = "folds.csv"
 OOF_FILE = "oof.npz"
+STACK_OOF_FILE = "stack_oof.npz"  # the meta candidates' cross-validated answers on the OOF rows
 TTA_DIAGNOSTICS = "tta_diagnostics.json"
+REPORT = "report"  # the page and its pictures; outside the hashed files, so it can be rewritten
+EVALUATION_FILE = f"{REPORT}/evaluation.json"  # the last ``stacking evaluate`` table, shown by the report
 
 
 class BundleError(UserError):
@@ -54,11 +57,17 @@ def write_json(path: Path, data: dict) -> None:
     write_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
-def save_meta(bundle: Path, meta, candidates: dict) -> None:
-    """The chosen meta-learner, and every candidate fitted on all OOF rows (for ``evaluate``)."""
+def save_meta(bundle: Path, meta, candidates: dict, cv_probabilities: dict[str, np.ndarray], cv_chosen: np.ndarray) -> None:
+    """The chosen meta-learner, every candidate fitted on all OOF rows (for ``evaluate``), and the
+    candidates' and the chosen one's cross-validated (N, C) answers on the OOF rows (for the report)."""
     for name, obj in ((META_FILE, meta), (CANDIDATES_FILE, candidates)):
         with atomic_path(Path(bundle) / name) as tmp:
             joblib.dump(obj, tmp)
+    with atomic_path(Path(bundle) / STACK_OOF_FILE) as tmp:
+        np.savez_compressed(
+            tmp, names=np.array(list(cv_probabilities)), probabilities=np.stack(list(cv_probabilities.values())),
+            chosen=cv_chosen,
+        )
 
 
 def load_meta(bundle: Path):
@@ -90,6 +99,24 @@ def load_oof(bundle: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+def load_stack_oof(bundle: Path) -> dict[str, np.ndarray] | None:
+    """``names``, ``probabilities`` (candidates x rows x classes) and ``chosen``; None in bundles made before it."""
+    path = Path(bundle) / STACK_OOF_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def save_evaluation(bundle: Path, record: dict) -> None:
+    write_json(Path(bundle) / EVALUATION_FILE, record)
+
+
+def load_evaluation(bundle: Path) -> dict | None:
+    path = Path(bundle) / EVALUATION_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def library_versions() -> dict[str, str]:
     import keras
     import pandas
@@ -114,7 +141,7 @@ def write_manifest(bundle: Path, manifest: dict) -> dict:
     files = sorted(
         p.relative_to(bundle).as_posix()
         for p in bundle.rglob("*")
-        if p.is_file() and p.name != MANIFEST and p.relative_to(bundle).parts[0] != "report"
+        if p.is_file() and p.name != MANIFEST and p.relative_to(bundle).parts[0] != REPORT
     )
     manifest = {"format_version": FORMAT_VERSION, **manifest, "files": {f: sha256_file(bundle / f) for f in files}}
     write_json(bundle / MANIFEST, manifest)

@@ -22,15 +22,22 @@ def brier(probs: np.ndarray, y: np.ndarray) -> float:
     return float(((probs - onehot) ** 2).sum(axis=1).mean())
 
 
-def ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Share-weighted gap between confidence and accuracy, over confidence bins."""
+def reliability_bins(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Per non-empty equal-width bin of top-label confidence: mean confidence, accuracy, share of rows."""
     confidence, right = probs.max(axis=1), probs.argmax(axis=1) == y
     which = np.minimum((confidence * bins).astype(int), bins - 1)
-    gap = 0.0
-    for b in np.unique(which):
-        rows = which == b
-        gap += rows.mean() * abs(confidence[rows].mean() - right[rows].mean())
-    return float(gap)
+    used = np.unique(which)
+    return {
+        "confidence": np.array([confidence[which == b].mean() for b in used]),
+        "accuracy": np.array([right[which == b].mean() for b in used]),
+        "share": np.array([(which == b).mean() for b in used]),
+    }
+
+
+def ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Share-weighted gap between confidence and accuracy, over confidence bins."""
+    b = reliability_bins(probs, y, bins)
+    return float((b["share"] * np.abs(b["confidence"] - b["accuracy"])).sum())
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:

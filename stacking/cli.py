@@ -64,7 +64,9 @@ def preview_augment(
 
     if count < 1 or copies < 1:
         raise UserError("--count and --copies: must be at least 1")
-    typer.echo(f"wrote {preview_augmentation(data, out, load_config(config, {}), count, copies)}")
+    cfg = load_config(config, {})
+    written = preview_augmentation(data, out, cfg.train.augmentation, cfg.image_size, cfg.seed, count, copies)
+    typer.echo(f"wrote {written}")
 
 
 @cli.command("fit")
@@ -131,7 +133,7 @@ def evaluate_command(
     on_bad_image: OnBadOption = "error",
 ) -> None:
     """The comparison table (base models, meta candidates, the stack) on labelled images, and diversity."""
-    from stacking.evaluate import diversity, evaluate_folder, format_diversity, format_table
+    from stacking.evaluate import diversity, evaluate_folder, format_diversity, format_table, record_evaluation
     from stacking.predictor import Predictor
 
     predictor = Predictor(bundle)
@@ -144,6 +146,8 @@ def evaluate_command(
     typer.echo(format_diversity(*diversity(bundle)))
     if json_out is not None:
         write_atomically(json_out, json.dumps(rows, indent=2) + "\n")
+    report = record_evaluation(predictor, rows, data, labels, count, bad, tta, tta_policy)
+    typer.echo(f"report updated: {report}" if report else "bundle folder is read-only: the report was not updated")
 
 
 @cli.command("predict")

@@ -1,38 +1,20 @@
 """The comparison table on labelled images: every base model, every meta candidate and the served stack.
 
-Accuracy comes with a bootstrap 95% interval (resampling the images), so a reader
-can tell a real gain from luck on a small test set. Diversity is the pairwise
-correlation of the base models' OOF probabilities: models that agree everywhere
-cannot help each other.
+Diversity is the pairwise correlation of the base models' OOF probabilities: models
+that agree everywhere cannot help each other.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from stacking import bundle as bundle_io
 from stacking.datasets import load_pixels, read_evaluation_set
-from stacking.meta import score
+from stacking.leaderboard import leaderboard
 from stacking.predictor import Predictor
-
-BOOTSTRAP_SAMPLES = 1000
-
-
-def bootstrap_interval(right: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
-    """The 95% percentile interval of accuracy over ``samples`` resamples of the images."""
-    rng = np.random.default_rng(seed)
-    means = np.array([right[rng.integers(0, len(right), len(right))].mean() for _ in range(samples)])
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def table_row(name: str, kind: str, probs: np.ndarray, labels: np.ndarray) -> dict:
-    scores = score(probs, labels)
-    low, high = bootstrap_interval(np.asarray(probs).argmax(axis=1) == labels)
-    return {"name": name, "kind": kind, "accuracy": scores["accuracy"], "ci_low": low, "ci_high": high,
-            "log_loss": scores["log_loss"], "ece": scores["ece"]}
 
 
 def compare(
@@ -40,14 +22,10 @@ def compare(
 ) -> list[dict]:
     """One row per base model, per meta candidate (each fitted on the OOF rows), and the served stack."""
     prediction = predictor.predict(pixels, views, policy)
-    rows = [table_row(name, "base", prediction.base_probabilities[m], labels)
-            for m, name in enumerate(predictor.base_names)]
-    rows += [table_row(name, "candidate", predictor.stack(candidate, prediction.features), labels)
-             for name, candidate in predictor.candidates().items()]
+    candidates = {name: predictor.stack(candidate, prediction.features) for name, candidate in predictor.candidates().items()}
     selection = predictor.manifest["meta_learner"]["selection"]
-    chosen = selection["kind"] + (" + temperature" if selection["calibration"] else "")
-    rows.append(table_row(f"stack ({chosen})", "chosen", prediction.probabilities, labels))
-    return rows
+    return leaderboard(predictor.base_names, prediction.base_probabilities, candidates, prediction.probabilities,
+                       selection, labels)
 
 
 def diversity(bundle: Path) -> tuple[list[str], np.ndarray]:
@@ -87,3 +65,33 @@ def evaluate_folder(
     labelled = read_evaluation_set(images, labels_csv, predictor.classes)
     labelled, pixels, bad = load_pixels(labelled, predictor.image_size, on_bad_image)
     return compare(predictor, pixels, labelled.labels, views, policy), len(labelled.paths), bad
+
+
+def record_evaluation(
+    predictor: Predictor, rows: list[dict], data: Path, labels_csv: Path | None, count: int, skipped: list,
+    views: int | None = None, policy: str | None = None,
+) -> Path | None:
+    """Keep the table in the bundle's report folder and redraw the page; return its path (None: read-only bundle).
+
+    The record names the bundle state it measured (manifest sha): after ``stacking meta``
+    the report calls it out of date instead of showing another model's scores.
+    """
+    from stacking.report import write_report  # the report shows this table; imported here to avoid a cycle
+
+    tta = predictor.manifest["tta"]
+    record = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bundle_sha": predictor.sha256,
+        "data": str(Path(data).resolve()),
+        "labels": str(Path(labels_csv).resolve()) if labels_csv else None,
+        "images": count,
+        "skipped": [str(path) for path, _ in skipped],
+        "views": tta["views"] if views is None else views,
+        "policy": policy or tta["policy"],
+        "rows": rows,
+    }
+    try:
+        bundle_io.save_evaluation(predictor.bundle, record)
+        return write_report(predictor.bundle)
+    except OSError:
+        return None

@@ -9,6 +9,17 @@ from pathlib import Path
 from typing import Iterator
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permissions a plain ``open``/``mkdir`` would give under the current umask.
+
+    ``mkstemp``/``mkdtemp`` create private (0600/0700) entries; a bundle written that way
+    could not be read by a server or container running as another user.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed onto ``path`` only if the block succeeds."""
@@ -16,6 +27,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
+    os.chmod(tmp, default_mode())
     try:
         yield Path(tmp)
         os.replace(tmp, path)

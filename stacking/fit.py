@@ -24,6 +24,7 @@ from stacking import bundle as bundle_io
 from stacking.config import FitConfig
 from stacking.datasets import ImageSet, load_pixels, read_groups, read_training_set
 from stacking.errors import UserError
+from stacking.files import default_mode
 from stacking.meta import score
 from stacking.protocols import (
     Split,
@@ -48,7 +49,9 @@ def _prepare_output(out: Path) -> Path:
     if out.exists() and any(out.iterdir()) and not (out / bundle_io.MANIFEST).is_file():
         raise UserError(f"--out {out}: folder exists and is not a bundle; choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    work.chmod(default_mode(directory=True))
+    return work
 
 
 def _set_numerics(cfg: FitConfig) -> None:

@@ -15,6 +15,8 @@ a learned stack (logreg, rf) must strictly beat every simple candidate to be cho
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import softmax
@@ -186,8 +188,11 @@ def _summary(per_fold: list[dict]) -> dict[str, float]:
 
 def _calibrate(
     chosen: BaseEstimator, pooled: np.ndarray, y: np.ndarray, folds: list
-) -> tuple[BaseEstimator, dict]:
-    """Temperature scaling fitted on OOF rows only; its effect measured by cross-validation too."""
+) -> tuple[BaseEstimator, dict, np.ndarray]:
+    """Temperature scaling fitted on OOF rows only; its effect measured by cross-validation too.
+
+    Returns the scaled estimator, the record, and the cross-validated scaled probabilities.
+    """
     calibrated = np.zeros_like(pooled)
     for train, test in folds:
         calibrated[test] = apply_temperature(pooled[test], fit_temperature(pooled[train], y[train]))
@@ -199,7 +204,17 @@ def _calibrate(
         "before": {k: before[k] for k in ("log_loss", "brier", "ece")},
         "after": {k: after[k] for k in ("log_loss", "brier", "ece")},
     }
-    return TemperatureScaled(chosen, temperature), record
+    return TemperatureScaled(chosen, temperature), record, calibrated
+
+
+class MetaSelection(NamedTuple):
+    """What :func:`select_meta` found."""
+
+    meta: BaseEstimator  # the chosen meta-learner fitted on all OOF rows, temperature-scaled when asked
+    record: dict  # leaderboard (mean and spread over meta-folds), choice and reason
+    candidates: dict[str, BaseEstimator]  # every candidate fitted on all OOF rows, for ``evaluate``
+    cv_probabilities: dict[str, np.ndarray]  # each candidate's (N, C) answers from the meta-folds that left a row out
+    cv_chosen: np.ndarray  # the same for the chosen meta-learner (after temperature scaling, when asked)
 
 
 def select_meta(
@@ -212,12 +227,11 @@ def select_meta(
     disagreement: np.ndarray | None = None,
     groups: np.ndarray | None = None,
     calibration: str = "none",
-) -> tuple[BaseEstimator, dict, dict[str, BaseEstimator]]:
+) -> MetaSelection:
     """Cross-validate every candidate on the OOF rows and fit each on all of them.
 
-    Returns (the chosen meta-learner, temperature-scaled when asked; the selection
-    record: leaderboard with mean and spread over meta-folds, choice and reason;
-    every candidate fitted on all OOF rows, for ``evaluate``).
+    The cross-validated answers are kept: they are the only honest view of how the
+    stack does on the OOF rows (the fitted stack has seen every one of them).
     """
     if kind != "auto" and kind not in META_KINDS:
         raise ValueError(f"unknown meta-learner {kind!r}; expected auto or one of {', '.join(META_KINDS)}")
@@ -258,9 +272,9 @@ def select_meta(
         reason = f"{word} {len(folds)}-fold cross-validated {criterion} on the OOF rows: {described(chosen)} vs {others}"
         if not stack_wins:
             reason += f"; the best learned stack ({best_learned}) does not beat the best simple candidate"
-    meta, calibrated = fitted[chosen], None
+    meta, calibrated, cv_chosen = fitted[chosen], None, pooled[chosen]
     if calibration == "temperature":
-        meta, calibrated = _calibrate(fitted[chosen], pooled[chosen], y, folds)
+        meta, calibrated, cv_chosen = _calibrate(fitted[chosen], pooled[chosen], y, folds)
     record = {
         "kind": chosen,
         "criterion": criterion,
@@ -269,4 +283,4 @@ def select_meta(
         "leaderboard": leaderboard,
         "calibration": calibrated,
     }
-    return meta, record, fitted
+    return MetaSelection(meta, record, fitted, pooled, cv_chosen)

@@ -7,9 +7,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from models.training import make_augmenter
-from stacking.config import FitConfig
+from models.training import Augmentation, make_augmenter
 from stacking.datasets import ImageSet, load_pixels, read_training_set
+from stacking.errors import UserError
 from stacking.plots import augmentation_grid
 
 
@@ -24,12 +24,22 @@ def _one_per_class(images: ImageSet, count: int) -> list[int]:
     return picked
 
 
-def preview_augmentation(data_dir: Path, out: Path, cfg: FitConfig, count: int = 8, copies: int = 5) -> Path:
+def is_identity(augmentation: Augmentation) -> bool:
+    """True when every augmentation is off: training saw the images as they are."""
+    return not make_augmenter(augmentation, 0).layers
+
+
+def preview_augmentation(
+    data_dir: Path, out: Path, augmentation: Augmentation, image_size: int, seed: int = 0, count: int = 8,
+    copies: int = 5,
+) -> Path:
     """Write a grid: ``count`` training images (one per class in turn), each with ``copies`` augmented copies."""
+    if is_identity(augmentation):
+        raise UserError("[augmentation]: every augmentation is off, so there is nothing to preview")
     images = read_training_set(data_dir)
-    images, pixels, _ = load_pixels(images.subset(_one_per_class(images, count)), cfg.image_size, "skip")
-    keras.utils.set_random_seed(cfg.seed)
-    augment = make_augmenter(cfg.train.augmentation, cfg.seed)
+    images, pixels, _ = load_pixels(images.subset(_one_per_class(images, count)), image_size, "skip")
+    keras.utils.set_random_seed(seed)
+    augment = make_augmenter(augmentation, seed)
     batch = pixels.astype("float32")
     augmented = np.stack([keras.ops.convert_to_numpy(augment(batch, training=True)) for _ in range(copies)])
     titles = [f"{images.classes[label]}: {path.name}" for label, path in zip(images.labels, images.paths)]

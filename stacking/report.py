@@ -1,61 +1,268 @@
-"""``BUNDLE/report/index.html``: the comparison and selection tables and training curves, readable offline."""
+"""``BUNDLE/report/index.html``: one page that shows whether the ensemble works, and why.
+
+Eight numbered sections (summary, leaderboard, TTA, training curves, augmentation,
+errors and calibration, diversity and weights, confident mistakes), each drawn from
+files in the bundle. Pictures are PNGs beside the page (matplotlib, Agg); the page has
+no script and fetches nothing, so it reads offline and prints. A section whose data
+is missing says so instead of failing.
+
+Every score comes from the bundle: the OOF leaderboard from
+``manifest.meta_learner.oof_scores`` (candidates and stack scored on answers from the
+meta-folds that left each row out), the test leaderboard from the last
+``stacking evaluate`` (``report/evaluation.json``).
+"""
 
 from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from sklearn.metrics import confusion_matrix
 
+from models.training import Augmentation
 from stacking import bundle as bundle_io
-from stacking.plots import plot_history, plot_tta_curve, plot_tta_heatmap
+from stacking.calibration import reliability_bins
+from stacking.datasets import read_training_set
+from stacking.errors import UserError
+from stacking.evaluate import diversity
+from stacking.files import write_atomically
+from stacking.leaderboard import stack_name
+from stacking.plots import (
+    image_grid,
+    plot_confusion,
+    plot_correlation,
+    plot_history,
+    plot_reliability,
+    plot_tta_curve,
+    plot_tta_heatmap,
+    plot_weights,
+)
+from stacking.preview import is_identity, preview_augmentation
 from stacking.tta import TTAPolicy
 
+SECTIONS = {
+    "summary": "Summary",
+    "leaderboard": "Leaderboard",
+    "tta": "Test-time augmentation",
+    "curves": "Training curves",
+    "augmentation": "Augmentation preview",
+    "errors": "Errors and calibration",
+    "diversity": "Diversity and meta-learner weights",
+    "mistakes": "Most confident mistakes",
+}
+MISTAKES_SHOWN = 16
+THUMBNAIL = 256  # mistakes are drawn at most this many pixels a side
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .7em;text-align:right}
+td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}tr.chosen td{font-weight:bold;background:#eef6ee}
+img{max-width:100%}figure{margin:1em 0}figcaption{font-size:.9em;color:#555}.missing{color:#8a5a00;font-style:italic}
+nav ol{columns:2}
+@media print{body{max-width:none;margin:0;font-size:10pt}nav{display:none}a{color:inherit;text-decoration:none}
+figure,table,tr{break-inside:avoid}h2,h3{break-after:avoid}img{max-height:24cm}}
+"""
+
+
+@dataclass
+class _Bundle:
+    """What the sections read, loaded once."""
+
+    path: Path
+    manifest: dict
+    oof: dict[str, np.ndarray]
+    stack_oof: dict[str, np.ndarray] | None
+    evaluation: dict | None  # the last ``stacking evaluate`` of this very bundle (None: none, or of an older one)
+    stale_evaluation: bool = False
+
+    @property
+    def out(self) -> Path:
+        return self.path / bundle_io.REPORT
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest["classes"]
+
+    @property
+    def base_names(self) -> list[str]:
+        return [str(n) for n in self.oof["models"]]
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[str]], marked: set[int] = frozenset()) -> str:
+    """An HTML table; rows whose index is in ``marked`` get the ``chosen`` class."""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join(
+        f"<tr{' class=chosen' if i in marked else ''}>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>"
+        for i, row in enumerate(rows)
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _training_curves(bundle: Path, manifest: dict) -> str:
-    """One PNG per base model and fold beside the page; the HTML that shows them."""
-    parts = []
-    for entry in manifest["base_models"]:
-        folds = json.loads((bundle / entry["history"]).read_text())["folds"]
-        for k, history in enumerate(folds):
-            suffix = "" if len(folds) == 1 else f" fold {k}"
-            file = f"curves_{entry['name']}{'' if len(folds) == 1 else f'_fold{k}'}.png"
-            plot_history(history, bundle / "report" / file, f"{entry['name']}{suffix}")
-            best = history["best_epoch"]
-            parts.append(
-                f"<figure><img src='{html.escape(file)}' alt='training curves of {html.escape(entry['name'])}{suffix}'>"
-                f"<figcaption>{html.escape(entry['name'])}{suffix}: best epoch {best + 1} of {len(history['loss'])}, "
-                f"validation accuracy {history['best']['val_accuracy']:.4f}</figcaption></figure>"
-            )
-    return "\n".join(parts)
+def _figure(file: str, alt: str, caption: str = "") -> str:
+    text = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
+    return f"<figure><img src='{_esc(file)}' alt='{_esc(alt)}'>{text}</figure>"
 
 
-def _data_section(bundle: Path, manifest: dict) -> str:
+def _missing(text: str) -> str:
+    return f"<p class=missing>{_esc(text)}</p>"
+
+
+def _score_rows(rows: list[dict]) -> tuple[list[list[str]], set[int]]:
+    cells = [[r["name"], r["kind"], f"{r['accuracy']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
+              f"{r['log_loss']:.4f}", f"{r['ece']:.4f}"] for r in rows]
+    return cells, {i for i, r in enumerate(rows) if r["kind"] == "chosen"}
+
+
+SCORE_HEADER = ["model", "kind", "accuracy", "95% interval", "log-loss", "ECE"]
+
+
+def _best_base(rows: list[dict]) -> dict:
+    """The base model row with the highest accuracy (ties: the lower log-loss)."""
+    return max((r for r in rows if r["kind"] == "base"), key=lambda r: (r["accuracy"], -r["log_loss"]))
+
+
+def _protocol_text(manifest: dict) -> str:
+    protocol = manifest["protocol"]
+    if protocol["name"] == "holdout":
+        text = (f"<b>holdout</b>: {protocol['holdout_fraction']:.0%} of the images held out; the base models trained "
+                "on the rest and predicted the held-out part, which the meta-learner was fitted on")
+    else:
+        served = ("the K fold models, the meta-learner applied to each and the answers averaged"
+                  if protocol["final_models"] == "fold-average" else "one model per architecture refitted on all images")
+        text = (f"<b>kfold</b> with {protocol['folds']} folds: every image predicted by models that never trained on it; "
+                f"served: {served}")
+    if protocol.get("group_column"):
+        text += f"; images grouped by <code>{_esc(protocol['group_column'])}</code>, each group on one side of every split"
+    return text + f"; {protocol['validation_fraction']:.0%} of each training part watched for early stopping."
+
+
+def _data_table(b: _Bundle) -> str:
     """Images per class: in all, and in each predicted part (the folds, or the held-out part)."""
-    oof = bundle_io.load_oof(bundle)
-    classes, per_class = manifest["classes"], manifest["data"]["per_class"]
-    parts = sorted(set(oof["folds"].tolist()))
-    names = ["held out"] if manifest["protocol"]["name"] == "holdout" else [f"fold {k}" for k in parts]
-    counts = [np.bincount(oof["labels"][oof["folds"] == k], minlength=len(classes)) for k in parts]
-    rows = [[name, str(per_class[name]), *[str(c[i]) for c in counts]] for i, name in enumerate(classes)]
-    rows.append(["all", str(manifest["data"]["images"]), *[str(c.sum()) for c in counts]])
-    skipped = manifest["data"]["skipped"]
-    note = f"<p>{len(skipped)} unreadable image(s) left out.</p>" if skipped else ""
+    per_class = b.manifest["data"]["per_class"]
+    parts = sorted(set(b.oof["folds"].tolist()))
+    names = ["held out"] if b.manifest["protocol"]["name"] == "holdout" else [f"fold {k}" for k in parts]
+    counts = [np.bincount(b.oof["labels"][b.oof["folds"] == k], minlength=len(b.classes)) for k in parts]
+    rows = [[name, str(per_class[name]), *[str(c[i]) for c in counts]] for i, name in enumerate(b.classes)]
+    rows.append(["all", str(b.manifest["data"]["images"]), *[str(c.sum()) for c in counts]])
+    skipped = b.manifest["data"]["skipped"]
+    note = f"<p>{len(skipped)} unreadable image(s) left out: {_esc(', '.join(skipped[:5]))}</p>" if skipped else ""
     return _table(["class", "images", *names], rows) + note
 
 
-def _tta_section(bundle: Path, manifest: dict) -> str:
+def _summary(b: _Bundle) -> str:
+    m = b.manifest
+    metrics, meta = m["metrics"], m["meta_learner"]
+    base = _table(
+        ["base model", "architecture", "weights", "preprocessing", "model files", "OOF accuracy", "OOF log-loss"],
+        [[e["name"], e["architecture"], e["weights"] or "none (from scratch)", e["preprocessing"], str(len(e["files"])),
+          f"{metrics['oof'][e['name']]['accuracy']:.4f}", f"{metrics['oof'][e['name']]['log_loss']:.4f}"]
+         for e in m["base_models"]],
+    )
+    selection = meta["selection"]
+    features = "log-probabilities" + (" plus each model's TTA entropy and view disagreement"
+                                      if meta["features"]["tta_features"] else "")
+    parts = [
+        f"<p>{len(b.classes)} classes, {m['data']['images']} training images from <code>{_esc(m['data']['source'])}"
+        f"</code> at {m['image_size']} px; TTA policy <b>{_esc(m['tta']['policy'])}</b> with {m['tta']['views']} "
+        f"view(s); fitted {_esc(m['created'])} in {metrics['fit_seconds']:.0f} s.</p>",
+        f"<p>Protocol: {_protocol_text(m)}</p>",
+        base,
+        f"<p>Meta-learner: <b>{_esc(stack_name(selection))}</b> on {features}, chosen because: "
+        f"{_esc(selection['reason'])}.</p>",
+        _headline(b),
+        "<h3>Data</h3>",
+        _data_table(b),
+    ]
+    return "\n".join(parts)
+
+
+def _headline(b: _Bundle) -> str:
+    """The stack against the best base model and the plain mean: OOF scores, and test scores when evaluated."""
+    oof_rows = b.manifest["meta_learner"].get("oof_scores")
+    if not oof_rows:
+        return _missing("No OOF leaderboard in this bundle: rerun `stacking meta BUNDLE` to add it.")
+    tables = [("OOF", oof_rows, f"{b.manifest['metrics']['oof_rows']} OOF images")]
+    if b.evaluation:
+        tables.append(("test", b.evaluation["rows"], f"{b.evaluation['images']} test images"))
+    header, rows = ["", *[f"{t} {metric}" for t, _, _ in tables for metric in ("accuracy", "log-loss")]], []
+    picks = [("best base model", _best_base(oof_rows)["name"]), ("plain mean", "mean"),
+             ("chosen stack", stack_name(b.manifest["meta_learner"]["selection"]))]
+    for label, name in picks:
+        cells = []
+        for _, table_rows, _ in tables:
+            row = _by_name(table_rows, name)
+            cells += [f"{row['accuracy']:.4f} [{row['ci_low']:.4f}, {row['ci_high']:.4f}]", f"{row['log_loss']:.4f}"]
+        rows.append([f"{label}: {name}", *cells])
+    where = " and ".join(text for _, _, text in tables)
+    note = "" if b.evaluation else " " + _no_test(b)
+    return f"<p>Scores on {where}, accuracy with its bootstrap 95% interval.{_esc(note)}</p>" + _table(header, rows, {2})
+
+
+def _no_test(b: _Bundle) -> str:
+    if b.stale_evaluation:
+        return ("The last `stacking evaluate` was of an earlier state of this bundle (its meta step was rerun since): "
+                "run it again to see test scores here.")
+    return "No labelled test set evaluated yet: `stacking evaluate BUNDLE --data DIR [--labels CSV]` adds its scores here."
+
+
+def _by_name(rows: list[dict], name: str) -> dict:
+    return next(r for r in rows if r["name"] == name)
+
+
+def _leaderboard(b: _Bundle) -> str:
+    meta = b.manifest["meta_learner"]
+    selection = meta["selection"]
+    parts = [f"<h3>Out-of-fold ({b.manifest['metrics']['oof_rows']} images no base model trained on)</h3>"]
+    if meta.get("oof_scores"):
+        parts.append("<p>Base models as they predicted the OOF rows; each candidate and the stack scored on answers "
+                     "from the meta-learner folds that left the row out (fitting and scoring on the same rows would "
+                     "flatter them).</p>")
+        parts.append(_table(SCORE_HEADER, *_score_rows(meta["oof_scores"])))
+    else:
+        parts.append(_missing("No OOF leaderboard in this bundle: rerun `stacking meta BUNDLE` to add it."))
+    parts.append("<h3>Test</h3>")
+    if b.evaluation:
+        e = b.evaluation
+        labels = f" (labels {_esc(e['labels'])})" if e.get("labels") else ""
+        parts.append(f"<p>{e['images']} labelled images in <code>{_esc(e['data'])}</code>{labels}, {e['views']} "
+                     f"TTA view(s) ({_esc(e['policy'])}), evaluated {_esc(e['created'])}.</p>")
+        parts.append(_table(SCORE_HEADER, *_score_rows(e["rows"])))
+    else:
+        parts.append(_missing(_no_test(b)))
+    parts.append(f"<h3>Meta-learner selection ({selection['cv_folds']}-fold cross-validation on the OOF rows)</h3>")
+    parts.append(f"<p>Ranked by mean {_esc(selection['criterion'])} over the folds (± its spread); a learned stack "
+                 f"must beat every averaging candidate. Reliance per base model in the order "
+                 f"{_esc(', '.join(meta['features']['base_models']))}.</p>")
+    board = selection["leaderboard"]
+    parts.append(_table(
+        ["candidate", "family", "CV accuracy", "CV log-loss", "Brier", "ECE", "reliance per base model"],
+        [[row["name"], row["family"], f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}",
+          f"{row['log_loss']:.4f} ± {row['log_loss_std']:.4f}", f"{row['brier']:.4f}", f"{row['ece']:.4f}",
+          " / ".join(f"{w:.2f}" for w in row["model_weights"])] for row in board],
+        {i for i, row in enumerate(board) if row["name"] == selection["kind"]},
+    ))
+    calibration = selection["calibration"]
+    if calibration:
+        parts.append(
+            f"<p>Temperature scaling (fitted on OOF rows): T = {calibration['temperature']:.3f}; cross-validated "
+            f"log-loss {calibration['before']['log_loss']:.4f} → {calibration['after']['log_loss']:.4f}, "
+            f"ECE {calibration['before']['ece']:.4f} → {calibration['after']['ece']:.4f}.</p>")
+    return "\n".join(parts)
+
+
+def _tta(b: _Bundle) -> str:
     """The TTA table, fixed/broken counts, accuracy-by-views curve and per-view heat map."""
-    path = bundle / bundle_io.TTA_DIAGNOSTICS
+    path = b.path / bundle_io.TTA_DIAGNOSTICS
     if not path.is_file():
-        return "<p>This bundle has no TTA diagnostics.</p>"
+        return _missing("This bundle has no TTA diagnostics.")
     diag = json.loads(path.read_text())
     columns = list(next(iter(diag["table"].values())))
     table = _table(
@@ -64,77 +271,192 @@ def _tta_section(bundle: Path, manifest: dict) -> str:
           str(diag["fixed_broken"][name]["fixed"]), str(diag["fixed_broken"][name]["broken"])]
          for name, row in diag["table"].items()],
     )
-    plot_tta_curve(diag["accuracy_by_views"], bundle / "report" / "tta_curve.png", diag["served_views"])
-    policy = TTAPolicy.from_dict(manifest["tta"])
-    names = [v.name for v in policy.view_list(manifest["image_size"], diag["views"])]
-    heat = diag["heatmap"]
-    plot_tta_heatmap(heat["predicted"], heat["labels"], manifest["classes"], bundle / "report" / "tta_heatmap.png", names)
     adaptive = diag.get("adaptive")
-    adaptive_text = (
+    parts = [
         f"<p>Adaptive TTA: {adaptive['first_views']} views first, all {adaptive['served_views']} for images whose "
         f"views disagree or whose margin is below {adaptive['margin']}: {adaptive['share_extra']:.1%} of images got "
         f"extra views, {adaptive['passes_saved']:.1%} of view passes saved, accuracy {adaptive['accuracy']:.4f} "
-        f"against {adaptive['full_accuracy']:.4f} with full TTA.</p>"
-        if adaptive else "<p>Adaptive TTA is off.</p>"
-    )
-    return adaptive_text + (
+        f"against {adaptive['full_accuracy']:.4f} with full TTA.</p>" if adaptive else "<p>Adaptive TTA is off.</p>",
         f"<p>Measured on {diag['rows']} out-of-fold images. Fixed: wrong with the identity view alone, right "
-        f"with the served {diag['served_views']} views; broken: the reverse.</p>{table}"
-        "<figure><img src='tta_curve.png' alt='accuracy against the number of TTA views'></figure>"
-        "<figure><img src='tta_heatmap.png' alt='predicted class per view and image'>"
-        f"<figcaption>Ensemble's predicted class per view for {len(heat['labels'])} images, grouped by true "
-        "class (bottom row); a column that changes colour is an image the views disagree on.</figcaption>"
-        "</figure>"
-    )
+        f"with the served {diag['served_views']} views; broken: the reverse.</p>",
+        table,
+    ]
+    if diag["views"] < 2:
+        return "\n".join([*parts, _missing("Only the identity view was measured: no curve or per-view map to draw.")])
+    plot_tta_curve(diag["accuracy_by_views"], b.out / "tta_curve.png", diag["served_views"])
+    names = [v.name for v in TTAPolicy.from_dict(b.manifest["tta"]).view_list(b.manifest["image_size"], diag["views"])]
+    heat = diag["heatmap"]
+    plot_tta_heatmap(heat["predicted"], heat["labels"], b.classes, b.out / "tta_heatmap.png", names)
+    parts += [
+        _figure("tta_curve.png", "accuracy against the number of TTA views"),
+        _figure("tta_heatmap.png", "predicted class per view and image",
+                f"Ensemble's predicted class per view for {len(heat['labels'])} images, grouped by true class (bottom "
+                "row); a column that changes colour is an image the views disagree on."),
+    ]
+    return "\n".join(parts)
+
+
+def _curves(b: _Bundle) -> str:
+    """One PNG per base model and fold (and refit): accuracy and loss, best epoch and LR drops marked."""
+    parts = []
+    for entry in b.manifest["base_models"]:
+        folds = json.loads((b.path / entry["history"]).read_text())["folds"]
+        for k, history in enumerate(folds):
+            if history.get("refit"):
+                suffix, tag = " refit on all images", "_refit"
+            else:
+                suffix, tag = ("", "") if len(folds) == 1 else (f" fold {k}", f"_fold{k}")
+            file = f"curves_{entry['name']}{tag}.png"
+            plot_history(history, b.out / file, f"{entry['name']}{suffix}")
+            parts.append(_figure(
+                file, f"training curves of {entry['name']}{suffix}",
+                f"{entry['name']}{suffix}: best epoch {history['best_epoch'] + 1} of {len(history['loss'])} kept, "
+                f"validation accuracy {history['best']['val_accuracy']:.4f}",
+            ))
+    return "\n".join(parts)
+
+
+def _training_images(b: _Bundle) -> dict[tuple[str, int], Path] | None:
+    """(id, class index) -> file of the training images, if the training folder is still there."""
+    try:
+        images = read_training_set(Path(b.manifest["data"]["source"]))
+    except UserError:
+        return None
+    index = {name: i for i, name in enumerate(b.classes)}
+    return {(p.name, index.get(images.classes[label], -1)): p for p, label in zip(images.paths, images.labels)}
+
+
+def _augmentation(b: _Bundle) -> str:
+    cfg = b.manifest["config"]
+    augmentation = Augmentation(**cfg["train"]["augmentation"])
+    settings = ", ".join(f"{k} {v}" for k, v in cfg["train"]["augmentation"].items())
+    if is_identity(augmentation):
+        return f"<p>Training used no augmentation ({_esc(settings)}).</p>"
+    file, source = "augmentation.png", Path(b.manifest["data"]["source"])
+    try:
+        preview_augmentation(source, b.out / file, augmentation, b.manifest["image_size"], cfg["seed"],
+                             count=min(8, len(b.classes)))
+    except UserError:
+        if not (b.out / file).is_file():
+            return _missing(f"The training images are no longer at {source}: no augmentation preview.")
+    return _figure(file, "training images and augmented copies",
+                   f"Left: a training image at {b.manifest['image_size']} px; right: copies as training saw them "
+                   f"({settings}). A copy that no longer shows its class means the augmentation is too strong.")
+
+
+def _errors(b: _Bundle) -> str:
+    if b.stack_oof is None:
+        return _missing("This bundle has no cross-validated stack answers: rerun `stacking meta BUNDLE` to add them.")
+    labels, chosen = b.oof["labels"], b.stack_oof["chosen"]
+    name = stack_name(b.manifest["meta_learner"]["selection"])
+    counts = confusion_matrix(labels, chosen.argmax(axis=1), labels=np.arange(len(b.classes)))
+    plot_confusion(counts, b.classes, b.out / "confusion.png", f"{name} on {len(labels)} OOF images")
+    best = _best_base(b.manifest["meta_learner"]["oof_scores"])["name"]
+    curves = {f"best base model ({best})": reliability_bins(b.oof["probabilities"][b.base_names.index(best)], labels),
+              name: reliability_bins(chosen, labels)}
+    plot_reliability(curves, b.out / "reliability.png")
+    return "\n".join([
+        _figure("confusion.png", "confusion matrix of the chosen stack",
+                f"{name}, cross-validated answers on the OOF rows: counts of true (rows) against predicted class; "
+                f"{int(np.trace(counts))} of {len(labels)} right."),
+        _figure("reliability.png", "reliability diagram",
+                "Accuracy against confidence in equal-width confidence bins; on the diagonal a model is as sure as it "
+                "is right. Below: how many images fall in each bin."),
+    ])
+
+
+def _diversity(b: _Bundle) -> str:
+    selection, names = b.manifest["meta_learner"]["selection"], b.base_names
+    parts = []
+    if len(names) < 2:
+        parts.append(_missing("One base model: no diversity to show."))
+    else:
+        _, corr = diversity(b.path)
+        plot_correlation(names, corr, b.out / "diversity.png")
+        predicted = b.oof["probabilities"].argmax(axis=2)
+        wrong = predicted != b.oof["labels"]
+        pairs = [[f"{names[i]} / {names[j]}", f"{corr[i, j]:.4f}", f"{(predicted[i] != predicted[j]).mean():.4f}",
+                  f"{(wrong[i] & wrong[j]).mean():.4f}"] for i in range(len(names)) for j in range(i + 1, len(names))]
+        parts += [
+            _figure("diversity.png", "correlation of base models' OOF probabilities",
+                    "Lower correlation means more for the ensemble to gain."),
+            _table(["pair", "correlation", "disagree on label", "both wrong"], pairs),
+        ]
+    plot_weights({row["name"]: row["model_weights"] for row in selection["leaderboard"]}, names, selection["kind"],
+                 b.out / "weights.png")
+    parts.append(_figure("weights.png", "reliance of each candidate on each base model",
+                         "Averages: their weights; logistic regression: mean absolute coefficient per model; random "
+                         f"forest: summed feature importance per model. Chosen: {selection['kind']}."))
+    return "\n".join(parts)
+
+
+def _thumbnail(path: Path) -> np.ndarray | None:
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((THUMBNAIL, THUMBNAIL))
+            return np.asarray(image.convert("RGB"))
+    except OSError:
+        return None
+
+
+def _mistakes(b: _Bundle) -> str:
+    if b.stack_oof is None:
+        return _missing("This bundle has no cross-validated stack answers: rerun `stacking meta BUNDLE` to add them.")
+    labels, chosen = b.oof["labels"], b.stack_oof["chosen"]
+    predicted, confidence = chosen.argmax(axis=1), chosen.max(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    if len(wrong) == 0:
+        return f"<p>The stack got all {len(labels)} OOF images right.</p>"
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
+    files = _training_images(b)
+    if files is None:
+        return _missing(f"{len(wrong)} OOF images are wrong, but the training images are no longer at "
+                        f"{b.manifest['data']['source']} to show them.")
+    shown, captions, rows = [], [], []
+    for i in wrong:
+        image_id, label = str(b.oof["ids"][i]), int(labels[i])
+        pixels = _thumbnail(files[(image_id, label)]) if (image_id, label) in files else None
+        if pixels is None:
+            continue
+        shown.append(pixels)
+        captions.append(f"{image_id}\ntrue {b.classes[label]}, predicted {b.classes[predicted[i]]} "
+                        f"({confidence[i]:.0%})")
+        rows.append([image_id, b.classes[label], b.classes[predicted[i]], f"{confidence[i]:.4f}"])
+        if len(shown) == MISTAKES_SHOWN:
+            break
+    if not shown:
+        return _missing(f"{len(wrong)} OOF images are wrong, but none of them is readable in "
+                        f"{b.manifest['data']['source']}.")
+    image_grid(shown, captions, b.out / "mistakes.png")
+    return "\n".join([
+        f"<p>{len(wrong)} of {len(labels)} OOF images are wrong (cross-validated stack answers); the "
+        f"{len(shown)} it was surest about:</p>",
+        _figure("mistakes.png", "the stack's most confident mistakes"),
+        _table(["image", "true class", "predicted", "confidence"], rows),
+    ])
 
 
 def write_report(bundle: Path) -> Path:
-    """Write the report page from the manifest; return its path."""
+    """Write the report page and its pictures from the bundle; return the page's path."""
     bundle = Path(bundle)
-    manifest = bundle_io.load_manifest(bundle, verify=False)
-    metrics, selection = manifest["metrics"], manifest["meta_learner"]["selection"]
-    oof = _table(
-        ["model", "accuracy", "log-loss"],
-        [[name, f"{s['accuracy']:.4f}", f"{s['log_loss']:.4f}"] for name, s in metrics["oof"].items()],
-    )
-    meta = _table(
-        ["candidate", "family", "CV accuracy", "CV log-loss", "Brier", "ECE", "weight per base model"],
-        [[("▶ " if row["name"] == selection["kind"] else "") + row["name"], row["family"],
-          f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}", f"{row['log_loss']:.4f} ± {row['log_loss_std']:.4f}",
-          f"{row['brier']:.4f}", f"{row['ece']:.4f}", " / ".join(f"{w:.2f}" for w in row["model_weights"])]
-         for row in selection["leaderboard"]],
-    )
-    calibration = selection["calibration"]
-    if calibration:
-        meta += (f"<p>Temperature scaling (fitted on OOF rows): T = {calibration['temperature']:.3f}; cross-validated "
-                 f"log-loss {calibration['before']['log_loss']:.4f} → {calibration['after']['log_loss']:.4f}, "
-                 f"ECE {calibration['before']['ece']:.4f} → {calibration['after']['ece']:.4f}.</p>")
-    protocol = manifest["protocol"]
+    evaluation = bundle_io.load_evaluation(bundle)
+    stale = evaluation is not None and evaluation.get("bundle_sha") != bundle_io.manifest_sha(bundle)
+    b = _Bundle(bundle, bundle_io.load_manifest(bundle, verify=False), bundle_io.load_oof(bundle),
+                bundle_io.load_stack_oof(bundle), None if stale else evaluation, stale)
+    b.out.mkdir(parents=True, exist_ok=True)
+    builders = {"summary": _summary, "leaderboard": _leaderboard, "tta": _tta, "curves": _curves,
+                "augmentation": _augmentation, "errors": _errors, "diversity": _diversity, "mistakes": _mistakes}
+    body = "\n".join(f"<section id={key}><h2>{n}. {SECTIONS[key]}</h2>\n{builders[key](b)}\n</section>"
+                     for n, key in enumerate(SECTIONS, 1))
+    contents = "".join(f"<li><a href='#{key}'>{title}</a></li>" for key, title in SECTIONS.items())
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>stackserve report</title>
-<style>body{{font-family:sans-serif;max-width:52em;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}</style>
-</head><body>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>stackserve report</title><style>{STYLE}</style></head><body>
 <h1>stackserve report</h1>
-<p>{len(manifest['classes'])} classes, {manifest['data']['images']} training images, image size
-{manifest['image_size']} px, protocol <b>{html.escape(protocol['name'])}</b>, TTA policy
-<b>{html.escape(manifest['tta']['policy'])}</b> with {manifest['tta']['views']} view(s).</p>
-<h2>Data</h2>
-{_data_section(bundle, manifest)}
-<h2>Out-of-fold scores ({metrics['oof_rows']} images no base model trained on)</h2>
-{oof}
-<h2>Meta-learner selection</h2>
-<p>Chosen: <b>{html.escape(selection['kind'])}</b>: {html.escape(selection['reason'])}. Scores are the mean ± spread
-over {selection['cv_folds']} cross-validation folds of the OOF rows; weights are in the order
-{html.escape(', '.join(manifest['meta_learner']['features']['base_models']))}.</p>
-{meta}
-<h2>Test-time augmentation</h2>
-{_tta_section(bundle, manifest)}
-<h2>Training curves</h2>
-{_training_curves(bundle, manifest)}
+<nav><ol>{contents}</ol></nav>
+{body}
 </body></html>
 """
-    path = bundle / "report" / "index.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
+    path = b.out / "index.html"
+    write_atomically(path, page)
     return path

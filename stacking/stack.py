@@ -16,6 +16,7 @@ import numpy as np
 
 from stacking import bundle as bundle_io
 from stacking.errors import UserError
+from stacking.leaderboard import leaderboard
 from stacking.meta import CALIBRATIONS, CRITERIA, META_KINDS, select_meta
 
 Echo = Callable[[str], None]
@@ -67,7 +68,7 @@ def fit_meta(bundle: Path, oof: dict[str, np.ndarray], settings: MetaSettings, f
     names = [str(n) for n in oof["models"]]
     check_fold_hashes(names, [str(h) for h in oof["fold_hashes"]], fold_hash)
     try:
-        meta, selection, candidates = select_meta(
+        found = select_meta(
             oof["probabilities"],
             oof["labels"],
             settings.meta,
@@ -80,9 +81,9 @@ def fit_meta(bundle: Path, oof: dict[str, np.ndarray], settings: MetaSettings, f
         )
     except ValueError as exc:
         raise UserError(f"meta-learner: {exc}") from None
-    bundle_io.save_meta(bundle, meta, candidates)
+    bundle_io.save_meta(bundle, found.meta, found.candidates, found.cv_probabilities, found.cv_chosen)
     return {
-        "kind": selection["kind"],
+        "kind": found.record["kind"],
         "file": bundle_io.META_FILE,
         "candidates_file": bundle_io.CANDIDATES_FILE,
         "features": {
@@ -91,7 +92,10 @@ def fit_meta(bundle: Path, oof: dict[str, np.ndarray], settings: MetaSettings, f
             "base_models": names,
             "n_classes": int(oof["probabilities"].shape[2]),
         },
-        "selection": selection,
+        "selection": found.record,
+        # On the OOF rows: base models as they are, candidates and stack from the meta-folds that left each row out.
+        "oof_scores": leaderboard(names, oof["probabilities"], found.cv_probabilities, found.cv_chosen, found.record,
+                                  oof["labels"]),
     }
 
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from stacking.images import load_images
 from stacking.bundle import BundleError, load_manifest, load_oof, sha256_file
+from stacking.images import load_images
 from stacking.meta import META_KINDS
 from stacking.predictor import Predictor
 

@@ -140,6 +140,7 @@ def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys
     assert set(oof["fold_hashes"]) == {manifest["protocol"]["fold_hash"]}
     page = (bundle / "report" / "index.html").read_text()
     assert "<th>fold 0</th><th>fold 1</th><th>fold 2</th>" in page  # the report's data table, one column a fold
+    assert all(f"src='curves_tiny_cnn_fold{k}.png'" in page for k in range(3))  # training curves per fold
     # Served: the meta-learner applied to each fold's base models (as it learnt from one fold model's
     # OOF answers), the three answers averaged; checked against each fold model loaded on its own.
     predictor = Predictor(bundle)
@@ -167,6 +168,7 @@ def test_kfold_refit_serves_one_model_per_architecture(digits_dir, tmp_path, cap
     assert len(history) == 4 and history[-1]["refit"]  # three folds for the OOF rows, then the refit
     assert len(load_oof(bundle)["ids"]) == manifest["data"]["images"]  # OOF rows still come from the folds
     assert "refit on all images" in out
+    assert "src='curves_tiny_cnn_refit.png'" in (bundle / "report" / "index.html").read_text()
     server = Server(bundle)
     try:
         server.wait_ready()
@@ -182,7 +184,8 @@ def test_refit_needs_kfold(digits_dir, tmp_path, capsys):
     assert "--final refit: only with --protocol kfold" in one_line_error(code, err)
 
 
-def test_evaluate_writes_the_comparison_table(tiny_bundle, digits_dir, tmp_path, capsys):
+def test_evaluate_writes_the_comparison_table(bundle_copy, digits_dir, tmp_path, capsys):
+    tiny_bundle = bundle_copy  # evaluate adds its table to the bundle's report
     code, out, err = run_cli(["evaluate", tiny_bundle, "--data", digits_dir / "test",
                               "--labels", digits_dir / "test_labels.csv", "--json", tmp_path / "t.json"], capsys)
     assert code == 0, err
@@ -205,6 +208,17 @@ def test_evaluate_writes_the_comparison_table(tiny_bundle, digits_dir, tmp_path,
     base = Predictor(tiny_bundle).predict(pixels).base_probabilities
     assert rows[0]["accuracy"] == pytest.approx((base[0].argmax(axis=1) == images.labels).mean())
     assert "correlation of base models' OOF probabilities" in out and "80 labelled images" in out
+    # The report now shows the same table, and calls it out of date once the meta step is rerun.
+    page = (tiny_bundle / "report" / "index.html").read_text()
+    test_table = page.split("<h3>Test</h3>", 1)[1].split("</table>", 1)[0]
+    for row in rows:
+        assert f"<td>{row['name']}</td><td>{row['kind']}</td><td>{row['accuracy']:.4f}</td>" in test_table
+    assert "test accuracy" in page and f"report updated: {tiny_bundle / 'report' / 'index.html'}" in out
+    code, _, err = run_cli(["meta", tiny_bundle, "--meta", "mean"], capsys)
+    assert code == 0, err
+    page = (tiny_bundle / "report" / "index.html").read_text()
+    assert "The last `stacking evaluate` was of an earlier state of this bundle" in page
+    assert "test accuracy" not in page
 
 
 def test_data_digits_command(tmp_path, capsys):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from stacking.bundle import load_oof
-from stacking.evaluate import bootstrap_interval, diversity
+from stacking.evaluate import diversity
+from stacking.leaderboard import bootstrap_interval
 
 
 def test_bootstrap_interval_brackets_the_accuracy_and_narrows_with_more_images():

@@ -10,6 +10,7 @@ from stacking.meta import (
     META_KINDS,
     SIMPLE,
     WeightedAverage,
+    make_meta,
     meta_cv_folds,
     meta_features,
     model_weights,
@@ -76,7 +77,7 @@ def test_optimised_weights_beat_every_fixed_mix_in_sample():
 def test_auto_chooses_a_learned_stack_when_it_beats_every_average():
     # Model 1 says class 0 whenever it is wrong: a learned stack can discount that, an average cannot.
     probs = np.stack([noisy_probs(0.9), noisy_probs(0.5, bias=0)])
-    meta, record, candidates = select_meta(probs, LABELS, "auto", seed=0)
+    meta, record, candidates, *_ = select_meta(probs, LABELS, "auto", seed=0)
     board = {row["name"]: row for row in record["leaderboard"]}
     assert set(board) == set(META_KINDS) == set(candidates)
     assert record["kind"] in LEARNED
@@ -91,7 +92,7 @@ def test_auto_chooses_a_learned_stack_when_it_beats_every_average():
 def test_a_stack_that_does_not_beat_the_best_average_is_not_chosen():
     # Two interchangeable models: nothing to learn, so an average must be served.
     probs = np.stack([noisy_probs(0.8), noisy_probs(0.8)])
-    _, record, _ = select_meta(probs, LABELS, "auto", seed=0)
+    record = select_meta(probs, LABELS, "auto", seed=0).record
     board = {row["name"]: row for row in record["leaderboard"]}
     best_simple = min(SIMPLE, key=lambda k: board[k]["log_loss"])
     if record["kind"] in LEARNED:
@@ -103,7 +104,7 @@ def test_a_stack_that_does_not_beat_the_best_average_is_not_chosen():
 
 def test_accuracy_criterion_ranks_by_accuracy():
     probs = np.stack([noisy_probs(0.9), noisy_probs(0.5, bias=0)])
-    _, record, _ = select_meta(probs, LABELS, "auto", seed=0, criterion="accuracy")
+    record = select_meta(probs, LABELS, "auto", seed=0, criterion="accuracy").record
     board = {row["name"]: row for row in record["leaderboard"]}
     assert record["criterion"] == "accuracy" and record["reason"].startswith("highest")
     best_simple = max(SIMPLE, key=lambda k: board[k]["accuracy"])  # ties: the first, i.e. the simplest
@@ -112,9 +113,22 @@ def test_accuracy_criterion_ranks_by_accuracy():
     assert record["kind"] == (best_learned if stack_wins else best_simple)
 
 
+def test_cross_validated_answers_come_from_candidates_that_never_saw_the_row():
+    probs = np.stack([noisy_probs(0.9), noisy_probs(0.5, bias=0)])
+    found = select_meta(probs, LABELS, "logreg", seed=0)
+    X = meta_features(probs)
+    for kind in ("weighted", "logreg"):
+        for train, test in meta_cv_folds(LABELS, None, cv=5, seed=0):
+            refit = make_meta(kind, 2, C).fit(X[train], LABELS[train])
+            np.testing.assert_allclose(found.cv_probabilities[kind][test], refit.predict_proba(X[test]), rtol=1e-6)
+    np.testing.assert_array_equal(found.cv_chosen, found.cv_probabilities["logreg"])
+    in_sample = score(found.meta.predict_proba(X), LABELS)["log_loss"]
+    assert score(found.cv_chosen, LABELS)["log_loss"] > in_sample  # the honest score is the worse one
+
+
 def test_the_stack_does_not_trust_a_model_with_no_signal():
     probs = np.stack([noisy_probs(0.85), RNG.dirichlet(np.ones(C) * 0.3, size=N)])  # the second one guesses
-    _, record, candidates = select_meta(probs, LABELS, "auto", seed=0)
+    candidates = select_meta(probs, LABELS, "auto", seed=0).candidates
     for kind in ("weighted", "caruana", "logreg", "rf"):
         weights = model_weights(candidates[kind], 2, C)
         assert weights[0] > 0.6, (kind, weights)
@@ -123,7 +137,7 @@ def test_the_stack_does_not_trust_a_model_with_no_signal():
 def test_shuffled_labels_score_at_chance():
     probs = np.stack([noisy_probs(0.9), noisy_probs(0.8)])
     shuffled = RNG.permutation(LABELS)
-    _, record, _ = select_meta(probs, shuffled, "auto", seed=0)
+    record = select_meta(probs, shuffled, "auto", seed=0).record
     for row in record["leaderboard"]:
         assert row["accuracy"] < 1 / C + 0.1, row  # nothing leaks: no candidate learns labels it cannot see
 
@@ -131,7 +145,7 @@ def test_shuffled_labels_score_at_chance():
 def test_temperature_scaling_repairs_overconfidence():
     # Right 70% of the time but nearly always sure: temperature above 1 softens it.
     probs = np.stack([noisy_probs(0.7, sharpness=8.0)])
-    meta, record, candidates = select_meta(probs, LABELS, "mean", seed=0, calibration="temperature")
+    meta, record, candidates, _, cv_chosen = select_meta(probs, LABELS, "mean", seed=0, calibration="temperature")
     cal = record["calibration"]
     assert cal["temperature"] > 1.5
     assert cal["after"]["log_loss"] < cal["before"]["log_loss"] and cal["after"]["ece"] < cal["before"]["ece"]
@@ -139,12 +153,13 @@ def test_temperature_scaling_repairs_overconfidence():
     served, raw = meta.predict_proba(X), candidates["mean"].predict_proba(X)
     assert (served.argmax(axis=1) == raw.argmax(axis=1)).all()  # never changes the answer, only its confidence
     assert served.max(axis=1).mean() < raw.max(axis=1).mean()
+    assert score(cv_chosen, LABELS)["log_loss"] == pytest.approx(cal["after"]["log_loss"])  # scaled CV answers
 
 
 def test_selection_is_deterministic():
     probs = np.stack([noisy_probs(0.7), noisy_probs(0.6)])
-    a, ra, _ = select_meta(probs, LABELS, "rf", seed=5)
-    b, rb, _ = select_meta(probs, LABELS, "rf", seed=5)
+    a, ra, *_ = select_meta(probs, LABELS, "rf", seed=5)
+    b, rb, *_ = select_meta(probs, LABELS, "rf", seed=5)
     assert ra["kind"] == rb["kind"]
     # Parallel trees may sum in another order: equal up to float rounding.
     for row_a, row_b in zip(ra["leaderboard"], rb["leaderboard"]):
@@ -162,7 +177,7 @@ def test_grouped_meta_folds_keep_groups_whole():
     for train, test in folds:
         assert not set(groups[train]) & set(groups[test])
     probs = np.stack([noisy_probs(0.8), noisy_probs(0.7)])
-    assert select_meta(probs, LABELS, "auto", seed=0, groups=groups)[1]["cv_folds"] == 5
+    assert select_meta(probs, LABELS, "auto", seed=0, groups=groups).record["cv_folds"] == 5
 
 
 def test_unknown_kind_criterion_and_too_few_rows():

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import httpx
-import pytest
 
-CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it where it runs as root)"
-)
+from tests.conftest import needs_chromium
 
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        yield chromium
-        chromium.close()
+pytestmark = needs_chromium
 
 
 def test_upload_shows_the_stacked_answer(server, browser, digits_dir):
