@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import numpy as np
@@ -58,3 +59,15 @@ def test_digits_from_folder_to_served_prediction(tmp_path, capsys):
             assert set(entry["base_models"]) == {"tiny_cnn", "small_resnet"}
     finally:
         server.stop()
+
+
+def test_demo_ends_with_a_report_showing_all_eight_parts(tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir), "--limit", "300", "--epochs", "2", "--no-serve"]) == 0
+    out = capsys.readouterr().out
+    page_path = workdir / "bundle" / "report" / "index.html"
+    assert out.rstrip().endswith(f"report: {page_path}")
+    page = page_path.read_text()
+    assert page.count("<section id=") == 8 and "class=missing" not in page  # the test split included
+    assert "test accuracy" in page and "60 labelled images" in page
+    assert all((page_path.parent / src).is_file() for src in re.findall(r"<img src='([^']+)'", page))
