@@ -15,27 +15,44 @@ from stacking.cli import main as stacking_main
 DEMO_CONFIG = Path(str(files("stacking") / "configs" / "digits.toml"))
 
 
-def serve_bundle(bundle: Path, host: str, port: int) -> None:
-    """Verify the bundle (a bad one exits 2 before any port opens), then run uvicorn."""
+def serve_bundle(bundle: Path, **overrides) -> None:
+    """Verify the bundle (a bad one exits 2 before any port opens), then run uvicorn with one worker.
+
+    ``overrides`` are flag values; ``None`` leaves the ``STACKSERVE_*`` variable or the default.
+    """
     import uvicorn
+    from pydantic import ValidationError
 
     from app.main import create_app
     from app.settings import Settings
     from stacking.bundle import load_manifest
+    from stacking.errors import UserError
 
     load_manifest(bundle, verify=True)
-    typer.echo(f"serving {bundle} on http://{host}:{port} (page at /, API at /v1/predict, docs at /docs)")
-    uvicorn.run(create_app(Settings(bundle=bundle)), host=host, port=port, workers=1, log_level="info")
+    try:
+        settings = Settings(bundle=bundle, **{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    typer.echo(f"serving {bundle} on http://{settings.host}:{settings.port} (page at /, API at /v1/predict and "
+               f"/v2/models/{bundle.resolve().name}/infer, docs at /docs)")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1, log_level="info",
+                timeout_graceful_shutdown=int(settings.graceful_timeout_s))
 
 
 @cli.command("serve")
 def serve_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on [STACKSERVE_HOST, 127.0.0.1].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on [STACKSERVE_PORT, 8000].")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="Images per model call [STACKSERVE_MAX_BATCH, 64].")] = None,
+    max_wait_ms: Annotated[Optional[float], typer.Option(help="Most a batch waits for requests still decoding [STACKSERVE_MAX_WAIT_MS, 5].")] = None,
+    queue_size: Annotated[Optional[int], typer.Option(help="Jobs that may wait; past it 503 [STACKSERVE_QUEUE_SIZE, 64].")] = None,
+    max_tta: Annotated[Optional[int], typer.Option(help="Most TTA views a request may ask for [STACKSERVE_MAX_TTA, 16].")] = None,
 ) -> None:
-    """Start the HTTP service."""
-    serve_bundle(bundle, host, port)
+    """Start the HTTP service (every setting also reads its STACKSERVE_* variable; see the README)."""
+    serve_bundle(bundle, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
+                 max_tta=max_tta)
 
 
 @cli.command("demo")
@@ -69,7 +86,7 @@ def demo_command(
     table, _ = predict_folder(predictor, data / "test", submission)
     typer.echo(f"4/4 submission: {len(table)} rows in {submission}; report: {bundle / 'report' / 'index.html'}")
     if serve:
-        serve_bundle(bundle, host, port)
+        serve_bundle(bundle, host=host, port=port)
 
 
 def main(argv: list[str] | None = None) -> int:

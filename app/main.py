@@ -2,40 +2,67 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from app.errors import error_response, install_error_handlers
-from app.metrics import MetricsMiddleware
-from app.routes import health, model, page, predict
+from app.batching import Batcher
+from app.errors import install_error_handlers
+from app.middleware import BodyLimitMiddleware, RequestMiddleware
+from app.routes import health, model, page, predict, v2
 from app.settings import Settings
 from app.state import ModelState
+
+
+def _drain_on_sigterm(state: ModelState) -> None:
+    """On SIGTERM, turn not-ready first, then let the server's own handler stop it gracefully.
+
+    uvicorn then stops accepting connections and finishes the requests in flight; it
+    restores its handlers on exit, which removes this wrapper too.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals can only be handled on the main thread (e.g. under a test client)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle(signum, frame) -> None:
+        state.draining = True
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handle)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service for ``settings.bundle``; the bundle loads in the background after start-up."""
     settings = settings or Settings()
+    state = ModelState(settings)
+    batcher = Batcher(state, settings.max_batch, settings.max_wait_ms / 1000, settings.queue_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Loading off the event loop keeps /healthz answering and /readyz honest (503) meanwhile.
-        app.state.model.start_loading()
+        state.start_loading()
+        batcher.start()
+        _drain_on_sigterm(state)
         yield
+        await batcher.stop()
 
     app = FastAPI(title="stackserve", version="1", lifespan=lifespan)
     app.state.settings = settings
-    app.state.model = ModelState(settings.bundle)
-
-    @app.middleware("http")
-    async def limit_body(request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return error_response(413, f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}")
-        return await call_next(request)
-
-    app.add_middleware(MetricsMiddleware)
+    app.state.model = state
+    app.state.batcher = batcher
     install_error_handlers(app)
-    for router in (predict.router, model.router, health.router, page.router):
+    for router in (predict.router, model.router, v2.router, health.router, page.router):
         app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Server-Timing", "Retry-After"],
+        )
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RequestMiddleware)  # added last: outermost, so it sees every answer
     return app

@@ -1,9 +1,10 @@
-"""Service settings, read from ``STACKSERVE_*`` environment variables."""
+"""Service settings: ``STACKSERVE_*`` environment variables, or ``stacking serve`` flags of the same names."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -11,7 +12,20 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STACKSERVE_")
 
     bundle: Path = Path("/bundle")
-    max_tta: int = 16  # most TTA views a request may ask for (the bundle's policy may allow fewer)
-    max_files: int = 64  # images per request
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_pixels: int = 40_000_000  # per image; larger ones are refused as decompression bombs
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # Dynamic batching: images per model call, and how long a batch may wait for requests still being decoded.
+    max_batch: int = Field(64, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    queue_size: int = Field(64, ge=1)  # jobs waiting for the models; past it, 503 with Retry-After
+    request_timeout_s: float = Field(30.0, gt=0)  # a job still queued after this is dropped (503)
+    max_tta: int = Field(16, ge=0)  # most TTA views a request may ask for (the bundle's policy may allow fewer)
+    max_files: int = Field(64, ge=1)  # images per request
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)  # per image; larger ones are refused as decompression bombs
+    api_key: str = ""  # when set, /v1 and /v2 model routes need header X-API-Key (health, metrics, page stay open)
+    cors_origins: list[str] = []  # origins allowed to call the API from a browser; empty: CORS off
+    intra_op_threads: int = Field(0, ge=0)  # TensorFlow threads inside one op (0: TensorFlow's default)
+    inter_op_threads: int = Field(0, ge=0)  # TensorFlow ops run side by side (0: TensorFlow's default)
+    graceful_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, how long requests in flight may take to finish
+    warm_up_views: bool = True  # compile every TTA view count up to max_tta before turning ready

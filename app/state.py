@@ -1,33 +1,53 @@
-"""The loaded model, shared by the routes: loaded and warmed up off the event loop."""
+"""The served model's life: loading off the event loop, warm-up, readiness, draining on SIGTERM."""
 
 from __future__ import annotations
 
+import logging
 import threading
-from pathlib import Path
 
+from app import metrics
+from app.settings import Settings
 from stacking.predictor import Predictor
+
+logger = logging.getLogger("stackserve")
+
+
+def set_thread_counts(settings: Settings) -> None:
+    """TensorFlow's thread pools; only possible before its runtime starts, so done first thing when loading."""
+    import tensorflow as tf
+
+    try:
+        if settings.intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)
+        if settings.inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
+    except RuntimeError as exc:  # the runtime already started in this process: keep its pools, say so
+        logger.warning("TensorFlow thread counts not applied: %s", exc)
 
 
 class ModelState:
-    """Holds the ``Predictor`` once it is verified, loaded and warmed up."""
+    """Holds the ``Predictor`` once it is verified, loaded and warmed up; ready until draining starts."""
 
-    def __init__(self, bundle: Path):
-        self.bundle = bundle
+    def __init__(self, settings: Settings):
+        self.settings = settings
         self.predictor: Predictor | None = None
         self.error: str | None = None
-        self._ready = threading.Event()
+        self.draining = False
+        self._loaded = threading.Event()
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        return self._loaded.is_set() and not self.draining
 
     def load(self) -> None:
-        """Load and warm up; a failure is kept for ``/readyz`` instead of killing the process."""
+        """Load and warm up every view count a request may ask for; a failure is kept for ``/readyz``."""
         try:
-            predictor = Predictor(self.bundle)
-            predictor.warm_up()
+            set_thread_counts(self.settings)
+            predictor = Predictor(self.settings.bundle)
+            predictor.warm_up(self.settings.max_tta if self.settings.warm_up_views else None)
+            metrics.MODEL.labels(predictor.name, predictor.version).set(1)
             self.predictor = predictor
-            self._ready.set()
+            self._loaded.set()
         except Exception as exc:  # noqa: BLE001  reported by /readyz, the process stays up
             self.error = f"{type(exc).__name__}: {exc}"
 

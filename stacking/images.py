@@ -1,8 +1,9 @@
 """The one place images are decoded and resized, for training, prediction and the service.
 
 Every image becomes an ``image_size`` x ``image_size`` x 3 uint8 RGB array: EXIF
-orientation applied; grayscale, palette, RGBA (composited on white) and CMYK
-converted; oversized images refused before their pixels are decoded.
+orientation applied; grayscale (16-bit scaled to 8), palette, RGBA (composited on
+white) and CMYK converted; an animated image's first frame; oversized images refused
+before their pixels are decoded.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def is_image_file(path: Path) -> bool:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode.startswith("I") or img.mode == "F":
+        # 16-bit (and 32-bit integer) grayscale: PIL's own conversion clips at 255, turning it nearly white.
+        # Scale the 16-bit range down instead; float images are taken as 0..255.
+        values = np.asarray(img, dtype=np.float64)
+        scaled = values if img.mode == "F" else values / 257.0
+        gray = Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8), "L")
+        return gray.convert("RGB")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -48,9 +56,11 @@ def decode_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS) -> 
             return np.asarray(img, dtype=np.uint8)
     except ImageDecodeError:
         raise
+    except Image.DecompressionBombError as exc:  # PIL's own check, at twice its limit, fires before ours
+        raise ImageDecodeError(f"image exceeds the limit of {max_pixels} pixels ({exc})") from None
     except UnidentifiedImageError:
         raise ImageDecodeError("not a readable image (unknown format or corrupt header)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from None
 
 

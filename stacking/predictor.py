@@ -6,7 +6,8 @@ class, so the same bundle, images and TTA give the same probabilities everywhere
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -17,7 +18,7 @@ from models.registry import import_custom_module, is_custom
 from stacking import bundle as bundle_io
 from stacking.errors import UserError
 from stacking.meta import full_probabilities, meta_features
-from stacking.tta import POLICIES, TTAForward, TTAPolicy, TTAResult, run_tta
+from stacking.tta import POLICIES, TTAForward, TTAPolicy, TTAResult, adaptive_views, run_tta
 
 
 @dataclass
@@ -29,6 +30,25 @@ class Prediction:
     agreement: np.ndarray  # (N,) share of views whose mean-of-models label equals the served label
     views: np.ndarray  # (N,) TTA views run per image (fewer where adaptive TTA was sure early)
     features: np.ndarray  # (K, N, F) what the meta-learner saw per fold, for scoring other candidates alike
+    seconds: dict[str, float] = field(default_factory=dict)  # "forward" (base models, all views) and "meta"
+
+    def rows(self, start: int, stop: int) -> "Prediction":
+        """Images ``start:stop`` of this prediction (a batch split back into its requests)."""
+        return Prediction(self.probabilities[start:stop], self.base_probabilities[:, start:stop],
+                          self.agreement[start:stop], self.views[start:stop], self.features[:, start:stop],
+                          dict(self.seconds))
+
+    @staticmethod
+    def concat(parts: list["Prediction"]) -> "Prediction":
+        """One prediction from parts over consecutive images (a request split into batches)."""
+        return Prediction(
+            np.concatenate([p.probabilities for p in parts]),
+            np.concatenate([p.base_probabilities for p in parts], axis=1),
+            np.concatenate([p.agreement for p in parts]),
+            np.concatenate([p.views for p in parts]),
+            np.concatenate([p.features for p in parts], axis=1),
+            {k: sum(p.seconds.get(k, 0.0) for p in parts) for k in parts[0].seconds},
+        )
 
 
 class Predictor:
@@ -79,14 +99,17 @@ class Predictor:
 
     def predict(self, pixels: np.ndarray, views: int | None = None, policy: str | None = None) -> Prediction:
         """Stacked prediction for uint8 (N, size, size, 3) pixels with ``views`` views of ``policy``."""
+        started = time.perf_counter()
         result = self.merged_views(pixels, views, policy)
+        forwarded = time.perf_counter()
         features = np.stack([
             meta_features(merged, disagreement if self.tta_features else None)
             for merged, disagreement in zip(result.fold_merged, result.fold_disagreement)
         ])
         probs = self.stack(self.meta, features)
+        seconds = {"forward": forwarded - started, "meta": time.perf_counter() - forwarded}
         agrees = (result.view_labels == probs.argmax(axis=1)[None, :]).sum(axis=0)
-        return Prediction(probs, result.merged, agrees / result.views_used, result.views_used, features)
+        return Prediction(probs, result.merged, agrees / result.views_used, result.views_used, features, seconds)
 
     def stack(self, meta, features: np.ndarray) -> np.ndarray:
         """A meta-learner's (N, C) answer: applied to each fold's (N, F) features, the K answers averaged.
@@ -100,14 +123,19 @@ class Predictor:
         """Every meta-learner candidate fitted at training time (the bundle's sha256 already checked)."""
         return bundle_io.load_candidates(self.bundle)
 
-    def warm_up(self) -> None:
-        """Trace the compiled forward passes of the default views before real traffic.
+    def warm_up(self, up_to: int | None = None) -> None:
+        """Trace the compiled forward passes before real traffic, so none compiles while a client waits.
 
-        With adaptive TTA that is two view sets: the first views, and the rest that
-        only unsure images get; neither should compile while a client waits.
+        The bundle's view count, or every count from 1 to ``up_to`` (what a request may
+        ask for). With adaptive TTA each count needs two view sets: the first views,
+        and the rest that only unsure images get.
         """
         pixels = np.zeros((1, self.image_size, self.image_size, 3), np.uint8)
+        served = len(self.tta.view_list(self.image_size))
+        for n in [served] if up_to is None else range(1, min(up_to, self.max_views()) + 1):
+            views = self.tta.view_list(self.image_size, n)
+            k = adaptive_views(self.tta, len(views))
+            self.forward.folds(pixels, views[:k])
+            if k < len(views):
+                self.forward.folds(pixels, views[k:])
         self.predict(pixels)
-        views, k = self.tta.view_list(self.image_size), self.tta.adaptive_views
-        if 0 < k < len(views):
-            self.forward(pixels, views[k:])

@@ -19,9 +19,11 @@ def healthz() -> dict:
 
 @router.get("/readyz", response_model=None)
 def readyz(state: ModelStateDep):
-    """200 once the bundle is verified, loaded and warmed up; 503 before (or if loading failed)."""
+    """200 once the bundle is verified, loaded and warmed up; 503 before, if loading failed, or while draining."""
     if state.ready:
         return {"status": "ready"}
+    if state.draining:
+        return error_response(503, "draining: the server is shutting down")
     message = "loading the bundle" if state.error is None else f"the bundle failed to load: {state.error}"
     return error_response(503, message)
 

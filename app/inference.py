@@ -1,0 +1,89 @@
+"""The serving path shared by ``/v1/predict`` and the V2 ``infer`` route.
+
+Admission first (a full queue costs nothing), then decoding off the event loop, then
+the batcher, then timings for the ``Server-Timing`` header.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from app.batching import Batcher, wait_for_jobs
+from app.errors import ServiceError
+from app.settings import Settings
+from stacking.images import ImageDecodeError, decode_image
+from stacking.predictor import Prediction, Predictor
+
+ACCEPTED_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass
+class Upload:
+    name: str
+    data: bytes
+    content_type: str | None = None
+
+
+@dataclass
+class Served:
+    """Per upload: its row in ``prediction``, or the error that says why it could not be used."""
+
+    prediction: Prediction | None
+    rows: list[int | ServiceError]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def server_timing(self) -> str:
+        return ", ".join(f"{name};dur={ms:.1f}" for name, ms in self.timings_ms.items())
+
+
+def _decode(upload: Upload, image_size: int, max_pixels: int) -> np.ndarray | ServiceError:
+    """The upload's pixels, or the error that names why it cannot be used."""
+    if upload.content_type and not upload.content_type.startswith(ACCEPTED_TYPES):
+        return ServiceError(415, f"{upload.name}: unsupported content type {upload.content_type!r}; send an image")
+    if not upload.data:
+        return ServiceError(400, f"{upload.name}: empty file")
+    try:
+        return decode_image(upload.data, image_size, max_pixels)
+    except ImageDecodeError as exc:
+        return ServiceError(400, f"{upload.name}: {exc}")
+
+
+def check_tta(predictor: Predictor, settings: Settings, tta: int | None, policy: str | None) -> None:
+    limit = min(settings.max_tta, predictor.max_views(policy))
+    if tta is not None and tta > limit:
+        raise ServiceError(422, f"tta: {tta} views asked for; this service allows at most {limit}")
+
+
+async def serve_uploads(
+    request: Request, predictor: Predictor, batcher: Batcher, settings: Settings, uploads: list[Upload],
+    tta: int | None, policy: str | None,
+) -> Served:
+    """Decode, batch and predict; raises when no upload is usable (with the first one's error)."""
+    arrived = time.monotonic()
+    if len(uploads) > settings.max_files:
+        raise ServiceError(413, f"files: {len(uploads)} images in one request; the limit is {settings.max_files}")
+    check_tta(predictor, settings, tta, policy)
+    batcher.admit()
+    batcher.incoming += 1
+    try:
+        decoded = await run_in_threadpool(
+            lambda: [_decode(u, predictor.image_size, settings.max_pixels) for u in uploads])
+    finally:
+        batcher.incoming -= 1
+    good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+    if not good:
+        raise decoded[0]
+    decoded_at = time.monotonic()
+    futures = batcher.submit(np.stack([decoded[i] for i in good]), tta, policy, arrived + settings.request_timeout_s)
+    prediction = await wait_for_jobs(futures, request.is_disconnected)
+    done = time.monotonic()
+    row = {i: k for k, i in enumerate(good)}
+    compute = {k: v * 1000 for k, v in prediction.seconds.items()}
+    timings = {"decode": (decoded_at - arrived) * 1000,
+               "queue": max(0.0, (done - decoded_at) * 1000 - sum(compute.values())), **compute}
+    return Served(prediction, [row[i] if i in row else decoded[i] for i in range(len(uploads))], timings)
