@@ -17,7 +17,7 @@ import numpy as np
 from models.registry import import_custom_module, is_custom
 from stacking import bundle as bundle_io
 from stacking.errors import UserError
-from stacking.meta import full_probabilities, meta_features
+from stacking.meta import full_probabilities, meta_features, single_threaded
 from stacking.tta import POLICIES, TTAForward, TTAPolicy, TTAResult, adaptive_views, run_tta
 
 
@@ -72,7 +72,7 @@ class Predictor:
             for b in self.manifest["base_models"]
         ]
         self.forward = TTAForward(members, self.image_size)
-        self.meta = bundle_io.load_meta(self.bundle)
+        self.meta = single_threaded(bundle_io.load_meta(self.bundle))
         self.tta_features: bool = self.manifest["meta_learner"]["features"]["tta_features"]
 
     def policy(self, name: str | None = None) -> TTAPolicy:
@@ -121,7 +121,7 @@ class Predictor:
 
     def candidates(self) -> dict:
         """Every meta-learner candidate fitted at training time (the bundle's sha256 already checked)."""
-        return bundle_io.load_candidates(self.bundle)
+        return {name: single_threaded(c) for name, c in bundle_io.load_candidates(self.bundle).items()}
 
     def warm_up(self, up_to: int | None = None) -> None:
         """Trace the compiled forward passes before real traffic, so none compiles while a client waits.

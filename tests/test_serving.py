@@ -1,0 +1,223 @@
+"""Production behaviour of the service on real uvicorn servers: batching, admission, V2, metrics, keys, draining."""
+
+from __future__ import annotations
+
+import base64
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import Server
+from tests.test_service import assert_error, png_bytes
+
+KEY = {"X-API-Key": "s3cret"}
+
+
+def digit_files(digits_dir, n: int) -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in sorted((digits_dir / "test").glob("*.png"))[:n]]
+
+
+def predict(server, files, headers=KEY, timeout=60, **params) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/predict", params=params, headers=headers, timeout=timeout,
+                      files=[("files", (name, data, "image/png")) for name, data in files])
+
+
+def probabilities(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.array([list(p["probabilities"].values()) for p in response.json()["predictions"]])
+
+
+def metric(server, name: str) -> float:
+    """The sum of every sample of ``name`` in /metrics."""
+    text = httpx.get(f"{server.url}/metrics").text
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+@pytest.fixture(scope="module")
+def batching(tiny_bundle):
+    """Small batches, a real wait for stragglers, an API key and CORS for one origin."""
+    server = Server(tiny_bundle, {"STACKSERVE_MAX_BATCH": "8", "STACKSERVE_MAX_WAIT_MS": "30",
+                                  "STACKSERVE_API_KEY": "s3cret", "STACKSERVE_MAX_TTA": "4",
+                                  "STACKSERVE_CORS_ORIGINS": '["http://example.test"]'})
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(batching, digits_dir):
+    files = digit_files(digits_dir, 24)
+    alone = [probabilities(predict(batching, [f])) for f in files]
+    batches_before, images_before = metric(batching, "stackserve_batch_images_count"), metric(batching, "stackserve_batch_images_sum")
+    with ThreadPoolExecutor(24) as pool:
+        together = list(pool.map(lambda f: probabilities(predict(batching, [f])), files))
+    np.testing.assert_allclose(np.concatenate(together), np.concatenate(alone), atol=1e-5)
+    batches = metric(batching, "stackserve_batch_images_count") - batches_before
+    images = metric(batching, "stackserve_batch_images_sum") - images_before
+    assert images == 24 and batches < 24  # merged: fewer model calls than requests
+    # A request larger than max_batch (8) is split, not refused, and answers the same.
+    big = predict(batching, files)
+    np.testing.assert_allclose(probabilities(big), np.concatenate(alone), atol=1e-5)
+
+
+def test_timing_and_request_id_headers(batching, digits_dir):
+    response = predict(batching, digit_files(digits_dir, 2), headers={**KEY, "X-Request-ID": "trace-42"})
+    assert response.headers["x-request-id"] == "trace-42"
+    timing = dict(re.findall(r"(\w+);dur=([\d.]+)", response.headers["server-timing"]))
+    assert set(timing) == {"decode", "queue", "forward", "meta"} and float(timing["forward"]) > 0
+    generated = httpx.get(f"{batching.url}/healthz", headers={"X-Request-ID": "bad id with spaces"})
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
+    error = httpx.get(f"{batching.url}/v1/model")  # errors carry an id too
+    assert error.status_code == 401 and error.headers["x-request-id"]
+
+
+def test_api_key_guards_the_model_routes_only(batching, digits_dir):
+    files = digit_files(digits_dir, 1)
+    assert_error(predict(batching, files, headers={}), 401, "X-API-Key")
+    assert_error(predict(batching, files, headers={"X-API-Key": "wrong"}), 401, "X-API-Key")
+    assert_error(httpx.post(f"{batching.url}/v2/models/tiny/infer", json={}, timeout=30), 401, "X-API-Key")
+    for open_route in ("/healthz", "/readyz", "/metrics", "/", "/v2/health/live", "/v2/health/ready"):
+        assert httpx.get(f"{batching.url}{open_route}").status_code == 200, open_route
+    assert httpx.get(f"{batching.url}/v1/model", headers=KEY).status_code == 200
+
+
+def test_cors_allows_the_configured_origin_only(batching):
+    allowed = httpx.options(f"{batching.url}/v1/predict", headers={
+        "Origin": "http://example.test", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-api-key"})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "http://example.test"
+    other = httpx.options(f"{batching.url}/v1/predict", headers={
+        "Origin": "http://evil.test", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def v2_infer(server, name: str, images: list[bytes], **extra) -> httpx.Response:
+    body = {"id": "r1", "inputs": [{"name": "images", "shape": [len(images)], "datatype": "BYTES",
+                                    "data": [base64.b64encode(i).decode() for i in images]}], **extra}
+    return httpx.post(f"{server.url}/v2/models/{name}/infer", json=body, headers=KEY, timeout=60)
+
+
+def test_v2_protocol_agrees_with_v1(batching, digits_dir, tiny_bundle):
+    name = tiny_bundle.name
+    assert httpx.get(f"{batching.url}/v2/health/ready").json() == {"ready": True}
+    meta = httpx.get(f"{batching.url}/v2/models/{name}", headers=KEY).json()
+    assert meta["name"] == name and meta["inputs"][0]["datatype"] == "BYTES"
+    assert meta["outputs"][0] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}
+    files = digit_files(digits_dir, 3)
+    response = v2_infer(batching, name, [data for _, data in files], parameters={"tta": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == name and body["id"] == "r1"
+    probs, labels = body["outputs"]
+    assert probs["shape"] == [3, 10] and labels["shape"] == [3] and labels["datatype"] == "BYTES"
+    v1 = probabilities(predict(batching, files, tta=2))
+    np.testing.assert_allclose(np.array(probs["data"]).reshape(3, 10), v1, atol=1e-5)
+    assert labels["data"] == [str(k) for k in v1.argmax(axis=1)]
+    only = v2_infer(batching, name, [files[0][1]], outputs=[{"name": "label"}]).json()["outputs"]
+    assert [o["name"] for o in only] == ["label"]
+
+
+@pytest.mark.parametrize("mutate, status, text", [
+    (lambda b: b.update(name="other"), 404, "not served here"),
+    (lambda b: b["inputs"][0].update(data=["%%%"], shape=[1]), 400, "inputs[0].data[0]: not base64"),
+    (lambda b: b["inputs"][0].update(data=[base64.b64encode(b"junk").decode()], shape=[1]), 400,
+     "inputs[0].data[0]: not a readable image"),
+    (lambda b: b["inputs"][0].update(shape=[5]), 400, "does not match"),
+    (lambda b: b["inputs"][0].update(datatype="FP32"), 422, "datatype"),
+    (lambda b: b.update(parameters={"tta": 10**6}), 422, "at most 4"),
+    (lambda b: b.update(outputs=[{"name": "logits"}]), 400, "unknown ['logits']"),
+], ids=["unknown-model", "not-base64", "not-image", "shape", "datatype", "tta", "output"])
+def test_v2_bad_requests(batching, tiny_bundle, mutate, status, text):
+    body = {"name": tiny_bundle.name, "inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
+                                                  "data": [base64.b64encode(png_bytes()).decode()]}]}
+    mutate(body)
+    response = httpx.post(f"{batching.url}/v2/models/{body.pop('name')}/infer", json=body, headers=KEY, timeout=30)
+    assert_error(response, status, text)
+
+
+def test_metrics_cover_the_serving_path(batching, digits_dir):
+    predict(batching, digit_files(digits_dir, 3), tta=2)
+    text = httpx.get(f"{batching.url}/metrics").text
+    for name in ("stackserve_requests_total", "stackserve_request_seconds_bucket", "stackserve_queue_wait_seconds_bucket",
+                 "stackserve_batch_images_bucket", "stackserve_images_total", "stackserve_views_total",
+                 "stackserve_in_flight_requests", "stackserve_queue_jobs"):
+        assert f"\n{name}" in text, name
+    assert re.search(r'stackserve_compute_seconds_count\{stage="forward"\} [1-9]', text)
+    assert re.search(r'stackserve_compute_seconds_count\{stage="meta"\} [1-9]', text)
+    assert re.search(r'stackserve_model_info\{name="tiny",version="[0-9a-f]{12}"\} 1.0', text)
+    views, images = metric(batching, "stackserve_views_total"), metric(batching, "stackserve_images_total")
+    assert 1 < views / images <= 4  # TTA views are counted per image
+
+
+def test_a_full_queue_answers_503_with_retry_after(tiny_bundle, digits_dir):
+    server = Server(tiny_bundle, {"STACKSERVE_QUEUE_SIZE": "1", "STACKSERVE_MAX_BATCH": "1", "STACKSERVE_MAX_TTA": "9"})
+    try:
+        server.wait_ready()
+        files = digit_files(digits_dir, 8)
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda _: predict(server, files, headers={}, tta=9), range(16)))
+        statuses = sorted(a.status_code for a in answers)
+        assert set(statuses) == {200, 503} and statuses.count(200) >= 1, statuses
+        for refused in (a for a in answers if a.status_code == 503):
+            assert_error(refused, 503, "queue is full")
+            assert refused.headers["retry-after"] == "1" and refused.json()["error"]["code"] == "queue_full"
+        assert metric(server, "stackserve_rejected_total") == statuses.count(503)
+        assert predict(server, files[:1], headers={}).status_code == 200  # and it recovers
+    finally:
+        server.stop()
+
+
+def test_work_past_its_deadline_never_reaches_the_models(tiny_bundle):
+    with TestClient(create_app(Settings(bundle=tiny_bundle, request_timeout_s=1e-6, warm_up_views=False))) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        response = client.post("/v1/predict", files=[("files", ("a.png", png_bytes(), "image/png"))])
+        assert_error(response, 503, "deadline passed")
+        assert response.json()["error"]["code"] == "deadline_exceeded" and response.headers["retry-after"]
+        text = client.get("/metrics").text
+        assert re.search(r'stackserve_dropped_jobs_total\{reason="deadline"\} [1-9]', text)
+
+
+def test_gone_clients_are_dropped_and_sigterm_drains(tiny_bundle, digits_dir):
+    server = Server(tiny_bundle, {"STACKSERVE_MAX_BATCH": "1", "STACKSERVE_MAX_FILES": "64", "STACKSERVE_MAX_TTA": "9"})
+    try:
+        server.wait_ready()
+        files = digit_files(digits_dir, 64)
+        expected = probabilities(predict(server, files, headers={}, tta=9))
+        long_answers: list[httpx.Response] = []
+        worker = threading.Thread(target=lambda: long_answers.append(predict(server, files, headers={}, tta=9)))
+        worker.start()  # 64 one-image jobs queued ahead of the next request
+        time.sleep(0.05)
+        with pytest.raises(httpx.TimeoutException):
+            predict(server, files[:1], headers={}, timeout=0.05)
+        worker.join()
+        np.testing.assert_allclose(probabilities(long_answers[0]), expected, atol=1e-5)
+        deadline = time.monotonic() + 10
+        while metric(server, "stackserve_dropped_jobs_total") < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert 'reason="client_gone"} 1.0' in httpx.get(f"{server.url}/metrics").text
+        # SIGTERM while a request is in flight: it still gets its full answer, then the process exits cleanly.
+        long_answers.clear()
+        worker = threading.Thread(target=lambda: long_answers.append(predict(server, files, headers={}, tta=9)))
+        worker.start()
+        time.sleep(0.1)
+        server.process.send_signal(signal.SIGTERM)
+        worker.join()
+        np.testing.assert_allclose(probabilities(long_answers[0]), expected, atol=1e-5)
+        # uvicorn shuts down gracefully, then re-raises the signal to itself: the status says "ended by SIGTERM".
+        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        log = server.process.stdout.read()
+        assert "Shutting down" in log and "Finished server process" in log
+    finally:
+        server.stop()
