@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import Server
+from tests.conftest import Server, needs_chromium
 from tests.test_service import assert_error, png_bytes
 
 KEY = {"X-API-Key": "s3cret"}
@@ -36,10 +36,14 @@ def probabilities(response: httpx.Response) -> np.ndarray:
     return np.array([list(p["probabilities"].values()) for p in response.json()["predictions"]])
 
 
-def metric(server, name: str) -> float:
-    """The sum of every sample of ``name`` in /metrics."""
+def metric(server, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` in /metrics that carry ``labels``."""
     text = httpx.get(f"{server.url}/metrics").text
-    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    total = 0.0
+    for found, value in re.findall(rf"^{re.escape(name)}(\{{.*\}})? (\S+)$", text, re.M):
+        if all(f'{k}="{v}"' in found for k, v in labels.items()):
+            total += float(value)
+    return total
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +225,30 @@ def test_gone_clients_are_dropped_and_sigterm_drains(tiny_bundle, digits_dir):
         assert "Shutting down" in log and "Finished server process" in log
     finally:
         server.stop()
+
+
+@needs_chromium
+def test_page_asks_for_the_key_and_takes_a_dropped_image(batching, browser, digits_dir):
+    name, data = digit_files(digits_dir, 1)[0]
+    expected = predict(batching, [(name, data)]).json()["predictions"][0]
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{batching.url}/")
+    page.wait_for_selector("#key.needed")  # /v1/model answered 401: the page asks for the key
+    page.fill("#apikey", "s3cret")
+    page.dispatch_event("#apikey", "change")
+    page.wait_for_function("document.getElementById('model').textContent.includes('stacked by')")
+    page.evaluate("""([b64, name]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], name, {type: "image/png"}));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""", [base64.b64encode(data).decode(), name])
+    page.click("button[type=submit]")
+    page.wait_for_selector(".label")
+    assert page.inner_text(".label") == expected["label"]
+    widths = page.eval_on_selector_all(".bar", "bars => bars.map(b => parseFloat(b.style.width))")
+    np.testing.assert_allclose(widths, [8 * p for p in expected["probabilities"].values()], atol=0.01)
+    assert not errors
+    page.close()
