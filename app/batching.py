@@ -65,8 +65,11 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     def admit(self) -> None:
-        """Refuse a request when the queue is full, before it costs any decoding."""
-        if len(self._queue) >= self.queue_size:
+        """Refuse a request when the queue is full, before it costs any decoding.
+
+        Requests still decoding count too: they will be queued in a moment.
+        """
+        if len(self._queue) + self.incoming >= self.queue_size:
             metrics.REJECTED.labels("queue_full").inc()
             raise ServiceError(503, f"the queue is full ({self.queue_size} jobs waiting); retry shortly",
                                "queue_full", headers={"Retry-After": str(self.retry_after)})
@@ -158,16 +161,30 @@ class Batcher:
                 start += len(job.pixels)
 
 
-async def wait_for_jobs(futures: list[asyncio.Future], client_gone) -> Prediction:
-    """The jobs' results as one prediction; cancels them if ``await client_gone()`` turns true meanwhile."""
+async def _disconnected(receive) -> None:
+    """Returns when the client has gone: after the body, an ASGI receive() yields only ``http.disconnect``."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def wait_for_jobs(futures: list[asyncio.Future], receive) -> Prediction:
+    """The jobs' results as one prediction; if the client disconnects first, its jobs are cancelled (dropped).
+
+    ``receive`` is the request's ASGI receive channel, read only once the body is in:
+    waiting on it costs nothing, unlike polling for a disconnect.
+    """
+    gone = asyncio.ensure_future(_disconnected(receive))
     pending = set(futures)
     try:
         while pending:
-            _, pending = await asyncio.wait(pending, timeout=0.05)
-            if pending and await client_gone():
+            done, pending = await asyncio.wait(pending | {gone}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(gone)
+            if gone in done:
                 raise ServiceError(499, "the client closed the connection before the answer was ready")
     except BaseException:  # the client has gone, or this request was cancelled: drop its queued jobs
         for future in futures:
             future.cancel()
         raise
+    finally:
+        gone.cancel()
     return Prediction.concat([future.result() for future in futures])

@@ -6,12 +6,12 @@ the batcher, then timings for the ``Server-Timing`` header.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from app.batching import Batcher, wait_for_jobs
 from app.errors import ServiceError
@@ -71,8 +71,8 @@ async def serve_uploads(
     batcher.admit()
     batcher.incoming += 1
     try:
-        decoded = await run_in_threadpool(
-            lambda: [_decode(u, predictor.image_size, settings.max_pixels) for u in uploads])
+        decoded = await asyncio.get_running_loop().run_in_executor(
+            request.app.state.decoders, lambda: [_decode(u, predictor.image_size, settings.max_pixels) for u in uploads])
     finally:
         batcher.incoming -= 1
     good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
@@ -80,7 +80,7 @@ async def serve_uploads(
         raise decoded[0]
     decoded_at = time.monotonic()
     futures = batcher.submit(np.stack([decoded[i] for i in good]), tta, policy, arrived + settings.request_timeout_s)
-    prediction = await wait_for_jobs(futures, request.is_disconnected)
+    prediction = await wait_for_jobs(futures, request.receive)
     done = time.monotonic()
     row = {i: k for k, i in enumerate(good)}
     compute = {k: v * 1000 for k, v in prediction.seconds.items()}

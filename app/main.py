@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -40,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     state = ModelState(settings)
     batcher = Batcher(state, settings.max_batch, settings.max_wait_ms / 1000, settings.queue_size)
+    # Decoding gets its own few threads: one per core is enough, and dozens would fight the models for the GIL.
+    decoders = ThreadPoolExecutor(settings.decode_threads or os.cpu_count(), thread_name_prefix="decode")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -49,11 +53,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _drain_on_sigterm(state)
         yield
         await batcher.stop()
+        decoders.shutdown(wait=True)
 
     app = FastAPI(title="stackserve", version="1", lifespan=lifespan)
     app.state.settings = settings
     app.state.model = state
     app.state.batcher = batcher
+    app.state.decoders = decoders
     install_error_handlers(app)
     for router in (predict.router, model.router, v2.router, health.router, page.router):
         app.include_router(router)

@@ -27,7 +27,7 @@ def test_no_generated_request_gets_a_server_error(server, tiny_bundle):
             if "name" in (case.path_parameters or {}):  # the served model, so that bodies reach the model code
                 case.path_parameters["name"] = tiny_bundle.name
             response = case.call(timeout=60)
-            assert response.status_code < 500, f"{operation.label}: {response.status_code} {response.text}"
+            assert response.status_code < 500, f"{case.method} {case.path}: {response.status_code} {response.text}"
             if response.status_code >= 400:  # every error in the one shape
                 assert set(response.json()["error"]) == {"code", "message"}, response.text
 
