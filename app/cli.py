@@ -83,8 +83,8 @@ def demo_command(
     typer.echo(format_table(rows))
     record_evaluation(predictor, rows, data / "test", data / "test_labels.csv", count, bad)
     submission = workdir / "submission.csv"
-    table, _ = predict_folder(predictor, data / "test", submission)
-    typer.echo(f"4/4 submission: {len(table)} rows in {submission}; report: {bundle / 'report' / 'index.html'}")
+    written = predict_folder(predictor, data / "test", submission, echo=lambda s: typer.echo(f"    {s}"))
+    typer.echo(f"4/4 submission: {len(written.table)} rows in {submission}; report: {bundle / 'report' / 'index.html'}")
     if serve:
         serve_bundle(bundle, host=host, port=port)
 

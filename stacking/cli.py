@@ -158,21 +158,33 @@ def predict_command(
     tta: TTAOption = None,
     tta_policy: PolicyOption = None,
     sample_submission: Annotated[Optional[Path], typer.Option(help="Row order (default: sample_submission.csv in or beside IMAGES).")] = None,
-    probabilities: Annotated[Optional[Path], typer.Option(help="Also write every class probability to this CSV.")] = None,
+    probabilities: Annotated[Optional[Path], typer.Option(help="Also write every class probability (.parquet, else CSV).")] = None,
     on_bad_image: OnBadOption = "error",
+    fallback_class: Annotated[Optional[str], typer.Option(help="With --on-bad-image skip: give unreadable images this class instead of leaving them out.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images decoded and predicted at a time.")] = 256,
+    workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run of the same command from its checkpoint.")] = False,
 ) -> None:
-    """Write an offline submission, rows in sample_submission.csv order when present."""
+    """Write an offline submission, streamed in chunks and resumable; rows in sample_submission.csv order when present."""
     from stacking.predictor import Predictor
-    from stacking.submission import predict_folder
+    from stacking.submission import PredictOptions, checkpoint_dir, predict_folder
 
     predictor = Predictor(bundle)
-    predictor.check_views(tta, tta_policy)
-    table, skipped = predict_folder(
-        predictor, images, out, tta, tta_policy, on_bad_image, sample_submission, probabilities
-    )
-    for _, reason in skipped:
-        typer.echo(f"skipped {reason}", err=True)
-    typer.echo(f"wrote {len(table)} predictions to {out}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    options = PredictOptions(tta, tta_policy, on_bad_image, fallback_class, batch_size, workers, resume)
+    try:
+        summary = predict_folder(predictor, images, out, options, sample_submission, probabilities,
+                                 echo=lambda s: typer.echo(s, err=True))
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: finished chunks are kept in {checkpoint_dir(out)}; rerun the same command with "
+                   "--resume to continue", err=True)
+        raise typer.Exit(130) from None
+    for file, reason in summary.skipped:
+        typer.echo(f"skipped {reason}" if reason.startswith(file) else f"skipped {file}: {reason}", err=True)
+    fresh = summary.images - summary.resumed_images
+    typer.echo(f"wrote {len(summary.table)} predictions to {out}: {summary.images} images, {len(summary.skipped)} "
+               f"unreadable{f' (given {fallback_class})' if fallback_class and summary.skipped else ''}, "
+               f"{fresh} predicted in {summary.seconds:.1f} s ({fresh / max(summary.seconds, 1e-9):.1f} images/s)"
+               + (f", {summary.resumed_images} resumed" if summary.resumed_images else ""))
 
 
 @cli.command("report")

@@ -120,14 +120,16 @@ def read_evaluation_set(images: Path, labels_csv: Path | None, classes: list[str
     return read_class_folders(images, classes)
 
 
-def load_pixels(images: ImageSet, image_size: int, on_bad_image: str = "error") -> tuple[ImageSet, np.ndarray, list]:
+def load_pixels(
+    images: ImageSet, image_size: int, on_bad_image: str = "error", workers: int = 4
+) -> tuple[ImageSet, np.ndarray, list]:
     """Decode every image; a bad one fails the run (``error``) or is left out and reported (``skip``).
 
     Returns the images kept, their pixels, and the [(path, reason)] of those left out.
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise UserError(f"--on-bad-image {on_bad_image!r}: expected one of {', '.join(ON_BAD_IMAGE)}")
-    pixels, bad = load_images(images.paths, image_size)
+    pixels, bad = load_images(images.paths, image_size, workers)
     if bad and on_bad_image == "error":
         path, reason = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
