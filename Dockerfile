@@ -9,6 +9,9 @@
 # STACKSERVE_INTER_OP_THREADS, and STACKSERVE_DECODE_THREADS.
 
 FROM debian:bookworm-slim AS build
+# Behind a TLS-inspecting proxy: mount its CA bundle into the build and pass the path, e.g.
+#   --build-arg PIP_CERT=/run/host-ca.crt  (podman: -v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro)
+ARG PIP_CERT
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
@@ -28,7 +31,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin stackserve
+    && useradd --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin stackserve \
+    && mkdir /bundle
 COPY --from=build /venv /venv
 # Any UID works (OpenShift-style): nothing is written outside /tmp, and /venv is world-readable.
 ENV PATH=/venv/bin:$PATH \

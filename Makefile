@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test lint browser clean
+.PHONY: install demo test test-container lint browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ browser:
 
 test: lint browser
 	$(BIN)/pytest -q
+
+# Builds the Dockerfile with podman and runs the image's own command (needs root and apt; see the script).
+test-container: $(STAMP)
+	tests/container/build_and_run.sh
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache
