@@ -51,7 +51,8 @@ def batching(tiny_bundle):
     """Small batches, a real wait for stragglers, an API key and CORS for one origin."""
     server = Server(tiny_bundle, {"STACKSERVE_MAX_BATCH": "8", "STACKSERVE_MAX_WAIT_MS": "30",
                                   "STACKSERVE_API_KEY": "s3cret", "STACKSERVE_MAX_TTA": "4",
-                                  "STACKSERVE_CORS_ORIGINS": '["http://example.test"]'})
+                                  "STACKSERVE_CORS_ORIGINS": '["http://example.test"]',
+                                  "STACKSERVE_INTRA_OP_THREADS": "1", "STACKSERVE_INTER_OP_THREADS": "2"})
     try:
         server.wait_ready()
         yield server
@@ -92,7 +93,9 @@ def test_api_key_guards_the_model_routes_only(batching, digits_dir):
     assert_error(httpx.post(f"{batching.url}/v2/models/tiny/infer", json={}, timeout=30), 401, "X-API-Key")
     for open_route in ("/healthz", "/readyz", "/metrics", "/", "/v2/health/live", "/v2/health/ready"):
         assert httpx.get(f"{batching.url}{open_route}").status_code == 200, open_route
-    assert httpx.get(f"{batching.url}/v1/model", headers=KEY).status_code == 200
+    info = httpx.get(f"{batching.url}/v1/model", headers=KEY)
+    assert info.status_code == 200
+    assert info.json()["runtime"] == {"intra_op_threads": 1, "inter_op_threads": 2}  # the thread settings took
 
 
 def test_cors_allows_the_configured_origin_only(batching):

@@ -28,4 +28,13 @@ def model_info(predictor: PredictorDep) -> dict:
         "tta": {**manifest["tta"], "max_views": predictor.max_views()},
         "protocol": manifest["protocol"],
         "metrics": manifest["metrics"],
+        "runtime": runtime_threads(),
     }
+
+
+def runtime_threads() -> dict[str, int]:
+    """TensorFlow's thread pools as set (0: TensorFlow chooses), so an operator can check the settings took."""
+    import tensorflow as tf
+
+    return {"intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
