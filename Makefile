@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test test-container lint browser clean
+.PHONY: install demo test test-container bench lint browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test: lint browser
 # Builds the Dockerfile with podman and runs the image's own command (needs root and apt; see the script).
 test-container: $(STAMP)
 	tests/container/build_and_run.sh
+
+# Speed against the hardware's limit (benchmarks/throughput.py): fits its bundle once (about 10 minutes
+# on 2 cores), then prints the table and writes benchmarks/results/throughput.json.
+BENCH := artifacts/bench-throughput
+bench: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py $(if $(wildcard $(BENCH)/bundle/manifest.json),$(BENCH)/bundle,--make-bundle $(BENCH))
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

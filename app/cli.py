@@ -49,10 +49,11 @@ def serve_command(
     max_wait_ms: Annotated[Optional[float], typer.Option(help="Most a batch waits for requests still decoding [STACKSERVE_MAX_WAIT_MS, 5].")] = None,
     queue_size: Annotated[Optional[int], typer.Option(help="Jobs that may wait; past it 503 [STACKSERVE_QUEUE_SIZE, 64].")] = None,
     max_tta: Annotated[Optional[int], typer.Option(help="Most TTA views a request may ask for [STACKSERVE_MAX_TTA, 16].")] = None,
+    call_rows: Annotated[Optional[int], typer.Option(help="Image-views per compiled call [STACKSERVE_CALL_ROWS, 64].")] = None,
 ) -> None:
     """Start the HTTP service (every setting also reads its STACKSERVE_* variable; see the README)."""
     serve_bundle(bundle, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                 max_tta=max_tta)
+                 max_tta=max_tta, call_rows=call_rows)
 
 
 @cli.command("demo")

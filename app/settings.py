@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     # Dynamic batching: images per model call, and how long a batch may wait for requests still being decoded.
     max_batch: int = Field(64, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
+    call_rows: int = Field(64, ge=1)  # image-views per compiled call: one padded shape (see TTAForward)
     queue_size: int = Field(64, ge=1)  # jobs waiting for the models; past it, 503 with Retry-After
     request_timeout_s: float = Field(30.0, gt=0)  # a job still queued after this is dropped (503)
     max_tta: int = Field(16, ge=0)  # most TTA views a request may ask for (the bundle's policy may allow fewer)

@@ -38,23 +38,33 @@ def free_port() -> int:
 
 
 class Service:
-    """``stacking serve BUNDLE`` in a child process, with extra STACKSERVE_* settings."""
+    """``stacking serve BUNDLE`` in a child process, with extra STACKSERVE_* settings.
+
+    ``cold_start_s``: from starting the process to ``/readyz`` answering 200 (bundle
+    verified, models loaded, every view count traced).
+    """
 
     def __init__(self, bundle: Path, env: dict[str, str]):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-c", "from app.cli import run; run()", "serve", str(bundle), "--port", str(self.port)]
+        started = time.monotonic()
         self.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        while time.monotonic() < started + 600:
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    self.cold_start_s = time.monotonic() - started
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.3)
+            time.sleep(0.1)
         raise TimeoutError("the service did not become ready")
+
+    def rss_mb(self) -> float:
+        """The server process's resident memory, MiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) / 1024
 
     def batches(self) -> tuple[float, float]:
         """(model calls, images) so far, from /metrics."""
@@ -81,13 +91,13 @@ def test_images(folder: Path, count: int) -> list[tuple[str, bytes, str]]:
     return out
 
 
-def request_bytes(port: int, image: tuple[str, bytes, str]) -> bytes:
+def request_bytes(port: int, image: tuple[str, bytes, str], target: str = "/v1/predict") -> bytes:
     """One complete HTTP/1.1 keep-alive POST of a one-file multipart body, built once."""
     name, data, kind = image
     boundary = "stackserveloadtest"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
             f"Content-Type: {kind}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n"
+    head = (f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
     return head + body
 

@@ -1,25 +1,33 @@
-"""How close each prediction path comes to the raw compute limit of its models (issue #9; first part).
+"""How close each prediction path comes to the raw compute limit of its models (issue #9).
 
-Measured in one run, on one bundle (``--make-bundle DIR`` fits one: three different
-architectures, MobileNetV3Small, EfficientNetB0 and the built-in small_resnet, at 96 px
-from scratch, 8 shift TTA views):
+One run, one bundle (``--make-bundle DIR`` fits one: three different architectures,
+MobileNetV3Small, EfficientNetB0 and the built-in small_resnet, at 96 px from scratch,
+8 shift TTA views), one table, one JSON file:
 
-- limit: every base model's forward pass over images x views in one compiled call, at the
-  best of a few call sizes, images/s;
-- offline: ``stacking predict`` on a folder of PNGs, its own images/s, and the ratio;
-- naive: the notebook way, ``model.predict`` per image, per view, per model, images/s;
-- single image: p50 latency of ``Predictor.predict`` on one image against the forward time
-  of that image's views alone.
+- limit: every base model's forward pass over images x views in one compiled call, at
+  each call size from 1 to 64 images; the best is the limit, and its size is what the
+  offline run uses (``--call-rows``); the service runs one image per call, so a lone
+  image pays only for its own views;
+- offline: ``stacking predict`` on a folder of 1,000 PNGs (the digits again and again), its own
+  images/s, first trace included;
+- service: ``stacking serve`` over HTTP with one-image uploads at 1, 8 and 32 clients
+  (decode, batching, meta-learner included), images/s and p50/p99 latency;
+- naive: the notebook way, ``model.predict`` per image, per view, per model;
+- single image: p50 latency over HTTP and in-process against the forward of its views;
+- call shapes: how far the stacked probabilities move between the offline and the service
+  call shape (a random-forest meta-learner turns last-bit differences into other leaves);
+- cold start (process start to ready) and the service's memory when ready, after
+  warm-up traffic and after 10,000 more requests (``tta=1`` to keep it short);
+- kfold: ``stacking fit --protocol kfold`` wall time against the sum of bare
+  ``model.fit`` calls on the same folds, epochs and batch size.
 
-Not yet here (next step): the HTTP service at 1/8/32 clients, cold start, memory after
-10,000 requests, and the kfold fit ratio.
-
-Usage: python benchmarks/throughput.py BUNDLE | --make-bundle DIR  [--json FILE]
+Usage: python benchmarks/throughput.py BUNDLE | --make-bundle DIR  [--parts ...] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -29,11 +37,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+from load import Service, request_bytes, run_level, test_images
+from predict_scale import write_folder
 
 from stacking.predictor import Predictor
 from stacking.tta import TTAForward
 
-CALL_SIZES = (64, 128, 256, 512)  # image-views per compiled call tried for the limit
+CALL_IMAGES = (1, 2, 4, 8, 16, 32, 64)  # images per compiled call tried for the limit
+LEVELS = (1, 8, 32)  # concurrent clients of the service
+PARTS = ("limit", "bits", "naive", "single", "offline", "service", "memory", "kfold")
+TARGETS = {  # name: (description, passes(result))
+    "offline": ("offline / limit >= 0.90", lambda r: r["offline_ips"] / r["limit_ips"] >= 0.90),
+    "service": ("service at 32 clients / limit >= 0.85", lambda r: r["service_ips"]["32"] / r["limit_ips"] >= 0.85),
+    "naive": ("service at 32 clients / naive >= 20x", lambda r: r["service_ips"]["32"] / r["naive_ips"] >= 20),
+    "single": ("single image p50 <= forward of its views + 10 ms",
+               lambda r: r["single_p50_ms"] <= r["single_forward_ms"] + 10),
+    "memory": ("memory after 10,000 requests within 5% of warm",
+               lambda r: abs(r["rss_after_mb"] / r["rss_warm_mb"] - 1) <= 0.05),
+    "kfold": ("kfold fit / bare model.fit <= 1.15", lambda r: r["kfold_fit_ratio"] <= 1.15),
+}
 
 
 def make_bundle(workdir: Path) -> Path:
@@ -44,7 +66,7 @@ def make_bundle(workdir: Path) -> Path:
     write_digits(workdir / "digits")
     config = load_config(None, {"models": ("mobilenetv3small", "efficientnetb0", "small_resnet"), "image_size": 96,
                                 "weights": "none", "epochs": 1, "tta_policy": "shift", "tta_views": 8,
-                                "tta_diagnostic_views": 8})
+                                "tta_diagnostic_views": 8, "meta": "rf"})
     fit(workdir / "digits", workdir / "bundle", config, echo=print)
     return workdir / "bundle"
 
@@ -59,16 +81,23 @@ def timed(function, repeats: int = 1) -> float:
     return best
 
 
-def limit_ips(predictor: Predictor, pixels: np.ndarray) -> tuple[float, int]:
-    """(images/s, call size) of the best fixed-shape compiled forward over every served view."""
+def limit_by_call_size(predictor: Predictor, pixels: np.ndarray) -> dict[int, float]:
+    """Images/s of the compiled forward over every served view, per images per call."""
     views = predictor.tta.view_list(predictor.image_size)
-    best = (0.0, 0)
-    for rows in CALL_SIZES:
-        forward = TTAForward(predictor.forward.members, predictor.image_size, rows_per_call=rows)
-        forward.folds(pixels[:8], views)  # compile
-        ips = len(pixels) / timed(lambda f=forward: f.folds(pixels, views), repeats=2)
-        best = max(best, (ips, rows))
-    return best
+    rates = {}
+    for images in CALL_IMAGES:
+        forward = TTAForward(predictor.forward.members, predictor.image_size, rows_per_call=images * len(views))
+        forward.folds(pixels[:images], views)  # trace, and make this size's kernels
+        rates[images] = len(pixels) / timed(lambda f=forward: f.folds(pixels, views), repeats=2)
+    return rates
+
+
+def call_size_effect(served: Predictor, offline: Predictor, pixels: np.ndarray) -> dict:
+    """How far the stacked probabilities move between the service's and the offline run's call shapes."""
+    a, b = served.predict(pixels).probabilities, offline.predict(pixels).probabilities
+    differs = np.abs(a - b).max(axis=1)
+    return {"images": len(pixels), "max_diff": float(differs.max()), "over_1e-5": int((differs > 1e-5).sum()),
+            "labels_changed": int((a.argmax(axis=1) != b.argmax(axis=1)).sum())}
 
 
 def naive_ips(predictor: Predictor, pixels: np.ndarray) -> float:
@@ -97,52 +126,184 @@ def single_image(predictor: Predictor, pixels: np.ndarray, repeats: int = 30) ->
     alone = TTAForward(predictor.forward.members, predictor.image_size, rows_per_call=len(views))
     alone.folds(pixels[:1], views)
     predictor.predict(pixels[:1])
-    served = [timed(lambda i=i: predictor.predict(pixels[i : i + 1])) for i in range(repeats)]
-    forward = [timed(lambda i=i: alone.folds(pixels[i : i + 1], views)) for i in range(repeats)]
+    images = [pixels[i % len(pixels)][None] for i in range(repeats)]
+    served = [timed(lambda image=image: predictor.predict(image)) for image in images]
+    forward = [timed(lambda image=image: alone.folds(image, views)) for image in images]
     return float(np.median(served) * 1000), float(np.median(forward) * 1000)
 
 
-def offline_ips(bundle: Path, folder: Path, out: Path) -> float:
+def offline_ips(bundle: Path, folder: Path, out: Path, call_rows: int) -> float:
     """``stacking predict``'s own images/s (after loading) on ``folder``."""
     done = subprocess.run([sys.executable, "-c", "from app.cli import run; run()", "predict", str(bundle), str(folder),
-                           "--out", str(out)], check=True, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                           "--out", str(out), "--call-rows", str(call_rows)], check=True, capture_output=True,
+                          text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     return float(re.search(r"\(([\d.]+) images/s\)", done.stdout).group(1))
+
+
+def service(bundle: Path, folder: Path, call_rows: int, requests: int, memory_requests: int, parts: set) -> dict:
+    """Cold start, then one-image uploads at each level; then memory before and after many more requests."""
+    server = Service(bundle, {"STACKSERVE_CALL_ROWS": str(call_rows), "STACKSERVE_QUEUE_SIZE": "256"})
+    images = test_images(folder, 128)
+    served = [request_bytes(server.port, image) for image in images]
+    one_view = [request_bytes(server.port, image, "/v1/predict?tta=1") for image in images]
+    out: dict = {"cold_start_s": server.cold_start_s, "rss_ready_mb": server.rss_mb()}
+    try:
+        asyncio.run(run_level(server.port, served, 4, 16))
+        if "service" in parts:
+            levels = {str(c): asyncio.run(run_level(server.port, served, c, requests)) for c in LEVELS}
+            out["service_ips"] = {c: r["images_per_s"] for c, r in levels.items()}
+            out["service_p50_ms"] = {c: r["p50_ms"] for c, r in levels.items()}
+            out["service_p99_ms"] = {c: r["p99_ms"] for c, r in levels.items()}
+            out["single_p50_ms"] = levels["1"]["p50_ms"]
+        if "memory" in parts:
+            asyncio.run(run_level(server.port, one_view, 32, min(512, memory_requests)))
+            out["rss_warm_mb"] = server.rss_mb()
+            started = time.perf_counter()
+            asyncio.run(run_level(server.port, one_view, 32, memory_requests))
+            out["rss_after_mb"] = server.rss_mb()
+            out["memory_requests"], out["memory_seconds"] = memory_requests, time.perf_counter() - started
+    finally:
+        server.stop()
+    return out
+
+
+def kfold_fit_ratio(digits: Path, workdir: Path, epochs: int) -> dict:
+    """``fit`` (kfold, 3 folds x 2 models) wall time against bare ``model.fit`` on the same folds, data and epochs.
+
+    The bare fits run first, in this process, without op determinism; ``fit`` then
+    pays for everything it does beyond them (decoding, checkpoints, OOF TTA, meta
+    selection, report) with its default deterministic ops.
+    """
+    import keras
+
+    from models import create_model
+    from stacking.config import load_config
+    from stacking.datasets import load_pixels, read_training_set
+    from stacking.fit import fit
+    from stacking.protocols import make_splits
+
+    cfg = load_config(None, {"models": ("small_resnet", "mini_mobilenet"), "protocol": "kfold", "folds": 3,
+                             "image_size": 32, "weights": "none", "epochs": epochs, "tta_policy": "shift", "tta_views": 4,
+                             "tta_diagnostic_views": 4})
+    images, pixels, _ = load_pixels(read_training_set(digits), cfg.image_size, "error")
+    labels, classes = images.labels, images.classes
+    splits = make_splits(labels, "kfold", cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed,
+                         None, classes)
+    bare = 0.0
+    for model in cfg.models:
+        for split in splits:
+            keras.utils.set_random_seed(cfg.seed)
+            net = create_model(model, len(classes), cfg.image_size, weights=None, head=cfg.head, dropout=cfg.dropout)
+            net.compile(keras.optimizers.Adam(cfg.train.learning_rate), "sparse_categorical_crossentropy",
+                        metrics=["accuracy"])
+            started = time.perf_counter()
+            net.fit(pixels[split.fit].astype("float32"), labels[split.fit], batch_size=cfg.train.batch_size,
+                    epochs=cfg.train.epochs, validation_data=(pixels[split.val].astype("float32"), labels[split.val]),
+                    verbose=0)
+            bare += time.perf_counter() - started
+    started = time.perf_counter()
+    fit(digits, workdir / "kfold-bundle", cfg, echo=lambda _: None)
+    ours = time.perf_counter() - started
+    return {"kfold_fit_s": ours, "bare_fit_s": bare, "kfold_fit_ratio": ours / bare}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path, nargs="?")
     parser.add_argument("--make-bundle", type=Path, help="Fit the benchmark bundle into this folder first.")
-    parser.add_argument("--images", type=int, default=512, help="Images for the limit and the offline run.")
+    parser.add_argument("--folder", type=Path, help="Digit PNGs to upload (default: digits/test beside the bundle).")
+    parser.add_argument("--images", type=int, default=128, help="Images per limit measurement.")
+    parser.add_argument("--workdir", type=Path, help="Where the PNG folder and kfold bundle go (default: beside it).")
+    parser.add_argument("--offline-images", type=int, default=1000, help="PNGs for the offline run.")
+    parser.add_argument("--requests", type=int, default=128, help="One-image requests per service level.")
+    parser.add_argument("--memory-requests", type=int, default=10_000)
+    parser.add_argument("--kfold-epochs", type=int, default=10, help="Epochs of each fit in the kfold comparison.")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"Comma-separated subset of {','.join(PARTS)}.")
+    parser.add_argument("--offline-call-rows", type=int, help="Image-views per call offline (default: the limit's).")
+    parser.add_argument("--service-call-rows", type=int, help="Image-views per call served (default: one image's).")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/throughput.json"))
     args = parser.parse_args()
     if (args.bundle is None) == (args.make_bundle is None):
         parser.error("give BUNDLE or --make-bundle DIR")
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        parser.error(f"--parts: unknown {', '.join(sorted(parts - set(PARTS)))}; expected some of {', '.join(PARTS)}")
     bundle = args.bundle or make_bundle(args.make_bundle)
-    predictor = Predictor(bundle)
-    folder = (args.make_bundle or bundle.parent) / "digits" / "test"
+    workdir = args.workdir or args.make_bundle or bundle.parent
+    folder = args.folder or bundle.parent / "digits" / "test"
     if not folder.is_dir():
-        parser.error(f"{folder}: no PNG folder to predict (use --make-bundle, or put digits/test beside the bundle)")
-    size = predictor.image_size
+        parser.error(f"{folder}: no PNG folder to predict (give --folder, or put digits/ beside the bundle)")
+    predictor = Predictor(bundle)
+    size, views = predictor.image_size, len(predictor.tta.view_list(predictor.image_size))
     pixels = np.random.default_rng(0).integers(0, 255, (args.images, size, size, 3), dtype=np.uint8)
-    limit, call_size = limit_ips(predictor, pixels)
-    naive = naive_ips(predictor, pixels[:4])
-    single_ms, forward_ms = single_image(predictor, pixels)
-    offline = offline_ips(bundle, folder, Path(args.json).with_suffix(".submission.csv"))
-    views = len(predictor.tta.view_list(size))
-    print(f"bundle {bundle}: {', '.join(predictor.base_names)} at {size} px, {views} TTA views, "
-          f"{os.cpu_count()} cores")
-    print(f"{'path':<34} {'images/s':>9}  {'of limit':>8}")
-    print(f"{'limit (one compiled call, ' + str(call_size) + ' rows)':<34} {limit:>9.1f}  {1.0:>8.2f}")
-    print(f"{'offline (stacking predict)':<34} {offline:>9.1f}  {offline / limit:>8.2f}")
-    print(f"{'naive (model.predict per view)':<34} {naive:>9.2f}  {naive / limit:>8.3f}")
-    print(f"single image: p50 {single_ms:.1f} ms served, {forward_ms:.1f} ms forward of its {views} views alone")
+    result: dict = {"bundle": str(bundle), "cores": os.cpu_count(), "views": views,
+                    "meta_learner": predictor.manifest["meta_learner"]["kind"]}
+    best_rows = predictor.forward.rows_per_call
+    if "limit" in parts:
+        rates = limit_by_call_size(predictor, pixels)
+        best = max(rates, key=rates.get)
+        best_rows = best * views
+        result.update(limit_ips=rates[best], limit_by_call_images={str(k): v for k, v in rates.items()})
+    result["offline_call_rows"] = offline_rows = args.offline_call_rows or best_rows
+    result["service_call_rows"] = service_rows = args.service_call_rows or views
+    predictor = Predictor(bundle, service_rows)
+    if "bits" in parts:
+        result["call_size_effect"] = call_size_effect(predictor, Predictor(bundle, offline_rows), pixels)
+    if "naive" in parts:
+        result["naive_ips"] = naive_ips(predictor, pixels[:4])
+    if "single" in parts:
+        result["single_predict_p50_ms"], result["single_forward_ms"] = single_image(predictor, pixels)
+    if "offline" in parts:
+        pngs = workdir / f"offline-{args.offline_images}"
+        write_folder(pngs, args.offline_images)
+        result["offline_ips"] = offline_ips(bundle, pngs, args.json.with_suffix(".submission.csv"), offline_rows)
+    if parts & {"service", "memory"}:
+        result.update(service(bundle, folder, service_rows, args.requests, args.memory_requests, parts))
+    if "kfold" in parts:
+        result.update(kfold_fit_ratio(folder.parent, workdir, args.kfold_epochs))  # digits/ holds test/ and train/
+    print_table(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "bundle": str(bundle), "cores": os.cpu_count(), "views": views, "limit_ips": limit, "limit_call_rows": call_size,
-        "offline_ips": offline, "naive_ips": naive, "single_p50_ms": single_ms, "single_forward_ms": forward_ms,
-    }, indent=2) + "\n")
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def print_table(r: dict) -> None:
+    limit = r.get("limit_ips")
+    print(f"bundle {r['bundle']}: {r['views']} TTA views, meta-learner {r['meta_learner']}, {r['cores']} cores; "
+          f"image-views per call: offline {r['offline_call_rows']}, service {r['service_call_rows']}")
+    if "limit_by_call_images" in r:
+        print("limit by images per call: " + ", ".join(f"{k}: {v:.2f}" for k, v in r["limit_by_call_images"].items()))
+    rows = [("limit (one compiled call)", limit)]
+    rows += [("offline (stacking predict)", r.get("offline_ips"))]
+    rows += [(f"service, {c} clients", r["service_ips"][c]) for c in r.get("service_ips", {})]
+    rows += [("naive (model.predict per view)", r.get("naive_ips"))]
+    print(f"{'path':<32} {'images/s':>9} {'of limit':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, ips in rows:
+        if ips is None:
+            continue
+        share = f"{ips / limit:.3f}" if limit else "-"
+        client = name.split(", ")[1].split()[0] if name.startswith("service") else None
+        p50 = f"{r['service_p50_ms'][client]:.0f}" if client else ""
+        p99 = f"{r['service_p99_ms'][client]:.0f}" if client else ""
+        print(f"{name:<32} {ips:>9.2f} {share:>9} {p50:>8} {p99:>8}")
+    if "single_forward_ms" in r:
+        print(f"single image: p50 {r.get('single_p50_ms', float('nan')):.1f} ms over HTTP, "
+              f"{r['single_predict_p50_ms']:.1f} ms in-process, {r['single_forward_ms']:.1f} ms forward of its views")
+    if "call_size_effect" in r:
+        e = r["call_size_effect"]
+        print(f"service vs offline call shape ({e['images']} images): max |diff| {e['max_diff']:.2e}, "
+              f"{e['over_1e-5']} over 1e-5, {e['labels_changed']} labels changed")
+    if "cold_start_s" in r:
+        print(f"cold start {r['cold_start_s']:.1f} s; RSS ready {r['rss_ready_mb']:.0f} MiB"
+              + (f", warm {r['rss_warm_mb']:.0f} MiB, after {r['memory_requests']} more requests "
+                 f"{r['rss_after_mb']:.0f} MiB" if "rss_after_mb" in r else ""))
+    if "kfold_fit_ratio" in r:
+        print(f"kfold fit {r['kfold_fit_s']:.1f} s, bare model.fit {r['bare_fit_s']:.1f} s: "
+              f"ratio {r['kfold_fit_ratio']:.3f}")
+    for description, passes in TARGETS.values():
+        try:
+            print(f"target {description}: {'met' if passes(r) else 'NOT met'}")
+        except KeyError:
+            pass
 
 
 if __name__ == "__main__":

@@ -163,13 +163,14 @@ def predict_command(
     fallback_class: Annotated[Optional[str], typer.Option(help="With --on-bad-image skip: give unreadable images this class instead of leaving them out.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images decoded and predicted at a time.")] = 256,
     workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
+    call_rows: Annotated[int, typer.Option(help="Image-views per compiled call: one padded shape (see the README's Speed section).")] = 64,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run of the same command from its checkpoint.")] = False,
 ) -> None:
     """Write an offline submission, streamed in chunks and resumable; rows in sample_submission.csv order when present."""
     from stacking.predictor import Predictor
     from stacking.submission import PredictOptions, checkpoint_dir, predict_folder
 
-    predictor = Predictor(bundle)
+    predictor = Predictor(bundle, call_rows)
     options = PredictOptions(tta, tta_policy, on_bad_image, fallback_class, batch_size, workers, resume)
     try:
         summary = predict_folder(predictor, images, out, options, sample_submission, probabilities,

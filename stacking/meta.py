@@ -25,6 +25,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.utils.validation import check_is_fitted
 
 from stacking.calibration import TemperatureScaled, apply_temperature, brier, ece, fit_temperature
 
@@ -112,6 +113,24 @@ class WeightedAverage(ClassifierMixin, BaseEstimator):
         return self.predict_proba(X).argmax(axis=1)
 
 
+class ServingForest(RandomForestClassifier):
+    """A random forest that answers a few rows fast: on one thread it loops over its trees itself.
+
+    With ``n_jobs=1`` scikit-learn still sends every tree through joblib: 23 ms for 300
+    trees on one row, against 4 ms for the same sum in the same order (same bits).
+    """
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        if self.n_jobs != 1:
+            return super().predict_proba(X)
+        check_is_fitted(self)
+        X = self._validate_X_predict(X)
+        proba = np.zeros((X.shape[0], self.n_classes_))
+        for tree in self.estimators_:
+            proba += tree.predict_proba(X, check_input=False)
+        return proba / len(self.estimators_)
+
+
 def make_meta(kind: str, n_models: int, n_classes: int, seed: int = 0) -> BaseEstimator:
     """An unfitted candidate of ``kind``."""
     if kind in SIMPLE:
@@ -119,7 +138,7 @@ def make_meta(kind: str, n_models: int, n_classes: int, seed: int = 0) -> BaseEs
     if kind == "logreg":
         return LogisticRegression(C=0.5, max_iter=5000)
     if kind == "rf":
-        return RandomForestClassifier(n_estimators=300, min_samples_leaf=2, random_state=seed, n_jobs=-1)
+        return ServingForest(n_estimators=300, min_samples_leaf=2, random_state=seed, n_jobs=-1)
     raise ValueError(f"unknown meta-learner {kind!r}; expected auto or one of {', '.join(META_KINDS)}")
 
 

@@ -18,7 +18,7 @@ from models.registry import import_custom_module, is_custom
 from stacking import bundle as bundle_io
 from stacking.errors import UserError
 from stacking.meta import full_probabilities, meta_features, single_threaded
-from stacking.tta import POLICIES, TTAForward, TTAPolicy, TTAResult, adaptive_views, run_tta
+from stacking.tta import CALL_ROWS, POLICIES, TTAForward, TTAPolicy, TTAResult, adaptive_views, run_tta
 
 
 @dataclass
@@ -54,7 +54,10 @@ class Prediction:
 class Predictor:
     """Everything needed to predict, from one bundle folder."""
 
-    def __init__(self, bundle: Path):
+    def __init__(self, bundle: Path, call_rows: int = CALL_ROWS):
+        """``call_rows``: image-views per compiled call, one padded shape (see ``TTAForward``)."""
+        if call_rows < 1:
+            raise UserError(f"--call-rows {call_rows}: must be at least 1")
         self.bundle = Path(bundle)
         self.manifest = bundle_io.load_manifest(self.bundle, verify=True)
         self.sha256 = bundle_io.manifest_sha(self.bundle)
@@ -71,7 +74,7 @@ class Predictor:
             [keras.models.load_model(self.bundle / f, compile=False, safe_mode=True) for f in b["files"]]
             for b in self.manifest["base_models"]
         ]
-        self.forward = TTAForward(members, self.image_size)
+        self.forward = TTAForward(members, self.image_size, call_rows)
         self.meta = single_threaded(bundle_io.load_meta(self.bundle))
         self.tta_features: bool = self.manifest["meta_learner"]["features"]["tta_features"]
 

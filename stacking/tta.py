@@ -25,6 +25,7 @@ FLIPPING = ("flip", "flip-shift")  # policies whose views mirror images
 RANDOM_VIEWS = 32  # views the random policy can draw
 MERGES = ("mean", "geometric")
 EPS = 1e-7
+CALL_ROWS = 64  # image-views per compiled call, by default
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,14 @@ class TTAForward:
 
     Every call runs the same shape: ``rows_per_call // views`` images (at least one),
     the last chunk padded. A CPU convolution's rounding depends on the batch shape,
-    and a tree meta-learner can turn a last-bit difference into another leaf; with
-    one shape an image gets the same bits whatever its companions (at most a last-bit
-    difference from its position in the batch).
+    and a tree meta-learner turns such last-bit differences into other leaves (issue
+    #9 measured up to 0.02 of probability on 10% of images between 1- and 21-image
+    calls); with one shape an image gets the same bits whatever its companions.
+    ``rows_per_call`` trades a lone image's latency (it pays for a padded call) for
+    throughput; ``benchmarks/throughput.py`` measures both.
     """
 
-    def __init__(self, members: Sequence[Sequence[keras.Model]], image_size: int, rows_per_call: int = 64):
+    def __init__(self, members: Sequence[Sequence[keras.Model]], image_size: int, rows_per_call: int = CALL_ROWS):
         self.members = [list(m) for m in members]
         if len({len(m) for m in self.members}) != 1:
             raise ValueError("every base model needs the same number of fold models")

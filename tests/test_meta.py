@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.ensemble import RandomForestClassifier
 
 from stacking.meta import (
     LEARNED,
@@ -16,6 +17,7 @@ from stacking.meta import (
     model_weights,
     score,
     select_meta,
+    single_threaded,
 )
 
 RNG = np.random.default_rng(0)
@@ -196,3 +198,18 @@ def test_score_matches_definitions():
     assert s["accuracy"] == pytest.approx(2 / 3)
     assert s["log_loss"] == pytest.approx(-(np.log(0.9) + np.log(0.8) + np.log(0.4)) / 3)
     assert s["brier"] == pytest.approx((2 * 0.1**2 + 2 * 0.2**2 + 2 * 0.6**2) / 3)
+
+
+def test_served_forest_answers_like_scikit_learns_on_one_thread_too():
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(300, 12)), rng.integers(0, 4, 300)
+    forest = make_meta("rf", 4, 4, seed=1).fit(X, y)
+    plain = RandomForestClassifier(**forest.get_params()).fit(X, y)
+    rows = rng.normal(size=(40, 12))
+    np.testing.assert_allclose(forest.predict_proba(rows), plain.predict_proba(rows), rtol=1e-12)  # joblib path
+    expected = single_threaded(plain).predict_proba(rows)
+    single_threaded(forest)
+    np.testing.assert_array_equal(forest.predict_proba(rows), expected)  # its own loop: scikit-learn's bits
+    np.testing.assert_array_equal(forest.predict_proba(rows[:1]), expected[:1])
+    with pytest.raises(ValueError, match="features"):
+        forest.predict_proba(rows[:, :5])

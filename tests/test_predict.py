@@ -148,3 +148,20 @@ def test_resume_refuses_a_different_run(tiny_bundle, images, tmp_path, capsys):
     assert code == 2 and "differs in views" in err
     code, _, err = run(["predict", tiny_bundle, images, "--out", out, "--batch-size", "1", "--tta", "3"], capsys)
     assert code == 0 and "discarding the checkpoint of an earlier run" in err
+
+
+def test_call_rows_set_the_one_call_shape(tiny_bundle, digits_dir, images, tmp_path, capsys):
+    code, _, err = run(["predict", tiny_bundle, images, "--out", tmp_path / "x.csv", "--call-rows", "0"], capsys)
+    assert code == 2 and "--call-rows 0" in err
+    out = tmp_path / "a.csv"
+    code, _, err = run(["predict", tiny_bundle, images, "--out", out, "--call-rows", "3", "--probabilities",
+                        out.with_suffix(".parquet")], capsys)
+    assert code == 0, err
+    labelled = read_labels_csv(digits_dir / "test_labels.csv", images, [str(d) for d in range(10)])
+    _, pixels, _ = load_pixels(labelled, 16)
+    # 3 image-views = one image of 3 views per call: each image alone gives the CLI's answer. With 64
+    # (21 images a call) the forest meta-learner answers some images differently, so this tells them apart.
+    alone = Predictor(tiny_bundle, call_rows=3)
+    expected = np.concatenate([alone.predict(pixels[i : i + 1]).probabilities for i in range(len(pixels))])
+    probs = pd.read_parquet(out.with_suffix(".parquet")).set_index("Id").loc[[p.name for p in labelled.paths]]
+    np.testing.assert_allclose(probs.to_numpy(), expected, atol=1e-5)

@@ -52,7 +52,8 @@ def batching(tiny_bundle):
     server = Server(tiny_bundle, {"STACKSERVE_MAX_BATCH": "8", "STACKSERVE_MAX_WAIT_MS": "30",
                                   "STACKSERVE_API_KEY": "s3cret", "STACKSERVE_MAX_TTA": "4",
                                   "STACKSERVE_CORS_ORIGINS": '["http://example.test"]',
-                                  "STACKSERVE_INTRA_OP_THREADS": "1", "STACKSERVE_INTER_OP_THREADS": "2"})
+                                  "STACKSERVE_INTRA_OP_THREADS": "1", "STACKSERVE_INTER_OP_THREADS": "2",
+                                  "STACKSERVE_CALL_ROWS": "16"})
     try:
         server.wait_ready()
         yield server
@@ -95,7 +96,7 @@ def test_api_key_guards_the_model_routes_only(batching, digits_dir):
         assert httpx.get(f"{batching.url}{open_route}").status_code == 200, open_route
     info = httpx.get(f"{batching.url}/v1/model", headers=KEY)
     assert info.status_code == 200
-    assert info.json()["runtime"] == {"intra_op_threads": 1, "inter_op_threads": 2}  # the thread settings took
+    assert info.json()["runtime"] == {"intra_op_threads": 1, "inter_op_threads": 2, "call_rows": 16}  # settings took
 
 
 def test_cors_allows_the_configured_origin_only(batching):

@@ -28,7 +28,7 @@ def model_info(predictor: PredictorDep) -> dict:
         "tta": {**manifest["tta"], "max_views": predictor.max_views()},
         "protocol": manifest["protocol"],
         "metrics": manifest["metrics"],
-        "runtime": runtime_threads(),
+        "runtime": {**runtime_threads(), "call_rows": predictor.forward.rows_per_call},
     }
 
 
