@@ -141,6 +141,9 @@ class TTAForward:
     calls); with one shape an image gets the same bits whatever its companions.
     ``rows_per_call`` trades a lone image's latency (it pays for a padded call) for
     throughput; ``benchmarks/throughput.py`` measures both.
+
+    The models are traced once, for every view list (tracing costs seconds per model);
+    each view list only adds a small compiled function that makes its views.
     """
 
     def __init__(self, members: Sequence[Sequence[keras.Model]], image_size: int, rows_per_call: int = CALL_ROWS):
@@ -149,36 +152,36 @@ class TTAForward:
             raise ValueError("every base model needs the same number of fold models")
         self.image_size = image_size
         self.rows_per_call = rows_per_call
-        self._compiled: dict[tuple[View, ...], tf.types.experimental.PolymorphicFunction] = {}
+        rows = tf.TensorSpec((None, image_size, image_size, 3), tf.float32)
+        self._models = tf.function(self._run_models, input_signature=[rows])
+        self._views: dict[tuple[View, ...], tf.types.experimental.PolymorphicFunction] = {}
 
-    def _function(self, views: tuple[View, ...]):
-        if views not in self._compiled:
+    def _run_models(self, rows: tf.Tensor) -> tf.Tensor:
+        """(R, H, W, 3) view rows -> (K, M, R, C): every fold model of every base model, in one graph.
+
+        Traced once for every view count: tracing the models costs seconds, the views a few milliseconds.
+        """
+        return tf.stack([tf.stack([folds[k](rows, training=False) for folds in self.members])
+                         for k in range(len(self.members[0]))])
+
+    def _make_views(self, views: tuple[View, ...]):
+        if views not in self._views:
             spec = tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.uint8)
-
-            @tf.function(input_signature=[spec])
-            def forward(pixels):
-                batch = tf.shape(pixels)[0]
-                stacked = make_views(tf.cast(pixels, tf.float32), views)
-                per_fold = [
-                    tf.stack([tf.reshape(folds[k](stacked, training=False), (len(views), batch, -1))
-                              for folds in self.members])
-                    for k in range(len(self.members[0]))
-                ]
-                return tf.stack(per_fold)  # (K, M, T, B, C)
-
-            self._compiled[views] = forward
-        return self._compiled[views]
+            self._views[views] = tf.function(lambda pixels: make_views(tf.cast(pixels, tf.float32), views),
+                                             input_signature=[spec])
+        return self._views[views]
 
     def folds(self, pixels: np.ndarray, views: Sequence[View]) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (K, M, T, N, C) probabilities per fold model, base model and view."""
-        forward = self._function(tuple(views))
+        stack_views = self._make_views(tuple(views))
         size = max(1, self.rows_per_call // len(views))
         chunks = []
         for i in range(0, len(pixels), size):
             chunk = pixels[i : i + size]
             padded = np.zeros((size, *pixels.shape[1:]), np.uint8)
             padded[: len(chunk)] = chunk
-            chunks.append(forward(tf.constant(padded)).numpy()[:, :, :, : len(chunk)])
+            out = self._models(stack_views(tf.constant(padded))).numpy()  # (K, M, T * size, C), view-major
+            chunks.append(out.reshape(*out.shape[:2], len(views), size, -1)[:, :, :, : len(chunk)])
         if not chunks:
             classes = self.members[0][0].output_shape[-1]
             return np.zeros((len(self.members[0]), len(self.members), len(views), 0, classes), np.float32)

@@ -81,12 +81,15 @@ def test_fold_members_are_averaged():
     np.testing.assert_allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)
 
 
-def test_one_trace_per_view_list():
+def test_the_models_are_traced_once_for_every_view_list():
     forward = TTAForward([[tiny_model(4)]], 8, rows_per_call=6)
-    views = tuple(TTAPolicy("flip", views=2).view_list(8))
+    views = tuple(TTAPolicy("shift", views=3).view_list(8))
     forward(PIXELS, views)
     forward(PIXELS[:1], views)
-    assert forward._function(views).experimental_get_tracing_count() == 1
+    forward(PIXELS, views[:2])
+    forward(PIXELS, views[:1])
+    assert forward._models.experimental_get_tracing_count() == 1
+    assert forward._make_views(views).experimental_get_tracing_count() == 1
 
 
 def test_geometric_merge_is_normalised_and_never_nan():
