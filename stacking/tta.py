@@ -135,12 +135,13 @@ class TTAForward:
     ``kfold`` fit, kept apart by :meth:`folds` and averaged by calling.
 
     Every call runs the same shape: ``rows_per_call // views`` images (at least one),
-    the last chunk padded. A CPU convolution's rounding depends on the batch shape,
-    and a tree meta-learner turns such last-bit differences into other leaves (issue
-    #9 measured up to 0.02 of probability on 10% of images between 1- and 21-image
-    calls); with one shape an image gets the same bits whatever its companions.
-    ``rows_per_call`` trades a lone image's latency (it pays for a padded call) for
-    throughput; ``benchmarks/throughput.py`` measures both.
+    the last chunk padded. A CPU convolution's rounding depends on the batch shape and
+    on an image's place in it, and a tree meta-learner turns such last-bit differences
+    into other leaves (up to 0.01-0.02 of probability on a few per cent of images,
+    measured in issue #9). With one image per call (``rows_per_call`` = the view count)
+    every image's answer is independent of its companions; larger calls buy throughput
+    for small models and cost a lone image a padded call. ``benchmarks/throughput.py``
+    measures both.
 
     The models are traced once, for every view list (tracing costs seconds per model);
     each view list only adds a small compiled function that makes its views.

@@ -91,4 +91,4 @@ def test_warm_up_compiles_every_view_set_of_adaptive_tta(bundle_copy):
     predictor = Predictor(bundle_copy)
     predictor.warm_up()
     views = predictor.tta.view_list(predictor.image_size)
-    assert set(predictor.forward._compiled) == {tuple(views[:1]), tuple(views[1:])}
+    assert set(predictor.forward._views) == {tuple(views[:1]), tuple(views[1:])}
