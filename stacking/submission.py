@@ -183,7 +183,8 @@ def predict_folder(
         raise UserError(f"{images_dir}: no images")
     folder = checkpoint_dir(out)
     state = {"bundle": predictor.sha256, "images": str(Path(images_dir).resolve()),
-             "files": [p.name for p in paths], "call_rows": predictor.forward.rows_per_call, **{k: v for k, v in asdict(options).items() if k != "resume"}}
+             "files": [p.name for p in paths], "call_rows": predictor.forward.rows_per_call,  # the call shape sets the bits
+             **{k: v for k, v in asdict(options).items() if k != "resume"}}
     _open_checkpoint(folder, state, options.resume, echo)
     chunks = [paths[i : i + options.batch_size] for i in range(0, len(paths), options.batch_size)]
     done = sum(len(c) for k, c in enumerate(chunks) if _chunk_file(folder, k).is_file())
