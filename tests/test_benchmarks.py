@@ -31,6 +31,8 @@ def test_throughput_harness_measures_every_path(tiny_bundle, digits_dir, tmp_pat
                 "bare_fit_s", "single_predict_p50_ms"):
         assert r[key] > 0, key
     assert r["kfold_fit_ratio"] == r["kfold_fit_s"] / r["bare_fit_s"] and r["cores"] >= 1
+    assert set(r["targets_met"]) == {"offline", "service", "naive", "single", "memory", "kfold"}
+    assert r["targets_met"]["naive"] == (r["service_ips"]["32"] / r["naive_ips"] >= 20)
     effect = r["call_size_effect"]
     assert effect["images"] == 8 and 0 <= effect["labels_changed"] <= effect["over_1e-5"] <= 8
     for line in ("limit (one compiled call)", "service, 32 clients", "target offline / limit >= 0.90",
