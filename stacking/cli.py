@@ -35,6 +35,8 @@ MetaOption = Annotated[Optional[str], typer.Option(help="auto, best-single, mean
 CriterionOption = Annotated[Optional[str], typer.Option(help="Rank meta candidates by log_loss (default) or accuracy.")]
 TTAFeaturesOption = Annotated[Optional[bool], typer.Option("--tta-features/--no-tta-features", help="Give the meta-learner each model's TTA entropy and disagreement.")]
 CalibrationOption = Annotated[Optional[str], typer.Option(help="none, or temperature: scale the chosen output, fitted on OOF rows.")]
+ExecutorOption = Annotated[Optional[str], typer.Option(help="local (this process) or ray (a Ray cluster).")]
+RayAddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local one).")]
 OnBadOption = Annotated[str, typer.Option("--on-bad-image", help="error: stop at an unreadable image; skip: leave it out and report it.")]
 
 
@@ -90,8 +92,14 @@ def fit_command(
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square side.")] = None,
     weights: Annotated[Optional[str], typer.Option(help="imagenet or none, for keras.applications models.")] = None,
     on_bad_image: Annotated[Optional[str], typer.Option("--on-bad-image", help="error or skip.")] = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
+    resume: Annotated[bool, typer.Option(help="Keep the finished jobs of an interrupted fit to --out; run the rest.")] = False,
 ) -> None:
-    """Train base models, make OOF predictions, fit and select the meta-learner, write the bundle."""
+    """Train base models, make OOF predictions, fit and select the meta-learner, write the bundle.
+
+    Each (base model, fold) is a job, run here or on a Ray cluster (--executor ray).
+    """
     from stacking.config import load_config
     from stacking.fit import fit
 
@@ -100,9 +108,9 @@ def fit_command(
         "protocol": protocol, "folds": folds, "tta_views": tta, "tta_policy": tta_policy, "meta": meta,
         "epochs": epochs, "seed": seed, "image_size": image_size, "weights": weights, "on_bad_image": on_bad_image,
         "meta_criterion": meta_criterion, "tta_features": tta_features, "calibration": calibration,
-        "group_column": group_column, "final": final,
+        "group_column": group_column, "final": final, "executor": executor, "ray_address": ray_address,
     }
-    fit(data, out, load_config(config, overrides), echo=typer.echo)
+    fit(data, out, load_config(config, overrides), echo=typer.echo, resume=resume)
     typer.echo(f"bundle written to {out}; report: {out / 'report' / 'index.html'}")
 
 
@@ -165,13 +173,18 @@ def predict_command(
     workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
     call_rows: Annotated[int, typer.Option(help="Image-views per compiled call: one padded shape (see the README's Speed section).")] = 64,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run of the same command from its checkpoint.")] = False,
+    executor: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data, actors that each load the bundle).")] = "local",
+    ray_address: RayAddressOption = None,
+    actors: Annotated[int, typer.Option(help="With --executor ray: actors, each with its own copy of the bundle.")] = 2,
+    cpus_per_actor: Annotated[float, typer.Option(help="With --executor ray: CPUs each actor asks Ray for (its TensorFlow threads).")] = 1.0,
 ) -> None:
     """Write an offline submission, streamed in chunks and resumable; rows in sample_submission.csv order when present."""
     from stacking.predictor import Predictor
     from stacking.submission import PredictOptions, checkpoint_dir, predict_folder
 
     predictor = Predictor(bundle, call_rows)
-    options = PredictOptions(tta, tta_policy, on_bad_image, fallback_class, batch_size, workers, resume)
+    options = PredictOptions(tta, tta_policy, on_bad_image, fallback_class, batch_size, workers, resume, executor,
+                             ray_address or "", actors, cpus_per_actor)
     try:
         summary = predict_folder(predictor, images, out, options, sample_submission, probabilities,
                                  echo=lambda s: typer.echo(s, err=True))

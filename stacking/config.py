@@ -16,6 +16,7 @@ from models.registry import HEADS, get_spec, is_custom, load_custom_builder
 from models.training import CLASS_WEIGHTS, Augmentation, TrainConfig
 from stacking.datasets import ON_BAD_IMAGE
 from stacking.errors import UserError
+from stacking.executors import ClusterConfig
 from stacking.protocols import FINALS, PROTOCOLS
 from stacking.stack import MetaSettings
 from stacking.tta import FLIPPING, MERGES, POLICIES, TTAPolicy
@@ -51,6 +52,7 @@ class FitConfig:
     tta_diagnostic_views: int = 10  # views measured for the TTA diagnostics (at most the policy's)
     tta: TTAPolicy = field(default_factory=TTAPolicy)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where the jobs run: [cluster] in the file
 
     def weights_for(self, model: str) -> str | None:
         """Pretrained weights for ``model``: keras.applications families only."""
@@ -83,10 +85,13 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> FitConfig:
     tta = dict(raw.pop("tta", {}))
     train = dict(raw.pop("train", {}))
     augmentation = dict(raw.pop("augmentation", {}))
+    cluster = dict(raw.pop("cluster", {}))
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in ("tta_views", "tta_policy"):
+        if key in ("executor", "ray_address"):
+            cluster["executor" if key == "executor" else "address"] = value
+        elif key in ("tta_views", "tta_policy"):
             tta["views" if key == "tta_views" else "name"] = value
         elif key == "epochs":
             train["epochs"] = value
@@ -104,6 +109,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> FitConfig:
         cfg,
         tta=_build(TTAPolicy, {**tta, "allow_flip": aug.flip}, f"{where} [tta]"),
         train=_build(TrainConfig, {**train, "augmentation": aug}, f"{where} [train]"),
+        cluster=_build(ClusterConfig, cluster, f"{where} [cluster]"),
     )
     validate(cfg)
     return cfg
@@ -142,6 +148,7 @@ def validate(cfg: FitConfig) -> None:
         if not ok:
             raise UserError(message)
     MetaSettings.from_config(dataclasses.asdict(cfg)).check()
+    cfg.cluster.check()
     _check_tta_within_augmentation(cfg.tta, cfg.train.augmentation)
     most = cfg.tta.max_views(cfg.image_size)
     if cfg.tta.views > most:

@@ -1,30 +1,34 @@
 """``stacking fit``: train base models, make OOF predictions, select the meta-learner, write the bundle.
 
-The bundle is built in a temporary sibling folder and moved into place at the
-end, so an interrupted fit never leaves a half-written bundle behind.
+A fit is a set of independent jobs, one per (base model, fold) (``stacking.jobs``),
+run by an executor (here, or on a Ray cluster: ``stacking.executors``), then the meta
+step. Everything is built in a work folder beside ``out`` (``.OUT.partial``): each
+finished job is stored there as it ends, and the assembled bundle is moved into place
+only at the end. A fit that fails or is interrupted after some jobs keeps them, and
+``resume=True`` (``stacking fit --resume``) runs only the rest; every job has its own
+seed, so the bundle is the one an uninterrupted fit would have written.
 """
 
 from __future__ import annotations
 
+import fcntl
 import shutil
-import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-import keras
 import numpy as np
-import tensorflow as tf
-from tqdm import tqdm
 
-from models import create_model, get_spec
-from models.training import train_model
+from models import get_spec
 from stacking import bundle as bundle_io
 from stacking.config import FitConfig
 from stacking.datasets import ImageSet, load_pixels, read_groups, read_training_set
 from stacking.errors import UserError
+from stacking.executors import JobInputs, Progress, run_jobs
 from stacking.files import default_mode
+from stacking.jobs import Job, JobResult, JobSettings, JobStore, data_fingerprint, set_numerics
 from stacking.meta import score
 from stacking.protocols import (
     Split,
@@ -37,63 +41,46 @@ from stacking.protocols import (
 )
 from stacking.report import write_report
 from stacking.stack import MetaSettings, describe, fit_meta
-from stacking.tta import TTAForward, served_result
+from stacking.tta import TTAPolicy, served_result
 from stacking.tta_diagnostics import diagnostic_rows, tune_and_measure
 
 Echo = Callable[[str], None]
 
 
-def _prepare_output(out: Path) -> Path:
-    """A fresh work folder beside ``out``; ``out`` itself may be absent, empty or an old bundle."""
-    out = Path(out)
+def work_folder(out: Path) -> Path:
+    """Where a fit to ``out`` works: finished jobs in ``jobs/``, the bundle being assembled in ``bundle/``."""
+    return Path(out).with_name(f".{Path(out).name}.partial")
+
+
+@contextmanager
+def _work_folder(out: Path, resume: bool, echo: Echo) -> Iterator[Path]:
+    """The work folder, locked against a second fit to the same ``out``; kept on failure if it holds finished jobs."""
+    out, work = Path(out), work_folder(out)
     if out.exists() and any(out.iterdir()) and not (out / bundle_io.MANIFEST).is_file():
         raise UserError(f"--out {out}: folder exists and is not a bundle; choose an empty or new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    work.mkdir(parents=True, exist_ok=True)
     work.chmod(default_mode(directory=True))
-    return work
-
-
-def _set_numerics(cfg: FitConfig) -> None:
-    """Process-wide switches: deterministic ops (CPU default) and mixed precision (GPU users)."""
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy("mixed_float16" if cfg.mixed_precision else "float32")
-
-
-def _build_model(name: str, n_classes: int, cfg: FitConfig, seed: int) -> keras.Model:
-    """A freshly initialised base model; seeding first fixes its initial weights."""
-    keras.utils.set_random_seed(seed)  # initial weights, dropout and augmentation
-    weights = cfg.weights_for(name)
-    try:
-        return create_model(name, n_classes, cfg.image_size, weights=weights, head=cfg.head, dropout=cfg.dropout)
-    except ValueError as exc:  # a custom builder that cannot be imported or returns the wrong shape
-        raise UserError(f"--models: {exc}") from None
-    except Exception as exc:  # keras raises plain Exceptions when the weights download fails
-        if weights is None:
+    with open(work / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"--out {out}: another fit is writing to it ({work} is locked)") from None
+        store = JobStore(work / "jobs")
+        finished = len(store.records())
+        if finished and not resume:
+            raise UserError(f"--out {out}: an interrupted fit left {finished} finished job(s) in {work}; add --resume "
+                            "to continue it, or delete that folder to start over")
+        if resume and not finished:
+            echo("--resume: no finished job to resume; running every job")
+        try:
+            yield work
+        except BaseException:
+            kept = len(store.records())
+            if kept:
+                echo(f"{kept} finished job(s) kept in {work}: rerun the same command with --resume to continue")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
             raise
-        raise UserError(
-            f"--weights {weights}: could not load them for {name!r} ({exc}); without the internet, put the "
-            "weight files in ~/.keras/models/ first, or train from scratch with --weights none"
-        ) from None
-
-
-def _train(name: str, seed: int, split: Split, path: Path, data: tuple, cfg: FitConfig, desc: str):
-    """Train one base model on ``split.fit``, watching ``split.val``; return (model, history)."""
-    pixels, labels, n_classes = data
-    model = _build_model(name, n_classes, cfg, seed)
-    # A live bar on a terminal only (disable=None); fit() prints a summary line in any case.
-    with tqdm(total=cfg.train.epochs, desc=desc, unit="epoch", leave=False, disable=None) as bar:
-        return train_model(
-            model,
-            (pixels[split.fit], labels[split.fit]),
-            (pixels[split.val], labels[split.val]),
-            cfg.train,
-            path,
-            seed=seed,
-            fine_tune=get_spec(name).block_pattern if cfg.weights_for(name) else None,
-            on_epoch_end=lambda _, logs: (bar.update(), bar.set_postfix(val_acc=f"{logs['val_accuracy']:.3f}")),
-        )
 
 
 def base_name(model: str) -> str:
@@ -132,10 +119,100 @@ def _summary_line(desc: str, history: dict, oof_accuracy: float | None) -> str:
     return line + (f", OOF accuracy {oof_accuracy:.4f}" if oof_accuracy is not None else "")
 
 
-def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
-    """Run the whole fit; return the manifest of the bundle written to ``out``."""
+def plan_jobs(cfg: FitConfig, splits: list[Split], refit: Split | None) -> list[Job]:
+    """One job per (base model, split), and one refit per base model with ``--final refit``.
+
+    Seeds: ``seed + 1000 * model index + split index`` (the refit's split index is K),
+    so every job is the same however, wherever and in whichever order jobs run.
+    """
+    jobs = []
+    for m, model in enumerate(cfg.models):
+        name, weights, seed = base_name(model), cfg.weights_for(model), cfg.seed + 1000 * m
+        for k, split in enumerate(splits):
+            jobs.append(Job(model, name, seed + k, split, weights, None if cfg.protocol == "holdout" else k))
+        if refit is not None:
+            jobs.append(Job(model, name, seed + len(splits), refit, weights, refit=True))
+    return jobs
+
+
+def job_settings(cfg: FitConfig) -> JobSettings:
+    views = cfg.tta.view_list(cfg.image_size, max(cfg.tta.views, cfg.tta_diagnostic_views))
+    return JobSettings(cfg.image_size, cfg.head, cfg.dropout, cfg.deterministic, cfg.mixed_precision, cfg.train,
+                       tuple(views))
+
+
+def _job_summary(job: Job, result: JobResult, labels: np.ndarray, tta: TTAPolicy, served: int) -> str:
+    if job.refit:
+        return _summary_line(f"{job.name} refit on all images", result.history, None)
+    merged = served_result(result.per_view[None, :served], tta).merged[0]
+    return _summary_line(job.desc, result.history, score(merged, labels[job.split.oof])["accuracy"])
+
+
+def _run_jobs(jobs: list[Job], keys: dict[str, str], store: JobStore, inputs: JobInputs, cfg: FitConfig,
+              echo: Echo) -> None:
+    """Run the jobs not finished yet, storing each as it ends; then raise the first failure, if any."""
+    todo = [job for job in jobs if not store.finished(job, keys[job.id])]
+    if len(todo) < len(jobs):
+        echo(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} jobs already done")
+    if not todo:
+        return
+    if cfg.cluster.executor == "ray":
+        echo(f"running {len(todo)} jobs on Ray, {cfg.cluster.cpus_per_job:g} CPU and {cfg.cluster.gpus_per_job:g} "
+             f"GPU each, up to {cfg.cluster.max_retries} retries when a worker dies")
+    progress = Progress(len(jobs), len(jobs) - len(todo), echo)
+    served = len(cfg.tta.view_list(cfg.image_size))
+    failures = []
+    for job, outcome in run_jobs(todo, inputs, progress, cfg.cluster):
+        if isinstance(outcome, Exception):
+            progress.failed(job, outcome)
+            failures.append(outcome)
+            continue
+        store.save(job, keys[job.id], outcome)
+        progress.finished(job, _job_summary(job, outcome, inputs.labels, cfg.tta, served))
+    if failures:
+        raise failures[0]
+
+
+def _assemble_base_models(jobs: list[Job], store: JobStore, work: Path, cfg: FitConfig, shape: tuple[int, int],
+                          diag: np.ndarray, refit: bool) -> tuple[np.ndarray, np.ndarray, list[dict], dict]:
+    """Put the stored jobs' models and histories in the bundle; gather their OOF rows.
+
+    Returns each base model's served views on every OOF row (M, T, N, C), all views on
+    the TTA-diagnostic rows (M, V, D, C), the manifest's base-model entries and the
+    validation scores per fold.
+    """
+    n_images, n_classes = shape
+    served = len(cfg.tta.view_list(cfg.image_size))
+    views = len(job_settings(cfg).views)
+    oof_views = np.zeros((len(cfg.models), served, n_images, n_classes), np.float32)
+    diag_views = np.zeros((len(cfg.models), views, len(diag), n_classes), np.float32)
+    base_entries, validation = [], {}
+    for m, model in enumerate(cfg.models):
+        name, files, histories = base_name(model), [], []
+        for job in (j for j in jobs if j.name == name):
+            history, per_view = store.load(job)
+            if job.refit:  # the served model: the fold models only made the OOF rows
+                files, histories = [store.place_model(job, work)], [*histories, {**history, "refit": True}]
+                continue
+            oof_views[m][:, job.split.oof] = per_view[:served]
+            kept = np.isin(job.split.oof, diag)
+            diag_views[m][:, np.searchsorted(diag, job.split.oof[kept])] = per_view[:, kept]
+            files += [] if refit else [store.place_model(job, work)]
+            histories.append(history)
+        bundle_io.write_json(bundle_io.history_path(work, name), {"model": name, "folds": histories})
+        validation[name] = [h["best"] for h in histories]
+        base_entries.append(_base_entry(work, model, files, cfg))
+    return oof_views, diag_views, base_entries, validation
+
+
+def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: bool = False) -> dict:
+    """Run the whole fit; return the manifest of the bundle written to ``out``.
+
+    ``resume``: keep the finished jobs of an interrupted fit to ``out`` (those whose
+    settings, seed, rows and data are unchanged) and run only the others.
+    """
     started, out = time.monotonic(), Path(out)
-    _set_numerics(cfg)
+    set_numerics(cfg.deterministic, cfg.mixed_precision)
     images, pixels, bad, groups = _load_training_data(data_dir, cfg, echo)
     labels, classes = images.labels, images.classes
     echo(f"{len(labels)} images, {len(classes)} classes, protocol {cfg.protocol}, models {', '.join(cfg.models)}"
@@ -146,43 +223,26 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
     folds = fold_assignment(splits, len(labels))
     assignment = fold_hash(images.ids, folds)
     refit = cfg.protocol == "kfold" and cfg.final == "refit"
-    work = _prepare_output(out)
-    try:
+    jobs = plan_jobs(cfg, splits, refit_split(labels, cfg.validation_fraction, cfg.seed, groups) if refit else None)
+    settings = job_settings(cfg)
+    data_key = data_fingerprint(images.ids, labels, pixels)
+    keys = {job.id: job.key(settings, data_key) for job in jobs}
+    with _work_folder(out, resume, echo) as work_root:
+        store = JobStore(work_root / "jobs")
+        store.prune(keys)
+        _run_jobs(jobs, keys, store, JobInputs(pixels, labels, len(classes), settings), cfg, echo)
+
+        work = work_root / "bundle"  # assembled afresh from the stored jobs
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
         bundle_io.save_folds(work, images.ids, folds, groups)
         served = len(cfg.tta.view_list(cfg.image_size))
-        oof_views = np.zeros((len(cfg.models), served, len(labels), len(classes)), np.float32)
-        views = cfg.tta.view_list(cfg.image_size, max(cfg.tta.views, cfg.tta_diagnostic_views))
         diag = diagnostic_rows(np.concatenate([s.oof for s in splits]), cfg.seed)
-        diag_views = np.zeros((len(cfg.models), len(views), len(diag), len(classes)), np.float32)
-        base_entries, validation = [], {}
+        oof_views, diag_views, base_entries, validation = _assemble_base_models(
+            jobs, store, work, cfg, (len(labels), len(classes)), diag, refit)
         names = [base_name(model) for model in cfg.models]
-        data = (pixels, labels, len(classes))
-        for m, (model, name) in enumerate(zip(cfg.models, names)):
-            files, histories = [], []
-            for k, split in enumerate(splits):
-                fold = None if cfg.protocol == "holdout" else k
-                path = bundle_io.base_model_path(work, name, fold)
-                desc = name if fold is None else f"{name} fold {k}"
-                trained, history = _train(model, cfg.seed + 1000 * m + k, split, path, data, cfg, desc)
-                per_view = TTAForward([[trained]], cfg.image_size)(pixels[split.oof], views)[0]
-                oof_views[m][:, split.oof] = per_view[:served]
-                kept = np.isin(split.oof, diag)
-                diag_views[m][:, np.searchsorted(diag, split.oof[kept])] = per_view[:, kept]
-                files.append(path.relative_to(work).as_posix())
-                histories.append(history)
-                merged = served_result(per_view[None, :served], cfg.tta).merged[0]
-                echo(_summary_line(desc, history, score(merged, labels[split.oof])["accuracy"]))
-            if refit:
-                for file in files:
-                    (work / file).unlink()
-                path = bundle_io.base_model_path(work, name, None)
-                split = refit_split(labels, cfg.validation_fraction, cfg.seed, groups)
-                _, history = _train(model, cfg.seed + 1000 * m + len(splits), split, path, data, cfg, f"{name} refit")
-                echo(_summary_line(f"{name} refit on all images", history, None))
-                files, histories = [path.relative_to(work).as_posix()], [*histories, {**history, "refit": True}]
-            bundle_io.write_json(bundle_io.history_path(work, name), {"model": name, "folds": histories})
-            validation[name] = [h["best"] for h in histories]
-            base_entries.append(_base_entry(work, model, files, cfg))
+        records = store.records()
+        job_runs = {job.id: {k: records[job.id][k] for k in ("seconds", "worker", "threads")} for job in jobs}
 
         tta, diagnostics = tune_and_measure(diag_views, labels[diag], names, served, cfg.tta)
         for line in diagnostics["summary"]:
@@ -212,7 +272,9 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
             },
             "validation": validation,
             "fit_seconds": round(time.monotonic() - started, 1),
+            "jobs": job_runs,  # where each job ran, for how long, on how many threads
         }
+
         manifest = bundle_io.write_manifest(work, {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "classes": classes,
@@ -245,7 +307,5 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print) -> dict:
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    shutil.rmtree(work_root)
     return manifest

@@ -10,7 +10,9 @@ from :class:`Predictor`, the service's own path.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +26,9 @@ from tqdm import tqdm
 
 from stacking.datasets import ON_BAD_IMAGE, ImageSet, list_images, load_pixels
 from stacking.errors import UserError
+from stacking.executors import EXECUTORS, ray_cluster
 from stacking.files import atomic_path, write_atomically
+from stacking.jobs import size_worker
 from stacking.predictor import Predictor
 
 Echo = Callable[[str], None]
@@ -36,9 +40,16 @@ class PredictOptions:
     policy: str | None = None
     on_bad_image: str = "error"  # "error": stop at the first unreadable image; "skip": leave it out, report it
     fallback_class: str | None = None  # with skip: give unreadable images this class instead of leaving them out
-    batch_size: int = 256  # images decoded and predicted at a time
+    batch_size: int = 256  # images decoded and predicted at a time: a chunk
     workers: int = 4  # decoding threads
     resume: bool = False
+    executor: str = "local"  # "ray": chunks go through Ray Data to actors that each load the bundle once
+    ray_address: str = ""  # the Ray cluster to join; empty: start a local one
+    actors: int = 2  # Ray actors, each with its own copy of the bundle
+    cpus_per_actor: float = 1.0  # each actor's Ray request; its TensorFlow threads follow it
+
+# Where the chunks run, not what they compute: a run may be resumed on another executor.
+WHERE_OPTIONS = ("resume", "executor", "ray_address", "actors", "cpus_per_actor")
 
 
 @dataclass
@@ -88,6 +99,10 @@ def _check_options(predictor: Predictor, options: PredictOptions) -> None:
             raise UserError(f"--fallback-class {options.fallback_class!r}: not one of the classes {predictor.classes}")
     if options.batch_size < 1 or options.workers < 1:
         raise UserError("--batch-size and --workers: must be at least 1")
+    if options.executor not in EXECUTORS:
+        raise UserError(f"--executor {options.executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if options.actors < 1 or options.cpus_per_actor <= 0:
+        raise UserError("--actors must be at least 1 and --cpus-per-actor above 0")
 
 
 def _open_checkpoint(folder: Path, state: dict, resume: bool, echo: Echo) -> None:
@@ -114,35 +129,88 @@ def _chunk_file(folder: Path, k: int) -> Path:
     return folder / f"chunk_{k:06d}.npz"
 
 
-def _save_chunk(path: Path, ids: list[str], probs: np.ndarray, bad: list[tuple[Path, str]]) -> None:
-    with atomic_path(path) as tmp:
-        np.savez(tmp, ids=np.array(ids, dtype=str), probabilities=probs.astype(np.float32),
-                 bad_files=np.array([str(p) for p, _ in bad], dtype=str),
-                 bad_reasons=np.array([r for _, r in bad], dtype=str))
+def decode_chunk(predictor: Predictor, paths: list[Path], options: PredictOptions):
+    """A chunk's (images kept, pixels, [(path, reason)] of those that could not be read)."""
+    return load_pixels(ImageSet(paths, predictor.classes), predictor.image_size, options.on_bad_image, options.workers)
 
 
-def _run_chunks(predictor: Predictor, chunks: list[list[Path]], folder: Path, options: PredictOptions,
-                done: int) -> None:
-    """Predict every chunk without a checkpoint file, decoding the next one while the current one is predicted."""
-    todo = [k for k, _ in enumerate(chunks) if not _chunk_file(folder, k).is_file()]
-    if not todo:
-        return
+def predict_chunk(predictor: Predictor, decoded, options: PredictOptions) -> bytes:
+    """A decoded chunk's checkpoint file: ids, probabilities and unreadable files, as ``.npz`` bytes.
 
-    def decode(k: int):
-        return load_pixels(ImageSet(chunks[k], predictor.classes), predictor.image_size, options.on_bad_image,
-                           options.workers)
+    Every executor predicts whole chunks through this one function, so a chunk's
+    images share the same compiled calls, and the numbers are the same to the bit.
+    """
+    kept, pixels, bad = decoded
+    probs = (predictor.predict(pixels, options.views, options.policy).probabilities if kept.paths
+             else np.zeros((0, len(predictor.classes)), np.float32))
+    buffer = io.BytesIO()
+    np.savez(buffer, ids=np.array(kept.ids, dtype=str), probabilities=probs.astype(np.float32),
+             bad_files=np.array([str(p) for p, _ in bad], dtype=str), bad_reasons=np.array([r for _, r in bad], dtype=str))
+    return buffer.getvalue()
 
-    total = sum(len(c) for c in chunks)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as ahead, \
-            tqdm(total=total, initial=done, desc="predict", unit="img", disable=None) as bar:
-        upcoming = ahead.submit(decode, todo[0])
+
+def save_chunk(folder: Path, k: int, content: bytes) -> None:
+    with atomic_path(_chunk_file(folder, k)) as tmp:
+        tmp.write_bytes(content)
+
+
+def _run_chunks(predictor: Predictor, chunks: list[list[Path]], todo: list[int], folder: Path,
+                options: PredictOptions, bar: tqdm) -> None:
+    """Predict chunks ``todo`` here, decoding the next one while the current one is predicted."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as ahead:
+        upcoming = ahead.submit(decode_chunk, predictor, chunks[todo[0]], options)
         for position, k in enumerate(todo):
-            kept, pixels, bad = upcoming.result()
+            decoded = upcoming.result()
             if position + 1 < len(todo):
-                upcoming = ahead.submit(decode, todo[position + 1])
-            probs = (predictor.predict(pixels, options.views, options.policy).probabilities if kept.paths
-                     else np.zeros((0, len(predictor.classes)), np.float32))
-            _save_chunk(_chunk_file(folder, k), kept.ids, probs, bad)
+                upcoming = ahead.submit(decode_chunk, predictor, chunks[todo[position + 1]], options)
+            save_chunk(folder, k, predict_chunk(predictor, decoded, options))
+            bar.update(len(chunks[k]))
+
+
+class ChunkPredictor:
+    """A Ray Data actor: loads the bundle once, then decodes and predicts whole chunks, a row each."""
+
+    def __init__(self, bundle: str, call_rows: int, options: PredictOptions):
+        size_worker(options.cpus_per_actor, 0)
+        self.predictor = Predictor(Path(bundle), call_rows)
+        self.options = options
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        files, errors = [], []
+        for paths in batch["paths"]:
+            try:
+                decoded = decode_chunk(self.predictor, [Path(p) for p in paths], self.options)
+                files.append(predict_chunk(self.predictor, decoded, self.options))
+                errors.append("")
+            except UserError as exc:  # bad input (an unreadable image): the driver reports it as a local run would
+                files.append(b"")
+                errors.append(str(exc))
+        return {"chunk": batch["chunk"], "file": np.array(files, dtype=object), "error": np.array(errors)}
+
+
+def run_chunks_on_ray(predictor: Predictor, chunks: list[list[Path]], todo: list[int], folder: Path,
+                      options: PredictOptions, bar: tqdm) -> None:
+    """Predict chunks ``todo`` through Ray Data: a row per chunk, ``map_batches`` over ``options.actors`` actors.
+
+    A row is a whole chunk, not an image, so each chunk meets the models in the same
+    calls as a local run and gets the same numbers. Every node must read the bundle
+    and the images at the same paths (a shared filesystem).
+    """
+    with ray_cluster(options.ray_address) as ray:
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the run's own bar counts images
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per dataset execution
+        rows = ray.data.from_items([{"chunk": k, "paths": [str(p.resolve()) for p in chunks[k]]} for k in todo],
+                                   override_num_blocks=len(todo))
+        results = rows.map_batches(
+            ChunkPredictor, fn_constructor_args=(str(predictor.bundle.resolve()), predictor.forward.rows_per_call,
+                                                 options),
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.actors), num_cpus=options.cpus_per_actor,
+        )
+        for row in results.iter_rows():
+            if row["error"]:
+                raise UserError(row["error"])
+            k = int(row["chunk"])
+            save_chunk(folder, k, row["file"])
             bar.update(len(chunks[k]))
 
 
@@ -184,13 +252,17 @@ def predict_folder(
     folder = checkpoint_dir(out)
     state = {"bundle": predictor.sha256, "images": str(Path(images_dir).resolve()),
              "files": [p.name for p in paths], "call_rows": predictor.forward.rows_per_call,  # the call shape sets the bits
-             **{k: v for k, v in asdict(options).items() if k != "resume"}}
+             **{k: v for k, v in asdict(options).items() if k not in WHERE_OPTIONS}}
     _open_checkpoint(folder, state, options.resume, echo)
     chunks = [paths[i : i + options.batch_size] for i in range(0, len(paths), options.batch_size)]
-    done = sum(len(c) for k, c in enumerate(chunks) if _chunk_file(folder, k).is_file())
+    todo = [k for k in range(len(chunks)) if not _chunk_file(folder, k).is_file()]
+    done = len(paths) - sum(len(chunks[k]) for k in todo)
     if done:
         echo(f"resuming: {done} of {len(paths)} images already predicted")
-    _run_chunks(predictor, chunks, folder, options, done)
+    if todo:
+        run = _run_chunks if options.executor == "local" else run_chunks_on_ray
+        with tqdm(total=len(paths), initial=done, desc="predict", unit="img", disable=None) as bar:
+            run(predictor, chunks, todo, folder, options, bar)
     ids, probs, bad = _collect(folder, len(chunks))
     table = pd.DataFrame(probs, index=pd.Index(ids, name="Id"), columns=predictor.classes)
     skipped_ids = {Path(p).name for p, _ in bad}

@@ -246,7 +246,7 @@ def test_imagenet_weights_that_cannot_be_fetched_are_a_clear_error(digits_dir, t
                             "--image-size", "32", "--epochs", "1"], capsys)
     line = one_line_error(code, err)
     assert "--weights imagenet: could not load them for 'mobilenetv3small'" in line and "--weights none" in line
-    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial-*"))
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial*"))
 
 
 def test_more_tta_views_than_the_policy_has_is_refused(tmp_path, capsys):

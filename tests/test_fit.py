@@ -54,4 +54,4 @@ def test_refit_replaces_an_existing_bundle(digits_dir, tmp_path):
     fit(digits_dir, out, cfg, echo=lambda _: None)
     assert not (out / "stale.txt").exists()
     assert load_manifest(out)["base_models"][0]["name"] == "tiny_cnn"
-    assert not list(tmp_path.glob(".bundle.partial-*"))  # no work folder left behind
+    assert not list(tmp_path.glob(".bundle.partial*"))  # no work folder left behind

@@ -1,0 +1,181 @@
+"""Where a fit's jobs run: one after another in this process, or as tasks on a Ray cluster.
+
+Both executors take the same jobs and inputs and yield ``(job, JobResult or the
+exception that failed it)`` as jobs end, in whatever order they end; the fit stores
+each result as it comes, so an interrupted fit keeps every finished job. Ray is an
+optional extra (``pip install "stackserve[ray]"``), imported only when asked for.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from stacking.errors import UserError
+from stacking.jobs import Job, JobResult, JobSettings, run_job, size_worker
+
+Echo = Callable[[str], None]
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How a fit's jobs are run. None of it changes what a job computes, except the thread count (see jobs)."""
+
+    executor: str = "local"  # "local": one after another in this process; "ray": tasks on a Ray cluster
+    address: str = ""  # the Ray cluster to join ("auto", "ray://head:10001"); empty: start a local one
+    cpus_per_job: float = 1.0  # each job's Ray request; its TensorFlow threads follow it
+    gpus_per_job: float = 0.0  # 1 on GPU nodes; a fraction shares a GPU (memory growth is switched on)
+    max_retries: int = 2  # times a job is run again when its worker process dies
+
+    def check(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise UserError(f"--executor {self.executor!r}: expected one of {', '.join(EXECUTORS)}")
+        if self.cpus_per_job <= 0 or self.gpus_per_job < 0:
+            raise UserError("[cluster] cpus_per_job must be above 0 and gpus_per_job 0 or more")
+        if self.max_retries < 0:
+            raise UserError(f"[cluster] max_retries {self.max_retries}: must be 0 or more")
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What every job reads; on Ray the pixels go into the object store once and are shared."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    n_classes: int
+    settings: JobSettings
+
+
+class Progress:
+    """Jobs done / running / failed: a line each time a job starts again or ends."""
+
+    def __init__(self, total: int, done: int, echo: Echo):
+        self.total, self.done, self.failures, self.echo = total, done, 0, echo
+        self.running: dict[str, int] = {}  # job id -> attempts started
+        self.attempts: dict[str, int] = {}
+
+    def _say(self, message: str) -> None:
+        self.echo(f"[jobs: {self.done}/{self.total} done, {len(self.running)} running, {self.failures} failed] {message}")
+
+    def started(self, job: Job) -> None:
+        self.attempts[job.id] = self.attempts.get(job.id, 0) + 1
+        self.running[job.id] = self.attempts[job.id]
+        if self.attempts[job.id] > 1:
+            self._say(f"{job.desc}: started again (attempt {self.attempts[job.id]}), its worker having died")
+
+    def finished(self, job: Job, summary: str) -> None:
+        self.running.pop(job.id, None)
+        self.done += 1
+        self._say(summary)
+
+    def failed(self, job: Job, error: BaseException) -> None:
+        self.running.pop(job.id, None)
+        self.failures += 1
+        self._say(f"{job.desc} FAILED: {error}")
+
+
+def local_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress) -> Iterator[tuple[Job, JobResult | Exception]]:
+    """Each job in this process, using every core, one after another."""
+    for job in jobs:
+        progress.started(job)
+        try:
+            result = run_job(job, inputs.pixels, inputs.labels, inputs.n_classes, inputs.settings)
+        except Exception as exc:  # the other jobs still run; Ctrl-C does stop the fit
+            yield job, exc
+        else:
+            yield job, result
+
+
+def import_ray(option: str):
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"{option}: Ray is not installed; pip install \"stackserve[ray]\"") from None
+    return ray
+
+
+@contextmanager
+def ray_cluster(address: str, option: str = "--executor ray"):
+    """Ray, connected: to ``address``, or a local cluster started here and stopped after.
+
+    A caller that connected already (a notebook, a test) keeps its connection.
+    """
+    ray = import_ray(option)
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        where = {"address": address} if address else {"include_dashboard": False}  # a local one: no dashboard
+        # Workers' own output stays in Ray's session logs; a job's error comes back with its traceback.
+        ray.init(**where, logging_level="WARNING", log_to_driver=False)
+    except (ConnectionError, ValueError) as exc:
+        raise UserError(f"--ray-address {address}: cannot join the Ray cluster ({exc})") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _ray_job(job: Job, pixels: np.ndarray, labels: np.ndarray, n_classes: int, settings: JobSettings,
+             cluster: ClusterConfig, board) -> JobResult:
+    """One job in a Ray worker: says it started (again, if its last worker died), then runs."""
+    board.put(job.id)
+    size_worker(cluster.cpus_per_job, cluster.gpus_per_job)
+    return run_job(job, pixels, labels, n_classes, settings)
+
+
+def _outcome(ray, ref, job: Job, retries: int) -> JobResult | Exception:
+    """A finished task's result, or the exception that ended its job."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:  # the job raised: its own exception
+        return exc.cause if isinstance(exc.cause, Exception) else exc
+    except ray.exceptions.RayError as exc:  # its worker died once more than allowed, or similar
+        return RuntimeError(f"{job.desc}: {type(exc).__name__} after {retries} retries: {exc}")
+
+
+def ray_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress,
+             cluster: ClusterConfig) -> Iterator[tuple[Job, JobResult | Exception]]:
+    """Each job a Ray task with its resource request, run again up to ``max_retries`` times if its worker dies.
+
+    A job that raises is not retried (the same seed would raise again); its error is
+    yielded and the other jobs go on.
+    """
+    with ray_cluster(cluster.address) as ray:
+        from ray.util.queue import Queue
+
+        board = Queue()  # the tasks' "started" notes, so progress can tell running from queued
+        pixels, labels = ray.put(inputs.pixels), ray.put(inputs.labels)  # stored once, shared by every job
+        threads = str(max(1, round(cluster.cpus_per_job)))
+        task = ray.remote(_ray_job).options(
+            num_cpus=cluster.cpus_per_job, num_gpus=cluster.gpus_per_job, max_retries=cluster.max_retries,
+            retry_exceptions=False, name="stackserve-job",
+            # Workers of another thread count are never reused for these jobs: TensorFlow fixes its count at start.
+            runtime_env={"env_vars": {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads}},
+        )
+        by_id = {job.id: job for job in jobs}
+        pending = {task.remote(job, pixels, labels, inputs.n_classes, inputs.settings, cluster, board): job
+                   for job in jobs}
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for job_id in board.get_nowait_batch(board.qsize()):
+                    progress.started(by_id[job_id])
+                for ref in ready:
+                    job = pending.pop(ref)
+                    yield job, _outcome(ray, ref, job, cluster.max_retries)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            board.shutdown()
+
+
+def run_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress,
+             cluster: ClusterConfig) -> Iterator[tuple[Job, JobResult | Exception]]:
+    if cluster.executor == "ray":
+        return ray_jobs(jobs, inputs, progress, cluster)
+    return local_jobs(jobs, inputs, progress)

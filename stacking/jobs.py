@@ -1,0 +1,238 @@
+"""A fit's jobs: one per (base model, fold), each training one CNN and predicting its out-of-fold rows.
+
+Jobs share nothing but read-only inputs (pixels, labels, ``JobSettings``) and seed
+themselves, so an executor may run them in any order, in this process or on a Ray
+cluster, and a job gives the same result wherever it runs, given the same TensorFlow
+thread count (training's reductions split work by threads: 1 and 2 threads give
+different last bits). A finished job's result goes into the fit's work folder with a
+record of what it is (``JobStore``); ``stacking fit --resume`` reruns only the jobs
+without a valid record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from models import create_model, get_spec
+from models.training import TrainConfig, train_model
+from stacking import bundle as bundle_io
+from stacking.errors import UserError
+from stacking.files import atomic_path
+from stacking.protocols import Split
+from stacking.tta import TTAForward, View
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Every setting a job reads. A job's key hashes them, so changing one reruns the job on ``--resume``."""
+
+    image_size: int
+    head: str
+    dropout: float
+    deterministic: bool
+    mixed_precision: bool
+    train: TrainConfig
+    views: tuple[View, ...]  # the OOF views predicted: the served ones and the TTA diagnostics'
+
+
+@dataclass(frozen=True)
+class Job:
+    """Train ``model`` on ``split.fit`` watching ``split.val``, then predict ``split.oof`` (none for a refit)."""
+
+    model: str  # as --models names it: an architecture, or module:function
+    name: str  # the base model's name in the bundle
+    seed: int
+    split: Split
+    weights: str | None  # pretrained weights to start from (None: from scratch)
+    fold: int | None = None  # kfold's fold; None for holdout and for the refit
+    refit: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.name + (".refit" if self.refit else "" if self.fold is None else f".fold{self.fold}")
+
+    @property
+    def desc(self) -> str:
+        return f"{self.name} refit" if self.refit else self.name if self.fold is None else f"{self.name} fold {self.fold}"
+
+    @property
+    def model_file(self) -> str:
+        """Where the trained model goes in the bundle, relative to it."""
+        return bundle_io.base_model_path(Path(), self.name, self.fold).as_posix()
+
+    def key(self, settings: JobSettings, data: str) -> str:
+        """What the job computes from: its identity, seed, rows, settings and the data's fingerprint."""
+        rows = {part: hashlib.sha256(np.asarray(getattr(self.split, part), np.int64).tobytes()).hexdigest()
+                for part in ("fit", "val", "oof")}
+        content = {"job": self.id, "model": self.model, "seed": self.seed, "weights": self.weights, "rows": rows,
+                   "settings": asdict(settings), "data": data}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class JobResult:
+    model: bytes  # the best epoch's .keras file
+    history: dict
+    per_view: np.ndarray | None  # (views, OOF rows, classes) float32; None for a refit
+    seconds: float
+    worker: str  # host:pid that ran it
+    threads: int  # TensorFlow's intra-op threads there (the numerics depend on it)
+
+
+def data_fingerprint(ids: list[str], labels: np.ndarray, pixels: np.ndarray) -> str:
+    """The identity of the training data as the jobs see it: ids, labels and decoded pixels."""
+    digest = hashlib.blake2b(digest_size=32)
+    digest.update("\n".join(ids).encode())
+    digest.update(np.ascontiguousarray(labels, np.int64).tobytes())
+    digest.update(np.ascontiguousarray(pixels).data)
+    return digest.hexdigest()
+
+
+def set_numerics(deterministic: bool, mixed_precision: bool) -> None:
+    """Process-wide switches: deterministic ops (CPU default) and mixed precision (GPU users)."""
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+
+
+def size_worker(cpus: float, gpus: float) -> None:
+    """A cluster worker uses the cores it was given, and shares a GPU politely when given part of one.
+
+    TensorFlow would otherwise start one thread per core of the machine in every worker.
+    Once TensorFlow has started in a process its thread counts are fixed, so callers keep
+    workers of different counts apart (``executors.ray_jobs``).
+    """
+    threads = max(1, round(cpus))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        if 0 < gpus < 1:
+            for gpu in tf.config.list_physical_devices("GPU"):
+                tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+        pass
+
+
+def _build_model(job: Job, n_classes: int, settings: JobSettings) -> keras.Model:
+    """A freshly initialised base model; seeding first fixes its initial weights."""
+    keras.utils.set_random_seed(job.seed)  # initial weights, dropout and augmentation
+    try:
+        return create_model(job.model, n_classes, settings.image_size, weights=job.weights, head=settings.head,
+                            dropout=settings.dropout)
+    except ValueError as exc:  # a custom builder that cannot be imported or returns the wrong shape
+        raise UserError(f"--models: {exc}") from None
+    except Exception as exc:  # keras raises plain Exceptions when the weights download fails
+        if job.weights is None:
+            raise
+        raise UserError(
+            f"--weights {job.weights}: could not load them for {job.model!r} ({exc}); without the internet, put the "
+            "weight files in ~/.keras/models/ first, or train from scratch with --weights none"
+        ) from None
+
+
+def run_job(job: Job, pixels: np.ndarray, labels: np.ndarray, n_classes: int, settings: JobSettings) -> JobResult:
+    """The whole job, wherever it runs: train one base model, keep its best epoch, predict its OOF rows."""
+    started = time.monotonic()
+    set_numerics(settings.deterministic, settings.mixed_precision)
+    model = _build_model(job, n_classes, settings)
+    with tempfile.TemporaryDirectory(prefix="stackserve-job-") as tmp:
+        path = Path(tmp) / "model.keras"
+        # A live bar on a terminal only (disable=None); the fit prints a summary line in any case.
+        with tqdm(total=settings.train.epochs, desc=job.desc, unit="epoch", leave=False, disable=None) as bar:
+            trained, history = train_model(
+                model,
+                (pixels[job.split.fit], labels[job.split.fit]),
+                (pixels[job.split.val], labels[job.split.val]),
+                settings.train,
+                path,
+                seed=job.seed,
+                fine_tune=get_spec(job.model).block_pattern if job.weights else None,
+                on_epoch_end=lambda _, logs: (bar.update(), bar.set_postfix(val_acc=f"{logs['val_accuracy']:.3f}")),
+            )
+        per_view = None if job.refit else TTAForward([[trained]], settings.image_size)(
+            pixels[job.split.oof], list(settings.views))[0]
+        return JobResult(path.read_bytes(), history, per_view, time.monotonic() - started,
+                         f"{socket.gethostname()}:{os.getpid()}", tf.config.threading.get_intra_op_parallelism_threads()
+                         or os.cpu_count() or 1)
+
+
+class JobStore:
+    """Finished jobs in a fit's work folder (``.OUT.partial/jobs/``): model file, OOF rows and a record each.
+
+    The record (``<id>.json``) is written last, so a job counts as finished only once
+    all of its files are complete; it holds the job's key and its model's sha256, so a
+    changed setting or a damaged file makes the job run again.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def _file(self, job_id: str, suffix: str) -> Path:
+        return self.folder / f"{job_id}{suffix}"
+
+    def records(self) -> dict[str, dict]:
+        """Every finished job's record, by job id."""
+        found = {}
+        for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
+            try:
+                record = json.loads(path.read_text())
+                found[record["job"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # damaged: the job reruns
+        return found
+
+    def finished(self, job: Job, key: str) -> bool:
+        record = self.records().get(job.id)
+        model = self._file(job.id, ".keras")
+        return (record is not None and record["key"] == key and model.is_file()
+                and bundle_io.sha256_file(model) == record["sha256"]
+                and (job.refit or self._file(job.id, ".oof.npy").is_file()))
+
+    def prune(self, keys: dict[str, str]) -> None:
+        """Forget finished jobs that are not in this plan (``keys``: job id -> key) or were made differently."""
+        for job_id, record in self.records().items():
+            if keys.get(job_id) != record["key"]:
+                for suffix in (".keras", ".oof.npy", ".json"):
+                    self._file(job_id, suffix).unlink(missing_ok=True)
+
+    def save(self, job: Job, key: str, result: JobResult) -> None:
+        with atomic_path(self._file(job.id, ".keras")) as tmp:
+            tmp.write_bytes(result.model)
+        if result.per_view is not None:
+            with atomic_path(self._file(job.id, ".oof.npy")) as tmp:
+                np.save(tmp, result.per_view)
+        bundle_io.write_json(self._file(job.id, ".json"), {
+            "job": job.id, "key": key, "model": job.model, "fold": job.fold, "refit": job.refit, "seed": job.seed,
+            "sha256": hashlib.sha256(result.model).hexdigest(), "history": result.history,
+            "seconds": round(result.seconds, 1), "worker": result.worker, "threads": result.threads,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+
+    def load(self, job: Job) -> tuple[dict, np.ndarray | None]:
+        """A finished job's (history, per-view OOF probabilities)."""
+        history = json.loads(self._file(job.id, ".json").read_text())["history"]
+        return history, None if job.refit else np.load(self._file(job.id, ".oof.npy"))
+
+    def place_model(self, job: Job, bundle: Path) -> str:
+        """Put the job's model file in its bundle place (a hard link where possible); return that place."""
+        target = Path(bundle) / job.model_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self._file(job.id, ".keras"), target)
+        except OSError:
+            shutil.copyfile(self._file(job.id, ".keras"), target)
+        return job.model_file
