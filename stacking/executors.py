@@ -8,6 +8,7 @@ optional extra (``pip install "stackserve[ray]"``), imported only when asked for
 
 from __future__ import annotations
 
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -98,6 +99,17 @@ def import_ray(option: str):
     return ray
 
 
+def _check_answers(address: str) -> None:
+    """Ray waits minutes for a head where nothing answers: a host:port that refuses is an error at once."""
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not port.isdigit():
+        return  # "auto", or empty (a local cluster): Ray finds it or says so itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"--ray-address {address}: nothing answers there ({exc})") from None
+
+
 @contextmanager
 def ray_cluster(address: str, option: str = "--executor ray"):
     """Ray, connected: to ``address``, or a local cluster started here and stopped after.
@@ -108,6 +120,7 @@ def ray_cluster(address: str, option: str = "--executor ray"):
     if ray.is_initialized():
         yield ray
         return
+    _check_answers(address)
     try:
         where = {"address": address} if address else {"include_dashboard": False}  # a local one: no dashboard
         # Workers' own output stays in Ray's session logs; a job's error comes back with its traceback.

@@ -20,7 +20,7 @@ from stacking.meta import META_KINDS, meta_features
 from stacking.predictor import Predictor
 from stacking.protocols import fold_hash
 from stacking.tta import TTAForward, View
-from tests.conftest import Server
+from tests.conftest import Server, free_port
 
 FAST = ["--models", "tiny_cnn", "--epochs", "1", "--image-size", "16"]
 
@@ -318,3 +318,17 @@ def test_grouped_kfold_keeps_each_group_in_one_fold(digits_dir, tmp_path, capsys
     assert "grouped by Group" in out
     code, _, err = run_cli(["fit", "--data", data, "--out", tmp_path / "c", *FAST, "--group-column", "Batch"], capsys)
     assert "--group-column Batch" in one_line_error(code, err) and "Group" in err
+
+
+# Here, not in test_jobs.py: that module's tests share a connected Ray, which a fit would join.
+def test_executor_options_are_checked(tiny_bundle, digits_dir, tmp_path, capsys):
+    code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--executor", "spark"], capsys)
+    assert "--executor 'spark': expected one of local, ray" in one_line_error(code, err)
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there: said at once, not after Ray's minutes of retries
+    code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--models", "tiny_cnn",
+                            "--image-size", "16", "--executor", "ray", "--ray-address", address], capsys)
+    assert f"--ray-address {address}: nothing answers there" in one_line_error(code, err)
+    assert not (tmp_path / ".b.partial").exists()
+    code, _, err = run_cli(["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv",
+                            "--executor", "ray", "--actors", "0"], capsys)
+    assert "--actors must be at least 1" in one_line_error(code, err)

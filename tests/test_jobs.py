@@ -158,11 +158,3 @@ def test_ray_batch_prediction_equals_local_prediction(ray_cluster, tiny_bundle, 
     code, _, err = _predict(tiny_bundle, images, tmp_path / "bad.csv", capsys, "--executor", "ray")
     line = one_line_error(code, err)
     assert "test_9999.png" in line and "--on-bad-image skip" in line
-
-
-def test_executor_options_are_checked(tiny_bundle, digits_dir, tmp_path, capsys):
-    code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--executor", "spark"], capsys)
-    assert "--executor 'spark': expected one of local, ray" in one_line_error(code, err)
-    code, _, err = run_cli(["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv",
-                            "--executor", "ray", "--actors", "0"], capsys)
-    assert "--actors must be at least 1" in one_line_error(code, err)
