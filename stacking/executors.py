@@ -56,7 +56,7 @@ class Progress:
 
     def __init__(self, total: int, done: int, echo: Echo):
         self.total, self.done, self.failures, self.echo = total, done, 0, echo
-        self.running: dict[str, int] = {}  # job id -> attempts started
+        self.running: set[str] = set()  # ids of the jobs whose code has started and not ended
         self.attempts: dict[str, int] = {}
 
     def _say(self, message: str) -> None:
@@ -64,17 +64,17 @@ class Progress:
 
     def started(self, job: Job) -> None:
         self.attempts[job.id] = self.attempts.get(job.id, 0) + 1
-        self.running[job.id] = self.attempts[job.id]
+        self.running.add(job.id)
         if self.attempts[job.id] > 1:
             self._say(f"{job.desc}: started again (attempt {self.attempts[job.id]}), its worker having died")
 
     def finished(self, job: Job, summary: str) -> None:
-        self.running.pop(job.id, None)
+        self.running.discard(job.id)
         self.done += 1
         self._say(summary)
 
     def failed(self, job: Job, error: BaseException) -> None:
-        self.running.pop(job.id, None)
+        self.running.discard(job.id)
         self.failures += 1
         self._say(f"{job.desc} FAILED: {error}")
 

@@ -53,7 +53,7 @@ def work_folder(out: Path) -> Path:
 
 
 @contextmanager
-def _work_folder(out: Path, resume: bool, echo: Echo) -> Iterator[Path]:
+def _locked_work_folder(out: Path, resume: bool, echo: Echo) -> Iterator[Path]:
     """The work folder, locked against a second fit to the same ``out``; kept on failure if it holds finished jobs."""
     out, work = Path(out), work_folder(out)
     if out.exists() and any(out.iterdir()) and not (out / bundle_io.MANIFEST).is_file():
@@ -227,7 +227,7 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: b
     settings = job_settings(cfg)
     data_key = data_fingerprint(images.ids, labels, pixels)
     keys = {job.id: job.key(settings, data_key) for job in jobs}
-    with _work_folder(out, resume, echo) as work_root:
+    with _locked_work_folder(out, resume, echo) as work_root:
         store = JobStore(work_root / "jobs")
         store.prune(keys)
         _run_jobs(jobs, keys, store, JobInputs(pixels, labels, len(classes), settings), cfg, echo)
