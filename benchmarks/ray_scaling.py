@@ -3,8 +3,8 @@
 Each fit is a separate ``stacking fit`` process on the same data and seed, run one
 after another in one go (the machine is shared and noisy: compare within a run):
 - local: the jobs one after another in the process, TensorFlow on every core;
-- ray x1: a local Ray cluster, each job asking for every CPU, so one job at a time;
-- ray x2: each job asking for half the CPUs, so two jobs at a time, one thread each;
+- ray x1: a local Ray cluster, each job asking for every core, so one job at a time;
+- ray x2: each job asking for half the cores, so two jobs at a time, on half the threads each;
 - killed + resumed: a local fit killed (SIGKILL, no clean-up) once some jobs are stored,
   then ``--resume``: its time, the jobs it ran, and whether its bundle equals the
   uninterrupted local one (OOF arrays, meta choice) to the bit.
@@ -91,15 +91,16 @@ def main() -> None:
     data = args.workdir / "digits"
     write_digits(data)
     runs = {}
+    cores = len(os.sched_getaffinity(0))  # a local fit's TensorFlow threads
     for name, extra in [("local", []),
-                        ("ray x1", ["--executor", "ray", "--config", str(cluster_config(args.workdir, 2))]),
-                        ("ray x2", ["--executor", "ray", "--config", str(cluster_config(args.workdir, 1))])]:
+                        ("ray x1", ["--executor", "ray", "--config", str(cluster_config(args.workdir, cores))]),
+                        ("ray x2", ["--executor", "ray", "--config", str(cluster_config(args.workdir, cores / 2))])]:
         out = args.workdir / name.replace(" ", "-")
         seconds = run_fit(fit_command(data, out, args.folds, args.epochs, *extra), out.with_suffix(".log"))
         manifest = load_manifest(out)
         runs[name] = {"seconds": round(seconds, 1), "meta": manifest["meta_learner"]["kind"],
                       "oof_accuracy": {k: round(v["accuracy"], 4) for k, v in manifest["metrics"]["oof"].items()},
-                      "workers": len({r["worker"] for r in manifest["metrics"]["jobs"].values()}),
+                      "worker_processes": len({r["worker"] for r in manifest["metrics"]["jobs"].values()}),
                       **({} if name == "local" else compare(args.workdir / "local", out))}
 
     out = args.workdir / "resumed"
@@ -111,10 +112,10 @@ def main() -> None:
                                 "jobs_run_on_resume": total_jobs - stored, **compare(args.workdir / "local", out)}
 
     print(f"{args.folds}-fold x 2-model fit ({MODELS}, 32 px, {args.epochs} epochs, {os.cpu_count()} cores)")
-    print(f"{'run':<18} {'wall s':>7} {'vs local':>9} {'workers':>8} {'OOF = local':>12} {'max |diff|':>11} {'meta':>12}")
+    print(f"{'run':<18} {'wall s':>7} {'vs local':>9} {'processes':>9} {'OOF = local':>12} {'max |diff|':>11} {'meta':>12}")
     for name, r in runs.items():
         print(f"{name:<18} {r['seconds']:>7.1f} {r['seconds'] / runs['local']['seconds']:>9.2f} "
-              f"{r.get('workers', '-'):>8} {str(r.get('oof_identical', '-')):>12} "
+              f"{r.get('worker_processes', '-'):>9} {str(r.get('oof_identical', '-')):>12} "
               f"{r.get('oof_max_abs_diff', 0.0):>11.2e} {r.get('meta', '') or str(r.get('same_choice', '')):>12}")
     resumed = runs["killed + resumed"]
     print(f"killed after {resumed['killed_after']} s with {resumed['jobs_kept']} of {total_jobs} jobs stored; "

@@ -9,7 +9,7 @@ optional extra (``pip install "stackserve[ray]"``), imported only when asked for
 from __future__ import annotations
 
 import socket
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -105,9 +105,29 @@ def _check_answers(address: str) -> None:
     if not colon or not port.isdigit():
         return  # "auto", or empty (a local cluster): Ray finds it or says so itself
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as exc:
         raise UserError(f"--ray-address {address}: nothing answers there ({exc})") from None
+
+
+def check_ray(address: str, option: str = "--executor ray") -> None:
+    """Ray is installed and ``address`` answers: said before any slow work starts."""
+    import_ray(option)
+    _check_answers(address)
+
+
+def check_request(ray, address: str, request: dict[str, tuple[str, float]]) -> None:
+    """On a local cluster (no autoscaler to add nodes), a request beyond the machine would wait forever.
+
+    ``request``: option -> (Ray resource, amount), e.g. {"[cluster] cpus_per_job": ("CPU", 2)}.
+    """
+    if address:
+        return  # a real cluster may grow to fit
+    have = ray.cluster_resources()
+    for option, (resource, amount) in request.items():
+        if amount > have.get(resource, 0):
+            raise UserError(f"{option} {amount:g}: the local Ray cluster has {have.get(resource, 0):g} {resource}; "
+                            "that would wait forever")
 
 
 @contextmanager
@@ -120,10 +140,10 @@ def ray_cluster(address: str, option: str = "--executor ray"):
     if ray.is_initialized():
         yield ray
         return
-    _check_answers(address)
+    check_ray(address, option)
     try:
-        where = {"address": address} if address else {"include_dashboard": False}  # a local one: no dashboard
-        # Workers' own output stays in Ray's session logs; a job's error comes back with its traceback.
+        where = {"address": address} if address else {"address": "local", "include_dashboard": False}
+        # Workers' own output stays in Ray's session logs; a job's error comes back with its remote traceback.
         ray.init(**where, logging_level="WARNING", log_to_driver=False)
     except (ConnectionError, ValueError) as exc:
         raise UserError(f"--ray-address {address}: cannot join the Ray cluster ({exc})") from None
@@ -136,17 +156,25 @@ def ray_cluster(address: str, option: str = "--executor ray"):
 def _ray_job(job: Job, pixels: np.ndarray, labels: np.ndarray, n_classes: int, settings: JobSettings,
              cluster: ClusterConfig, board) -> JobResult:
     """One job in a Ray worker: says it started (again, if its last worker died), then runs."""
-    board.put(job.id)
+    board.put(job.id)  # waited for: a worker that dies next must not take the note with it
     size_worker(cluster.cpus_per_job, cluster.gpus_per_job)
     return run_job(job, pixels, labels, n_classes, settings)
+
+
+def _started(ray, board) -> list[str]:
+    """The ids of jobs that started since the last look; none if the progress queue is gone (a lost node)."""
+    try:
+        return board.get_nowait_batch(board.qsize())
+    except ray.exceptions.RayError:
+        return []
 
 
 def _outcome(ray, ref, job: Job, retries: int) -> JobResult | Exception:
     """A finished task's result, or the exception that ended its job."""
     try:
         return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:  # the job raised: its own exception
-        return exc.cause if isinstance(exc.cause, Exception) else exc
+    except ray.exceptions.RayTaskError as exc:  # the job raised: bad input as itself, a bug with its remote traceback
+        return exc.cause if isinstance(exc.cause, UserError) else exc
     except ray.exceptions.RayError as exc:  # its worker died once more than allowed, or similar
         return RuntimeError(f"{job.desc}: {type(exc).__name__} after {retries} retries: {exc}")
 
@@ -161,7 +189,9 @@ def ray_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress,
     with ray_cluster(cluster.address) as ray:
         from ray.util.queue import Queue
 
-        board = Queue()  # the tasks' "started" notes, so progress can tell running from queued
+        check_request(ray, cluster.address, {"[cluster] cpus_per_job": ("CPU", cluster.cpus_per_job),
+                                             "[cluster] gpus_per_job": ("GPU", cluster.gpus_per_job)})
+        board = Queue(actor_options={"num_cpus": 0})  # the tasks' "started" notes: running, not just queued
         pixels, labels = ray.put(inputs.pixels), ray.put(inputs.labels)  # stored once, shared by every job
         threads = str(max(1, round(cluster.cpus_per_job)))
         task = ray.remote(_ray_job).options(
@@ -175,16 +205,18 @@ def ray_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress,
                    for job in jobs}
         try:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-                for job_id in board.get_nowait_batch(board.qsize()):
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)  # all that end within 1 s
+                for job_id in _started(ray, board):
                     progress.started(by_id[job_id])
                 for ref in ready:
                     job = pending.pop(ref)
                     yield job, _outcome(ray, ref, job, cluster.max_retries)
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            board.shutdown()
+            for ref in pending:  # Ctrl-C, or a fit that fails at once: the other jobs stop too
+                with suppress(Exception):
+                    ray.cancel(ref, force=True)
+            with suppress(Exception):
+                board.shutdown(force=True)
 
 
 def run_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress,

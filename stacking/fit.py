@@ -14,7 +14,7 @@ from __future__ import annotations
 import fcntl
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,7 +26,7 @@ from stacking import bundle as bundle_io
 from stacking.config import FitConfig
 from stacking.datasets import ImageSet, load_pixels, read_groups, read_training_set
 from stacking.errors import UserError
-from stacking.executors import JobInputs, Progress, run_jobs
+from stacking.executors import JobInputs, Progress, check_ray, run_jobs
 from stacking.files import default_mode
 from stacking.jobs import Job, JobResult, JobSettings, JobStore, data_fingerprint, set_numerics
 from stacking.meta import score
@@ -49,7 +49,8 @@ Echo = Callable[[str], None]
 
 def work_folder(out: Path) -> Path:
     """Where a fit to ``out`` works: finished jobs in ``jobs/``, the bundle being assembled in ``bundle/``."""
-    return Path(out).with_name(f".{Path(out).name}.partial")
+    out = Path(out).resolve()
+    return out.with_name(f".{out.name}.partial")
 
 
 @contextmanager
@@ -159,18 +160,25 @@ def _run_jobs(jobs: list[Job], keys: dict[str, str], store: JobStore, inputs: Jo
     if cfg.cluster.executor == "ray":
         echo(f"running {len(todo)} jobs on Ray, {cfg.cluster.cpus_per_job:g} CPU and {cfg.cluster.gpus_per_job:g} "
              f"GPU each, up to {cfg.cluster.max_retries} retries when a worker dies")
+    redone = [job.id for job in todo if job.id in store.records()]
+    if redone:
+        echo(f"{len(redone)} finished job(s) were made with other settings, data or code, or their files changed; "
+             f"they run again: {', '.join(redone)}")
     progress = Progress(len(jobs), len(jobs) - len(todo), echo)
     served = len(cfg.tta.view_list(cfg.image_size))
-    failures = []
-    for job, outcome in run_jobs(todo, inputs, progress, cfg.cluster):
-        if isinstance(outcome, Exception):
-            progress.failed(job, outcome)
-            failures.append(outcome)
-            continue
-        store.save(job, keys[job.id], outcome)
-        progress.finished(job, _job_summary(job, outcome, inputs.labels, cfg.tta, served))
-    if failures:
-        raise failures[0]
+    failure = None
+    with closing(run_jobs(todo, inputs, progress, cfg.cluster)) as outcomes:  # closing it cancels Ray's tasks
+        for job, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                progress.failed(job, outcome)
+                if isinstance(outcome, UserError):  # bad settings or input: every job would say the same
+                    raise outcome
+                failure = failure or outcome  # the others still run; only the first error is kept
+                continue
+            store.save(job, keys[job.id], outcome)
+            progress.finished(job, _job_summary(job, outcome, inputs.labels, cfg.tta, served))
+    if failure is not None:
+        raise failure
 
 
 def _assemble_base_models(jobs: list[Job], store: JobStore, work: Path, cfg: FitConfig, shape: tuple[int, int],
@@ -212,24 +220,25 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: b
     settings, seed, rows and data are unchanged) and run only the others.
     """
     started, out = time.monotonic(), Path(out)
-    set_numerics(cfg.deterministic, cfg.mixed_precision)
-    images, pixels, bad, groups = _load_training_data(data_dir, cfg, echo)
-    labels, classes = images.labels, images.classes
-    echo(f"{len(labels)} images, {len(classes)} classes, protocol {cfg.protocol}, models {', '.join(cfg.models)}"
-         + (f", grouped by {cfg.group_column} ({len(np.unique(groups))} groups)" if groups is not None else ""))
-    splits = make_splits(
-        labels, cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed, groups, classes
-    )
-    folds = fold_assignment(splits, len(labels))
-    assignment = fold_hash(images.ids, folds)
-    refit = cfg.protocol == "kfold" and cfg.final == "refit"
-    jobs = plan_jobs(cfg, splits, refit_split(labels, cfg.validation_fraction, cfg.seed, groups) if refit else None)
-    settings = job_settings(cfg)
-    data_key = data_fingerprint(images.ids, labels, pixels)
-    keys = {job.id: job.key(settings, data_key) for job in jobs}
+    if cfg.cluster.executor == "ray":
+        check_ray(cfg.cluster.address)  # before minutes of decoding images
     with _locked_work_folder(out, resume, echo) as work_root:
+        set_numerics(cfg.deterministic, cfg.mixed_precision)
+        images, pixels, bad, groups = _load_training_data(data_dir, cfg, echo)
+        labels, classes = images.labels, images.classes
+        echo(f"{len(labels)} images, {len(classes)} classes, protocol {cfg.protocol}, models {', '.join(cfg.models)}"
+             + (f", grouped by {cfg.group_column} ({len(np.unique(groups))} groups)" if groups is not None else ""))
+        splits = make_splits(
+            labels, cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed, groups, classes
+        )
+        folds = fold_assignment(splits, len(labels))
+        assignment = fold_hash(images.ids, folds)
+        refit = cfg.protocol == "kfold" and cfg.final == "refit"
+        jobs = plan_jobs(cfg, splits, refit_split(labels, cfg.validation_fraction, cfg.seed, groups) if refit else None)
+        settings = job_settings(cfg)
+        data_key = data_fingerprint(images.ids, labels, pixels)
+        keys = {job.id: job.key(settings, data_key) for job in jobs}
         store = JobStore(work_root / "jobs")
-        store.prune(keys)
         _run_jobs(jobs, keys, store, JobInputs(pixels, labels, len(classes), settings), cfg, echo)
 
         work = work_root / "bundle"  # assembled afresh from the stored jobs
@@ -307,5 +316,5 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: b
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
-    shutil.rmtree(work_root)
+        shutil.rmtree(work_root)  # still locked: a fit to the same --out waits for this one to end
     return manifest

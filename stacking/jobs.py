@@ -12,6 +12,8 @@ without a valid record.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
 import os
 import shutil
@@ -28,6 +30,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from models import create_model, get_spec
+from models.registry import is_custom
 from models.training import TrainConfig, train_model
 from stacking import bundle as bundle_io
 from stacking.errors import UserError
@@ -75,12 +78,26 @@ class Job:
         return bundle_io.base_model_path(Path(), self.name, self.fold).as_posix()
 
     def key(self, settings: JobSettings, data: str) -> str:
-        """What the job computes from: its identity, seed, rows, settings and the data's fingerprint."""
+        """What the job computes from: its identity, seed, rows, settings, the data's fingerprint and the code.
+
+        The code: the library versions, and for your own architecture its module's
+        source. Not the thread count: a job run with other threads is as good, not the
+        same to the bit (its record keeps the count).
+        """
         rows = {part: hashlib.sha256(np.asarray(getattr(self.split, part), np.int64).tobytes()).hexdigest()
                 for part in ("fit", "val", "oof")}
         content = {"job": self.id, "model": self.model, "seed": self.seed, "weights": self.weights, "rows": rows,
-                   "settings": asdict(settings), "data": data}
+                   "settings": asdict(settings), "data": data, "versions": bundle_io.library_versions(),
+                   "source": _builder_source(self.model)}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _builder_source(model: str) -> str | None:
+    """The sha256 of a custom architecture's module file (edit the builder, the job runs again)."""
+    if not is_custom(model):
+        return None
+    module = importlib.import_module(model.partition(":")[0])
+    return hashlib.sha256(Path(inspect.getfile(module)).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -167,7 +184,7 @@ def run_job(job: Job, pixels: np.ndarray, labels: np.ndarray, n_classes: int, se
             pixels[job.split.oof], list(settings.views))[0]
         return JobResult(path.read_bytes(), history, per_view, time.monotonic() - started,
                          f"{socket.gethostname()}:{os.getpid()}", tf.config.threading.get_intra_op_parallelism_threads()
-                         or os.cpu_count() or 1)
+                         or len(os.sched_getaffinity(0)))  # TensorFlow's default: the cores it may use
 
 
 class JobStore:
@@ -185,39 +202,37 @@ class JobStore:
         return self.folder / f"{job_id}{suffix}"
 
     def records(self) -> dict[str, dict]:
-        """Every finished job's record, by job id."""
+        """Every finished job's record, by job id (not the atomic writer's temporary files: they start with a dot)."""
         found = {}
-        for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
+        for path in sorted(self.folder.glob("[!.]*.json")) if self.folder.is_dir() else []:
             try:
                 record = json.loads(path.read_text())
-                found[record["job"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # damaged: the job reruns
+                if record["job"] == path.stem and {"key", "sha256", "oof_sha256", "history"} <= record.keys():
+                    found[path.stem] = record
+            except (ValueError, OSError, KeyError, TypeError):
+                continue  # damaged: the job runs again
         return found
 
     def finished(self, job: Job, key: str) -> bool:
+        """Stored with this key, and its files are the ones stored (sha256)."""
         record = self.records().get(job.id)
-        model = self._file(job.id, ".keras")
-        return (record is not None and record["key"] == key and model.is_file()
-                and bundle_io.sha256_file(model) == record["sha256"]
-                and (job.refit or self._file(job.id, ".oof.npy").is_file()))
-
-    def prune(self, keys: dict[str, str]) -> None:
-        """Forget finished jobs that are not in this plan (``keys``: job id -> key) or were made differently."""
-        for job_id, record in self.records().items():
-            if keys.get(job_id) != record["key"]:
-                for suffix in (".keras", ".oof.npy", ".json"):
-                    self._file(job_id, suffix).unlink(missing_ok=True)
+        if record is None or record["key"] != key:
+            return False
+        files = {".keras": record["sha256"], **({} if job.refit else {".oof.npy": record["oof_sha256"]})}
+        return all(self._file(job.id, suffix).is_file() and bundle_io.sha256_file(self._file(job.id, suffix)) == sha
+                   for suffix, sha in files.items())
 
     def save(self, job: Job, key: str, result: JobResult) -> None:
         with atomic_path(self._file(job.id, ".keras")) as tmp:
             tmp.write_bytes(result.model)
+        oof_sha256 = None
         if result.per_view is not None:
             with atomic_path(self._file(job.id, ".oof.npy")) as tmp:
                 np.save(tmp, result.per_view)
+            oof_sha256 = bundle_io.sha256_file(self._file(job.id, ".oof.npy"))
         bundle_io.write_json(self._file(job.id, ".json"), {
             "job": job.id, "key": key, "model": job.model, "fold": job.fold, "refit": job.refit, "seed": job.seed,
-            "sha256": hashlib.sha256(result.model).hexdigest(), "history": result.history,
+            "sha256": hashlib.sha256(result.model).hexdigest(), "oof_sha256": oof_sha256, "history": result.history,
             "seconds": round(result.seconds, 1), "worker": result.worker, "threads": result.threads,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import shutil
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from stacking.datasets import ON_BAD_IMAGE, ImageSet, list_images, load_pixels
 from stacking.errors import UserError
-from stacking.executors import EXECUTORS, ray_cluster
+from stacking.executors import EXECUTORS, check_ray, check_request, ray_cluster
 from stacking.files import atomic_path, write_atomically
 from stacking.jobs import size_worker
 from stacking.predictor import Predictor
@@ -170,15 +171,23 @@ def _run_chunks(predictor: Predictor, chunks: list[list[Path]], todo: list[int],
 class ChunkPredictor:
     """A Ray Data actor: loads the bundle once, then decodes and predicts whole chunks, a row each."""
 
-    def __init__(self, bundle: str, call_rows: int, options: PredictOptions):
+    def __init__(self, bundle: str, sha256: str, call_rows: int, options: PredictOptions):
         size_worker(options.cpus_per_actor, 0)
         self.predictor = Predictor(Path(bundle), call_rows)
         self.options = options
+        self.error = "" if self.predictor.sha256 == sha256 else (
+            f"{bundle} on {socket.gethostname()} is another bundle than the one this run started with")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         files, errors = [], []
         for paths in batch["paths"]:
             try:
+                if self.error:
+                    raise UserError(self.error)
+                missing = [p for p in paths if not Path(p).is_file()]
+                if missing:  # not an unreadable image to skip: this node does not see the folder
+                    raise UserError(f"{missing[0]}: not found on {socket.gethostname()}; every Ray node must see "
+                                    "the images at the same path")
                 decoded = decode_chunk(self.predictor, [Path(p) for p in paths], self.options)
                 files.append(predict_chunk(self.predictor, decoded, self.options))
                 errors.append("")
@@ -197,13 +206,15 @@ def run_chunks_on_ray(predictor: Predictor, chunks: list[list[Path]], todo: list
     and the images at the same paths (a shared filesystem).
     """
     with ray_cluster(options.ray_address) as ray:
+        total = options.actors * options.cpus_per_actor
+        check_request(ray, options.ray_address, {"--actors x --cpus-per-actor": ("CPU", total)})
         ray.data.DataContext.get_current().enable_progress_bars = False  # the run's own bar counts images
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per dataset execution
         rows = ray.data.from_items([{"chunk": k, "paths": [str(p.resolve()) for p in chunks[k]]} for k in todo],
                                    override_num_blocks=len(todo))
         results = rows.map_batches(
-            ChunkPredictor, fn_constructor_args=(str(predictor.bundle.resolve()), predictor.forward.rows_per_call,
-                                                 options),
+            ChunkPredictor, fn_constructor_args=(str(predictor.bundle.resolve()), predictor.sha256,
+                                                 predictor.forward.rows_per_call, options),
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.actors), num_cpus=options.cpus_per_actor,
         )
         for row in results.iter_rows():
@@ -246,6 +257,8 @@ def predict_folder(
     started = time.monotonic()
     _check_options(predictor, options)
     predictor.check_views(options.views, options.policy)
+    if options.executor == "ray":
+        check_ray(options.ray_address)
     paths = list_images(images_dir)
     if not paths:
         raise UserError(f"{images_dir}: no images")

@@ -25,6 +25,7 @@ def test_the_autoscaler_scales_the_deployment_the_service_fronts():
                                                       "PodDisruptionBudget"))
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert "replicas" not in deployment["spec"]  # the autoscaler's to set: `kubectl apply` would reset it
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     for selector in (service["spec"]["selector"], pdb["spec"]["selector"]["matchLabels"]):
         assert selector.items() <= labels.items()

@@ -21,6 +21,7 @@ from stacking.config import load_config
 from stacking.errors import UserError
 from stacking.executors import ClusterConfig
 from stacking.fit import fit, job_settings, plan_jobs, work_folder
+from stacking.jobs import data_fingerprint
 from stacking.protocols import make_splits
 from tests.test_cli import one_line_error, run_cli
 from tests.test_fit import assert_same_choice
@@ -28,6 +29,7 @@ from tests.test_fit import assert_same_choice
 KFOLD = {"models": ("tiny_cnn", "mini_mobilenet"), "image_size": 16, "epochs": 1, "tta_views": 2,
          "protocol": "kfold", "folds": 2, "seed": 5}
 HOLDOUT = {"image_size": 16, "epochs": 1, "tta_views": 1, "seed": 2}
+CORES = len(os.sched_getaffinity(0))  # TensorFlow's threads in a local fit: a Ray job with as many gives the same bits
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def ray_cluster(tmp_path_factory):
     """A local Ray with 2 CPUs for this module; the fits and predictions below join it."""
     marker = tmp_path_factory.mktemp("crash") / "crashed"
     os.environ["STACKSERVE_CRASH_MARKER"] = str(marker)  # Ray's workers inherit the environment
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(num_cpus=max(2, CORES), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield marker
     ray.shutdown()
     del os.environ["STACKSERVE_CRASH_MARKER"]
@@ -89,11 +91,11 @@ def test_ray_fit_equals_a_local_fit_interrupted_and_resumed(ray_cluster, digits_
     assert not work_folder(local).exists()
 
     lines = []
-    manifest = fit(digits_dir, tmp_path / "ray", on_ray(KFOLD, cpus_per_job=2), echo=lines.append)
+    manifest = fit(digits_dir, tmp_path / "ray", on_ray(KFOLD, cpus_per_job=CORES), echo=lines.append)
     assert_same_bundle(local, tmp_path / "ray")
     assert any(line.startswith("[jobs: 4/4 done, 0 running, 0 failed]") for line in lines), lines
     runs = manifest["metrics"]["jobs"]
-    assert len(runs) == 4 and all(r["threads"] == 2 and not r["worker"].endswith(f":{os.getpid()}")
+    assert len(runs) == 4 and all(r["threads"] == CORES and not r["worker"].endswith(f":{os.getpid()}")
                                   for r in runs.values())  # in Ray's workers, with the threads they asked for
 
 
@@ -135,6 +137,23 @@ def test_a_job_key_follows_what_the_job_computes_from():
     same = key()
     assert key(meta="logreg") == same and key(executor="ray") == same  # how it is stacked or where it runs
     assert len({same, key(dropout=0.3), key(epochs=2), key(tta_policy="none"), key(seed=3), key(image_size=24)}) == 6
+
+
+def test_the_data_fingerprint_sees_one_pixel_a_label_or_an_id_change():
+    ids, labels, pixels = ["a.png", "b.png"], np.array([0, 1]), np.zeros((2, 4, 4, 3), np.uint8)
+    changed_pixel = pixels.copy()
+    changed_pixel[1, 3, 3, 2] = 1
+    prints = {data_fingerprint(ids, labels, pixels), data_fingerprint(ids, labels, changed_pixel),
+              data_fingerprint(ids, labels[::-1].copy(), pixels), data_fingerprint(["a.png", "c.png"], labels, pixels)}
+    assert len(prints) == 4 and data_fingerprint(ids, labels, pixels.copy()) in prints
+
+
+def test_a_request_the_local_cluster_cannot_meet_is_refused(ray_cluster, digits_dir, tmp_path):
+    too_many = max(2, CORES) + 1
+    with pytest.raises(UserError, match=rf"\[cluster\] cpus_per_job {too_many}: the local Ray cluster has "):
+        fit(digits_dir, tmp_path / "b", on_ray({**HOLDOUT, "models": ("tiny_cnn",)}, cpus_per_job=too_many),
+            echo=lambda _: None)
+    assert not work_folder(tmp_path / "b").exists()
 
 
 def _predict(bundle: Path, images: Path, out: Path, capsys, *extra) -> tuple[int, str, str]:
