@@ -152,7 +152,8 @@ def _job_summary(job: Job, result: JobResult, labels: np.ndarray, tta: TTAPolicy
 def _run_jobs(jobs: list[Job], keys: dict[str, str], store: JobStore, inputs: JobInputs, cfg: FitConfig,
               echo: Echo) -> None:
     """Run the jobs not finished yet, storing each as it ends; then raise the first failure, if any."""
-    todo = [job for job in jobs if not store.finished(job, keys[job.id])]
+    records = store.records()
+    todo = [job for job in jobs if not store.finished(job, keys[job.id], records)]
     if len(todo) < len(jobs):
         echo(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} jobs already done")
     if not todo:
@@ -160,7 +161,7 @@ def _run_jobs(jobs: list[Job], keys: dict[str, str], store: JobStore, inputs: Jo
     if cfg.cluster.executor == "ray":
         echo(f"running {len(todo)} jobs on Ray, {cfg.cluster.cpus_per_job:g} CPU and {cfg.cluster.gpus_per_job:g} "
              f"GPU each, up to {cfg.cluster.max_retries} retries when a worker dies")
-    redone = [job.id for job in todo if job.id in store.records()]
+    redone = [job.id for job in todo if job.id in records]
     if redone:
         echo(f"{len(redone)} finished job(s) were made with other settings, data or code, or their files changed; "
              f"they run again: {', '.join(redone)}")

@@ -213,9 +213,9 @@ class JobStore:
                 continue  # damaged: the job runs again
         return found
 
-    def finished(self, job: Job, key: str) -> bool:
-        """Stored with this key, and its files are the ones stored (sha256)."""
-        record = self.records().get(job.id)
+    def finished(self, job: Job, key: str, records: dict[str, dict]) -> bool:
+        """Stored with this key (``records``: from ``records()``), and its files are the ones stored (sha256)."""
+        record = records.get(job.id)
         if record is None or record["key"] != key:
             return False
         files = {".keras": record["sha256"], **({} if job.refit else {".oof.npy": record["oof_sha256"]})}
