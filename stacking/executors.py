@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from stacking.errors import UserError
-from stacking.jobs import Job, JobResult, JobSettings, run_job, size_worker
+from stacking.jobs import Job, JobResult, JobSettings, job_threads, run_job, size_worker
 
 Echo = Callable[[str], None]
 EXECUTORS = ("local", "ray")
@@ -85,7 +85,7 @@ def local_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress) -> Iterat
         progress.started(job)
         try:
             result = run_job(job, inputs.pixels, inputs.labels, inputs.n_classes, inputs.settings)
-        except Exception as exc:  # the other jobs still run; Ctrl-C does stop the fit
+        except Exception as exc:  # yielded: the fit decides whether the others run; Ctrl-C stops it
             yield job, exc
         else:
             yield job, result
@@ -193,7 +193,7 @@ def ray_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress,
                                              "[cluster] gpus_per_job": ("GPU", cluster.gpus_per_job)})
         board = Queue(actor_options={"num_cpus": 0})  # the tasks' "started" notes: running, not just queued
         pixels, labels = ray.put(inputs.pixels), ray.put(inputs.labels)  # stored once, shared by every job
-        threads = str(max(1, round(cluster.cpus_per_job)))
+        threads = str(job_threads(cluster.cpus_per_job))
         task = ray.remote(_ray_job).options(
             num_cpus=cluster.cpus_per_job, num_gpus=cluster.gpus_per_job, max_retries=cluster.max_retries,
             retry_exceptions=False, name="stackserve-job",

@@ -126,6 +126,11 @@ def set_numerics(deterministic: bool, mixed_precision: bool) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
 
 
+def job_threads(cpus: float) -> int:
+    """TensorFlow's thread count for a job (or actor) given ``cpus`` CPUs."""
+    return max(1, round(cpus))
+
+
 def size_worker(cpus: float, gpus: float) -> None:
     """A cluster worker uses the cores it was given, and shares a GPU politely when given part of one.
 
@@ -133,7 +138,7 @@ def size_worker(cpus: float, gpus: float) -> None:
     Once TensorFlow has started in a process its thread counts are fixed, so callers keep
     workers of different counts apart (``executors.ray_jobs``).
     """
-    threads = max(1, round(cpus))
+    threads = job_threads(cpus)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
