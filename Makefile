@@ -3,9 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test test-container bench lint browser clean
+.PHONY: install demo test test-fast test-container bench lint browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +29,13 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing and not installable here: page tests will be skipped"; fi; }
 
+# The full gate, as CI runs it.
 test: lint browser
 	$(BIN)/pytest -q
+
+# The edit-test loop: everything but the tests marked slow (fits, servers, Ray, Chromium, the benchmark harness).
+test-fast: lint
+	$(BIN)/pytest -q -m "not slow" -n auto
 
 # Builds the Dockerfile with podman and runs the image's own command (needs root and apt; see the script).
 test-container: $(STAMP)

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stacking.bundle import Trust
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STACKSERVE_")
@@ -31,3 +33,9 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(0, ge=0)  # TensorFlow ops run side by side (0: TensorFlow's default)
     graceful_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, how long requests in flight may take to finish
     warm_up_views: bool = True  # compile every TTA view count up to max_tta before turning ready
+    trust_custom_code: bool = False  # import the modules a bundle's own architectures come from (runs their code)
+    verify_key: Path | None = None  # public key (PEM): refuse a bundle not signed with its private key
+
+    @property
+    def trust(self) -> Trust:
+        return Trust(custom_code=self.trust_custom_code, verify_key=self.verify_key)

@@ -43,7 +43,7 @@ class ModelState:
         """Load and warm up every view count a request may ask for; a failure is kept for ``/readyz``."""
         try:
             set_thread_counts(self.settings)
-            predictor = Predictor(self.settings.bundle, self.settings.call_rows)
+            predictor = Predictor(self.settings.bundle, self.settings.call_rows, self.settings.trust)
             predictor.warm_up(self.settings.max_tta if self.settings.warm_up_views else None)
             metrics.MODEL.labels(predictor.name, predictor.version).set(1)
             self.predictor = predictor

@@ -72,7 +72,7 @@ def kill_after_jobs(command: list[str], out: Path, jobs: int) -> tuple[float, in
 
 def compare(a: Path, b: Path) -> dict:
     oof_a, oof_b = load_oof(a), load_oof(b)
-    choice = [load_manifest(x)["meta_learner"]["kind"] for x in (a, b)]
+    choice = [load_manifest(x).meta_learner.kind for x in (a, b)]
     return {
         "oof_identical": all(np.array_equal(oof_a[k], oof_b[k]) for k in oof_a),
         "oof_max_abs_diff": float(np.abs(oof_a["probabilities"] - oof_b["probabilities"]).max()),
@@ -98,9 +98,9 @@ def main() -> None:
         out = args.workdir / name.replace(" ", "-")
         seconds = run_fit(fit_command(data, out, args.folds, args.epochs, *extra), out.with_suffix(".log"))
         manifest = load_manifest(out)
-        runs[name] = {"seconds": round(seconds, 1), "meta": manifest["meta_learner"]["kind"],
-                      "oof_accuracy": {k: round(v["accuracy"], 4) for k, v in manifest["metrics"]["oof"].items()},
-                      "worker_processes": len({r["worker"] for r in manifest["metrics"]["jobs"].values()}),
+        runs[name] = {"seconds": round(seconds, 1), "meta": manifest.meta_learner.kind,
+                      "oof_accuracy": {k: round(v["accuracy"], 4) for k, v in manifest.metrics["oof"].items()},
+                      "worker_processes": len({r["worker"] for r in manifest.metrics["jobs"].values()}),
                       **({} if name == "local" else compare(args.workdir / "local", out))}
 
     out = args.workdir / "resumed"

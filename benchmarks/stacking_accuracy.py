@@ -62,8 +62,8 @@ def main() -> None:
         seconds = round(time.monotonic() - started, 1)
         rows, count, _ = evaluate_folder(Predictor(bundle), data / "test", data / "test_labels.csv")
         results[protocol] = {"rows": rows, "fit_seconds": seconds, "test_images": count,
-                             "oof_rows": manifest["metrics"]["oof_rows"],
-                             "chosen_reason": manifest["meta_learner"]["selection"]["reason"], **verdict(rows)}
+                             "oof_rows": manifest.metrics["oof_rows"],
+                             "chosen_reason": manifest.meta_learner.selection["reason"], **verdict(rows)}
     print(f"digits: {counts['train']} training scans, {counts['test']} test scans; models "
           f"{', '.join(load_config(config, {}).models)}")
     for protocol, result in results.items():

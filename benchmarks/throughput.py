@@ -237,7 +237,7 @@ def main() -> None:
     size, views = predictor.image_size, len(predictor.tta.view_list(predictor.image_size))
     pixels = np.random.default_rng(0).integers(0, 255, (args.images, size, size, 3), dtype=np.uint8)
     result: dict = {"bundle": str(bundle), "cores": os.cpu_count(), "views": views,
-                    "meta_learner": predictor.manifest["meta_learner"]["kind"]}
+                    "meta_learner": predictor.manifest.meta_learner.kind}
     best_rows = predictor.forward.rows_per_call
     if "limit" in parts:
         rates = limit_by_call_size(predictor, pixels)

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from stacking import choices
 from stacking.errors import UserError
 from stacking.files import write_atomically
 
@@ -30,14 +31,23 @@ preview_cli = typer.Typer(help="Pictures to check before a long fit.")
 cli.add_typer(preview_cli, name="preview")
 
 TTAOption = Annotated[Optional[int], typer.Option("--tta", help="TTA views (default: the bundle's policy).")]
-PolicyOption = Annotated[Optional[str], typer.Option("--tta-policy", help="none, flip, shift or flip-shift (default: the bundle's).")]
-MetaOption = Annotated[Optional[str], typer.Option(help="auto, best-single, mean, weighted, caruana, logreg or rf.")]
-CriterionOption = Annotated[Optional[str], typer.Option(help="Rank meta candidates by log_loss (default) or accuracy.")]
+PolicyOption = Annotated[Optional[str], typer.Option("--tta-policy", help=choices.TTA_POLICY.help("TTA policy (default: the bundle's)."))]
+MetaOption = Annotated[Optional[str], typer.Option(help=choices.META.help("Meta-learner; auto: chosen by cross-validation."))]
+CriterionOption = Annotated[Optional[str], typer.Option(help=choices.META_CRITERION.help("How meta candidates are ranked (default log_loss)."))]
 TTAFeaturesOption = Annotated[Optional[bool], typer.Option("--tta-features/--no-tta-features", help="Give the meta-learner each model's TTA entropy and disagreement.")]
-CalibrationOption = Annotated[Optional[str], typer.Option(help="none, or temperature: scale the chosen output, fitted on OOF rows.")]
-ExecutorOption = Annotated[Optional[str], typer.Option(help="local (this process) or ray (a Ray cluster).")]
+CalibrationOption = Annotated[Optional[str], typer.Option(help=choices.CALIBRATION.help("temperature: scale the chosen output, fitted on OOF rows."))]
+ExecutorOption = Annotated[Optional[str], typer.Option(help=choices.EXECUTOR.help("local: this process; ray: a Ray cluster."))]
 RayAddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local one).")]
-OnBadOption = Annotated[str, typer.Option("--on-bad-image", help="error: stop at an unreadable image; skip: leave it out and report it.")]
+OnBadOption = Annotated[str, typer.Option("--on-bad-image", help=choices.ON_BAD_IMAGE.help("error: stop at an unreadable image; skip: leave it out and report it."))]
+# Every command that loads a bundle: what it trusts.
+TrustCodeOption = Annotated[bool, typer.Option("--trust-custom-code", envvar="STACKSERVE_TRUST_CUSTOM_CODE", help="Import the Python modules the bundle's own architectures come from (runs their code) [STACKSERVE_TRUST_CUSTOM_CODE].")]
+VerifyKeyOption = Annotated[Optional[Path], typer.Option("--verify-key", envvar="STACKSERVE_VERIFY_KEY", help="Public key (PEM): refuse the bundle unless signed with its private key and unchanged since [STACKSERVE_VERIFY_KEY].")]
+
+
+def make_trust(trust_custom_code: bool, verify_key: Path | None):
+    from stacking.bundle import Trust
+
+    return Trust(custom_code=trust_custom_code, verify_key=verify_key)
 
 
 @data_cli.command("digits")
@@ -77,24 +87,25 @@ def fit_command(
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write.")],
     config: Annotated[Optional[Path], typer.Option(help="TOML settings file.")] = None,
     models: Annotated[Optional[str], typer.Option(help="Comma-separated architectures.")] = None,
-    protocol: Annotated[Optional[str], typer.Option(help="holdout or kfold.")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help=choices.PROTOCOL.help("How OOF rows are made."))] = None,
     folds: Annotated[Optional[int], typer.Option(help="K for --protocol kfold.")] = None,
     tta: TTAOption = None,
-    tta_policy: Annotated[Optional[str], typer.Option(help="none, flip, shift or flip-shift.")] = None,
+    tta_policy: Annotated[Optional[str], typer.Option(help=choices.TTA_POLICY.help("TTA policy."))] = None,
     meta: MetaOption = None,
     meta_criterion: CriterionOption = None,
     tta_features: TTAFeaturesOption = None,
     calibration: CalibrationOption = None,
     group_column: Annotated[Optional[str], typer.Option(help="Column of train.csv (or groups.csv) keeping groups on one side of every split.")] = None,
-    final: Annotated[Optional[str], typer.Option(help="kfold's served models: fold-average or refit.")] = None,
+    final: Annotated[Optional[str], typer.Option(help=choices.FINAL.help("kfold's served models."))] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs per base model.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for splits, training and the meta-learner.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square side.")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="imagenet or none, for keras.applications models.")] = None,
-    on_bad_image: Annotated[Optional[str], typer.Option("--on-bad-image", help="error or skip.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help=choices.WEIGHTS.help("Starting weights of keras.applications models."))] = None,
+    on_bad_image: Annotated[Optional[str], typer.Option("--on-bad-image", help=choices.ON_BAD_IMAGE.help("An unreadable image stops the fit or is left out."))] = None,
     executor: ExecutorOption = None,
     ray_address: RayAddressOption = None,
     resume: Annotated[bool, typer.Option(help="Keep the finished jobs of an interrupted fit to --out; run the rest.")] = False,
+    sign_key: Annotated[Optional[Path], typer.Option(help="Private key (PEM): sign the bundle at the end (stacking sign).")] = None,
 ) -> None:
     """Train base models, make OOF predictions, fit and select the meta-learner, write the bundle.
 
@@ -110,7 +121,7 @@ def fit_command(
         "meta_criterion": meta_criterion, "tta_features": tta_features, "calibration": calibration,
         "group_column": group_column, "final": final, "executor": executor, "ray_address": ray_address,
     }
-    fit(data, out, load_config(config, overrides), echo=typer.echo, resume=resume)
+    fit(data, out, load_config(config, overrides), echo=typer.echo, resume=resume, sign_key=sign_key)
     typer.echo(f"bundle written to {out}; report: {out / 'report' / 'index.html'}")
 
 
@@ -121,12 +132,14 @@ def meta_command(
     meta_criterion: CriterionOption = None,
     tta_features: TTAFeaturesOption = None,
     calibration: CalibrationOption = None,
+    trust_custom_code: TrustCodeOption = False,
+    verify_key: VerifyKeyOption = None,
 ) -> None:
     """Refit only the meta-learner from the bundle's OOF arrays (seconds; no CNN is retrained)."""
     from stacking.stack import refit_meta
 
     overrides = {"meta": meta, "meta_criterion": meta_criterion, "tta_features": tta_features, "calibration": calibration}
-    refit_meta(bundle, overrides, echo=typer.echo)
+    refit_meta(bundle, overrides, echo=typer.echo, trust=make_trust(trust_custom_code, verify_key))
     typer.echo(f"meta-learner of {bundle} refitted; report: {bundle / 'report' / 'index.html'}")
 
 
@@ -139,12 +152,14 @@ def evaluate_command(
     tta: TTAOption = None,
     tta_policy: PolicyOption = None,
     on_bad_image: OnBadOption = "error",
+    trust_custom_code: TrustCodeOption = False,
+    verify_key: VerifyKeyOption = None,
 ) -> None:
     """The comparison table (base models, meta candidates, the stack) on labelled images, and diversity."""
     from stacking.evaluate import diversity, evaluate_folder, format_diversity, format_table, record_evaluation
     from stacking.predictor import Predictor
 
-    predictor = Predictor(bundle)
+    predictor = Predictor(bundle, trust=make_trust(trust_custom_code, verify_key))
     predictor.check_views(tta, tta_policy)
     rows, count, bad = evaluate_folder(predictor, data, labels, tta, tta_policy, on_bad_image)
     for _, reason in bad:
@@ -173,16 +188,18 @@ def predict_command(
     workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
     call_rows: Annotated[int, typer.Option(help="Image-views per compiled call: one padded shape (see the README's Speed section).")] = 64,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run of the same command from its checkpoint.")] = False,
-    executor: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data, actors that each load the bundle).")] = "local",
+    executor: Annotated[str, typer.Option(help=choices.EXECUTOR.help("ray: Ray Data, actors that each load the bundle."))] = "local",
     ray_address: RayAddressOption = None,
     actors: Annotated[int, typer.Option(help="With --executor ray: actors, each with its own copy of the bundle.")] = 2,
     cpus_per_actor: Annotated[float, typer.Option(help="With --executor ray: CPUs each actor asks Ray for (its TensorFlow threads).")] = 1.0,
+    trust_custom_code: TrustCodeOption = False,
+    verify_key: VerifyKeyOption = None,
 ) -> None:
     """Write an offline submission, streamed in chunks and resumable; rows in sample_submission.csv order when present."""
     from stacking.predictor import Predictor
     from stacking.submission import PredictOptions, checkpoint_dir, predict_folder
 
-    predictor = Predictor(bundle, call_rows)
+    predictor = Predictor(bundle, call_rows, make_trust(trust_custom_code, verify_key))
     options = PredictOptions(tta, tta_policy, on_bad_image, fallback_class, batch_size, workers, resume, executor,
                              ray_address or "", actors, cpus_per_actor)
     try:
@@ -202,13 +219,43 @@ def predict_command(
 
 
 @cli.command("report")
-def report_command(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
+def report_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    trust_custom_code: TrustCodeOption = False,
+    verify_key: VerifyKeyOption = None,
+) -> None:
     """(Re)write BUNDLE/report/index.html."""
     from stacking.bundle import load_manifest
     from stacking.report import write_report
 
-    load_manifest(bundle, verify=True)
-    typer.echo(f"report written to {write_report(bundle)}")
+    manifest = load_manifest(bundle, make_trust(trust_custom_code, verify_key))
+    typer.echo(f"report written to {write_report(bundle, manifest)}")
+
+
+@cli.command("sign")
+def sign_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    key: Annotated[Path, typer.Option("--key", help="Elliptic-curve private key (PEM) to sign with.")],
+) -> None:
+    """Sign the bundle (OpenSSF model signing): --verify-key PUBLIC.pem then refuses it if anything changes."""
+    from stacking.bundle import load_manifest
+    from stacking.bundle.signing import sign_bundle
+
+    load_manifest(bundle)  # sign only what is intact
+    typer.echo(f"signed {bundle}: {sign_bundle(bundle, key)}")
+
+
+@cli.command("migrate")
+def migrate_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder in the older format 2.")],
+    trust_custom_code: Annotated[bool, typer.Option("--trust-custom-code", help="Required: format 2 meta-learners are pickles, and reading them runs their code.")] = False,
+) -> None:
+    """Rewrite a format-2 bundle in place in the current, pickle-free format (loads its pickles once)."""
+    from stacking.bundle.migrate import migrate_bundle
+
+    manifest = migrate_bundle(bundle, trust_custom_code)
+    typer.echo(f"{bundle} is now bundle format {manifest.format_version}: meta-learners in "
+               f"{manifest.meta_learner.file} and {manifest.meta_learner.candidates_file}, no pickle left")
 
 
 def main(argv: list[str] | None = None, app: typer.Typer = cli) -> int:
@@ -230,6 +277,3 @@ def main(argv: list[str] | None = None, app: typer.Typer = cli) -> int:
         return 130
     return result if isinstance(result, int) else 0
 
-
-def run() -> None:
-    sys.exit(main())

@@ -14,12 +14,11 @@ from typing import Any
 
 from models.registry import HEADS, get_spec, is_custom, load_custom_builder
 from models.training import CLASS_WEIGHTS, Augmentation, TrainConfig
-from stacking.datasets import ON_BAD_IMAGE
+from stacking.choices import FINAL, ON_BAD_IMAGE, PROTOCOL, TTA_MERGE, TTA_POLICY, WEIGHTS
 from stacking.errors import UserError
 from stacking.executors import ClusterConfig
-from stacking.protocols import FINALS, PROTOCOLS
 from stacking.stack import MetaSettings
-from stacking.tta import FLIPPING, MERGES, POLICIES, TTAPolicy
+from stacking.tta import FLIPPING, TTAPolicy
 
 DEFAULT_MODELS = ("tiny_cnn", "small_resnet", "mini_mobilenet")
 
@@ -117,22 +116,19 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> FitConfig:
 
 def validate(cfg: FitConfig) -> None:
     """Refuse settings that cannot work, naming the option."""
+    for choice, value in ((PROTOCOL, cfg.protocol), (FINAL, cfg.final), (TTA_POLICY, cfg.tta.name),
+                          (TTA_MERGE, cfg.tta.merge), (ON_BAD_IMAGE, cfg.on_bad_image), (WEIGHTS, cfg.weights)):
+        choice.check(value)
     checks = [
-        (cfg.protocol in PROTOCOLS, f"--protocol {cfg.protocol!r}: expected one of {', '.join(PROTOCOLS)}"),
-        (cfg.final in FINALS, f"--final {cfg.final!r}: expected one of {', '.join(FINALS)}"),
         (cfg.final == "fold-average" or cfg.protocol == "kfold", "--final refit: only with --protocol kfold (holdout "
          "models are already the served ones)"),
-        (cfg.tta.name in POLICIES, f"--tta-policy {cfg.tta.name!r}: expected one of {', '.join(POLICIES)}"),
         (cfg.tta.adaptive_views >= 0, f"[tta] adaptive_views {cfg.tta.adaptive_views}: must be 0 (off) or more"),
-        (cfg.tta.merge in MERGES, f"[tta] merge {cfg.tta.merge!r}: expected one of {', '.join(MERGES)}"),
         (cfg.tta.views >= 0, f"--tta {cfg.tta.views}: must be 0 or more"),
         (cfg.tta_diagnostic_views >= 1, f"tta_diagnostic_views {cfg.tta_diagnostic_views}: must be at least 1"),
         (cfg.folds >= 2, f"--folds {cfg.folds}: must be at least 2"),
         (0 < cfg.holdout_fraction < 1, f"holdout_fraction {cfg.holdout_fraction}: must be between 0 and 1"),
         (0 < cfg.validation_fraction < 1, f"validation_fraction {cfg.validation_fraction}: must be between 0 and 1"),
         (cfg.train.epochs >= 1, f"--epochs {cfg.train.epochs}: must be at least 1"),
-        (cfg.on_bad_image in ON_BAD_IMAGE, f"--on-bad-image {cfg.on_bad_image!r}: expected error or skip"),
-        (cfg.weights in ("imagenet", "none"), f"weights {cfg.weights!r}: expected imagenet or none"),
         (len(cfg.models) >= 1, "--models: name at least one model"),
         (cfg.head in HEADS, f"head {cfg.head!r}: expected one of {', '.join(HEADS)}"),
         (0 <= cfg.dropout < 1, f"dropout {cfg.dropout}: must be in [0, 1)"),

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stacking.choices import ON_BAD_IMAGE
 from stacking.errors import UserError
 from stacking.images import is_image_file, load_images
-
-ON_BAD_IMAGE = ("error", "skip")
 
 
 @dataclass
@@ -127,8 +126,7 @@ def load_pixels(
 
     Returns the images kept, their pixels, and the [(path, reason)] of those left out.
     """
-    if on_bad_image not in ON_BAD_IMAGE:
-        raise UserError(f"--on-bad-image {on_bad_image!r}: expected one of {', '.join(ON_BAD_IMAGE)}")
+    ON_BAD_IMAGE.check(on_bad_image)
     pixels, bad = load_images(images.paths, image_size, workers)
     if bad and on_bad_image == "error":
         path, reason = bad[0]

@@ -23,7 +23,7 @@ def compare(
     """One row per base model, per meta candidate (each fitted on the OOF rows), and the served stack."""
     prediction = predictor.predict(pixels, views, policy)
     candidates = {name: predictor.stack(candidate, prediction.features) for name, candidate in predictor.candidates().items()}
-    selection = predictor.manifest["meta_learner"]["selection"]
+    selection = predictor.manifest.meta_learner.selection
     return leaderboard(predictor.base_names, prediction.base_probabilities, candidates, prediction.probabilities,
                        selection, labels)
 
@@ -78,7 +78,7 @@ def record_evaluation(
     """
     from stacking.report import write_report  # the report shows this table; imported here to avoid a cycle
 
-    tta = predictor.manifest["tta"]
+    tta = predictor.manifest.tta
     record = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bundle_sha": predictor.sha256,
@@ -86,12 +86,12 @@ def record_evaluation(
         "labels": str(Path(labels_csv).resolve()) if labels_csv else None,
         "images": count,
         "skipped": [str(path) for path, _ in skipped],
-        "views": tta["views"] if views is None else views,
-        "policy": policy or tta["policy"],
+        "views": tta.views if views is None else views,
+        "policy": policy or tta.policy,
         "rows": rows,
     }
     try:
         bundle_io.save_evaluation(predictor.bundle, record)
-        return write_report(predictor.bundle)
+        return write_report(predictor.bundle, predictor.manifest)
     except OSError:
         return None

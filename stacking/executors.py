@@ -15,11 +15,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from stacking.choices import EXECUTOR
 from stacking.errors import UserError
 from stacking.jobs import Job, JobResult, JobSettings, job_threads, run_job, size_worker
 
 Echo = Callable[[str], None]
-EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,7 @@ class ClusterConfig:
     max_retries: int = 2  # times a job is run again when its worker process dies
 
     def check(self) -> None:
-        if self.executor not in EXECUTORS:
-            raise UserError(f"--executor {self.executor!r}: expected one of {', '.join(EXECUTORS)}")
+        EXECUTOR.check(self.executor)
         if self.cpus_per_job <= 0 or self.gpus_per_job < 0:
             raise UserError("[cluster] cpus_per_job must be above 0 and gpus_per_job 0 or more")
         if self.max_retries < 0:

@@ -17,12 +17,14 @@ import time
 from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
 from models import get_spec
 from stacking import bundle as bundle_io
+from stacking.bundle.manifest import BaseModelEntry, Manifest, MetaLearnerEntry
+from stacking.bundle.signing import check_signing_key, sign_bundle
 from stacking.config import FitConfig
 from stacking.datasets import ImageSet, load_pixels, read_groups, read_training_set
 from stacking.errors import UserError
@@ -89,20 +91,14 @@ def base_name(model: str) -> str:
     return model.replace(":", ".")
 
 
-def _base_entry(work: Path, model: str, files: list[str], cfg: FitConfig) -> dict:
-    spec = get_spec(model)
-    return {
-        "name": base_name(model),
-        "architecture": spec.name,
-        "preprocessing": spec.preprocessing,
-        "weights": cfg.weights_for(model),
-        "files": files,
-        "history": bundle_io.history_path(work, base_name(model)).relative_to(work).as_posix(),
-    }
+class TrainingData(NamedTuple):
+    images: ImageSet
+    pixels: np.ndarray
+    skipped: list  # [(path, reason)] of unreadable images left out
+    groups: np.ndarray | None  # None without --group-column
 
 
-def _load_training_data(data_dir: Path, cfg: FitConfig, echo: Echo) -> tuple[ImageSet, np.ndarray, list, np.ndarray | None]:
-    """The labelled images, their pixels, those skipped, and their groups (None without --group-column)."""
+def _load_training_data(data_dir: Path, cfg: FitConfig, echo: Echo) -> TrainingData:
     images = read_training_set(data_dir)
     need = minimum_per_class(cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds)
     check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
@@ -111,7 +107,10 @@ def _load_training_data(data_dir: Path, cfg: FitConfig, echo: Echo) -> tuple[Ima
         echo(f"skipped {reason}")
     check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
     groups = read_groups(data_dir, images, cfg.group_column) if cfg.group_column else None
-    return images, pixels, bad, groups
+    echo(f"{len(images.labels)} images, {len(images.classes)} classes, protocol {cfg.protocol}, models "
+         f"{', '.join(cfg.models)}" + (f", grouped by {cfg.group_column} ({len(np.unique(groups))} groups)"
+                                       if groups is not None else ""))
+    return TrainingData(images, pixels, bad, groups)
 
 
 def _summary_line(desc: str, history: dict, oof_accuracy: float | None) -> str:
@@ -182,140 +181,167 @@ def _run_jobs(jobs: list[Job], keys: dict[str, str], store: JobStore, inputs: Jo
         raise failure
 
 
-def _assemble_base_models(jobs: list[Job], store: JobStore, work: Path, cfg: FitConfig, shape: tuple[int, int],
-                          diag: np.ndarray, refit: bool) -> tuple[np.ndarray, np.ndarray, list[dict], dict]:
-    """Put the stored jobs' models and histories in the bundle; gather their OOF rows.
+class Plan(NamedTuple):
+    splits: list[Split]
+    folds: np.ndarray  # each training image's fold (-1: trained on by every model, never predicted)
+    fold_hash: str
+    jobs: list[Job]
+    keys: dict[str, str]  # each job's key: what it computes from
 
-    Returns each base model's served views on every OOF row (M, T, N, C), all views on
-    the TTA-diagnostic rows (M, V, D, C), the manifest's base-model entries and the
-    validation scores per fold.
-    """
-    n_images, n_classes = shape
+
+def _plan(data: TrainingData, cfg: FitConfig) -> Plan:
+    labels = data.images.labels
+    splits = make_splits(labels, cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed,
+                         data.groups, data.images.classes)
+    folds = fold_assignment(splits, len(labels))
+    refit = cfg.protocol == "kfold" and cfg.final == "refit"
+    jobs = plan_jobs(cfg, splits, refit_split(labels, cfg.validation_fraction, cfg.seed, data.groups) if refit else None)
+    settings, data_key = job_settings(cfg), data_fingerprint(data.images.ids, labels, data.pixels)
+    return Plan(splits, folds, fold_hash(data.images.ids, folds), jobs,
+                {job.id: job.key(settings, data_key) for job in jobs})
+
+
+class BaseModels(NamedTuple):
+    """The base models as placed in the bundle, with what their jobs predicted."""
+
+    oof_views: np.ndarray  # (M, T, N, C) each model's served views on every training image (zeros where none)
+    diag_rows: np.ndarray  # the OOF rows the TTA diagnostics measure
+    diag_views: np.ndarray  # (M, V, D, C) every measured view on those rows
+    entries: list[BaseModelEntry]
+    validation: dict[str, list[dict]]  # the best epoch's validation scores per fold
+
+
+def _assemble_base_models(plan: Plan, store: JobStore, work: Path, cfg: FitConfig, data: TrainingData) -> BaseModels:
+    """Put the stored jobs' models and histories in the bundle; gather their OOF rows."""
+    n_images, n_classes = len(data.images.labels), len(data.images.classes)
     served = len(cfg.tta.view_list(cfg.image_size))
-    views = len(job_settings(cfg).views)
+    diag = diagnostic_rows(np.concatenate([s.oof for s in plan.splits]), cfg.seed)
     oof_views = np.zeros((len(cfg.models), served, n_images, n_classes), np.float32)
-    diag_views = np.zeros((len(cfg.models), views, len(diag), n_classes), np.float32)
-    base_entries, validation = [], {}
+    diag_views = np.zeros((len(cfg.models), len(job_settings(cfg).views), len(diag), n_classes), np.float32)
+    entries, validation = [], {}
     for m, model in enumerate(cfg.models):
         name, files, histories = base_name(model), [], []
-        for job in (j for j in jobs if j.name == name):
+        for job in (j for j in plan.jobs if j.name == name):
             history, per_view = store.load(job)
             if job.refit:  # the served model: the fold models only made the OOF rows
-                files, histories = [store.place_model(job, work)], [*histories, {**history, "refit": True}]
+                files = [bundle_io.save_base_model(work, name, None, store.model_file(job))]
+                histories.append({**history, "refit": True})
                 continue
             oof_views[m][:, job.split.oof] = per_view[:served]
             kept = np.isin(job.split.oof, diag)
             diag_views[m][:, np.searchsorted(diag, job.split.oof[kept])] = per_view[:, kept]
-            files += [] if refit else [store.place_model(job, work)]
+            if not any(j.refit for j in plan.jobs):
+                files.append(bundle_io.save_base_model(work, name, job.fold, store.model_file(job)))
             histories.append(history)
-        bundle_io.write_json(bundle_io.history_path(work, name), {"model": name, "folds": histories})
+        spec = get_spec(model)
+        entries.append(BaseModelEntry(name=name, architecture=spec.name, preprocessing=spec.preprocessing,
+                                      weights=cfg.weights_for(model), files=files,
+                                      history=bundle_io.save_history(work, name, histories)))
         validation[name] = [h["best"] for h in histories]
-        base_entries.append(_base_entry(work, model, files, cfg))
-    return oof_views, diag_views, base_entries, validation
+    return BaseModels(oof_views, diag, diag_views, entries, validation)
 
 
-def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: bool = False) -> dict:
+def _served_oof(base: BaseModels, plan: Plan, data: TrainingData, cfg: FitConfig, work: Path,
+                echo: Echo) -> tuple[TTAPolicy, dict[str, np.ndarray]]:
+    """Tune the served TTA on the diagnostic rows; return it and the OOF arrays merged exactly as it serves."""
+    names = [e.name for e in base.entries]
+    served = base.oof_views.shape[1]
+    tta, diagnostics = tune_and_measure(base.diag_views, data.images.labels[base.diag_rows], names, served, cfg.tta)
+    for line in diagnostics["summary"]:
+        echo(line)
+    bundle_io.save_tta_diagnostics(work, diagnostics)
+    rows = np.sort(np.concatenate([s.oof for s in plan.splits]))
+    result = served_result(base.oof_views[:, :, rows], tta)  # adaptive TTA included
+    oof = {
+        "probabilities": result.merged,
+        "disagreement": result.fold_disagreement[0].astype(np.float32),
+        "labels": data.images.labels[rows],
+        "ids": np.array([data.images.ids[i] for i in rows]),
+        "folds": plan.folds[rows],
+        "models": np.array(names),
+        "fold_hashes": np.array([plan.fold_hash] * len(names)),
+        **({"groups": data.groups[rows]} if data.groups is not None else {}),
+    }
+    bundle_io.save_oof(work, oof)
+    return tta, oof
+
+
+def _manifest(data_dir: Path, cfg: FitConfig, data: TrainingData, plan: Plan, base: BaseModels, tta: TTAPolicy,
+              oof: dict[str, np.ndarray], meta: MetaLearnerEntry, job_runs: dict, seconds: float) -> Manifest:
+    """Everything the bundle says of itself; ``files`` is filled in when it is written."""
+    labels, classes = data.images.labels, data.images.classes
+    names = [e.name for e in base.entries]
+    return Manifest(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        classes=classes,
+        image_size=cfg.image_size,
+        data={"source": str(Path(data_dir).resolve()), "images": int(len(labels)),
+              "per_class": dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist())),
+              "skipped": [str(p) for p, _ in data.skipped]},
+        base_models=base.entries,
+        meta_learner=meta,
+        tta=tta.as_dict(),
+        protocol={"name": cfg.protocol, "holdout_fraction": cfg.holdout_fraction if cfg.protocol == "holdout" else None,
+                  "folds": cfg.folds if cfg.protocol == "kfold" else None,
+                  "validation_fraction": cfg.validation_fraction, "group_column": cfg.group_column or None,
+                  "fold_file": bundle_io.FOLDS_FILE, "fold_hash": plan.fold_hash,
+                  "final_models": "holdout-trained" if cfg.protocol == "holdout" else cfg.final},
+        config=cfg.as_dict(),
+        metrics={
+            "oof_rows": int(len(oof["labels"])),
+            "oof": {**{name: score(oof["probabilities"][m], oof["labels"]) for m, name in enumerate(names)},
+                    "mean": score(oof["probabilities"].mean(axis=0), oof["labels"])},
+            "validation": base.validation,
+            "fit_seconds": round(seconds, 1),
+            "jobs": job_runs,  # where each job ran, for how long, on how many threads
+        },
+        seeds={"seed": cfg.seed, "per_model": "seed + 1000 * model index + fold (refit: fold = K)"},
+        versions=bundle_io.library_versions(),
+        custom_modules=bundle_io.custom_modules([e.architecture for e in base.entries]),
+        files={},
+    )
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+
+
+def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: bool = False,
+        sign_key: Path | None = None) -> Manifest:
     """Run the whole fit; return the manifest of the bundle written to ``out``.
 
     ``resume``: keep the finished jobs of an interrupted fit to ``out`` (those whose
     settings, seed, rows and data are unchanged) and run only the others.
+    ``sign_key``: sign the bundle at the end with this private key (checked first).
     """
     started, out = time.monotonic(), Path(out)
     if cfg.cluster.executor == "ray":
         check_ray(cfg.cluster.address)  # before minutes of decoding images
+    if sign_key is not None:
+        check_signing_key(sign_key)  # before hours of training
     with _locked_work_folder(out, resume, echo) as work_root:
         set_numerics(cfg.deterministic, cfg.mixed_precision)
-        images, pixels, bad, groups = _load_training_data(data_dir, cfg, echo)
-        labels, classes = images.labels, images.classes
-        echo(f"{len(labels)} images, {len(classes)} classes, protocol {cfg.protocol}, models {', '.join(cfg.models)}"
-             + (f", grouped by {cfg.group_column} ({len(np.unique(groups))} groups)" if groups is not None else ""))
-        splits = make_splits(
-            labels, cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed, groups, classes
-        )
-        folds = fold_assignment(splits, len(labels))
-        assignment = fold_hash(images.ids, folds)
-        refit = cfg.protocol == "kfold" and cfg.final == "refit"
-        jobs = plan_jobs(cfg, splits, refit_split(labels, cfg.validation_fraction, cfg.seed, groups) if refit else None)
-        settings = job_settings(cfg)
-        data_key = data_fingerprint(images.ids, labels, pixels)
-        keys = {job.id: job.key(settings, data_key) for job in jobs}
+        data = _load_training_data(data_dir, cfg, echo)
+        plan = _plan(data, cfg)
         store = JobStore(work_root / "jobs")
-        _run_jobs(jobs, keys, store, JobInputs(pixels, labels, len(classes), settings), cfg, echo)
+        inputs = JobInputs(data.pixels, data.images.labels, len(data.images.classes), job_settings(cfg))
+        _run_jobs(plan.jobs, plan.keys, store, inputs, cfg, echo)
 
         work = work_root / "bundle"  # assembled afresh from the stored jobs
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        bundle_io.save_folds(work, images.ids, folds, groups)
-        served = len(cfg.tta.view_list(cfg.image_size))
-        diag = diagnostic_rows(np.concatenate([s.oof for s in splits]), cfg.seed)
-        oof_views, diag_views, base_entries, validation = _assemble_base_models(
-            jobs, store, work, cfg, (len(labels), len(classes)), diag, refit)
-        names = [base_name(model) for model in cfg.models]
-        records = store.records()
-        job_runs = {job.id: {k: records[job.id][k] for k in ("seconds", "worker", "threads")} for job in jobs}
-
-        tta, diagnostics = tune_and_measure(diag_views, labels[diag], names, served, cfg.tta)
-        for line in diagnostics["summary"]:
-            echo(line)
-        bundle_io.write_json(work / bundle_io.TTA_DIAGNOSTICS, diagnostics)
-        rows = np.sort(np.concatenate([s.oof for s in splits]))
-        result = served_result(oof_views[:, :, rows], tta)  # TTA-merged exactly as served, adaptive included
-        oof = {
-            "probabilities": result.merged,
-            "disagreement": result.fold_disagreement[0].astype(np.float32),
-            "labels": labels[rows],
-            "ids": np.array([images.ids[i] for i in rows]),
-            "folds": folds[rows],
-            "models": np.array(names),
-            "fold_hashes": np.array([assignment] * len(names)),
-            **({"groups": groups[rows]} if groups is not None else {}),
-        }
-        bundle_io.save_oof(work, oof)
-        meta_entry = fit_meta(work, oof, MetaSettings.from_config(cfg.as_dict()), assignment)
-        echo(describe(meta_entry))
-
-        metrics = {
-            "oof_rows": int(len(rows)),
-            "oof": {
-                **{name: score(result.merged[m], oof["labels"]) for m, name in enumerate(names)},
-                "mean": score(result.merged.mean(axis=0), oof["labels"]),
-            },
-            "validation": validation,
-            "fit_seconds": round(time.monotonic() - started, 1),
-            "jobs": job_runs,  # where each job ran, for how long, on how many threads
-        }
-
-        manifest = bundle_io.write_manifest(work, {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "classes": classes,
-            "image_size": cfg.image_size,
-            "data": {
-                "source": str(Path(data_dir).resolve()),
-                "images": int(len(labels)),
-                "per_class": dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist())),
-                "skipped": [str(p) for p, _ in bad],
-            },
-            "base_models": base_entries,
-            "meta_learner": meta_entry,
-            "tta": tta.as_dict(),
-            "protocol": {
-                "name": cfg.protocol,
-                "holdout_fraction": cfg.holdout_fraction if cfg.protocol == "holdout" else None,
-                "folds": cfg.folds if cfg.protocol == "kfold" else None,
-                "validation_fraction": cfg.validation_fraction,
-                "group_column": cfg.group_column or None,
-                "fold_file": bundle_io.FOLDS_FILE,
-                "fold_hash": assignment,
-                "final_models": "holdout-trained" if cfg.protocol == "holdout" else cfg.final,
-            },
-            "config": cfg.as_dict(),
-            "metrics": metrics,
-            "seeds": {"seed": cfg.seed, "per_model": "seed + 1000 * model index + fold (refit: fold = K)"},
-            "versions": bundle_io.library_versions(),
-        })
-        write_report(work)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
+        bundle_io.save_folds(work, data.images.ids, plan.folds, data.groups)
+        base = _assemble_base_models(plan, store, work, cfg, data)
+        tta, oof = _served_oof(base, plan, data, cfg, work, echo)
+        meta = fit_meta(work, oof, MetaSettings.from_config(cfg.as_dict()), plan.fold_hash)
+        echo(describe(meta))
+        manifest = bundle_io.write_manifest(work, _manifest(
+            data_dir, cfg, data, plan, base, tta, oof, meta, store.runs(plan.jobs), time.monotonic() - started))
+        write_report(work, manifest)
+        _move_into_place(work, out)
         shutil.rmtree(work_root)  # still locked: a fit to the same --out waits for this one to end
+    if sign_key is not None:
+        echo(f"signed: {sign_bundle(out, sign_key)}")
     return manifest

@@ -16,7 +16,6 @@ import importlib
 import inspect
 import json
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -71,11 +70,6 @@ class Job:
     @property
     def desc(self) -> str:
         return f"{self.name} refit" if self.refit else self.name if self.fold is None else f"{self.name} fold {self.fold}"
-
-    @property
-    def model_file(self) -> str:
-        """Where the trained model goes in the bundle, relative to it."""
-        return bundle_io.base_model_path(Path(), self.name, self.fold).as_posix()
 
     def key(self, settings: JobSettings, data: str) -> str:
         """What the job computes from: its identity, seed, rows, settings, the data's fingerprint and the code.
@@ -247,12 +241,11 @@ class JobStore:
         history = json.loads(self._file(job.id, ".json").read_text())["history"]
         return history, None if job.refit else np.load(self._file(job.id, ".oof.npy"))
 
-    def place_model(self, job: Job, bundle: Path) -> str:
-        """Put the job's model file in its bundle place (a hard link where possible); return that place."""
-        target = Path(bundle) / job.model_file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(self._file(job.id, ".keras"), target)
-        except OSError:
-            shutil.copyfile(self._file(job.id, ".keras"), target)
-        return job.model_file
+    def model_file(self, job: Job) -> Path:
+        """The finished job's best-epoch ``.keras`` file."""
+        return self._file(job.id, ".keras")
+
+    def runs(self, jobs: list[Job]) -> dict[str, dict]:
+        """Where each finished job ran, for how long, on how many threads (for the manifest's metrics)."""
+        records = self.records()
+        return {job.id: {k: records[job.id][k] for k in ("seconds", "worker", "threads")} for job in jobs}

@@ -28,12 +28,10 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
 from stacking.calibration import TemperatureScaled, apply_temperature, brier, ece, fit_temperature
+from stacking.choices import CALIBRATION, META, META_CRITERION, META_KINDS
+from stacking.choices import LEARNED_META as LEARNED
+from stacking.choices import SIMPLE_META as SIMPLE
 
-SIMPLE = ("best-single", "mean", "weighted", "caruana")  # averages of the base models' probabilities
-LEARNED = ("logreg", "rf")
-META_KINDS = SIMPLE + LEARNED
-CRITERIA = ("log_loss", "accuracy")
-CALIBRATIONS = ("none", "temperature")
 CARUANA_ROUNDS = 50
 EPS = 1e-7
 
@@ -265,12 +263,7 @@ def select_meta(
     The cross-validated answers are kept: they are the only honest view of how the
     stack does on the OOF rows (the fitted stack has seen every one of them).
     """
-    if kind != "auto" and kind not in META_KINDS:
-        raise ValueError(f"unknown meta-learner {kind!r}; expected auto or one of {', '.join(META_KINDS)}")
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
-    if calibration not in CALIBRATIONS:
-        raise ValueError(f"unknown calibration {calibration!r}; expected one of {', '.join(CALIBRATIONS)}")
+    META.check(kind), META_CRITERION.check(criterion), CALIBRATION.check(calibration)
     n_models, _, n_classes = base_probs.shape
     X = meta_features(base_probs, disagreement)
     folds = meta_cv_folds(y, groups, cv, seed)

@@ -10,15 +10,16 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import keras
 import numpy as np
 
 # Importing models registers the preprocessing layers that saved models use.
-from models.registry import import_custom_module, is_custom
+import models  # noqa: F401
 from stacking import bundle as bundle_io
+from stacking.bundle import Trust
+from stacking.choices import TTA_POLICY
 from stacking.errors import UserError
 from stacking.meta import full_probabilities, meta_features, single_threaded
-from stacking.tta import CALL_ROWS, POLICIES, TTAForward, TTAPolicy, TTAResult, adaptive_views, run_tta
+from stacking.tta import CALL_ROWS, TTAForward, TTAPolicy, TTAResult, adaptive_views, run_tta
 
 
 @dataclass
@@ -54,36 +55,29 @@ class Prediction:
 class Predictor:
     """Everything needed to predict, from one bundle folder."""
 
-    def __init__(self, bundle: Path, call_rows: int = CALL_ROWS):
-        """``call_rows``: image-views per compiled call, one padded shape (see ``TTAForward``)."""
+    def __init__(self, bundle: Path, call_rows: int = CALL_ROWS, trust: Trust = Trust()):
+        """``call_rows``: image-views per compiled call, one padded shape (see ``TTAForward``);
+        ``trust``: whether custom code may be imported, and whose signature the bundle must carry."""
         if call_rows < 1:
             raise UserError(f"--call-rows {call_rows}: must be at least 1")
-        self.bundle = Path(bundle)
-        self.manifest = bundle_io.load_manifest(self.bundle, verify=True)
+        self.bundle, self.trust = Path(bundle), trust
+        self.manifest = bundle_io.load_manifest(self.bundle, trust)
         self.sha256 = bundle_io.manifest_sha(self.bundle)
         self.name = self.bundle.resolve().name
         self.version = self.sha256[:12]
-        self.classes: list[str] = self.manifest["classes"]
-        self.image_size: int = self.manifest["image_size"]
-        self.base_names = [b["name"] for b in self.manifest["base_models"]]
-        self.tta = TTAPolicy.from_dict(self.manifest["tta"])
-        for entry in self.manifest["base_models"]:
-            if is_custom(entry["architecture"]):
-                import_custom_module(entry["architecture"])
-        members = [
-            [keras.models.load_model(self.bundle / f, compile=False, safe_mode=True) for f in b["files"]]
-            for b in self.manifest["base_models"]
-        ]
+        self.classes: list[str] = self.manifest.classes
+        self.image_size: int = self.manifest.image_size
+        self.base_names = [b.name for b in self.manifest.base_models]
+        self.tta = TTAPolicy.from_dict(self.manifest.tta.model_dump())
+        members = bundle_io.load_base_models(self.bundle, self.manifest, trust)
         self.forward = TTAForward(members, self.image_size, call_rows)
-        self.meta = single_threaded(bundle_io.load_meta(self.bundle))
-        self.tta_features: bool = self.manifest["meta_learner"]["features"]["tta_features"]
+        self.meta = single_threaded(bundle_io.load_meta(self.bundle, self.manifest))
+        self.tta_features: bool = self.manifest.meta_learner.features.tta_features
 
     def policy(self, name: str | None = None) -> TTAPolicy:
         """The bundle's validated TTA policy, or another named one with the same shift and merge."""
-        if name is None or name == self.tta.name:
+        if name is None or TTA_POLICY.check(name) == self.tta.name:
             return self.tta
-        if name not in POLICIES:
-            raise UserError(f"--tta-policy {name!r}: expected one of {', '.join(POLICIES)}")
         return replace(self.tta, name=name)
 
     def max_views(self, policy: str | None = None) -> int:
@@ -124,7 +118,7 @@ class Predictor:
 
     def candidates(self) -> dict:
         """Every meta-learner candidate fitted at training time (the bundle's sha256 already checked)."""
-        return {name: single_threaded(c) for name, c in bundle_io.load_candidates(self.bundle).items()}
+        return {name: single_threaded(c) for name, c in bundle_io.load_candidates(self.bundle, self.manifest).items()}
 
     def warm_up(self, up_to: int | None = None) -> None:
         """Trace the compiled forward passes before real traffic, so none compiles while a client waits.

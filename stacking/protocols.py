@@ -22,10 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from stacking.choices import PROTOCOL
 from stacking.errors import UserError
-
-PROTOCOLS = ("holdout", "kfold")
-FINALS = ("fold-average", "refit")  # kfold's served models
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ def make_splits(
             raise UserError(f"--folds {folds}: only {len(np.unique(groups))} groups to spread over the folds")
         outer = _partition(index, labels, groups, folds, seed)
     else:
-        raise UserError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        PROTOCOL.check(protocol)
     splits = []
     for k, (train, oof) in enumerate(outer):
         n_val, n_classes = math.ceil(validation_fraction * len(train)), len(np.unique(labels))

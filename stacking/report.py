@@ -15,7 +15,6 @@ meta-folds that left each row out), the test leaderboard from the last
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from sklearn.metrics import confusion_matrix
 
 from models.training import Augmentation
 from stacking import bundle as bundle_io
+from stacking.bundle.manifest import Manifest, ProtocolEntry
 from stacking.calibration import reliability_bins
 from stacking.datasets import read_training_set
 from stacking.errors import UserError
@@ -73,19 +73,19 @@ class _Bundle:
     """What the sections read, loaded once."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
     oof: dict[str, np.ndarray]
-    stack_oof: dict[str, np.ndarray] | None
+    stack_oof: dict[str, np.ndarray]
     evaluation: dict | None  # the last ``stacking evaluate`` of this very bundle (None: none, or of an older one)
     stale_evaluation: bool = False
 
     @property
     def out(self) -> Path:
-        return self.path / bundle_io.REPORT
+        return bundle_io.report_folder(self.path)
 
     @property
     def classes(self) -> list[str]:
-        return self.manifest["classes"]
+        return self.manifest.classes
 
     @property
     def base_names(self) -> list[str]:
@@ -129,51 +129,50 @@ def _best_base(rows: list[dict]) -> dict:
     return max((r for r in rows if r["kind"] == "base"), key=lambda r: (r["accuracy"], -r["log_loss"]))
 
 
-def _protocol_text(manifest: dict) -> str:
-    protocol = manifest["protocol"]
-    if protocol["name"] == "holdout":
-        text = (f"<b>holdout</b>: {protocol['holdout_fraction']:.0%} of the images held out; the base models trained "
+def _protocol_text(protocol: ProtocolEntry) -> str:
+    if protocol.name == "holdout":
+        text = (f"<b>holdout</b>: {protocol.holdout_fraction:.0%} of the images held out; the base models trained "
                 "on the rest and predicted the held-out part, which the meta-learner was fitted on")
     else:
         served = ("the K fold models, the meta-learner applied to each and the answers averaged"
-                  if protocol["final_models"] == "fold-average" else "one model per architecture refitted on all images")
-        text = (f"<b>kfold</b> with {protocol['folds']} folds: every image predicted by models that never trained on it; "
+                  if protocol.final_models == "fold-average" else "one model per architecture refitted on all images")
+        text = (f"<b>kfold</b> with {protocol.folds} folds: every image predicted by models that never trained on it; "
                 f"served: {served}")
-    if protocol.get("group_column"):
-        text += f"; images grouped by <code>{_esc(protocol['group_column'])}</code>, each group on one side of every split"
-    return text + f"; {protocol['validation_fraction']:.0%} of each training part watched for early stopping."
+    if protocol.group_column:
+        text += f"; images grouped by <code>{_esc(protocol.group_column)}</code>, each group on one side of every split"
+    return text + f"; {protocol.validation_fraction:.0%} of each training part watched for early stopping."
 
 
 def _data_table(b: _Bundle) -> str:
     """Images per class: in all, and in each predicted part (the folds, or the held-out part)."""
-    per_class = b.manifest["data"]["per_class"]
+    per_class = b.manifest.data.per_class
     parts = sorted(set(b.oof["folds"].tolist()))
-    names = ["held out"] if b.manifest["protocol"]["name"] == "holdout" else [f"fold {k}" for k in parts]
+    names = ["held out"] if b.manifest.protocol.name == "holdout" else [f"fold {k}" for k in parts]
     counts = [np.bincount(b.oof["labels"][b.oof["folds"] == k], minlength=len(b.classes)) for k in parts]
     rows = [[name, str(per_class[name]), *[str(c[i]) for c in counts]] for i, name in enumerate(b.classes)]
-    rows.append(["all", str(b.manifest["data"]["images"]), *[str(c.sum()) for c in counts]])
-    skipped = b.manifest["data"]["skipped"]
+    rows.append(["all", str(b.manifest.data.images), *[str(c.sum()) for c in counts]])
+    skipped = b.manifest.data.skipped
     note = f"<p>{len(skipped)} unreadable image(s) left out: {_esc(', '.join(skipped[:5]))}</p>" if skipped else ""
     return _table(["class", "images", *names], rows) + note
 
 
 def _summary(b: _Bundle) -> str:
     m = b.manifest
-    metrics, meta = m["metrics"], m["meta_learner"]
+    metrics, meta = m.metrics, m.meta_learner
     base = _table(
         ["base model", "architecture", "weights", "preprocessing", "model files", "OOF accuracy", "OOF log-loss"],
-        [[e["name"], e["architecture"], e["weights"] or "none (from scratch)", e["preprocessing"], str(len(e["files"])),
-          f"{metrics['oof'][e['name']]['accuracy']:.4f}", f"{metrics['oof'][e['name']]['log_loss']:.4f}"]
-         for e in m["base_models"]],
+        [[e.name, e.architecture, e.weights or "none (from scratch)", e.preprocessing, str(len(e.files)),
+          f"{metrics['oof'][e.name]['accuracy']:.4f}", f"{metrics['oof'][e.name]['log_loss']:.4f}"]
+         for e in m.base_models],
     )
-    selection = meta["selection"]
+    selection = meta.selection
     features = "log-probabilities" + (" plus each model's TTA entropy and view disagreement"
-                                      if meta["features"]["tta_features"] else "")
+                                      if meta.features.tta_features else "")
     parts = [
-        f"<p>{len(b.classes)} classes, {m['data']['images']} training images from <code>{_esc(m['data']['source'])}"
-        f"</code> at {m['image_size']} px; TTA policy <b>{_esc(m['tta']['policy'])}</b> with {m['tta']['views']} "
-        f"view(s); fitted {_esc(m['created'])} in {metrics['fit_seconds']:.0f} s.</p>",
-        f"<p>Protocol: {_protocol_text(m)}</p>",
+        f"<p>{len(b.classes)} classes, {m.data.images} training images from <code>{_esc(m.data.source)}"
+        f"</code> at {m.image_size} px; TTA policy <b>{_esc(m.tta.policy)}</b> with {m.tta.views} "
+        f"view(s); fitted {_esc(m.created)} in {metrics['fit_seconds']:.0f} s.</p>",
+        f"<p>Protocol: {_protocol_text(m.protocol)}</p>",
         base,
         f"<p>Meta-learner: <b>{_esc(stack_name(selection))}</b> on {features}, chosen because: "
         f"{_esc(selection['reason'])}.</p>",
@@ -186,15 +185,13 @@ def _summary(b: _Bundle) -> str:
 
 def _headline(b: _Bundle) -> str:
     """The stack against the best base model and the plain mean: OOF scores, and test scores when evaluated."""
-    oof_rows = b.manifest["meta_learner"].get("oof_scores")
-    if not oof_rows:
-        return _missing("No OOF leaderboard in this bundle: rerun `stacking meta BUNDLE` to add it.")
-    tables = [("OOF", oof_rows, f"{b.manifest['metrics']['oof_rows']} OOF images")]
+    oof_rows = b.manifest.meta_learner.oof_scores
+    tables = [("OOF", oof_rows, f"{b.manifest.metrics['oof_rows']} OOF images")]
     if b.evaluation:
         tables.append(("test", b.evaluation["rows"], f"{b.evaluation['images']} test images"))
     header, rows = ["", *[f"{t} {metric}" for t, _, _ in tables for metric in ("accuracy", "log-loss")]], []
     picks = [("best base model", _best_base(oof_rows)["name"]), ("plain mean", "mean"),
-             ("chosen stack", stack_name(b.manifest["meta_learner"]["selection"]))]
+             ("chosen stack", stack_name(b.manifest.meta_learner.selection))]
     for label, name in picks:
         cells = []
         for _, table_rows, _ in tables:
@@ -218,16 +215,12 @@ def _by_name(rows: list[dict], name: str) -> dict:
 
 
 def _leaderboard(b: _Bundle) -> str:
-    meta = b.manifest["meta_learner"]
-    selection = meta["selection"]
-    parts = [f"<h3>Out-of-fold ({b.manifest['metrics']['oof_rows']} images no base model trained on)</h3>"]
-    if meta.get("oof_scores"):
-        parts.append("<p>Base models as they predicted the OOF rows; each candidate and the stack scored on answers "
-                     "from the meta-learner folds that left the row out (fitting and scoring on the same rows would "
-                     "flatter them).</p>")
-        parts.append(_table(SCORE_HEADER, *_score_rows(meta["oof_scores"])))
-    else:
-        parts.append(_missing("No OOF leaderboard in this bundle: rerun `stacking meta BUNDLE` to add it."))
+    meta = b.manifest.meta_learner
+    selection = meta.selection
+    parts = [f"<h3>Out-of-fold ({b.manifest.metrics['oof_rows']} images no base model trained on)</h3>",
+             "<p>Base models as they predicted the OOF rows; each candidate and the stack scored on answers from the "
+             "meta-learner folds that left the row out (fitting and scoring on the same rows would flatter them).</p>",
+             _table(SCORE_HEADER, *_score_rows(meta.oof_scores))]
     parts.append("<h3>Test</h3>")
     if b.evaluation:
         e = b.evaluation
@@ -240,7 +233,7 @@ def _leaderboard(b: _Bundle) -> str:
     parts.append(f"<h3>Meta-learner selection ({selection['cv_folds']}-fold cross-validation on the OOF rows)</h3>")
     parts.append(f"<p>Ranked by mean {_esc(selection['criterion'])} over the folds (± its spread); a learned stack "
                  f"must beat every averaging candidate. Reliance per base model in the order "
-                 f"{_esc(', '.join(meta['features']['base_models']))}.</p>")
+                 f"{_esc(', '.join(meta.features.base_models))}.</p>")
     board = selection["leaderboard"]
     parts.append(_table(
         ["candidate", "family", "CV accuracy", "CV log-loss", "Brier", "ECE", "reliance per base model"],
@@ -260,10 +253,7 @@ def _leaderboard(b: _Bundle) -> str:
 
 def _tta(b: _Bundle) -> str:
     """The TTA table, fixed/broken counts, accuracy-by-views curve and per-view heat map."""
-    path = b.path / bundle_io.TTA_DIAGNOSTICS
-    if not path.is_file():
-        return _missing("This bundle has no TTA diagnostics.")
-    diag = json.loads(path.read_text())
+    diag = bundle_io.load_tta_diagnostics(b.path)
     columns = list(next(iter(diag["table"].values())))
     table = _table(
         ["model", *[f"{c} acc / log-loss" for c in columns], "fixed", "broken"],
@@ -284,7 +274,7 @@ def _tta(b: _Bundle) -> str:
     if diag["views"] < 2:
         return "\n".join([*parts, _missing("Only the identity view was measured: no curve or per-view map to draw.")])
     plot_tta_curve(diag["accuracy_by_views"], b.out / "tta_curve.png", diag["served_views"])
-    names = [v.name for v in TTAPolicy.from_dict(b.manifest["tta"]).view_list(b.manifest["image_size"], diag["views"])]
+    names = [v.name for v in TTAPolicy.from_dict(b.manifest.tta.model_dump()).view_list(b.manifest.image_size, diag["views"])]
     heat = diag["heatmap"]
     plot_tta_heatmap(heat["predicted"], heat["labels"], b.classes, b.out / "tta_heatmap.png", names)
     parts += [
@@ -299,18 +289,18 @@ def _tta(b: _Bundle) -> str:
 def _curves(b: _Bundle) -> str:
     """One PNG per base model and fold (and refit): accuracy and loss, best epoch and LR drops marked."""
     parts = []
-    for entry in b.manifest["base_models"]:
-        folds = json.loads((b.path / entry["history"]).read_text())["folds"]
+    for entry in b.manifest.base_models:
+        folds = bundle_io.load_history(b.path, entry)
         for k, history in enumerate(folds):
             if history.get("refit"):
                 suffix, tag = " refit on all images", "_refit"
             else:
                 suffix, tag = ("", "") if len(folds) == 1 else (f" fold {k}", f"_fold{k}")
-            file = f"curves_{entry['name']}{tag}.png"
-            plot_history(history, b.out / file, f"{entry['name']}{suffix}")
+            file = f"curves_{entry.name}{tag}.png"
+            plot_history(history, b.out / file, f"{entry.name}{suffix}")
             parts.append(_figure(
-                file, f"training curves of {entry['name']}{suffix}",
-                f"{entry['name']}{suffix}: best epoch {history['best_epoch'] + 1} of {len(history['loss'])} kept, "
+                file, f"training curves of {entry.name}{suffix}",
+                f"{entry.name}{suffix}: best epoch {history['best_epoch'] + 1} of {len(history['loss'])} kept, "
                 f"validation accuracy {history['best']['val_accuracy']:.4f}",
             ))
     return "\n".join(parts)
@@ -319,7 +309,7 @@ def _curves(b: _Bundle) -> str:
 def _training_images(b: _Bundle) -> dict[tuple[str, int], Path] | None:
     """(id, class index) -> file of the training images, if the training folder is still there."""
     try:
-        images = read_training_set(Path(b.manifest["data"]["source"]))
+        images = read_training_set(Path(b.manifest.data.source))
     except UserError:
         return None
     index = {name: i for i, name in enumerate(b.classes)}
@@ -327,31 +317,29 @@ def _training_images(b: _Bundle) -> dict[tuple[str, int], Path] | None:
 
 
 def _augmentation(b: _Bundle) -> str:
-    cfg = b.manifest["config"]
+    cfg = b.manifest.config
     augmentation = Augmentation(**cfg["train"]["augmentation"])
     settings = ", ".join(f"{k} {v}" for k, v in cfg["train"]["augmentation"].items())
     if is_identity(augmentation):
         return f"<p>Training used no augmentation ({_esc(settings)}).</p>"
-    file, source = "augmentation.png", Path(b.manifest["data"]["source"])
+    file, source = "augmentation.png", Path(b.manifest.data.source)
     try:
-        preview_augmentation(source, b.out / file, augmentation, b.manifest["image_size"], cfg["seed"],
+        preview_augmentation(source, b.out / file, augmentation, b.manifest.image_size, cfg["seed"],
                              count=min(8, len(b.classes)))
     except UserError:
         if not (b.out / file).is_file():
             return _missing(f"The training images are no longer at {source}: no augmentation preview.")
     return _figure(file, "training images and augmented copies",
-                   f"Left: a training image at {b.manifest['image_size']} px; right: copies as training saw them "
+                   f"Left: a training image at {b.manifest.image_size} px; right: copies as training saw them "
                    f"({settings}). A copy that no longer shows its class means the augmentation is too strong.")
 
 
 def _errors(b: _Bundle) -> str:
-    if b.stack_oof is None:
-        return _missing("This bundle has no cross-validated stack answers: rerun `stacking meta BUNDLE` to add them.")
     labels, chosen = b.oof["labels"], b.stack_oof["chosen"]
-    name = stack_name(b.manifest["meta_learner"]["selection"])
+    name = stack_name(b.manifest.meta_learner.selection)
     counts = confusion_matrix(labels, chosen.argmax(axis=1), labels=np.arange(len(b.classes)))
     plot_confusion(counts, b.classes, b.out / "confusion.png", f"{name} on {len(labels)} OOF images")
-    best = _best_base(b.manifest["meta_learner"]["oof_scores"])["name"]
+    best = _best_base(b.manifest.meta_learner.oof_scores)["name"]
     curves = {f"best base model ({best})": reliability_bins(b.oof["probabilities"][b.base_names.index(best)], labels),
               name: reliability_bins(chosen, labels)}
     plot_reliability(curves, b.out / "reliability.png")
@@ -366,7 +354,7 @@ def _errors(b: _Bundle) -> str:
 
 
 def _diversity(b: _Bundle) -> str:
-    selection, names = b.manifest["meta_learner"]["selection"], b.base_names
+    selection, names = b.manifest.meta_learner.selection, b.base_names
     parts = []
     if len(names) < 2:
         parts.append(_missing("One base model: no diversity to show."))
@@ -400,8 +388,6 @@ def _thumbnail(path: Path) -> np.ndarray | None:
 
 
 def _mistakes(b: _Bundle) -> str:
-    if b.stack_oof is None:
-        return _missing("This bundle has no cross-validated stack answers: rerun `stacking meta BUNDLE` to add them.")
     labels, chosen = b.oof["labels"], b.stack_oof["chosen"]
     predicted, confidence = chosen.argmax(axis=1), chosen.max(axis=1)
     wrong = np.flatnonzero(predicted != labels)
@@ -411,7 +397,7 @@ def _mistakes(b: _Bundle) -> str:
     files = _training_images(b)
     if files is None:
         return _missing(f"{len(wrong)} OOF images are wrong, but the training images are no longer at "
-                        f"{b.manifest['data']['source']} to show them.")
+                        f"{b.manifest.data.source} to show them.")
     shown, captions, rows = [], [], []
     for i in wrong:
         image_id, label = str(b.oof["ids"][i]), int(labels[i])
@@ -426,7 +412,7 @@ def _mistakes(b: _Bundle) -> str:
             break
     if not shown:
         return _missing(f"{len(wrong)} OOF images are wrong, but none of them is readable in "
-                        f"{b.manifest['data']['source']}.")
+                        f"{b.manifest.data.source}.")
     image_grid(shown, captions, b.out / "mistakes.png")
     return "\n".join([
         f"<p>{len(wrong)} of {len(labels)} OOF images are wrong (cross-validated stack answers); the "
@@ -436,12 +422,13 @@ def _mistakes(b: _Bundle) -> str:
     ])
 
 
-def write_report(bundle: Path) -> Path:
-    """Write the report page and its pictures from the bundle; return the page's path."""
+def write_report(bundle: Path, manifest: Manifest) -> Path:
+    """Write the report page and its pictures from the bundle (``manifest``: its verified manifest); return the
+    page's path."""
     bundle = Path(bundle)
     evaluation = bundle_io.load_evaluation(bundle)
     stale = evaluation is not None and evaluation.get("bundle_sha") != bundle_io.manifest_sha(bundle)
-    b = _Bundle(bundle, bundle_io.load_manifest(bundle, verify=False), bundle_io.load_oof(bundle),
+    b = _Bundle(bundle, manifest, bundle_io.load_oof(bundle),
                 bundle_io.load_stack_oof(bundle), None if stale else evaluation, stale)
     b.out.mkdir(parents=True, exist_ok=True)
     builders = {"summary": _summary, "leaderboard": _leaderboard, "tta": _tta, "curves": _curves,

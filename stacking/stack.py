@@ -15,9 +15,12 @@ from typing import Any, Callable
 import numpy as np
 
 from stacking import bundle as bundle_io
+from stacking.bundle import Trust
+from stacking.bundle.manifest import Manifest, MetaFeatures, MetaLearnerEntry
+from stacking.choices import CALIBRATION, META, META_CRITERION
 from stacking.errors import UserError
 from stacking.leaderboard import leaderboard
-from stacking.meta import CALIBRATIONS, CRITERIA, META_KINDS, select_meta
+from stacking.meta import select_meta
 
 Echo = Callable[[str], None]
 FEATURE_LAYOUT = (
@@ -42,12 +45,7 @@ class MetaSettings:
         return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
 
     def check(self) -> None:
-        if self.meta != "auto" and self.meta not in META_KINDS:
-            raise UserError(f"--meta {self.meta!r}: expected auto, {', '.join(META_KINDS)}")
-        if self.meta_criterion not in CRITERIA:
-            raise UserError(f"--meta-criterion {self.meta_criterion!r}: expected one of {', '.join(CRITERIA)}")
-        if self.calibration not in CALIBRATIONS:
-            raise UserError(f"--calibration {self.calibration!r}: expected one of {', '.join(CALIBRATIONS)}")
+        META.check(self.meta), META_CRITERION.check(self.meta_criterion), CALIBRATION.check(self.calibration)
         if self.meta_folds < 2:
             raise UserError(f"meta_folds {self.meta_folds}: must be at least 2")
 
@@ -62,7 +60,7 @@ def check_fold_hashes(models: list[str], hashes: list[str], expected: str) -> No
             )
 
 
-def fit_meta(bundle: Path, oof: dict[str, np.ndarray], settings: MetaSettings, fold_hash: str) -> dict:
+def fit_meta(bundle: Path, oof: dict[str, np.ndarray], settings: MetaSettings, fold_hash: str) -> MetaLearnerEntry:
     """Select and fit the meta-learner on ``oof``, save it with every candidate; return the manifest entry."""
     settings.check()
     names = [str(n) for n in oof["models"]]
@@ -82,26 +80,22 @@ def fit_meta(bundle: Path, oof: dict[str, np.ndarray], settings: MetaSettings, f
     except ValueError as exc:
         raise UserError(f"meta-learner: {exc}") from None
     bundle_io.save_meta(bundle, found.meta, found.candidates, found.cv_probabilities, found.cv_chosen)
-    return {
-        "kind": found.record["kind"],
-        "file": bundle_io.META_FILE,
-        "candidates_file": bundle_io.CANDIDATES_FILE,
-        "features": {
-            "layout": FEATURE_LAYOUT,
-            "tta_features": settings.tta_features,
-            "base_models": names,
-            "n_classes": int(oof["probabilities"].shape[2]),
-        },
-        "selection": found.record,
+    return MetaLearnerEntry(
+        kind=found.record["kind"],
+        file=bundle_io.META_FILE,
+        candidates_file=bundle_io.CANDIDATES_FILE,
+        features=MetaFeatures(layout=FEATURE_LAYOUT, tta_features=settings.tta_features, base_models=names,
+                              n_classes=int(oof["probabilities"].shape[2])),
+        selection=found.record,
         # On the OOF rows: base models as they are, candidates and stack from the meta-folds that left each row out.
-        "oof_scores": leaderboard(names, oof["probabilities"], found.cv_probabilities, found.cv_chosen, found.record,
-                                  oof["labels"]),
-    }
+        oof_scores=leaderboard(names, oof["probabilities"], found.cv_probabilities, found.cv_chosen, found.record,
+                               oof["labels"]),
+    )
 
 
-def describe(entry: dict) -> str:
+def describe(entry: MetaLearnerEntry) -> str:
     """One line on the choice, for the log."""
-    selection = entry["selection"]
+    selection = entry.selection
     line = f"meta-learner: {selection['kind']} ({selection['reason']})"
     if selection["calibration"]:
         cal = selection["calibration"]
@@ -110,16 +104,21 @@ def describe(entry: dict) -> str:
     return line
 
 
-def refit_meta(bundle: Path, overrides: dict[str, Any], echo: Echo = print) -> dict:
-    """``stacking meta``: rerun the meta step of a fitted bundle with ``overrides``; return the new manifest."""
+def refit_meta(bundle: Path, overrides: dict[str, Any], echo: Echo = print, trust: Trust = Trust()) -> Manifest:
+    """``stacking meta``: rerun the meta step of a fitted bundle with ``overrides``; return the new manifest.
+
+    The bundle changes, so a signature it had no longer holds: it is removed, and the user told.
+    """
     from stacking.report import write_report
 
     bundle = Path(bundle)
-    manifest = bundle_io.load_manifest(bundle, verify=True)
-    config = {**manifest["config"], **{k: v for k, v in overrides.items() if v is not None}}
-    entry = fit_meta(bundle, bundle_io.load_oof(bundle), MetaSettings.from_config(config), manifest["protocol"]["fold_hash"])
+    manifest = bundle_io.load_manifest(bundle, trust)
+    signed = (bundle / bundle_io.SIGNATURE).is_file()
+    config = {**manifest.config, **{k: v for k, v in overrides.items() if v is not None}}
+    entry = fit_meta(bundle, bundle_io.load_oof(bundle), MetaSettings.from_config(config), manifest.protocol.fold_hash)
     echo(describe(entry))
-    kept = {k: v for k, v in manifest.items() if k not in ("format_version", "files")}
-    manifest = bundle_io.write_manifest(bundle, {**kept, "config": config, "meta_learner": entry})
-    write_report(bundle)
+    manifest = bundle_io.write_manifest(bundle, manifest.model_copy(update={"config": config, "meta_learner": entry}))
+    write_report(bundle, manifest)
+    if signed:
+        echo(f"{bundle} changed, so its signature was removed: sign it again with stacking sign {bundle} --key KEY")
     return manifest

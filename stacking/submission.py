@@ -25,9 +25,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stacking.datasets import ON_BAD_IMAGE, ImageSet, list_images, load_pixels
+from stacking.bundle import Trust
+from stacking.choices import EXECUTOR, ON_BAD_IMAGE
+from stacking.datasets import ImageSet, list_images, load_pixels
 from stacking.errors import UserError
-from stacking.executors import EXECUTORS, check_ray, check_request, ray_cluster
+from stacking.executors import check_ray, check_request, ray_cluster
 from stacking.files import atomic_path, write_atomically
 from stacking.jobs import size_worker
 from stacking.predictor import Predictor
@@ -91,8 +93,7 @@ def checkpoint_dir(out: Path) -> Path:
 
 
 def _check_options(predictor: Predictor, options: PredictOptions) -> None:
-    if options.on_bad_image not in ON_BAD_IMAGE:
-        raise UserError(f"--on-bad-image {options.on_bad_image!r}: expected one of {', '.join(ON_BAD_IMAGE)}")
+    ON_BAD_IMAGE.check(options.on_bad_image)
     if options.fallback_class is not None:
         if options.on_bad_image != "skip":
             raise UserError("--fallback-class: only with --on-bad-image skip")
@@ -100,8 +101,7 @@ def _check_options(predictor: Predictor, options: PredictOptions) -> None:
             raise UserError(f"--fallback-class {options.fallback_class!r}: not one of the classes {predictor.classes}")
     if options.batch_size < 1 or options.workers < 1:
         raise UserError("--batch-size and --workers: must be at least 1")
-    if options.executor not in EXECUTORS:
-        raise UserError(f"--executor {options.executor!r}: expected one of {', '.join(EXECUTORS)}")
+    EXECUTOR.check(options.executor)
     if options.actors < 1 or options.cpus_per_actor <= 0:
         raise UserError("--actors must be at least 1 and --cpus-per-actor above 0")
 
@@ -171,9 +171,9 @@ def _run_chunks(predictor: Predictor, chunks: list[list[Path]], todo: list[int],
 class ChunkPredictor:
     """A Ray Data actor: loads the bundle once, then decodes and predicts whole chunks, a row each."""
 
-    def __init__(self, bundle: str, sha256: str, call_rows: int, options: PredictOptions):
+    def __init__(self, bundle: str, sha256: str, call_rows: int, options: PredictOptions, trust: Trust):
         size_worker(options.cpus_per_actor, 0)
-        self.predictor = Predictor(Path(bundle), call_rows)
+        self.predictor = Predictor(Path(bundle), call_rows, trust)
         self.options = options
         self.error = "" if self.predictor.sha256 == sha256 else (
             f"{bundle} on {socket.gethostname()} is another bundle than the one this run started with")
@@ -214,7 +214,7 @@ def run_chunks_on_ray(predictor: Predictor, chunks: list[list[Path]], todo: list
                                    override_num_blocks=len(todo))
         results = rows.map_batches(
             ChunkPredictor, fn_constructor_args=(str(predictor.bundle.resolve()), predictor.sha256,
-                                                 predictor.forward.rows_per_call, options),
+                                                 predictor.forward.rows_per_call, options, predictor.trust),
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.actors), num_cpus=options.cpus_per_actor,
         )
         for row in results.iter_rows():

@@ -20,10 +20,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-POLICIES = ("none", "flip", "shift", "flip-shift", "zoom", "random")
+from stacking.choices import MERGES, POLICIES
+
 FLIPPING = ("flip", "flip-shift")  # policies whose views mirror images
 RANDOM_VIEWS = 32  # views the random policy can draw
-MERGES = ("mean", "geometric")
 EPS = 1e-7
 CALL_ROWS = 64  # image-views per compiled call, by default
 

@@ -117,6 +117,17 @@ def server(tiny_bundle):
         srv.stop()
 
 
+# Tests that use these are slow by what they start (a server, Chromium, a fit of their own): make test-fast leaves
+# them out like the tests marked slow by hand.
+SLOW_FIXTURES = {"server", "browser", "memoriser_bundle", "custom_bundle"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it where it runs as root)"

@@ -15,34 +15,36 @@ from stacking.predictor import Predictor
 
 def test_manifest_describes_the_bundle(tiny_bundle):
     manifest = load_manifest(tiny_bundle)
-    assert manifest["format_version"] == 2
-    assert manifest["classes"] == [str(d) for d in range(10)]
-    assert [b["name"] for b in manifest["base_models"]] == ["tiny_cnn", "mini_mobilenet"]
-    for entry in manifest["base_models"]:
-        assert entry["preprocessing"] == "unit" and entry["weights"] is None
-        for file in entry["files"]:
-            assert manifest["files"][file] == sha256_file(tiny_bundle / file)
-        assert (tiny_bundle / entry["history"]).is_file()
-    assert manifest["meta_learner"]["kind"] in META_KINDS
-    for file in ("meta.joblib", "candidates.joblib", "folds.csv", "oof.npz"):
-        assert manifest["files"][file] == sha256_file(tiny_bundle / file)
-    tta = manifest["tta"]
-    assert (tta["policy"], tta["views"], tta["merge"], tta["adaptive_views"]) == ("shift", 3, "mean", 0)
+    assert manifest.format_version == 3
+    assert manifest.classes == [str(d) for d in range(10)]
+    assert [b.name for b in manifest.base_models] == ["tiny_cnn", "mini_mobilenet"]
+    for entry in manifest.base_models:
+        assert entry.preprocessing == "unit" and entry.weights is None
+        for file in entry.files:
+            assert manifest.files[file] == sha256_file(tiny_bundle / file)
+        assert (tiny_bundle / entry.history).is_file()
+    assert manifest.meta_learner.kind in META_KINDS
+    for file in ("meta/meta.skops", "meta/candidates.skops", "folds.csv", "oof.npz", "stack_oof.npz", "tta_diagnostics.json"):
+        assert manifest.files[file] == sha256_file(tiny_bundle / file)
+    assert not list(tiny_bundle.rglob("*.joblib")) and not list(tiny_bundle.rglob("*.pkl"))  # nothing pickled
+    tta = manifest.tta
+    assert (tta.policy, tta.views, tta.merge, tta.adaptive_views) == ("shift", 3, "mean", 0)
     diag = json.loads((tiny_bundle / "tta_diagnostics.json").read_text())
-    assert tta["identity_weight"] == diag["identity_weight"]["chosen"]  # the tuned weight is what is served
-    assert manifest["protocol"]["name"] == "holdout"
-    assert {"tensorflow", "keras", "scikit-learn"} <= set(manifest["versions"])
+    assert tta.identity_weight == diag["identity_weight"]["chosen"]  # the tuned weight is what is served
+    assert manifest.protocol.name == "holdout"
+    assert manifest.custom_modules == []
+    assert {"tensorflow", "keras", "scikit-learn"} <= set(manifest.versions)
     assert (tiny_bundle / "report" / "index.html").is_file()
 
 
 def test_oof_rows_are_the_held_out_images_only(tiny_bundle):
     manifest = load_manifest(tiny_bundle)
     oof = load_oof(tiny_bundle)
-    assert oof["probabilities"].shape == (2, manifest["metrics"]["oof_rows"], 10)
+    assert oof["probabilities"].shape == (2, manifest.metrics["oof_rows"], 10)
     np.testing.assert_allclose(oof["probabilities"].sum(axis=2), 1.0, rtol=1e-4)
     assert len(set(oof["ids"].tolist())) == len(oof["ids"])
     # holdout: 20 % of the training images, never seen by a base model
-    assert len(oof["ids"]) == round(manifest["data"]["images"] * 0.2)
+    assert len(oof["ids"]) == round(manifest.data.images * 0.2)
 
 
 def test_history_marks_the_best_epoch(tiny_bundle):
@@ -59,8 +61,8 @@ def test_altered_file_is_refused(bundle_copy):
 
 
 def test_missing_file_is_refused(bundle_copy):
-    (bundle_copy / "meta.joblib").unlink()
-    with pytest.raises(BundleError, match=r"meta\.joblib: listed in the manifest but missing"):
+    (bundle_copy / "meta/meta.skops").unlink()
+    with pytest.raises(BundleError, match=r"meta\.skops: listed in the manifest but missing"):
         load_manifest(bundle_copy)
 
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from app.cli import main
-from stacking.bundle import load_manifest, load_oof
+from stacking.bundle import Trust, load_manifest, load_oof
 from stacking.datasets import load_pixels, read_evaluation_set, read_training_set
 from stacking.meta import META_KINDS, meta_features
 from stacking.predictor import Predictor
@@ -69,6 +69,7 @@ def test_fit_bad_input(tmp_path, capsys, setup, extra, message):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_fit_unreadable_image_fails_or_is_skipped(tmp_path, capsys):
     data = make_images(tmp_path / "d", {"a": 12, "b": 12})
     (data / "train" / "b" / "broken.png").write_bytes(b"not a png")
@@ -77,7 +78,7 @@ def test_fit_unreadable_image_fails_or_is_skipped(tmp_path, capsys):
     assert "broken.png" in line and "--on-bad-image skip" in line
     code, out, _ = run_cli(["fit", "--data", data, "--out", tmp_path / "b", *FAST, "--on-bad-image", "skip"], capsys)
     assert code == 0 and "skipped" in out and "broken.png" in out
-    assert load_manifest(tmp_path / "b")["data"]["skipped"][0].endswith("broken.png")
+    assert load_manifest(tmp_path / "b").data.skipped[0].endswith("broken.png")
 
 
 def test_bad_config_key_is_named(tmp_path, capsys):
@@ -123,21 +124,22 @@ def test_predict_and_evaluate_bad_options(tiny_bundle, digits_dir, tmp_path, cap
     assert "no class folders" in one_line_error(code, err)
 
 
+@pytest.mark.slow
 def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys):
     bundle = tmp_path / "kfold"
     code, out, err = run_cli(["fit", "--data", digits_dir, "--out", bundle, *FAST, "--protocol", "kfold",
                               "--folds", "3", "--meta", "logreg", "--tta", "1"], capsys)
     assert code == 0, err
     manifest = load_manifest(bundle)
-    assert manifest["base_models"][0]["files"] == [f"base/tiny_cnn/fold{k}.keras" for k in range(3)]
-    assert manifest["meta_learner"]["kind"] == "logreg"
-    assert manifest["protocol"]["final_models"] == "fold-average"
+    assert manifest.base_models[0].files == [f"base/tiny_cnn/fold{k}.keras" for k in range(3)]
+    assert manifest.meta_learner.kind == "logreg"
+    assert manifest.protocol.final_models == "fold-average"
     oof = load_oof(bundle)
-    assert len(oof["ids"]) == manifest["data"]["images"]  # every training image, each once
+    assert len(oof["ids"]) == manifest.data.images  # every training image, each once
     folds = pd.read_csv(bundle / "folds.csv")
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
-    assert fold_hash(folds["Id"].tolist(), folds["fold"].to_numpy()) == manifest["protocol"]["fold_hash"]
-    assert set(oof["fold_hashes"]) == {manifest["protocol"]["fold_hash"]}
+    assert fold_hash(folds["Id"].tolist(), folds["fold"].to_numpy()) == manifest.protocol.fold_hash
+    assert set(oof["fold_hashes"]) == {manifest.protocol.fold_hash}
     page = (bundle / "report" / "index.html").read_text()
     assert "<th>fold 0</th><th>fold 1</th><th>fold 2</th>" in page  # the report's data table, one column a fold
     assert all(f"src='curves_tiny_cnn_fold{k}.png'" in page for k in range(3))  # training curves per fold
@@ -149,24 +151,25 @@ def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys
     assert prediction.features.shape[0] == 3
     per_fold = [
         predictor.meta.predict_proba(meta_features(TTAForward([[keras.models.load_model(bundle / f)]], 16)(pixels, [View()])[:, 0]))
-        for f in manifest["base_models"][0]["files"]
+        for f in manifest.base_models[0].files
     ]
     np.testing.assert_allclose(prediction.probabilities, np.mean(per_fold, axis=0), atol=1e-5)
     assert "fold 2" in out
 
 
+@pytest.mark.slow
 def test_kfold_refit_serves_one_model_per_architecture(digits_dir, tmp_path, capsys):
     bundle = tmp_path / "refit"
     code, out, err = run_cli(["fit", "--data", digits_dir, "--out", bundle, *FAST, "--protocol", "kfold",
                               "--folds", "3", "--final", "refit", "--tta", "1"], capsys)
     assert code == 0, err
     manifest = load_manifest(bundle)
-    assert manifest["protocol"]["final_models"] == "refit"
-    assert manifest["base_models"][0]["files"] == ["base/tiny_cnn/model.keras"]
+    assert manifest.protocol.final_models == "refit"
+    assert manifest.base_models[0].files == ["base/tiny_cnn/model.keras"]
     assert sorted(p.name for p in (bundle / "base" / "tiny_cnn").iterdir()) == ["model.keras"]
     history = json.loads((bundle / "history" / "tiny_cnn.json").read_text())["folds"]
     assert len(history) == 4 and history[-1]["refit"]  # three folds for the OOF rows, then the refit
-    assert len(load_oof(bundle)["ids"]) == manifest["data"]["images"]  # OOF rows still come from the folds
+    assert len(load_oof(bundle)["ids"]) == manifest.data.images  # OOF rows still come from the folds
     assert "refit on all images" in out
     assert "src='curves_tiny_cnn_refit.png'" in (bundle / "report" / "index.html").read_text()
     server = Server(bundle)
@@ -174,7 +177,7 @@ def test_kfold_refit_serves_one_model_per_architecture(digits_dir, tmp_path, cap
         server.wait_ready()
         with open(next((digits_dir / "test").iterdir()), "rb") as f:
             answer = httpx.post(f"{server.url}/v1/predict", files={"files": ("x.png", f, "image/png")}, timeout=30)
-        assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in manifest["classes"]
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in manifest.classes
     finally:
         server.stop()
 
@@ -194,7 +197,7 @@ def test_evaluate_writes_the_comparison_table(bundle_copy, digits_dir, tmp_path,
     assert [r["name"] for r in rows[:2]] == ["tiny_cnn", "mini_mobilenet"]
     assert {r["name"] for r in rows if r["kind"] == "candidate"} == set(META_KINDS)
     manifest = load_manifest(tiny_bundle)
-    chosen = manifest["meta_learner"]["kind"]
+    chosen = manifest.meta_learner.kind
     assert rows[-1]["name"] == f"stack ({chosen})"
     same = next(r for r in rows if r["name"] == chosen)  # no calibration: the stack is that candidate
     assert (rows[-1]["accuracy"], rows[-1]["log_loss"]) == pytest.approx((same["accuracy"], same["log_loss"]))
@@ -203,7 +206,7 @@ def test_evaluate_writes_the_comparison_table(bundle_copy, digits_dir, tmp_path,
         assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and 0 <= row["ece"] <= 1
         assert f"{row['accuracy']:.4f}  [{row['ci_low']:.4f}, {row['ci_high']:.4f}]" in out
     # The base rows are the predictor's own per-model answers on the same 80 images.
-    images = read_evaluation_set(digits_dir / "test", digits_dir / "test_labels.csv", manifest["classes"])
+    images = read_evaluation_set(digits_dir / "test", digits_dir / "test_labels.csv", manifest.classes)
     _, pixels, _ = load_pixels(images, 16)
     base = Predictor(tiny_bundle).predict(pixels).base_probabilities
     assert rows[0]["accuracy"] == pytest.approx((base[0].argmax(axis=1) == images.labels).mean())
@@ -255,16 +258,18 @@ def test_more_tta_views_than_the_policy_has_is_refused(tmp_path, capsys):
     assert "--tta 3: TTA policy 'flip' has 2 views" in one_line_error(code, err)
 
 
+@pytest.mark.slow
 def test_your_own_model_is_trained_bundled_and_served(digits_dir, tmp_path, capsys):
     bundle = tmp_path / "own"
     code, out, err = run_cli(["fit", "--data", digits_dir, "--out", bundle, "--models", "tests.custom_model:build,tiny_cnn",
                               "--epochs", "1", "--image-size", "16"], capsys)
     assert code == 0, err
     manifest = load_manifest(bundle)
-    entry = manifest["base_models"][0]
-    assert entry["name"] == "tests.custom_model.build" and entry["architecture"] == "tests.custom_model:build"
-    assert entry["files"] == ["base/tests.custom_model.build/model.keras"]
-    predictor = Predictor(bundle)
+    entry = manifest.base_models[0]
+    assert entry.name == "tests.custom_model.build" and entry.architecture == "tests.custom_model:build"
+    assert entry.files == ["base/tests.custom_model.build/model.keras"]
+    assert manifest.custom_modules == ["tests.custom_model"]
+    predictor = Predictor(bundle, trust=Trust(custom_code=True))
     assert predictor.base_names == ["tests.custom_model.build", "tiny_cnn"]
     assert predictor.predict(np.zeros((1, 16, 16, 3), np.uint8)).base_probabilities.shape == (2, 1, 10)
 
@@ -306,6 +311,7 @@ def grouped_csv_layout(digits_dir: Path, root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_grouped_kfold_keeps_each_group_in_one_fold(digits_dir, tmp_path, capsys):
     data = grouped_csv_layout(digits_dir, tmp_path / "grouped")
     code, out, err = run_cli(["fit", "--data", data, "--out", tmp_path / "b", *FAST, "--protocol", "kfold",
@@ -314,13 +320,14 @@ def test_grouped_kfold_keeps_each_group_in_one_fold(digits_dir, tmp_path, capsys
     folds = pd.read_csv(tmp_path / "b" / "folds.csv")
     assert folds.groupby("group")["fold"].nunique().max() == 1  # no group straddles two folds
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
-    assert load_manifest(tmp_path / "b")["protocol"]["group_column"] == "Group"
+    assert load_manifest(tmp_path / "b").protocol.group_column == "Group"
     assert "grouped by Group" in out
     code, _, err = run_cli(["fit", "--data", data, "--out", tmp_path / "c", *FAST, "--group-column", "Batch"], capsys)
     assert "--group-column Batch" in one_line_error(code, err) and "Group" in err
 
 
 # Here, not in test_jobs.py: that module's tests share a connected Ray, which a fit would join.
+@pytest.mark.slow
 def test_executor_options_are_checked(tiny_bundle, digits_dir, tmp_path, capsys):
     code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--executor", "spark"], capsys)
     assert "--executor 'spark': expected one of local, ray" in one_line_error(code, err)

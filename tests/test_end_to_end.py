@@ -8,10 +8,13 @@ import re
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 
 from app.cli import main
 from stacking.bundle import load_manifest
 from tests.conftest import Server
+
+pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
 
 
 def test_digits_from_folder_to_served_prediction(tmp_path, capsys):
@@ -38,7 +41,7 @@ def test_digits_from_folder_to_served_prediction(tmp_path, capsys):
     cli_probs = pd.read_csv(probabilities, dtype={"Id": str}).set_index("Id")
     manifest = load_manifest(bundle)
     adaptive = json.loads((bundle / "tta_diagnostics.json").read_text())["adaptive"]
-    assert manifest["tta"]["adaptive_margin"] == adaptive["margin"]
+    assert manifest.tta.adaptive_margin == adaptive["margin"]
     assert adaptive["accuracy"] >= adaptive["full_accuracy"] and 0 <= adaptive["passes_saved"] < 1
 
     server = Server(bundle)

@@ -10,6 +10,8 @@ from models import create_model, get_spec
 from models.registry import BACKBONE, block_ids
 from models.training import DiscriminativeAdam, TrainConfig, class_weights, train_model, unfreeze_top_blocks
 
+pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
+
 RNG = np.random.default_rng(0)
 X = RNG.integers(0, 256, size=(48, 32, 32, 3)).astype("uint8")
 Y = (X[..., 0].mean(axis=(1, 2)) > 127).astype("int64")

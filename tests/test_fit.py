@@ -10,6 +10,8 @@ from stacking.bundle import load_manifest, load_oof
 from stacking.config import load_config
 from stacking.fit import fit
 
+pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
+
 
 def test_same_seed_same_weights_and_out_of_fold_predictions(digits_dir, tmp_path):
     cfg = load_config(None, {"models": ("tiny_cnn",), "image_size": 16, "epochs": 2, "tta_views": 2, "seed": 3})
@@ -25,7 +27,7 @@ def test_same_seed_same_weights_and_out_of_fold_predictions(digits_dir, tmp_path
 
 
 def assert_same_choice(a, b) -> None:
-    sa, sb = (load_manifest(x)["meta_learner"]["selection"] for x in (a, b))
+    sa, sb = (load_manifest(x).meta_learner.selection for x in (a, b))
     assert sa["kind"] == sb["kind"]
     for row_a, row_b in zip(sa["leaderboard"], sb["leaderboard"], strict=True):
         assert row_a["name"] == row_b["name"]
@@ -53,5 +55,5 @@ def test_refit_replaces_an_existing_bundle(digits_dir, tmp_path):
     (out / "stale.txt").write_text("from an old fit")
     fit(digits_dir, out, cfg, echo=lambda _: None)
     assert not (out / "stale.txt").exists()
-    assert load_manifest(out)["base_models"][0]["name"] == "tiny_cnn"
+    assert load_manifest(out).base_models[0].name == "tiny_cnn"
     assert not list(tmp_path.glob(".bundle.partial*"))  # no work folder left behind

@@ -15,14 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stacking.bundle import load_manifest
+from stacking.bundle import Trust, load_manifest
 from stacking.config import load_config
 from stacking.datasets import load_pixels, read_class_folders, read_training_set
 from stacking.evaluate import evaluate_folder
 from stacking.fit import fit
 from stacking.predictor import Predictor
 
+pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
+
 MEMORISER = "tests.memoriser:build"
+TRUSTED = Trust(custom_code=True)  # our own test architectures
 GUARD_FIT = {"models": ("tiny_cnn", MEMORISER), "image_size": 16, "epochs": 12, "protocol": "holdout",
              "holdout_fraction": 0.25, "tta_policy": "none", "tta_views": 1, "seed": 0}
 NO_AUGMENTATION = "[augmentation]\nflip = false\nshift = 0.0\nzoom = 0.0\n"
@@ -53,8 +56,8 @@ def memoriser_bundle(digits_dir, tmp_path_factory) -> Path:
 
 def test_an_overfitting_model_is_judged_on_images_it_never_saw(memoriser_bundle, digits_dir):
     manifest = load_manifest(memoriser_bundle)
-    oof = manifest["metrics"]["oof"]["tests.memoriser.build"]["accuracy"]
-    rows, _, _ = evaluate_folder(Predictor(memoriser_bundle), digits_dir / "test", digits_dir / "test_labels.csv")
+    oof = manifest.metrics["oof"]["tests.memoriser.build"]["accuracy"]
+    rows, _, _ = evaluate_folder(Predictor(memoriser_bundle, trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv")
     test = {r["name"]: r["accuracy"] for r in rows}
     memorised = in_sample_accuracy(memoriser_bundle, digits_dir)
     assert memorised >= 0.95  # it did memorise its training images
@@ -63,12 +66,12 @@ def test_an_overfitting_model_is_judged_on_images_it_never_saw(memoriser_bundle,
 
 
 def test_the_meta_learner_does_not_trust_the_memoriser(memoriser_bundle, digits_dir):
-    selection = load_manifest(memoriser_bundle)["meta_learner"]["selection"]
+    selection = load_manifest(memoriser_bundle).meta_learner.selection
     board = {row["name"]: row for row in selection["leaderboard"]}
     chosen_weights = board[selection["kind"]]["model_weights"]  # order: tiny_cnn, memoriser
     assert chosen_weights[1] < chosen_weights[0], selection
     assert board["weighted"]["model_weights"][1] < 0.5
-    rows, _, _ = evaluate_folder(Predictor(memoriser_bundle), digits_dir / "test", digits_dir / "test_labels.csv")
+    rows, _, _ = evaluate_folder(Predictor(memoriser_bundle, trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv")
     test = {r["name"]: r["accuracy"] for r in rows}
     stack = next(r["accuracy"] for r in rows if r["kind"] == "chosen")
     assert stack > test["tests.memoriser.build"] + 0.1
@@ -83,13 +86,13 @@ def test_shuffled_labels_score_at_chance(digits_dir, tmp_path):
         (data / "train" / images.classes[label]).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, data / "train" / images.classes[label] / path.name)
     manifest = guarded_fit(data, tmp_path / "bundle", tmp_path)
-    chance, n_oof = 1 / len(images.classes), manifest["metrics"]["oof_rows"]
+    chance, n_oof = 1 / len(images.classes), manifest.metrics["oof_rows"]
     ceiling = chance + 3 * np.sqrt(chance * (1 - chance) / n_oof)  # three standard errors above chance
     assert in_sample_accuracy(tmp_path / "bundle", data) >= 0.9  # the memoriser learnt the noise by heart
-    for name, scores in manifest["metrics"]["oof"].items():
+    for name, scores in manifest.metrics["oof"].items():
         assert scores["accuracy"] <= ceiling, (name, scores)
-    for row in manifest["meta_learner"]["selection"]["leaderboard"]:
+    for row in manifest.meta_learner.selection["leaderboard"]:
         assert row["accuracy"] <= ceiling, row
-    rows, count, _ = evaluate_folder(Predictor(tmp_path / "bundle"), digits_dir / "test", digits_dir / "test_labels.csv")
+    rows, count, _ = evaluate_folder(Predictor(tmp_path / "bundle", trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv")
     stack = next(r for r in rows if r["kind"] == "chosen")
     assert stack["accuracy"] <= chance + 3 * np.sqrt(chance * (1 - chance) / count)

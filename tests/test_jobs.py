@@ -26,6 +26,8 @@ from stacking.protocols import make_splits
 from tests.test_cli import one_line_error, run_cli
 from tests.test_fit import assert_same_choice
 
+pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
+
 KFOLD = {"models": ("tiny_cnn", "mini_mobilenet"), "image_size": 16, "epochs": 1, "tta_views": 2,
          "protocol": "kfold", "folds": 2, "seed": 5}
 HOLDOUT = {"image_size": 16, "epochs": 1, "tta_views": 1, "seed": 2}
@@ -55,8 +57,8 @@ def assert_same_bundle(a: Path, b: Path) -> None:
     for key in oof_a:
         np.testing.assert_array_equal(oof_a[key], oof_b[key], err_msg=key)
     assert_same_choice(a, b)
-    files = [f for entry in load_manifest(a)["base_models"] for f in entry["files"]]
-    assert files == [f for entry in load_manifest(b)["base_models"] for f in entry["files"]]
+    files = [f for entry in load_manifest(a).base_models for f in entry.files]
+    assert files == [f for entry in load_manifest(b).base_models for f in entry.files]
     for file in files:
         for wa, wb in zip(*(keras.models.load_model(x / file).get_weights() for x in (a, b)), strict=True):
             np.testing.assert_array_equal(wa, wb, err_msg=file)
@@ -94,7 +96,7 @@ def test_ray_fit_equals_a_local_fit_interrupted_and_resumed(ray_cluster, digits_
     manifest = fit(digits_dir, tmp_path / "ray", on_ray(KFOLD, cpus_per_job=CORES), echo=lines.append)
     assert_same_bundle(local, tmp_path / "ray")
     assert any(line.startswith("[jobs: 4/4 done, 0 running, 0 failed]") for line in lines), lines
-    runs = manifest["metrics"]["jobs"]
+    runs = manifest.metrics["jobs"]
     assert len(runs) == 4 and all(r["threads"] == CORES and not r["worker"].endswith(f":{os.getpid()}")
                                   for r in runs.values())  # in Ray's workers, with the threads they asked for
 
@@ -125,7 +127,7 @@ def test_a_dead_worker_is_retried_a_job_that_keeps_failing_fails_the_fit_and_res
     code, text, err = run_cli([*args, "--resume"], capsys)
     assert code == 0, err
     assert "resuming: 2 of 2 jobs already done" in text and not work_folder(out).exists()
-    assert [b["name"] for b in load_manifest(out)["base_models"]] == ["tiny_cnn", "tests.crashing_model.crash_once"]
+    assert [b["name"] for b in load_manifest(out).base_models] == ["tiny_cnn", "tests.crashing_model.crash_once"]
 
 
 def test_a_job_key_follows_what_the_job_computes_from():

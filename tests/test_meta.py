@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 
+from stacking.errors import UserError
 from stacking.meta import (
     LEARNED,
     META_KINDS,
@@ -184,9 +185,9 @@ def test_grouped_meta_folds_keep_groups_whole():
 
 def test_unknown_kind_criterion_and_too_few_rows():
     probs = np.stack([noisy_probs(0.7)])
-    with pytest.raises(ValueError, match="unknown meta-learner 'svm'"):
+    with pytest.raises(UserError, match="--meta 'svm': expected one of auto, best-single"):
         select_meta(probs, LABELS, "svm")
-    with pytest.raises(ValueError, match="unknown criterion 'auc'"):
+    with pytest.raises(UserError, match="--meta-criterion 'auc': expected one of log_loss, accuracy"):
         select_meta(probs, LABELS, criterion="auc")
     with pytest.raises(ValueError, match="at least 2 out-of-fold rows"):
         select_meta(probs[:, :4], np.array([0, 1, 2, 2]))

@@ -99,31 +99,38 @@ def start_predict(bundle: Path, images: Path, out: Path, *extra: str) -> subproc
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
-def wait_for_chunks(out: Path, at_least: int, process: subprocess.Popen) -> int:
+def stop_after_chunks(out: Path, at_least: int, process: subprocess.Popen) -> int:
+    """Let the run go in short steps and count its chunk files while it is stopped (SIGSTOP); return, with it
+    still stopped, once it has ``at_least``. Whatever the machine's load, the run cannot finish before the
+    test's next signal (SIGKILL, or SIGINT then SIGCONT) reaches it."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
+        process.send_signal(signal.SIGSTOP)
         chunks = len(list(checkpoint_dir(out).glob("chunk_*.npz"))) if checkpoint_dir(out).is_dir() else 0
+        assert process.poll() is None, process.communicate()
         if chunks >= at_least:
             return chunks
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.01)
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
     raise TimeoutError("no chunk was finished in time")
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_submission(tiny_bundle, images, tmp_path, capsys):
     whole = tmp_path / "whole.csv"
     assert run(["predict", tiny_bundle, images, "--out", whole, "--batch-size", "1", "--tta", "9",
                 "--probabilities", tmp_path / "whole.probs.csv"], capsys)[0] == 0
     out = tmp_path / "resumed.csv"
     killed = start_predict(tiny_bundle, images, out, "--probabilities", str(tmp_path / "resumed.probs.csv"))
-    wait_for_chunks(out, 3, killed)
+    stop_after_chunks(out, 3, killed)
     killed.kill()  # no chance to clean up: only whole chunk files may remain
     killed.wait()
     assert not out.exists()
     interrupted = start_predict(tiny_bundle, images, out, "--probabilities", str(tmp_path / "resumed.probs.csv"),
                                 "--resume")
-    done = wait_for_chunks(out, 10, interrupted)
-    interrupted.send_signal(signal.SIGINT)  # Ctrl-C
+    done = stop_after_chunks(out, 10, interrupted)
+    interrupted.send_signal(signal.SIGINT)  # Ctrl-C, taken as soon as it runs again
+    interrupted.send_signal(signal.SIGCONT)
     _, err = interrupted.communicate(timeout=60)
     assert interrupted.returncode == 130 and "rerun the same command with --resume" in err
     assert "resuming:" in err and not out.exists()
@@ -137,10 +144,11 @@ def test_a_killed_run_resumes_to_the_same_submission(tiny_bundle, images, tmp_pa
                                   pd.read_csv(tmp_path / "whole.probs.csv").to_numpy())
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_run(tiny_bundle, images, tmp_path, capsys):
     out = tmp_path / "s.csv"
     process = start_predict(tiny_bundle, images, out)
-    wait_for_chunks(out, 1, process)
+    stop_after_chunks(out, 1, process)
     process.kill()
     process.wait()
     code, _, err = run(["predict", tiny_bundle, images, "--out", out, "--batch-size", "1", "--tta", "3", "--resume"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import re
 import shutil
 
@@ -34,7 +33,7 @@ def pictures(page: str) -> list[str]:
 
 
 def test_every_section_is_there_and_every_picture_is_drawn(bundle_copy):
-    page = write_report(bundle_copy).read_text()
+    page = write_report(bundle_copy, load_manifest(bundle_copy)).read_text()
     headings = re.findall(r"<h2>(.*?)</h2>", page)
     assert headings == [f"{n}. {title}" for n, title in enumerate(SECTIONS.values(), 1)]
     expected = {"tta_curve.png", "tta_heatmap.png", "curves_tiny_cnn.png", "curves_mini_mobilenet.png",
@@ -51,10 +50,10 @@ def test_every_section_is_there_and_every_picture_is_drawn(bundle_copy):
 
 
 def test_leaderboard_shows_the_bundles_scores_which_are_honest(bundle_copy):
-    page = write_report(bundle_copy).read_text()
+    page = write_report(bundle_copy, load_manifest(bundle_copy)).read_text()
     manifest, oof, stack = load_manifest(bundle_copy), load_oof(bundle_copy), load_stack_oof(bundle_copy)
-    rows = manifest["meta_learner"]["oof_scores"]
-    header, *cells = table_after(page, f"Out-of-fold ({manifest['metrics']['oof_rows']} images no base model trained on)")
+    rows = manifest.meta_learner.oof_scores
+    header, *cells = table_after(page, f"Out-of-fold ({manifest.metrics['oof_rows']} images no base model trained on)")
     assert header == ["model", "kind", "accuracy", "95% interval", "log-loss", "ECE"]
     assert cells == [[r["name"], r["kind"], f"{r['accuracy']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
                       f"{r['log_loss']:.4f}", f"{r['ece']:.4f}"] for r in rows]
@@ -62,85 +61,77 @@ def test_leaderboard_shows_the_bundles_scores_which_are_honest(bundle_copy):
     by_name = {r["name"]: r for r in rows}
     labels = oof["labels"]
     for m, name in enumerate(oof["models"]):
-        assert by_name[str(name)]["log_loss"] == pytest.approx(manifest["metrics"]["oof"][str(name)]["log_loss"])
+        assert by_name[str(name)]["log_loss"] == pytest.approx(manifest.metrics["oof"][str(name)]["log_loss"])
         assert by_name[str(name)]["accuracy"] == pytest.approx(score(oof["probabilities"][m], labels)["accuracy"])
     for name, probs in zip(stack["names"], stack["probabilities"]):
         assert by_name[str(name)]["log_loss"] == pytest.approx(score(probs, labels)["log_loss"])
-    chosen = manifest["meta_learner"]["kind"]
+    chosen = manifest.meta_learner.kind
     np.testing.assert_array_equal(stack["chosen"], stack["probabilities"][list(stack["names"]).index(chosen)])
     assert rows[-1] == {**by_name[chosen], "name": f"stack ({chosen})", "kind": "chosen"}
     # Cross-validated, not in-sample: the fitted stack scores better on rows it was fitted on.
     from stacking.bundle import load_meta
     from stacking.meta import meta_features
 
-    in_sample = score(load_meta(bundle_copy).predict_proba(meta_features(oof["probabilities"])), labels)["log_loss"]
+    in_sample = score(load_meta(bundle_copy, manifest).predict_proba(meta_features(oof["probabilities"])), labels)["log_loss"]
     assert rows[-1]["log_loss"] > in_sample
     # The summary's headline repeats them.
     summary = table_after(page, "1. Summary")  # the first table: base models
-    assert [row[-2] for row in summary[1:]] == [f"{manifest['metrics']['oof'][n]['accuracy']:.4f}" for n in oof["models"]]
+    assert [row[-2] for row in summary[1:]] == [f"{manifest.metrics['oof'][n]['accuracy']:.4f}" for n in oof["models"]]
     assert f"chosen stack: stack ({chosen})" in section(page, "summary")
 
 
 def test_data_section_counts_every_class_and_the_held_out_part(bundle_copy):
-    page = write_report(bundle_copy).read_text()
+    page = write_report(bundle_copy, load_manifest(bundle_copy)).read_text()
     manifest, oof = load_manifest(bundle_copy), load_oof(bundle_copy)
     header, *rows = table_after(page, "Data")
     assert header == ["class", "images", "held out"]
     held_out = np.bincount(oof["labels"], minlength=10)
     for i, (name, images, predicted) in enumerate(rows[:-1]):
-        assert name == manifest["classes"][i]
-        assert int(images) == manifest["data"]["per_class"][name] and int(predicted) == held_out[i]
-    assert rows[-1] == ["all", str(manifest["data"]["images"]), str(manifest["metrics"]["oof_rows"])]
+        assert name == manifest.classes[i]
+        assert int(images) == manifest.data.per_class[name] and int(predicted) == held_out[i]
+    assert rows[-1] == ["all", str(manifest.data.images), str(manifest.metrics["oof_rows"])]
 
 
 def test_mistakes_are_the_stacks_surest_wrong_answers(bundle_copy):
-    page = write_report(bundle_copy).read_text()
+    page = write_report(bundle_copy, load_manifest(bundle_copy)).read_text()
     manifest, oof, stack = load_manifest(bundle_copy), load_oof(bundle_copy), load_stack_oof(bundle_copy)
     predicted, confidence = stack["chosen"].argmax(axis=1), stack["chosen"].max(axis=1)
     wrong = np.flatnonzero(predicted != oof["labels"])
     surest = wrong[np.argsort(-confidence[wrong], kind="stable")][:16]
     header, *rows = table_after(page, "8. Most confident mistakes")
     assert header == ["image", "true class", "predicted", "confidence"]
-    classes = manifest["classes"]
+    classes = manifest.classes
     assert rows == [[str(oof["ids"][i]), classes[oof["labels"][i]], classes[predicted[i]], f"{confidence[i]:.4f}"]
                     for i in surest]
     assert f"{len(wrong)} of {len(oof['labels'])} OOF images are wrong" in page
 
 
 def test_missing_data_is_said_not_fatal(bundle_copy, tmp_path):
-    manifest_path = bundle_copy / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["data"]["source"] = str(tmp_path / "gone")  # the training folder was moved away
-    manifest["meta_learner"].pop("oof_scores")  # a bundle from before the OOF leaderboard
-    manifest_path.write_text(json.dumps(manifest))
-    for name in ("tta_diagnostics.json", "stack_oof.npz"):
-        (bundle_copy / name).unlink()
+    manifest = load_manifest(bundle_copy)
+    moved = manifest.model_copy(update={"data": manifest.data.model_copy(update={"source": str(tmp_path / "gone")})})
     shutil.rmtree(bundle_copy / "report")
-    page = write_report(bundle_copy).read_text()
-    assert "This bundle has no TTA diagnostics." in section(page, "tta")
+    page = write_report(bundle_copy, moved).read_text()  # the training folder was moved away
     assert "training images are no longer at" in section(page, "augmentation")
-    assert "rerun `stacking meta BUNDLE`" in section(page, "leaderboard")
-    assert "rerun `stacking meta BUNDLE`" in section(page, "errors")
-    assert "rerun `stacking meta BUNDLE`" in section(page, "mistakes")
+    assert "training images are no longer at" in section(page, "mistakes")
     assert "No labelled test set evaluated yet" in section(page, "leaderboard")
-    assert set(pictures(page)) == {"curves_tiny_cnn.png", "curves_mini_mobilenet.png", "diversity.png", "weights.png"}
-    manifest["config"]["train"]["augmentation"] = {"flip": False, "shift": 0.0, "rotate": 0.0, "zoom": 0.0,
-                                                   "contrast": 0.0}
-    manifest_path.write_text(json.dumps(manifest))
-    assert "Training used no augmentation" in section(write_report(bundle_copy).read_text(), "augmentation")
+    assert "augmentation.png" not in pictures(page) and "mistakes.png" not in pictures(page)
+    config = {**manifest.config, "train": {**manifest.config["train"], "augmentation": {
+        "flip": False, "shift": 0.0, "rotate": 0.0, "zoom": 0.0, "contrast": 0.0}}}
+    page = write_report(bundle_copy, manifest.model_copy(update={"config": config})).read_text()
+    assert "Training used no augmentation" in section(page, "augmentation")
 
 
 def test_report_files_are_readable_by_other_users(bundle_copy, tiny_bundle):
     # Written via temporary files (private by default): a server or container running as another user must read them.
-    page = write_report(bundle_copy)
-    for path in [page, tiny_bundle / "manifest.json", tiny_bundle / "meta.joblib"]:
+    page = write_report(bundle_copy, load_manifest(bundle_copy))
+    for path in [page, tiny_bundle / "manifest.json", tiny_bundle / "meta/meta.skops"]:
         assert path.stat().st_mode & 0o044 == 0o044, path
     assert tiny_bundle.stat().st_mode & 0o055 == 0o055
 
 
 @needs_chromium
 def test_page_loads_every_picture_without_errors_in_chromium(bundle_copy, browser):
-    page_path = write_report(bundle_copy)
+    page_path = write_report(bundle_copy, load_manifest(bundle_copy))
     page = browser.new_page()
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -139,12 +139,13 @@ def test_not_ready_before_the_bundle_is_loaded(tiny_bundle):
     assert_error(client.post("/v1/predict", files=[("files", ("a.png", png_bytes(), "image/png"))]), 503, "not loaded")
 
 
+@pytest.mark.slow
 def test_broken_bundle_keeps_the_process_up_and_not_ready(bundle_copy):
-    (bundle_copy / "meta.joblib").write_bytes(b"changed after the fit")
+    (bundle_copy / "meta/meta.skops").write_bytes(b"changed after the fit")
     server = Server(bundle_copy, via_uvicorn=True)
     try:
         ready = server.wait_for(lambda r: r.status_code == 503 and "failed" in r.text)
-        assert "meta.joblib: sha256 does not match" in ready.json()["error"]["message"]
+        assert "meta/meta.skops: sha256 does not match" in ready.json()["error"]["message"]
         assert httpx.get(f"{server.url}/healthz").status_code == 200
         response = post(server, [("files", ("a.png", png_bytes(), "image/png"))])
         assert_error(response, 503, "failed to load")
@@ -152,6 +153,7 @@ def test_broken_bundle_keeps_the_process_up_and_not_ready(bundle_copy):
         server.stop()
 
 
+@pytest.mark.slow
 def test_container_style_start_serves_predictions(tiny_bundle):
     server = Server(tiny_bundle, via_uvicorn=True)
     try:

@@ -19,6 +19,8 @@ from app.settings import Settings
 from tests.conftest import Server, needs_chromium
 from tests.test_service import assert_error, png_bytes
 
+pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
+
 KEY = {"X-API-Key": "s3cret"}
 
 

@@ -16,7 +16,7 @@ from stacking.stack import MetaSettings, fit_meta
 
 def test_oof_arrays_from_different_fold_assignments_are_refused(bundle_copy):
     oof = bundle_io.load_oof(bundle_copy)
-    expected = bundle_io.load_manifest(bundle_copy)["protocol"]["fold_hash"]
+    expected = bundle_io.load_manifest(bundle_copy).protocol.fold_hash
     oof["fold_hashes"] = np.array([expected, "0" * 64])
     with pytest.raises(UserError, match="OOF predictions of 'mini_mobilenet' come from fold assignment 000000000000"):
         fit_meta(bundle_copy, oof, MetaSettings(), expected)
@@ -27,11 +27,11 @@ def test_meta_command_refits_only_the_meta_learner(bundle_copy, capsys):
     assert main(["meta", str(bundle_copy), "--meta", "rf", "--calibration", "temperature"]) == 0
     assert "meta-learner: rf (asked for with --meta rf); temperature" in capsys.readouterr().out
     after = bundle_io.load_manifest(bundle_copy, verify=True)  # every sha256 rewritten and valid
-    selection = after["meta_learner"]["selection"]
-    assert after["meta_learner"]["kind"] == "rf" and selection["calibration"]["temperature"] > 0
-    assert after["config"]["meta"] == "rf" and after["config"]["calibration"] == "temperature"
-    for name in [f for f in before["files"] if f.startswith(("base/", "history/")) or f == bundle_io.OOF_FILE]:
-        assert after["files"][name] == before["files"][name]  # no CNN was retrained
+    selection = after.meta_learner.selection
+    assert after.meta_learner.kind == "rf" and selection["calibration"]["temperature"] > 0
+    assert after.config["meta"] == "rf" and after.config["calibration"] == "temperature"
+    for name in [f for f in before.files if f.startswith(("base/", "history/")) or f == bundle_io.OOF_FILE]:
+        assert after.files[name] == before.files[name]  # no CNN was retrained
     predictor = Predictor(bundle_copy)
     pixels = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
     prediction = predictor.predict(pixels)

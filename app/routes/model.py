@@ -13,7 +13,7 @@ router = APIRouter(prefix="/v1", tags=["model"], dependencies=[APIKey])
 def model_info(predictor: PredictorDep) -> dict:
     """Classes, base models, meta-learner, TTA policy, training metrics and the bundle's sha256."""
     manifest = predictor.manifest
-    meta = manifest["meta_learner"]
+    meta = manifest.meta_learner
     return {
         "name": predictor.name,
         "version": predictor.version,
@@ -21,13 +21,15 @@ def model_info(predictor: PredictorDep) -> dict:
         "classes": predictor.classes,
         "image_size": predictor.image_size,
         "base_models": [
-            {k: b[k] for k in ("name", "architecture", "preprocessing", "weights")} for b in manifest["base_models"]
+            b.model_dump(include={"name", "architecture", "preprocessing", "weights"}) for b in manifest.base_models
         ],
-        "meta_learner": {"kind": meta["kind"], "reason": meta["selection"]["reason"],
-                         "leaderboard": meta["selection"]["leaderboard"]},
-        "tta": {**manifest["tta"], "max_views": predictor.max_views()},
-        "protocol": manifest["protocol"],
-        "metrics": manifest["metrics"],
+        "meta_learner": {"kind": meta.kind, "reason": meta.selection["reason"],
+                         "leaderboard": meta.selection["leaderboard"]},
+        "tta": {**manifest.tta.model_dump(), "max_views": predictor.max_views()},
+        "protocol": manifest.protocol.model_dump(),
+        "metrics": manifest.metrics,
+        "custom_modules": manifest.custom_modules,
+        "signature_verified": predictor.trust.verify_key is not None,
         "runtime": {**runtime_threads(), "call_rows": predictor.forward.rows_per_call},
     }
 

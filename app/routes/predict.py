@@ -12,8 +12,8 @@ from app.deps import APIKey, BatcherDep, PredictorDep, SettingsDep
 from app.errors import ServiceError
 from app.inference import Upload, serve_uploads
 from app.schemas import ErrorBody, ImagePrediction, ModelRef, PredictResponse, TTAInfo
+from stacking.choices import POLICIES
 from stacking.predictor import Prediction, Predictor
-from stacking.tta import POLICIES
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[APIKey])
 

@@ -18,8 +18,8 @@ from pydantic import BaseModel, Field
 from app.deps import APIKey, BatcherDep, ModelStateDep, PredictorDep, SettingsDep
 from app.errors import ServiceError, error_response
 from app.inference import Upload, serve_uploads
+from stacking.choices import POLICIES
 from stacking.predictor import Predictor
-from stacking.tta import POLICIES
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
@@ -93,7 +93,7 @@ def model_metadata(name: str, predictor: PredictorDep) -> dict:
         "inputs": [{"name": "images", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.classes)]},
                     {"name": "label", "datatype": "BYTES", "shape": [-1]}],
-        "parameters": {"classes": model.classes, "tta": model.manifest["tta"]},
+        "parameters": {"classes": model.classes, "tta": model.manifest.tta.model_dump()},
     }
 
 

@@ -48,7 +48,9 @@ SIZE=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE")
 echo "image size: $(( SIZE / 1024 / 1024 )) MiB"
 
 step "a small bundle to serve"
-if [ ! -f "$WORK/bundle/manifest.json" ]; then
+# Kept between runs; one this code cannot load (an older bundle format) is fitted again.
+if ! "$ROOT/.venv/bin/stacking" report "$WORK/bundle" >/dev/null 2>&1; then
+  rm -rf "$WORK/bundle" "$WORK/digits"
   "$ROOT/.venv/bin/stacking" data digits --out "$WORK/digits" --limit 200 >/dev/null
   "$ROOT/.venv/bin/stacking" fit --data "$WORK/digits" --out "$WORK/bundle" --models tiny_cnn --epochs 1 \
     --image-size 16 --tta 1 >/dev/null

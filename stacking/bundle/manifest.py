@@ -1,0 +1,106 @@
+"""The bundle's ``manifest.json`` as types: validated on load, so a missing or unknown field is a clear error.
+
+Structure is typed field by field (an attacker or a typo cannot slip in a key the code
+would ignore); the free-form records inside (scores, the fit's settings, the meta
+selection's leaderboard) are kept as JSON objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+FORMAT_VERSION = 3  # 3: meta-learners without pickle (skops), custom modules named, signatures
+
+
+class Strict(BaseModel):
+    """Unknown keys are refused, every field without a default is required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BaseModelEntry(Strict):
+    name: str
+    architecture: str  # a registered architecture, or pkg.module:function for your own
+    preprocessing: str
+    weights: str | None
+    files: list[str]  # one .keras file, or one per fold with kfold's fold-average
+    history: str
+
+
+class DataEntry(Strict):
+    source: str
+    images: int
+    per_class: dict[str, int]
+    skipped: list[str]
+
+
+class ProtocolEntry(Strict):
+    name: Literal["holdout", "kfold"]
+    holdout_fraction: float | None
+    folds: int | None
+    validation_fraction: float
+    group_column: str | None
+    fold_file: str
+    fold_hash: str
+    final_models: Literal["holdout-trained", "fold-average", "refit"]
+
+
+class TTAEntry(Strict):
+    """``TTAPolicy.as_dict()``: the served TTA policy, as validated by the fit."""
+
+    policy: str
+    views: int
+    shift: float
+    zoom: float
+    seed: int
+    allow_flip: bool
+    merge: str
+    identity_weight: float
+    adaptive_views: int
+    adaptive_margin: float
+
+
+class MetaFeatures(Strict):
+    layout: str
+    tta_features: bool
+    base_models: list[str]
+    n_classes: int
+
+
+class MetaLearnerEntry(Strict):
+    kind: str
+    file: str
+    candidates_file: str
+    features: MetaFeatures
+    selection: dict[str, Any]  # leaderboard over the meta-folds, the choice and its reason
+    oof_scores: list[dict[str, Any]]  # base models, candidates and stack on the OOF rows
+
+
+class Manifest(Strict):
+    format_version: Literal[3] = FORMAT_VERSION
+    created: str
+    classes: list[str]
+    image_size: int
+    data: DataEntry
+    base_models: list[BaseModelEntry]
+    meta_learner: MetaLearnerEntry
+    tta: TTAEntry
+    protocol: ProtocolEntry
+    config: dict[str, Any]  # every fit setting, as FitConfig.as_dict() wrote it
+    metrics: dict[str, Any]  # OOF and validation scores, fit seconds, where each job ran
+    seeds: dict[str, Any]
+    versions: dict[str, str]
+    custom_modules: list[str]  # modules the base models need imported: only with --trust-custom-code
+    files: dict[str, str]  # every file of the bundle but the report and the signature, with its sha256
+
+
+def validation_message(exc: ValidationError) -> str:
+    """Each problem as ``field.path: what is wrong``, the way a user can find it in the file."""
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        reason = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(f"{field}: {reason}")
+    return "; ".join(problems)
