@@ -219,6 +219,7 @@ def _assemble_base_models(plan: Plan, store: JobStore, work: Path, cfg: FitConfi
     oof_views = np.zeros((len(cfg.models), served, n_images, n_classes), np.float32)
     diag_views = np.zeros((len(cfg.models), len(job_settings(cfg).views), len(diag), n_classes), np.float32)
     entries, validation = [], {}
+    refit = any(j.refit for j in plan.jobs)  # then the refit is served, not the fold models
     for m, model in enumerate(cfg.models):
         name, files, histories = base_name(model), [], []
         for job in (j for j in plan.jobs if j.name == name):
@@ -230,7 +231,7 @@ def _assemble_base_models(plan: Plan, store: JobStore, work: Path, cfg: FitConfi
             oof_views[m][:, job.split.oof] = per_view[:served]
             kept = np.isin(job.split.oof, diag)
             diag_views[m][:, np.searchsorted(diag, job.split.oof[kept])] = per_view[:, kept]
-            if not any(j.refit for j in plan.jobs):
+            if not refit:
                 files.append(bundle_io.save_base_model(work, name, job.fold, store.model_file(job)))
             histories.append(history)
         spec = get_spec(model)

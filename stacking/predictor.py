@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-# Importing models registers the preprocessing layers that saved models use.
-import models  # noqa: F401
-from stacking import bundle as bundle_io
+from stacking import bundle as bundle_io  # first: before TensorFlow (see stacking.bundle.estimators)
 from stacking.bundle import Trust
 from stacking.choices import TTA_POLICY
 from stacking.errors import UserError

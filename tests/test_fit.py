@@ -40,7 +40,7 @@ def test_kfold_same_seed_same_oof_arrays_and_choice(digits_dir, tmp_path):
     cfg = load_config(None, {"models": ("tiny_cnn",), "image_size": 16, "epochs": 1, "tta_views": 2,
                              "protocol": "kfold", "folds": 3, "seed": 4})
     manifests = [fit(digits_dir, tmp_path / name, cfg, echo=lambda _: None) for name in ("a", "b")]
-    assert manifests[0]["protocol"]["fold_hash"] == manifests[1]["protocol"]["fold_hash"]
+    assert manifests[0].protocol.fold_hash == manifests[1].protocol.fold_hash
     a, b = load_oof(tmp_path / "a"), load_oof(tmp_path / "b")
     assert set(a) == set(b)
     for key in a:

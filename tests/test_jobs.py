@@ -127,7 +127,7 @@ def test_a_dead_worker_is_retried_a_job_that_keeps_failing_fails_the_fit_and_res
     code, text, err = run_cli([*args, "--resume"], capsys)
     assert code == 0, err
     assert "resuming: 2 of 2 jobs already done" in text and not work_folder(out).exists()
-    assert [b["name"] for b in load_manifest(out).base_models] == ["tiny_cnn", "tests.crashing_model.crash_once"]
+    assert [b.name for b in load_manifest(out).base_models] == ["tiny_cnn", "tests.crashing_model.crash_once"]
 
 
 def test_a_job_key_follows_what_the_job_computes_from():
