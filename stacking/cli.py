@@ -40,8 +40,8 @@ ExecutorOption = Annotated[Optional[str], typer.Option(help=choices.EXECUTOR.hel
 RayAddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local one).")]
 OnBadOption = Annotated[str, typer.Option("--on-bad-image", help=choices.ON_BAD_IMAGE.help("error: stop at an unreadable image; skip: leave it out and report it."))]
 # Every command that loads a bundle: what it trusts.
-TrustCodeOption = Annotated[bool, typer.Option("--trust-custom-code", envvar="STACKSERVE_TRUST_CUSTOM_CODE", help="Import the Python modules the bundle's own architectures come from (runs their code) [STACKSERVE_TRUST_CUSTOM_CODE].")]
-VerifyKeyOption = Annotated[Optional[Path], typer.Option("--verify-key", envvar="STACKSERVE_VERIFY_KEY", help="Public key (PEM): refuse the bundle unless signed with its private key and unchanged since [STACKSERVE_VERIFY_KEY].")]
+TrustCodeOption = Annotated[bool, typer.Option("--trust-custom-code", envvar="STACKSERVE_TRUST_CUSTOM_CODE", help="Import the Python modules the bundle's own architectures come from (runs their code).")]
+VerifyKeyOption = Annotated[Optional[Path], typer.Option("--verify-key", envvar="STACKSERVE_VERIFY_KEY", help="Public key (PEM): refuse the bundle unless signed with its private key and unchanged since.")]
 
 
 def make_trust(trust_custom_code: bool, verify_key: Path | None):
