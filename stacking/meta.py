@@ -263,7 +263,8 @@ def select_meta(
     The cross-validated answers are kept: they are the only honest view of how the
     stack does on the OOF rows (the fitted stack has seen every one of them).
     """
-    META.check(kind), META_CRITERION.check(criterion), CALIBRATION.check(calibration)
+    for choice, value in ((META, kind), (META_CRITERION, criterion), (CALIBRATION, calibration)):
+        choice.check(value)
     n_models, _, n_classes = base_probs.shape
     X = meta_features(base_probs, disagreement)
     folds = meta_cv_folds(y, groups, cv, seed)

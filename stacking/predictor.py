@@ -74,9 +74,10 @@ class Predictor:
 
     def policy(self, name: str | None = None) -> TTAPolicy:
         """The bundle's validated TTA policy, or another named one with the same shift and merge."""
-        if name is None or TTA_POLICY.check(name) == self.tta.name:
+        if name is None:
             return self.tta
-        return replace(self.tta, name=name)
+        TTA_POLICY.check(name)
+        return self.tta if name == self.tta.name else replace(self.tta, name=name)
 
     def max_views(self, policy: str | None = None) -> int:
         return self.policy(policy).max_views(self.image_size)

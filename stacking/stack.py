@@ -45,7 +45,8 @@ class MetaSettings:
         return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
 
     def check(self) -> None:
-        META.check(self.meta), META_CRITERION.check(self.meta_criterion), CALIBRATION.check(self.calibration)
+        for choice, value in ((META, self.meta), (META_CRITERION, self.meta_criterion), (CALIBRATION, self.calibration)):
+            choice.check(value)
         if self.meta_folds < 2:
             raise UserError(f"meta_folds {self.meta_folds}: must be at least 2")
 

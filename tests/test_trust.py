@@ -20,8 +20,12 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from stacking.bundle import SIGNATURE, BundleError, Trust, load_manifest, sha256_file
+from stacking.bundle.estimators import load_estimators, save_estimators, untrusted_types
+from stacking.calibration import TemperatureScaled
+from stacking.choices import META_KINDS
 from stacking.config import load_config
 from stacking.fit import fit
+from stacking.meta import make_meta, single_threaded
 from stacking.predictor import Predictor
 from tests.conftest import TINY_FIT, Server
 from tests.hostile import WritesOnSetState, pickled
@@ -100,13 +104,18 @@ def _wait_for_error(state, timeout: float = 60) -> None:
     assert state.error is not None
 
 
-def test_meta_learners_round_trip_exactly_without_pickle(tiny_bundle):
-    """What skops rebuilds answers as what was fitted: the served probabilities equal the OOF-time stack's."""
-    predictor = Predictor(tiny_bundle)
-    candidates = predictor.candidates()
-    prediction = predictor.predict(PIXELS)
-    kind = predictor.manifest.meta_learner.kind
-    np.testing.assert_array_equal(predictor.stack(candidates[kind], prediction.features), prediction.probabilities)
+def test_every_meta_learner_round_trips_to_the_bit_without_pickle(tmp_path):
+    """What skops rebuilds answers exactly as what was fitted, for every candidate and a temperature-scaled one."""
+    rng = np.random.default_rng(0)
+    X, y = np.log(rng.dirichlet(np.ones(3), size=(120, 2)).reshape(120, 6)), rng.integers(0, 3, 120)
+    fitted = {kind: single_threaded(make_meta(kind, 2, 3).fit(X, y)) for kind in META_KINDS}
+    fitted["scaled"] = TemperatureScaled(fitted["logreg"], 1.7)
+    save_estimators(tmp_path / "all.skops", fitted)
+    assert not untrusted_types(tmp_path / "all.skops")
+    loaded = {k: single_threaded(v) for k, v in load_estimators(tmp_path / "all.skops").items()}
+    for kind, estimator in fitted.items():
+        assert type(loaded[kind]) is type(estimator)
+        np.testing.assert_array_equal(loaded[kind].predict_proba(X), estimator.predict_proba(X), err_msg=kind)
 
 
 # --- custom code ------------------------------------------------------------------------------------------
