@@ -43,7 +43,5 @@ ON_BAD_IMAGE = Choice("--on-bad-image", ("error", "skip"))
 WEIGHTS = Choice("--weights", ("imagenet", "none"))
 
 # The families' members by the names the code uses.
-PROTOCOLS, FINALS, POLICIES, MERGES = PROTOCOL.values, FINAL.values, TTA_POLICY.values, TTA_MERGE.values
-META_KINDS, CRITERIA, CALIBRATIONS = META.values, META_CRITERION.values, CALIBRATION.values
+POLICIES, MERGES, META_KINDS = TTA_POLICY.values, TTA_MERGE.values, META.values
 SIMPLE_META, LEARNED_META = META_KINDS[:4], META_KINDS[4:]  # averages of base models; learned stacks
-EXECUTORS, ON_BAD_IMAGES = EXECUTOR.values, ON_BAD_IMAGE.values

@@ -69,14 +69,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 # --- base models -------------------------------------------------------------------------------------------
 
-def base_model_path(name: str, fold: int | None) -> str:
-    """``base/<name>/model.keras``, or ``fold<k>.keras`` for one fold of a kfold fit (relative to the bundle)."""
-    return f"base/{name}/" + ("model.keras" if fold is None else f"fold{fold}.keras")
-
-
 def save_base_model(bundle: Path, name: str, fold: int | None, source: Path) -> str:
-    """Put a trained ``.keras`` file in its place (a hard link where possible); return that place."""
-    relative = base_model_path(name, fold)
+    """Put a trained ``.keras`` file in its place, ``base/<name>/model.keras`` or ``fold<k>.keras`` for one fold of a
+    kfold fit (a hard link where possible); return that place, relative to the bundle."""
+    relative = f"base/{name}/" + ("model.keras" if fold is None else f"fold{fold}.keras")
     target = Path(bundle) / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -132,10 +128,6 @@ def save_folds(bundle: Path, ids: list[str], fold: np.ndarray, groups: np.ndarra
     if groups is not None:
         table["group"] = groups
     write_atomically(Path(bundle) / FOLDS_FILE, table.to_csv(index=False))
-
-
-def load_folds(bundle: Path) -> pd.DataFrame:
-    return pd.read_csv(Path(bundle) / FOLDS_FILE, dtype={"Id": str})
 
 
 def save_oof(bundle: Path, oof: dict[str, np.ndarray]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 # once TensorFlow's thousands of modules are loaded. So the bundle module, and with it this one, is imported
 # before TensorFlow wherever a bundle is loaded (``stacking.predictor``).
 import skops.io as sio
+from skops.io.exceptions import UntrustedTypesFoundException
 
 from stacking.errors import BundleError
 from stacking.files import atomic_path
@@ -51,6 +52,9 @@ def save_estimators(path: Path, obj) -> None:
 
 
 def load_estimators(path: Path):
-    """The object in ``path``, once its types are checked against the trusted list."""
-    check_estimator_file(path)
-    return sio.load(path, trusted=list(TRUSTED_TYPES))
+    """The object in ``path``. ``load_manifest`` has checked its types, naming them; skops refuses any outside the
+    trusted list again while it reads, so the file is not scanned twice."""
+    try:
+        return sio.load(path, trusted=list(TRUSTED_TYPES))
+    except UntrustedTypesFoundException as exc:
+        raise BundleError(f"{path}: holds type(s) outside the trusted list ({exc}); refusing it") from None
