@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from stacking.cli import TrustCodeOption, VerifyKeyOption, cli
+from stacking.cli import RuntimeOption, TrustCodeOption, VerifyKeyOption, cli
 from stacking.cli import main as stacking_main
 
 DEMO_CONFIG = Path(str(files("stacking") / "configs" / "digits.toml"))
@@ -25,7 +25,8 @@ def serve_bundle(bundle: Path, **overrides) -> None:
 
     from app.main import create_app
     from app.settings import Settings
-    from stacking.bundle import check_custom_code, load_manifest
+    from stacking.bundle import check_custom_code, load_manifest, runtime_of
+    from stacking.choices import RUNTIME
     from stacking.errors import UserError
 
     try:
@@ -33,7 +34,11 @@ def serve_bundle(bundle: Path, **overrides) -> None:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-    check_custom_code(bundle, load_manifest(bundle, settings.trust), settings.trust)
+    manifest = load_manifest(bundle, settings.trust)
+    check_custom_code(bundle, manifest, settings.trust)
+    RUNTIME.check(settings.runtime)
+    for entry in manifest.base_models:
+        runtime_of(entry, settings.runtime)  # a runtime some base model lacks: refused before any port opens
     typer.echo(f"serving {bundle} on http://{settings.host}:{settings.port} (page at /, API at /v1/predict and "
                f"/v2/models/{bundle.resolve().name}/infer, docs at /docs)")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1, log_level="info",
@@ -50,12 +55,13 @@ def serve_command(
     queue_size: Annotated[Optional[int], typer.Option(help="Jobs that may wait; past it 503 [STACKSERVE_QUEUE_SIZE, 64].")] = None,
     max_tta: Annotated[Optional[int], typer.Option(help="Most TTA views a request may ask for [STACKSERVE_MAX_TTA, 16].")] = None,
     call_rows: Annotated[Optional[int], typer.Option(help="Image-views per compiled call [STACKSERVE_CALL_ROWS, 64].")] = None,
+    runtime: RuntimeOption = "auto",
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
 ) -> None:
     """Start the HTTP service (every setting also reads its STACKSERVE_* variable; see the README)."""
     serve_bundle(bundle, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                 max_tta=max_tta, call_rows=call_rows, trust_custom_code=trust_custom_code or None,
+                 max_tta=max_tta, call_rows=call_rows, runtime=runtime, trust_custom_code=trust_custom_code or None,
                  verify_key=verify_key)
 
 

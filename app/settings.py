@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     api_key: str = ""  # when set, /v1 and /v2 model routes need header X-API-Key (health, metrics, page stay open)
     cors_origins: list[str] = []  # origins allowed to call the API from a browser; empty: CORS off
     decode_threads: int = Field(0, ge=0)  # threads decoding uploads (0: one per core)
+    runtime: str = "auto"  # where the base models run: auto (as the fit chose per model), tf, litert
+    runtime_threads: int = Field(0, ge=0)  # the exported runtime's threads per call (0: one per core)
     intra_op_threads: int = Field(0, ge=0)  # TensorFlow threads inside one op (0: TensorFlow's default)
     inter_op_threads: int = Field(0, ge=0)  # TensorFlow ops run side by side (0: TensorFlow's default)
     graceful_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, how long requests in flight may take to finish

@@ -13,7 +13,12 @@ logger = logging.getLogger("stackserve")
 
 
 def set_thread_counts(settings: Settings) -> None:
-    """TensorFlow's thread pools; only possible before its runtime starts, so done first thing when loading."""
+    """TensorFlow's thread pools; only possible before its runtime starts, so done first thing when loading.
+
+    Not set, TensorFlow is not even imported here: a bundle served from exported files never loads it.
+    """
+    if not (settings.intra_op_threads or settings.inter_op_threads):
+        return
     import tensorflow as tf
 
     try:
@@ -43,7 +48,8 @@ class ModelState:
         """Load and warm up every view count a request may ask for; a failure is kept for ``/readyz``."""
         try:
             set_thread_counts(self.settings)
-            predictor = Predictor(self.settings.bundle, self.settings.call_rows, self.settings.trust)
+            predictor = Predictor(self.settings.bundle, self.settings.call_rows, self.settings.trust,
+                                  self.settings.runtime, self.settings.runtime_threads or None)
             predictor.warm_up(self.settings.max_tta if self.settings.warm_up_views else None)
             metrics.MODEL.labels(predictor.name, predictor.version).set(1)
             self.predictor = predictor

@@ -41,6 +41,7 @@ CALIBRATION = Choice("--calibration", ("none", "temperature"))
 EXECUTOR = Choice("--executor", ("local", "ray"))
 ON_BAD_IMAGE = Choice("--on-bad-image", ("error", "skip"))
 WEIGHTS = Choice("--weights", ("imagenet", "none"))
+RUNTIME = Choice("--runtime", ("tf", "litert"), extra=("auto",))  # where base models run (stacking.runtime)
 
 # The families' members by the names the code uses.
 POLICIES, MERGES, META_KINDS = TTA_POLICY.values, TTA_MERGE.values, META.values

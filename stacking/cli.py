@@ -41,6 +41,7 @@ RayAddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster to jo
 OnBadOption = Annotated[str, typer.Option("--on-bad-image", help=choices.ON_BAD_IMAGE.help("error: stop at an unreadable image; skip: leave it out and report it."))]
 # Every command that loads a bundle: what it trusts.
 TrustCodeOption = Annotated[bool, typer.Option("--trust-custom-code", envvar="STACKSERVE_TRUST_CUSTOM_CODE", help="Import the Python modules the bundle's own architectures come from (runs their code).")]
+RuntimeOption = Annotated[str, typer.Option("--runtime", envvar="STACKSERVE_RUNTIME", help=choices.RUNTIME.help("Where the base models run; auto: as the fit chose per model (the exported file unless TensorFlow was faster)."))]
 VerifyKeyOption = Annotated[Optional[Path], typer.Option("--verify-key", envvar="STACKSERVE_VERIFY_KEY", help="Public key (PEM): refuse the bundle unless signed with its private key and unchanged since.")]
 
 
@@ -102,6 +103,7 @@ def fit_command(
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square side.")] = None,
     weights: Annotated[Optional[str], typer.Option(help=choices.WEIGHTS.help("Starting weights of keras.applications models."))] = None,
     on_bad_image: Annotated[Optional[str], typer.Option("--on-bad-image", help=choices.ON_BAD_IMAGE.help("An unreadable image stops the fit or is left out."))] = None,
+    runtime: Annotated[Optional[str], typer.Option(help=choices.RUNTIME.help("Serve (and make OOF rows) with: auto exports each model to LiteRT and keeps it on TensorFlow only where that is faster; litert fails if a model cannot be exported; tf exports nothing."))] = None,
     executor: ExecutorOption = None,
     ray_address: RayAddressOption = None,
     resume: Annotated[bool, typer.Option(help="Keep the finished jobs of an interrupted fit to --out; run the rest.")] = False,
@@ -120,6 +122,7 @@ def fit_command(
         "epochs": epochs, "seed": seed, "image_size": image_size, "weights": weights, "on_bad_image": on_bad_image,
         "meta_criterion": meta_criterion, "tta_features": tta_features, "calibration": calibration,
         "group_column": group_column, "final": final, "executor": executor, "ray_address": ray_address,
+        "runtime": runtime,
     }
     fit(data, out, load_config(config, overrides), echo=typer.echo, resume=resume, sign_key=sign_key)
     typer.echo(f"bundle written to {out}; report: {out / 'report' / 'index.html'}")
@@ -152,6 +155,7 @@ def evaluate_command(
     tta: TTAOption = None,
     tta_policy: PolicyOption = None,
     on_bad_image: OnBadOption = "error",
+    runtime: RuntimeOption = "auto",
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
 ) -> None:
@@ -159,7 +163,7 @@ def evaluate_command(
     from stacking.evaluate import diversity, evaluate_folder, format_diversity, format_table, record_evaluation
     from stacking.predictor import Predictor
 
-    predictor = Predictor(bundle, trust=make_trust(trust_custom_code, verify_key))
+    predictor = Predictor(bundle, trust=make_trust(trust_custom_code, verify_key), runtime=runtime)
     predictor.check_views(tta, tta_policy)
     rows, count, bad = evaluate_folder(predictor, data, labels, tta, tta_policy, on_bad_image)
     for _, reason in bad:
@@ -191,7 +195,8 @@ def predict_command(
     executor: Annotated[str, typer.Option(help=choices.EXECUTOR.help("ray: Ray Data, actors that each load the bundle."))] = "local",
     ray_address: RayAddressOption = None,
     actors: Annotated[int, typer.Option(help="With --executor ray: actors, each with its own copy of the bundle.")] = 2,
-    cpus_per_actor: Annotated[float, typer.Option(help="With --executor ray: CPUs each actor asks Ray for (its TensorFlow threads).")] = 1.0,
+    cpus_per_actor: Annotated[float, typer.Option(help="With --executor ray: CPUs each actor asks Ray for (its runtime's threads).")] = 1.0,
+    runtime: RuntimeOption = "auto",
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
 ) -> None:
@@ -199,7 +204,7 @@ def predict_command(
     from stacking.predictor import Predictor
     from stacking.submission import PredictOptions, checkpoint_dir, predict_folder
 
-    predictor = Predictor(bundle, call_rows, make_trust(trust_custom_code, verify_key))
+    predictor = Predictor(bundle, call_rows, make_trust(trust_custom_code, verify_key), runtime)
     options = PredictOptions(tta, tta_policy, on_bad_image, fallback_class, batch_size, workers, resume, executor,
                              ray_address or "", actors, cpus_per_actor)
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from models.registry import HEADS, get_spec, is_custom, load_custom_builder
 from models.training import CLASS_WEIGHTS, Augmentation, TrainConfig
-from stacking.choices import FINAL, ON_BAD_IMAGE, PROTOCOL, TTA_MERGE, TTA_POLICY, WEIGHTS
+from stacking.choices import FINAL, ON_BAD_IMAGE, PROTOCOL, RUNTIME, TTA_MERGE, TTA_POLICY, WEIGHTS
 from stacking.errors import UserError
 from stacking.executors import ClusterConfig
 from stacking.stack import MetaSettings
@@ -48,6 +48,9 @@ class FitConfig:
     dropout: float = 0.2
     deterministic: bool = True  # deterministic TensorFlow ops: the same seed gives the same weights
     mixed_precision: bool = False  # float16 compute, for GPU users; off on CPU
+    # Where the base models are served and their OOF rows computed: "auto" exports each to LiteRT and serves it
+    # there unless TensorFlow is faster; "litert" fails the fit if a model cannot be exported; "tf" exports nothing.
+    runtime: str = "auto"
     tta_diagnostic_views: int = 10  # views measured for the TTA diagnostics (at most the policy's)
     tta: TTAPolicy = field(default_factory=TTAPolicy)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -117,7 +120,8 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> FitConfig:
 def validate(cfg: FitConfig) -> None:
     """Refuse settings that cannot work, naming the option."""
     for choice, value in ((PROTOCOL, cfg.protocol), (FINAL, cfg.final), (TTA_POLICY, cfg.tta.name),
-                          (TTA_MERGE, cfg.tta.merge), (ON_BAD_IMAGE, cfg.on_bad_image), (WEIGHTS, cfg.weights)):
+                          (TTA_MERGE, cfg.tta.merge), (ON_BAD_IMAGE, cfg.on_bad_image), (WEIGHTS, cfg.weights),
+                          (RUNTIME, cfg.runtime)):
         choice.check(value)
     checks = [
         (cfg.final == "fold-average" or cfg.protocol == "kfold", "--final refit: only with --protocol kfold (holdout "

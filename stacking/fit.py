@@ -22,13 +22,15 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 
 from models import get_spec
+from models.registry import is_custom
 from stacking import bundle as bundle_io
-from stacking.bundle.manifest import BaseModelEntry, Manifest, MetaLearnerEntry
+from stacking.bundle.manifest import BaseModelEntry, Manifest, MetaLearnerEntry, RuntimeEntry
 from stacking.bundle.signing import check_signing_key, sign_bundle
 from stacking.config import FitConfig
 from stacking.datasets import ImageSet, load_pixels, read_groups, read_training_set
 from stacking.errors import UserError
 from stacking.executors import JobInputs, Progress, check_ray, run_jobs
+from stacking.export import Parity, choose, exported_answers, keras_answers, refuse, time_runtimes
 from stacking.files import default_mode
 from stacking.jobs import Job, JobResult, JobSettings, JobStore, data_fingerprint, set_numerics
 from stacking.meta import score
@@ -42,6 +44,7 @@ from stacking.protocols import (
     refit_split,
 )
 from stacking.report import write_report
+from stacking.runtime import EXPORTED, TF, export_litert
 from stacking.stack import MetaSettings, describe, fit_meta
 from stacking.tta import TTAPolicy, served_result
 from stacking.tta_diagnostics import diagnostic_rows, tune_and_measure
@@ -211,35 +214,89 @@ class BaseModels(NamedTuple):
     validation: dict[str, list[dict]]  # the best epoch's validation scores per fold
 
 
-def _assemble_base_models(plan: Plan, store: JobStore, work: Path, cfg: FitConfig, data: TrainingData) -> BaseModels:
-    """Put the stored jobs' models and histories in the bundle; gather their OOF rows."""
+def _assemble_base_models(plan: Plan, store: JobStore, work: Path, cfg: FitConfig, data: TrainingData,
+                          echo: Echo) -> BaseModels:
+    """Put the stored jobs' models (and their exports) and histories in the bundle; gather the served OOF rows."""
     n_images, n_classes = len(data.images.labels), len(data.images.classes)
     served = len(cfg.tta.view_list(cfg.image_size))
     diag = diagnostic_rows(np.concatenate([s.oof for s in plan.splits]), cfg.seed)
     oof_views = np.zeros((len(cfg.models), served, n_images, n_classes), np.float32)
     diag_views = np.zeros((len(cfg.models), len(job_settings(cfg).views), len(diag), n_classes), np.float32)
     entries, validation = [], {}
-    refit = any(j.refit for j in plan.jobs)  # then the refit is served, not the fold models
     for m, model in enumerate(cfg.models):
-        name, files, histories = base_name(model), [], []
-        for job in (j for j in plan.jobs if j.name == name):
-            history, per_view = store.load(job)
-            if job.refit:  # the served model: the fold models only made the OOF rows
-                files = [bundle_io.save_base_model(work, name, None, store.model_file(job))]
-                histories.append({**history, "refit": True})
+        name = base_name(model)
+        jobs = [j for j in plan.jobs if j.name == name]
+        served_jobs = [j for j in jobs if j.refit] or jobs  # a refit is served; the fold models only made OOF rows
+        stored = {job.id: store.load(job) for job in jobs}
+        per_view = {job.id: stored[job.id][1] for job in jobs if not job.refit}
+        runtime = None
+        if cfg.runtime != TF:
+            runtime, exported = _export(model, jobs, served_jobs, store, work, cfg, data, diag, echo)
+            if runtime.served != TF:
+                per_view = exported
+        for job in jobs:
+            if job.refit:
                 continue
-            oof_views[m][:, job.split.oof] = per_view[:served]
+            oof_views[m][:, job.split.oof] = per_view[job.id][:served]
             kept = np.isin(job.split.oof, diag)
-            diag_views[m][:, np.searchsorted(diag, job.split.oof[kept])] = per_view[:, kept]
-            if not refit:
-                files.append(bundle_io.save_base_model(work, name, job.fold, store.model_file(job)))
-            histories.append(history)
+            diag_views[m][:, np.searchsorted(diag, job.split.oof[kept])] = per_view[job.id][:, kept]
+        histories = [{**stored[job.id][0], "refit": True} if job.refit else stored[job.id][0] for job in jobs]
         spec = get_spec(model)
-        entries.append(BaseModelEntry(name=name, architecture=spec.name, preprocessing=spec.preprocessing,
-                                      weights=cfg.weights_for(model), files=files,
-                                      history=bundle_io.save_history(work, name, histories)))
+        entries.append(BaseModelEntry(
+            name=name, architecture=spec.name, preprocessing=spec.preprocessing, weights=cfg.weights_for(model),
+            files=[bundle_io.save_base_model(work, name, job.fold, store.model_file(job)) for job in served_jobs],
+            history=bundle_io.save_history(work, name, histories), runtime=runtime))
         validation[name] = [h["best"] for h in histories]
     return BaseModels(oof_views, diag, diag_views, entries, validation)
+
+
+def _export(model: str, jobs: list[Job], served_jobs: list[Job], store: JobStore, work: Path, cfg: FitConfig,
+            data: TrainingData, diag: np.ndarray, echo: Echo) -> tuple[RuntimeEntry, dict[str, np.ndarray]]:
+    """Export each job's model, check it against Keras on the job's OOF images, time both runtimes, choose one.
+
+    Returns the manifest's entry and the exported files' answers on each fold job's OOF views.
+    A refit (trained on every image) is checked on the TTA diagnostics' rows instead.
+    """
+    import keras
+
+    from models.registry import import_custom_module
+
+    name, views = base_name(model), list(job_settings(cfg).views)
+    if is_custom(model):
+        import_custom_module(model)
+    parity, answers, models, files = Parity(0, 0.0, 0), {}, {}, {}
+    for job in jobs:
+        trained = keras.models.load_model(store.model_file(job), compile=False, safe_mode=True)
+        try:
+            content = export_litert(trained)
+        except Exception as exc:  # the converter raises many types; any of them means "not exportable"
+            reason = f"conversion failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}"
+            refuse(cfg.runtime, name, reason)
+            echo(f"{name}: not exported to {EXPORTED} ({reason}); served by TensorFlow")
+            return RuntimeEntry(name=EXPORTED, files=[], served=TF, parity=None, timing=None, refused=reason), {}
+        if job.refit:
+            pixels, checked = data.pixels[diag], views[:1]
+            parity = parity.merge(Parity.of(keras_answers(trained, pixels, checked, cfg.image_size),
+                                            exported_answers(content, pixels, checked, cfg.image_size)))
+        else:
+            answers[job.id] = exported_answers(content, data.pixels[job.split.oof], views, cfg.image_size)
+            parity = parity.merge(Parity.of(store.load(job)[1], answers[job.id]))
+        models[job.id], files[job.id] = trained, content
+    problem = parity.problem()
+    if problem is not None:
+        refuse(cfg.runtime, name, problem)
+        echo(f"{name}: {EXPORTED} export refused ({problem}); served by TensorFlow")
+        return RuntimeEntry(name=EXPORTED, files=[], served=TF, parity=parity.as_dict(), timing=None,
+                            refused=problem), {}
+    timing = time_runtimes([models[j.id] for j in served_jobs], [files[j.id] for j in served_jobs], cfg.image_size,
+                           len(cfg.tta.view_list(cfg.image_size)))
+    runtime = choose(cfg.runtime, timing)
+    echo(f"{name}: {EXPORTED} {timing[f'{EXPORTED}_ms']:.2f} ms, TensorFlow {timing['tf_ms']:.2f} ms per call of "
+         f"{timing['call_rows']} image-views; max |p| difference {parity.max_abs_diff:.2g}; served by "
+         f"{'TensorFlow' if runtime == TF else EXPORTED}")
+    paths = [bundle_io.save_runtime_file(work, name, job.fold, files[job.id]) for job in served_jobs]
+    return RuntimeEntry(name=EXPORTED, files=paths, served=runtime, parity=parity.as_dict(), timing=timing,
+                        refused=None), answers
 
 
 def _served_oof(base: BaseModels, plan: Plan, data: TrainingData, cfg: FitConfig, work: Path,
@@ -334,7 +391,7 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: b
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
         bundle_io.save_folds(work, data.images.ids, plan.folds, data.groups)
-        base = _assemble_base_models(plan, store, work, cfg, data)
+        base = _assemble_base_models(plan, store, work, cfg, data, echo)
         tta, oof = _served_oof(base, plan, data, cfg, work, echo)
         meta = fit_meta(work, oof, MetaSettings.from_config(cfg.as_dict()), plan.fold_hash)
         echo(describe(meta))

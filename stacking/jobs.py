@@ -35,6 +35,7 @@ from stacking import bundle as bundle_io
 from stacking.errors import UserError
 from stacking.files import atomic_path
 from stacking.protocols import Split
+from stacking.runtime import KerasRunner
 from stacking.tta import TTAForward, View
 
 
@@ -179,7 +180,7 @@ def run_job(job: Job, pixels: np.ndarray, labels: np.ndarray, n_classes: int, se
                 fine_tune=get_spec(job.model).block_pattern if job.weights else None,
                 on_epoch_end=lambda _, logs: (bar.update(), bar.set_postfix(val_acc=f"{logs['val_accuracy']:.3f}")),
             )
-        per_view = None if job.refit else TTAForward([[trained]], settings.image_size)(
+        per_view = None if job.refit else TTAForward([KerasRunner([trained])], settings.image_size)(
             pixels[job.split.oof], list(settings.views))[0]
         return JobResult(path.read_bytes(), history, per_view, time.monotonic() - started,
                          f"{socket.gethostname()}:{os.getpid()}", tf.config.threading.get_intra_op_parallelism_threads()

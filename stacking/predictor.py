@@ -14,7 +14,7 @@ import numpy as np
 
 from stacking import bundle as bundle_io  # first: before TensorFlow (see stacking.bundle.estimators)
 from stacking.bundle import Trust
-from stacking.choices import TTA_POLICY
+from stacking.choices import RUNTIME, TTA_POLICY
 from stacking.errors import UserError
 from stacking.meta import full_probabilities, meta_features, single_threaded
 from stacking.tta import CALL_ROWS, TTAForward, TTAPolicy, TTAResult, adaptive_views, run_tta
@@ -53,12 +53,16 @@ class Prediction:
 class Predictor:
     """Everything needed to predict, from one bundle folder."""
 
-    def __init__(self, bundle: Path, call_rows: int = CALL_ROWS, trust: Trust = Trust()):
+    def __init__(self, bundle: Path, call_rows: int = CALL_ROWS, trust: Trust = Trust(), runtime: str = "auto",
+                 threads: int | None = None):
         """``call_rows``: image-views per compiled call, one padded shape (see ``TTAForward``);
-        ``trust``: whether custom code may be imported, and whose signature the bundle must carry."""
+        ``trust``: whether custom code may be imported, and whose signature the bundle must carry;
+        ``runtime``: where the base models run (``auto``: as the fit chose per model, ``tf``, ``litert``);
+        ``threads``: the exported runtime's threads (default: every core this process may use)."""
         if call_rows < 1:
             raise UserError(f"--call-rows {call_rows}: must be at least 1")
-        self.bundle, self.trust = Path(bundle), trust
+        RUNTIME.check(runtime)
+        self.bundle, self.trust, self.runtime, self.threads = Path(bundle), trust, runtime, threads
         self.manifest = bundle_io.load_manifest(self.bundle, trust)
         self.sha256 = bundle_io.manifest_sha(self.bundle)
         self.name = self.bundle.resolve().name
@@ -67,10 +71,21 @@ class Predictor:
         self.image_size: int = self.manifest.image_size
         self.base_names = [b.name for b in self.manifest.base_models]
         self.tta = TTAPolicy.from_dict(self.manifest.tta.model_dump())
-        members = bundle_io.load_base_models(self.bundle, self.manifest, trust)
-        self.forward = TTAForward(members, self.image_size, call_rows)
+        self.forward = TTAForward(bundle_io.load_base_models(self.bundle, self.manifest, trust, runtime, threads),
+                                  self.image_size, call_rows)
         self.meta = single_threaded(bundle_io.load_meta(self.bundle, self.manifest))
         self.tta_features: bool = self.manifest.meta_learner.features.tta_features
+
+    @property
+    def runtimes(self) -> dict[str, str]:
+        """The runtime each base model runs on."""
+        return {name: run.runtime for name, run in zip(self.base_names, self.forward.runners)}
+
+    def runtime_info(self) -> dict:
+        """What runs where, with which threads, so an operator can check the settings took."""
+        return {"requested": self.runtime, "call_rows": self.forward.rows_per_call,
+                "base_models": {name: {"runtime": run.runtime, "threads": run.threads()}
+                                for name, run in zip(self.base_names, self.forward.runners)}}
 
     def policy(self, name: str | None = None) -> TTAPolicy:
         """The bundle's validated TTA policy, or another named one with the same shift and merge."""

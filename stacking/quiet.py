@@ -2,7 +2,7 @@
 
 On a machine without a GPU, TensorFlow's C++ side prints lines about CUDA it cannot
 find (``cudart_stub``, ``failed call to cuInit``) and about graph attributes
-(``NodeDef mentions attribute``) however ``TF_CPP_MIN_LOG_LEVEL`` is set: many come
+(``NodeDef mentions attribute``), and LiteRT a line per interpreter, however ``TF_CPP_MIN_LOG_LEVEL`` is set: many come
 before its logging is set up. They go straight to file descriptor 2, so the console
 script routes that descriptor through a thread that drops exactly those lines. Python's
 own ``sys.stderr`` (warnings, tracebacks, progress bars) keeps the real terminal.
@@ -19,7 +19,9 @@ import threading
 
 NOISE = re.compile(
     rb"cudart_stub\.cc|failed call to cuInit|cuda_(?:platform|driver|diagnostics|dnn|fft|blas)\.cc|"
-    rb"NodeDef mentions attribute|All log messages before absl::InitializeLog|Unable to register cu\w+ factory"
+    rb"NodeDef mentions attribute|All log messages before absl::InitializeLog|Unable to register cu\w+ factory|"
+    # LiteRT's converter and interpreter: settings it ignores, and a line for every interpreter made.
+    rb"tf_tfl_flatbuffer_helpers\.cc|Created TensorFlow Lite XNNPACK delegate"
 )
 # How a C++ log line starts: glog's "I0000 00:00:..." or TensorFlow's "2026-01-01 10:00:00.1: I ...".
 LOG_START = re.compile(rb"^(?:[IWEF]\d{4} |\d{4}-\d\d-\d\d |WARNING: All log)")

@@ -31,7 +31,7 @@ from stacking.datasets import ImageSet, list_images, load_pixels
 from stacking.errors import UserError
 from stacking.executors import check_ray, check_request, ray_cluster
 from stacking.files import atomic_path, write_atomically
-from stacking.jobs import size_worker
+from stacking.jobs import job_threads, size_worker
 from stacking.predictor import Predictor
 
 Echo = Callable[[str], None]
@@ -171,9 +171,9 @@ def _run_chunks(predictor: Predictor, chunks: list[list[Path]], todo: list[int],
 class ChunkPredictor:
     """A Ray Data actor: loads the bundle once, then decodes and predicts whole chunks, a row each."""
 
-    def __init__(self, bundle: str, sha256: str, call_rows: int, options: PredictOptions, trust: Trust):
+    def __init__(self, bundle: str, sha256: str, call_rows: int, options: PredictOptions, trust: Trust, runtime: str):
         size_worker(options.cpus_per_actor, 0)
-        self.predictor = Predictor(Path(bundle), call_rows, trust)
+        self.predictor = Predictor(Path(bundle), call_rows, trust, runtime, job_threads(options.cpus_per_actor))
         self.options = options
         self.error = "" if self.predictor.sha256 == sha256 else (
             f"{bundle} on {socket.gethostname()} is another bundle than the one this run started with")
@@ -214,7 +214,8 @@ def run_chunks_on_ray(predictor: Predictor, chunks: list[list[Path]], todo: list
                                    override_num_blocks=len(todo))
         results = rows.map_batches(
             ChunkPredictor, fn_constructor_args=(str(predictor.bundle.resolve()), predictor.sha256,
-                                                 predictor.forward.rows_per_call, options, predictor.trust),
+                                                 predictor.forward.rows_per_call, options, predictor.trust,
+                                                 predictor.runtime),
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.actors), num_cpus=options.cpus_per_actor,
         )
         for row in results.iter_rows():
@@ -265,6 +266,7 @@ def predict_folder(
     folder = checkpoint_dir(out)
     state = {"bundle": predictor.sha256, "images": str(Path(images_dir).resolve()),
              "files": [p.name for p in paths], "call_rows": predictor.forward.rows_per_call,  # the call shape sets the bits
+             "runtimes": predictor.runtimes,  # and so does the runtime
              **{k: v for k, v in asdict(options).items() if k not in WHERE_OPTIONS}}
     _open_checkpoint(folder, state, options.resume, echo)
     chunks = [paths[i : i + options.batch_size] for i in range(0, len(paths), options.batch_size)]

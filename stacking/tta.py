@@ -4,9 +4,9 @@ A policy is an ordered list of views (identity first); ``N`` views means its fir
 N. Deterministic policies use flips, shifts and zoomed crops; ``random`` draws each
 view's flip, shift and zoom once from the training augmentation's ranges with a
 fixed seed, so every image gets the same views whatever its batch. For a batch of
-B images and T views, every base model runs once on a B x T tensor inside one
-compiled function, in inference mode; the views are then merged (mean or geometric
-mean, the identity view weighted as tuned on out-of-fold images). The config check
+B images and T views, every base model runs once on a B x T tensor in one call of
+its runtime (TensorFlow, or its exported file), in inference mode; the views are
+then merged (mean or geometric mean, the identity view weighted as tuned on out-of-fold images). The config check
 keeps views within the training augmentation (no flips for a model never shown
 one), so TTA sees nothing the models were not taught to handle.
 """
@@ -14,11 +14,9 @@ one), so TTA sees nothing the models were not taught to handle.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from stacking.choices import MERGES, POLICIES
 
@@ -109,29 +107,71 @@ class TTAPolicy:
         return cls(name=entry["policy"], **{k: v for k, v in entry.items() if k != "policy"})
 
 
-def _shift(x: tf.Tensor, dx: int, dy: int) -> tf.Tensor:
+def _central_crop(x: np.ndarray, fraction: float) -> np.ndarray:
+    """The central ``fraction`` of each side, placed as ``tf.image.central_crop`` places it."""
+    height, width = x.shape[1], x.shape[2]
+    top, left = int((height - height * fraction) / 2), int((width - width * fraction) / 2)
+    return x[:, top : height - top, left : width - left]
+
+
+def _bilinear_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source rows below and above each output row, and the weight of the upper one (half-pixel centres)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(position)
+    lower = np.maximum(floor, 0).astype(np.intp)
+    upper = np.minimum(np.ceil(position), in_size - 1).astype(np.intp)
+    return lower, upper, (position - floor).astype(np.float32)
+
+
+def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of float32 (B, h, w, 3) as ``tf.image.resize`` does it (half-pixel centres, no antialias)."""
+    y0, y1, dy = _bilinear_weights(x.shape[1], height)
+    x0, x1, dx = _bilinear_weights(x.shape[2], width)
+    dx = dx[None, None, :, None]
+    top = x[:, y0][:, :, x0] + (x[:, y0][:, :, x1] - x[:, y0][:, :, x0]) * dx
+    bottom = x[:, y1][:, :, x0] + (x[:, y1][:, :, x1] - x[:, y1][:, :, x0]) * dx
+    return top + (bottom - top) * dy[None, :, None, None]
+
+
+def _shift(x: np.ndarray, dx: int, dy: int) -> np.ndarray:
     """Translate by (dx, dy) pixels, repeating edge pixels (Keras' ``fill_mode="nearest"``)."""
     height, width = x.shape[1], x.shape[2]
-    rows = tf.clip_by_value(tf.range(height) - dy, 0, height - 1)
-    cols = tf.clip_by_value(tf.range(width) - dx, 0, width - 1)
-    return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
+    rows = np.clip(np.arange(height) - dy, 0, height - 1)
+    cols = np.clip(np.arange(width) - dx, 0, width - 1)
+    return x[:, rows][:, :, cols]
 
 
-def make_views(x: tf.Tensor, views: Sequence[View]) -> tf.Tensor:
-    """(B, H, W, 3) -> (T * B, H, W, 3), view-major."""
+def make_views(pixels: np.ndarray, views: Sequence[View]) -> np.ndarray:
+    """uint8 (B, H, W, 3) -> float32 (T * B, H, W, 3), view-major: the rows every runtime is given.
+
+    Made with numpy, not inside a model's graph, so TensorFlow and an exported runtime
+    see the same float32 pixels (flips and shifts are exact; zooms interpolate).
+    """
+    x = pixels.astype(np.float32)
     out = []
     for v in views:
-        y = tf.reverse(x, axis=[2]) if v.flip else x
+        y = x[:, :, ::-1] if v.flip else x
         if v.zoom != 1.0:
-            y = tf.image.resize(tf.image.central_crop(y, 1 / v.zoom), (x.shape[1], x.shape[2]))
+            y = _resize(_central_crop(y, 1 / v.zoom), x.shape[1], x.shape[2])
         out.append(_shift(y, v.dx, v.dy) if (v.dx or v.dy) else y)
-    return tf.concat(out, axis=0)
+    return np.concatenate(out, axis=0)
+
+
+class Runner(Protocol):
+    """One base model's forward pass: float32 view rows (R, H, W, 3) -> (K, R, C), one answer per fold model."""
+
+    runtime: str  # "tf" or the exported runtime's name
+    folds: int  # K
+    classes: int  # C
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray: ...
 
 
 class TTAForward:
-    """Per-view class probabilities of several base models in one compiled call.
+    """Per-view class probabilities of several base models, each through its runner (``stacking.runtime``).
 
-    ``members[m]`` lists base model m's Keras models: one, or the K fold models of a
+    ``runners[m]`` runs base model m: its one model, or the K fold models of a
     ``kfold`` fit, kept apart by :meth:`folds` and averaged by calling.
 
     Every call runs the same shape: ``rows_per_call // views`` images (at least one),
@@ -142,50 +182,27 @@ class TTAForward:
     every image's answer is independent of its companions; larger calls buy throughput
     for small models and cost a lone image a padded call. ``benchmarks/throughput.py``
     measures both.
-
-    The models are traced once, for every view list (tracing costs seconds per model);
-    each view list only adds a small compiled function that makes its views.
     """
 
-    def __init__(self, members: Sequence[Sequence[keras.Model]], image_size: int, rows_per_call: int = CALL_ROWS):
-        self.members = [list(m) for m in members]
-        if len({len(m) for m in self.members}) != 1:
-            raise ValueError("every base model needs the same number of fold models")
+    def __init__(self, runners: Sequence[Runner], image_size: int, rows_per_call: int = CALL_ROWS):
+        self.runners = list(runners)
         self.image_size = image_size
         self.rows_per_call = rows_per_call
-        rows = tf.TensorSpec((None, image_size, image_size, 3), tf.float32)
-        self._models = tf.function(self._run_models, input_signature=[rows])
-        self._views: dict[tuple[View, ...], tf.types.experimental.PolymorphicFunction] = {}
-
-    def _run_models(self, rows: tf.Tensor) -> tf.Tensor:
-        """(R, H, W, 3) view rows -> (K, M, R, C): every fold model of every base model, in one graph.
-
-        Traced once for every view count: tracing the models costs seconds, the views a few milliseconds.
-        """
-        return tf.stack([tf.stack([folds[k](rows, training=False) for folds in self.members])
-                         for k in range(len(self.members[0]))])
-
-    def _make_views(self, views: tuple[View, ...]):
-        if views not in self._views:
-            spec = tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.uint8)
-            self._views[views] = tf.function(lambda pixels: make_views(tf.cast(pixels, tf.float32), views),
-                                             input_signature=[spec])
-        return self._views[views]
 
     def folds(self, pixels: np.ndarray, views: Sequence[View]) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (K, M, T, N, C) probabilities per fold model, base model and view."""
-        stack_views = self._make_views(tuple(views))
         size = max(1, self.rows_per_call // len(views))
         chunks = []
         for i in range(0, len(pixels), size):
             chunk = pixels[i : i + size]
             padded = np.zeros((size, *pixels.shape[1:]), np.uint8)
             padded[: len(chunk)] = chunk
-            out = self._models(stack_views(tf.constant(padded))).numpy()  # (K, M, T * size, C), view-major
+            rows = make_views(padded, views)
+            out = np.stack([run(rows) for run in self.runners], axis=1)  # (K, M, T * size, C), view-major
             chunks.append(out.reshape(*out.shape[:2], len(views), size, -1)[:, :, :, : len(chunk)])
         if not chunks:
-            classes = self.members[0][0].output_shape[-1]
-            return np.zeros((len(self.members[0]), len(self.members), len(views), 0, classes), np.float32)
+            first = self.runners[0]
+            return np.zeros((first.folds, len(self.runners), len(views), 0, first.classes), np.float32)
         return np.concatenate(chunks, axis=3)
 
     def __call__(self, pixels: np.ndarray, views: Sequence[View]) -> np.ndarray:

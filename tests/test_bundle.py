@@ -86,11 +86,17 @@ def test_saved_models_reproduce_the_oof_predictions(tiny_bundle, digits_dir):
     assert np.all((result.agreement >= 0) & (result.agreement <= 1))
 
 
-def test_warm_up_compiles_every_view_set_of_adaptive_tta(bundle_copy):
+def test_warm_up_prepares_every_call_shape_of_adaptive_tta(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["tta"]["adaptive_views"] = 1
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))  # the manifest is not self-hashed
     predictor = Predictor(bundle_copy)
     predictor.warm_up()
     views = predictor.tta.view_list(predictor.image_size)
-    assert set(predictor.forward._views) == {tuple(views[:1]), tuple(views[1:])}
+    rows = predictor.forward.rows_per_call
+    shapes = {max(1, rows // len(v)) * len(v) for v in (views[:1], views[1:])}  # the first views, then the rest
+    for runner in predictor.forward.runners:
+        assert runner.runtime == "litert" and set(runner._by_rows) >= shapes
+    prepared = [set(runner._by_rows) for runner in predictor.forward.runners]
+    predictor.predict(np.random.default_rng(0).integers(0, 255, (9, 16, 16, 3), dtype=np.uint8))
+    assert [set(runner._by_rows) for runner in predictor.forward.runners] == prepared  # nothing new made

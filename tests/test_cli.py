@@ -19,6 +19,7 @@ from stacking.datasets import load_pixels, read_evaluation_set, read_training_se
 from stacking.meta import META_KINDS, meta_features
 from stacking.predictor import Predictor
 from stacking.protocols import fold_hash
+from stacking.runtime import KerasRunner
 from stacking.tta import TTAForward, View
 from tests.conftest import Server, free_port
 
@@ -146,11 +147,14 @@ def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys
     # Served: the meta-learner applied to each fold's base models (as it learnt from one fold model's
     # OOF answers), the three answers averaged; checked against each fold model loaded on its own.
     predictor = Predictor(bundle)
+    assert manifest.base_models[0].runtime.files == [f"base/tiny_cnn/fold{k}.tflite" for k in range(3)]
+    assert predictor.runtimes == {"tiny_cnn": manifest.base_models[0].runtime.served}
     pixels = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
     prediction = predictor.predict(pixels)
     assert prediction.features.shape[0] == 3
     per_fold = [
-        predictor.meta.predict_proba(meta_features(TTAForward([[keras.models.load_model(bundle / f)]], 16)(pixels, [View()])[:, 0]))
+        predictor.meta.predict_proba(meta_features(
+            TTAForward([KerasRunner([keras.models.load_model(bundle / f)])], 16)(pixels, [View()])[:, 0]))
         for f in manifest.base_models[0].files
     ]
     np.testing.assert_allclose(prediction.probabilities, np.mean(per_fold, axis=0), atol=1e-5)

@@ -21,7 +21,8 @@ def model_info(predictor: PredictorDep) -> dict:
         "classes": predictor.classes,
         "image_size": predictor.image_size,
         "base_models": [
-            b.model_dump(include={"name", "architecture", "preprocessing", "weights"}) for b in manifest.base_models
+            b.model_dump(include={"name", "architecture", "preprocessing", "weights", "runtime"})
+            for b in manifest.base_models
         ],
         "meta_learner": {"kind": meta.kind, "reason": meta.selection["reason"],
                          "leaderboard": meta.selection["leaderboard"]},
@@ -30,13 +31,5 @@ def model_info(predictor: PredictorDep) -> dict:
         "metrics": manifest.metrics,
         "custom_modules": manifest.custom_modules,
         "signature_verified": predictor.trust.verify_key is not None,
-        "runtime": {**runtime_threads(), "call_rows": predictor.forward.rows_per_call},
+        "runtime": predictor.runtime_info(),
     }
-
-
-def runtime_threads() -> dict[str, int]:
-    """TensorFlow's thread pools as set (0: TensorFlow chooses), so an operator can check the settings took."""
-    import tensorflow as tf
-
-    return {"intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}

@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +96,57 @@ def check_custom_code(bundle: Path, manifest: Manifest, trust: Trust) -> None:
         )
 
 
-def load_base_models(bundle: Path, manifest: Manifest, trust: Trust) -> list[list]:
-    """Each base model's Keras models (one, or one per fold), with ``safe_mode=True``."""
+def save_runtime_file(bundle: Path, name: str, fold: int | None, content: bytes) -> str:
+    """An exported model beside its ``.keras`` file (``model.tflite``, ``fold<k>.tflite``); return its place."""
+    from stacking.runtime import SUFFIX
+
+    relative = f"base/{name}/" + ("model" if fold is None else f"fold{fold}") + SUFFIX
+    target = Path(bundle) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(content)
+    return relative
+
+
+def runtime_of(entry: BaseModelEntry, requested: str) -> str:
+    """The runtime that runs a base model: ``tf``, the exported one, or (``auto``) the one the fit chose."""
+    from stacking.runtime import EXPORTED, TF
+
+    exported = entry.runtime is not None and bool(entry.runtime.files)
+    if requested == "auto":
+        return entry.runtime.served if exported else TF
+    if requested == EXPORTED and not exported:
+        why = (f"its export was refused at fit time ({entry.runtime.refused})" if entry.runtime is not None
+               else "it was fitted with --runtime tf or before exports existed")
+        raise BundleError(f"--runtime {requested}: base model {entry.name!r} has no {requested} file: {why}; "
+                          "use --runtime auto or tf")
+    return requested
+
+
+def load_base_models(bundle: Path, manifest: Manifest, trust: Trust, runtime: str = "auto",
+                     threads: int | None = None) -> list:
+    """Each base model's runner (``stacking.runtime``): its exported files, or its Keras models loaded with
+    ``safe_mode=True``. ``threads``: the exported runtime's threads (default: every core this process may use)."""
+    from stacking.runtime import TF, KerasRunner, LiteRTRunner
+
+    check_custom_code(bundle, manifest, trust)
+    runners = []
+    for entry in manifest.base_models:
+        if runtime_of(entry, runtime) == TF:
+            runners.append(KerasRunner(_load_keras(Path(bundle), entry)))
+        else:
+            runners.append(LiteRTRunner([(Path(bundle) / f).read_bytes() for f in entry.runtime.files], threads))
+    return runners
+
+
+def _load_keras(bundle: Path, entry: BaseModelEntry) -> list:
     import keras
 
     from models.registry import import_custom_module
 
-    check_custom_code(bundle, manifest, trust)
-    for entry in manifest.base_models:
-        if ":" in entry.architecture:
-            import_custom_module(entry.architecture)  # registers the layers its .keras files use
-    return [[keras.models.load_model(Path(bundle) / f, compile=False, safe_mode=True) for f in entry.files]
-            for entry in manifest.base_models]
+    if ":" in entry.architecture:
+        import_custom_module(entry.architecture)  # registers the layers its .keras files use
+    return [keras.models.load_model(bundle / f, compile=False, safe_mode=True) for f in entry.files]
 
 
 # --- training curves, folds, OOF arrays ---------------------------------------------------------------------
@@ -206,6 +246,7 @@ def library_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "pandas": pd.__version__,
         "pillow": PIL.__version__,
+        "ai-edge-litert": metadata.version("ai-edge-litert"),
     }
 
 
@@ -257,6 +298,11 @@ def load_manifest(bundle: Path, trust: Trust = Trust(), verify: bool = True) -> 
     except ValidationError as exc:
         raise BundleError(f"{bundle / MANIFEST}: {validation_message(exc)}") from None
     if verify:
+        for entry in manifest.base_models:
+            for name in [*entry.files, *(entry.runtime.files if entry.runtime else [])]:
+                if name not in manifest.files:
+                    raise BundleError(f"{bundle / MANIFEST}: base model {entry.name!r} names {name}, which is not "
+                                      "among the hashed files; refusing the bundle")
         for name, expected in manifest.files.items():
             file = bundle / name
             if not file.is_file():

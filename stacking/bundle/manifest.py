@@ -20,6 +20,34 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ParityEntry(Strict):
+    """How closely the exported files agree with Keras on their own OOF images (``stacking.export.Parity``)."""
+
+    rows: int
+    max_abs_diff: float
+    label_changes: int
+    max_abs_limit: float
+
+
+class TimingEntry(Strict):
+    """Milliseconds per call of the whole base model at the served call shape, both runtimes side by side."""
+
+    call_rows: int
+    tf_ms: float
+    litert_ms: float
+
+
+class RuntimeEntry(Strict):
+    """A base model's exported files and the runtime that serves it (``--runtime auto``)."""
+
+    name: Literal["litert"]
+    files: list[str]  # beside the .keras files, in their order; none when the export was refused
+    served: Literal["tf", "litert"]  # the OOF rows are this runtime's answers
+    parity: ParityEntry | None  # None when the conversion itself failed
+    timing: TimingEntry | None
+    refused: str | None  # why the export is not used
+
+
 class BaseModelEntry(Strict):
     name: str
     architecture: str  # a registered architecture, or pkg.module:function for your own
@@ -27,6 +55,7 @@ class BaseModelEntry(Strict):
     weights: str | None
     files: list[str]  # one .keras file, or one per fold with kfold's fold-average
     history: str
+    runtime: RuntimeEntry | None = None  # None: fitted with --runtime tf, or before exports existed
 
 
 class DataEntry(Strict):

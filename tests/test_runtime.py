@@ -1,0 +1,161 @@
+"""The exported runtime: parity with Keras checked at export, the same numbers on every path, TF kept working."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from stacking import bundle as bundle_io
+from stacking.bundle import BundleError, load_manifest, load_oof
+from stacking.config import load_config
+from stacking.datasets import load_pixels, read_training_set
+from stacking.errors import UserError
+from stacking.export import MAX_ABS_DIFF, Parity
+from stacking.fit import fit
+from stacking.predictor import Predictor
+from stacking.runtime import KerasRunner, LiteRTRunner, export_litert
+from stacking.tta import TTAForward, TTAPolicy
+from tests.conftest import TINY_FIT
+
+PIXELS = np.random.default_rng(2).integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
+VIEWS = TTAPolicy("flip-shift", views=4).view_list(8)
+
+
+def small_model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(6, 3, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = keras.layers.Dropout(0.5)(x)  # must stay off at prediction time
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x))
+
+
+def test_litert_export_agrees_with_keras_in_every_view():
+    models = [small_model(0), small_model(1)]
+    keras_views = TTAForward([KerasRunner(models)], 8, rows_per_call=8).folds(PIXELS, VIEWS)
+    litert = LiteRTRunner([export_litert(m) for m in models])
+    assert (litert.folds, litert.classes) == (2, 4)
+    litert_views = TTAForward([litert], 8, rows_per_call=8).folds(PIXELS, VIEWS)
+    assert litert_views.shape == keras_views.shape == (2, 1, 4, 7, 4)
+    assert np.abs(litert_views - keras_views).max() < MAX_ABS_DIFF
+    assert Parity.of(keras_views, litert_views).problem() is None
+
+
+def test_litert_answers_an_image_with_the_same_bits_whatever_its_companions_and_call_shape():
+    runner = LiteRTRunner([export_litert(small_model(3))])
+    alone = TTAForward([runner], 8, rows_per_call=len(VIEWS))(PIXELS[3:4], VIEWS)
+    for rows in (len(VIEWS), 8, 64):
+        batch = TTAForward([runner], 8, rows_per_call=rows)(PIXELS[[5, 3, 0]], VIEWS)
+        np.testing.assert_array_equal(batch[:, :, 1:2], alone)
+
+
+def test_parity_refuses_nan_large_differences_and_changed_labels():
+    sure = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
+    assert Parity.of(sure, sure + 1e-6 * np.array([1, -1])).problem() is None
+    assert "max |p| difference 0.01 > 0.0001 on 2 OOF image-views" in Parity.of(sure, sure + [0.01, -0.01]).problem()
+    assert "max |p| difference nan" in Parity.of(sure, np.full_like(sure, np.nan)).problem()
+    merged = Parity.of(sure, sure).merge(Parity.of(sure, np.full_like(sure, np.nan)))
+    assert merged.rows == 4 and merged.problem() is not None
+    tie = np.array([[0.50001, 0.49999]], np.float32)  # Keras was not sure: a flipped label there is no change
+    assert Parity.of(tie, tie[:, ::-1]).label_changes == 0
+
+
+def training_pixels(digits_dir, manifest: Manifest, ids) -> np.ndarray:
+    images = read_training_set(digits_dir)
+    images, pixels, _ = load_pixels(images, manifest.image_size, "error")
+    where = {image_id: i for i, image_id in enumerate(images.ids)}
+    return pixels[[where[i] for i in ids]]
+
+
+def test_oof_rows_are_the_served_answers_of_the_exported_files(tiny_bundle, digits_dir):
+    # The meta-learner learnt from exactly the numbers the service computes for those images.
+    manifest = load_manifest(tiny_bundle)
+    assert all(b.runtime.served == "litert" and b.runtime.parity.max_abs_diff < MAX_ABS_DIFF
+               for b in manifest.base_models)
+    assert all((tiny_bundle / f).is_file() and f in manifest.files for b in manifest.base_models
+               for f in b.runtime.files)
+    oof = load_oof(tiny_bundle)
+    pixels = training_pixels(digits_dir, manifest, oof["ids"])
+    served = Predictor(tiny_bundle).merged_views(pixels)
+    np.testing.assert_array_equal(served.merged, oof["probabilities"])
+    through_tf = Predictor(tiny_bundle, runtime="tf").merged_views(pixels)
+    assert np.abs(through_tf.merged - oof["probabilities"]).max() < MAX_ABS_DIFF  # TF: within the parity bound
+
+
+def test_runtime_tf_still_serves_an_exported_bundle(tiny_bundle):
+    pixels = PIXELS.repeat(2, axis=1).repeat(2, axis=2)  # 16 px
+    auto, tf = Predictor(tiny_bundle), Predictor(tiny_bundle, runtime="tf")
+    assert set(auto.runtimes.values()) == {"litert"} and set(tf.runtimes.values()) == {"tf"}
+    assert tf.runtime_info()["base_models"]["tiny_cnn"] == {"runtime": "tf", "threads": KerasRunner.threads()}
+    a, b = auto.predict(pixels), tf.predict(pixels)
+    assert np.abs(a.base_probabilities - b.base_probabilities).max() < MAX_ABS_DIFF
+    np.testing.assert_array_equal(a.probabilities.argmax(axis=1), b.probabilities.argmax(axis=1))
+
+
+def without_exports(bundle) -> None:
+    """The bundle as a fit before exports existed wrote it: no runtime entries, no .tflite files."""
+    manifest = load_manifest(bundle)
+    for path in bundle.glob("base/*/*.tflite"):
+        path.unlink()
+    bundle_io.write_manifest(bundle, manifest)  # the files' hashes, without the exports
+    raw = json.loads((bundle / "manifest.json").read_text())
+    for entry in raw["base_models"]:
+        del entry["runtime"]  # the field did not exist then
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+
+
+def test_a_bundle_without_exported_files_serves_through_tensorflow(bundle_copy, tiny_bundle):
+    without_exports(bundle_copy)
+    predictor = Predictor(bundle_copy)
+    assert set(predictor.runtimes.values()) == {"tf"}
+    pixels = PIXELS.repeat(2, axis=1).repeat(2, axis=2)
+    np.testing.assert_array_equal(predictor.predict(pixels).probabilities,
+                                  Predictor(tiny_bundle, runtime="tf").predict(pixels).probabilities)
+    with pytest.raises(BundleError, match="--runtime litert: base model 'tiny_cnn' has no litert file: it was "
+                                          "fitted with --runtime tf or before exports existed"):
+        Predictor(bundle_copy, runtime="litert")
+
+
+def test_an_exported_file_outside_the_hashed_files_is_refused(bundle_copy):
+    raw = json.loads((bundle_copy / "manifest.json").read_text())
+    shutil.copyfile(bundle_copy / raw["base_models"][0]["runtime"]["files"][0], bundle_copy / "base" / "other.tflite")
+    raw["base_models"][0]["runtime"]["files"] = ["base/other.tflite"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="base model 'tiny_cnn' names base/other.tflite, which is not among the "
+                                          "hashed files"):
+        Predictor(bundle_copy)
+
+
+def perturbed_export(name: str):
+    """An exporter that changes ``name``'s weights before converting: a broken conversion, as parity must see it."""
+    def export(model):
+        if model.name == name:
+            model.set_weights([w * 1.5 for w in model.get_weights()])
+        return export_litert(model)
+    return export
+
+
+@pytest.mark.slow
+def test_a_perturbed_export_is_refused_naming_the_model(digits_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("stacking.fit.export_litert", perturbed_export("tiny_cnn"))
+    settings = {**TINY_FIT, "epochs": 1}
+    lines: list[str] = []
+    manifest = fit(digits_dir, tmp_path / "auto", load_config(None, settings), echo=lines.append)
+    tiny, mobile = manifest.base_models
+    assert tiny.runtime.served == "tf" and tiny.runtime.files == [] and not list((tmp_path / "auto").glob("base/tiny_cnn/*.tflite"))
+    assert tiny.runtime.refused.startswith("max |p| difference") and tiny.runtime.parity.max_abs_diff > MAX_ABS_DIFF
+    assert mobile.runtime.served == "litert" and mobile.runtime.refused is None
+    assert any(line.startswith("tiny_cnn: litert export refused (max |p| difference") for line in lines)
+    assert Predictor(tmp_path / "auto").runtimes == {"tiny_cnn": "tf", "mini_mobilenet": "litert"}
+    with pytest.raises(BundleError, match="base model 'tiny_cnn' has no litert file: its export was refused at fit "
+                                          r"time \(max \|p\| difference"):
+        Predictor(tmp_path / "auto", runtime="litert")
+    with pytest.raises(UserError, match="--runtime litert: base model 'tiny_cnn' could not be exported: max "):
+        fit(digits_dir, tmp_path / "strict", load_config(None, {**settings, "runtime": "litert"}), echo=lines.append)
