@@ -1,14 +1,18 @@
-# stackserve: the HTTP service for one bundle, CPU TensorFlow, one worker per container.
+# stackserve: the HTTP service for one bundle, one worker per container. Two images from this file:
 #
-#   docker build -t stackserve .
+#   docker build -t stackserve .                      the full install: TensorFlow, for any bundle
+#   docker build --target slim -t stackserve:slim .   serving only: exported (LiteRT) base models, no TensorFlow
 #   docker run -p 8000:8000 -v "$PWD/artifacts/demo/bundle:/bundle:ro" stackserve
 #
-# The bundle is mounted read-only at /bundle (STACKSERVE_BUNDLE). To bake one in instead, build
-# FROM this image:  FROM stackserve  /  COPY --chown=10001:0 my-bundle /bundle
-# Settings are STACKSERVE_* variables (README); thread counts: STACKSERVE_INTRA_OP_THREADS and
-# STACKSERVE_INTER_OP_THREADS, and STACKSERVE_DECODE_THREADS.
+# The slim image serves a bundle whose base models all run on their exported files (stacking fit's
+# default, --runtime auto, where the export passed its parity check and was not slower); one that needs
+# TensorFlow is refused there, /readyz 503 naming the models. The bundle is mounted read-only at /bundle
+# (STACKSERVE_BUNDLE). To bake one in instead, build FROM either image:
+#   FROM stackserve:slim  /  COPY --chown=10001:0 my-bundle /bundle
+# Settings are STACKSERVE_* variables (README); threads: STACKSERVE_RUNTIME_THREADS (LiteRT),
+# STACKSERVE_INTRA_OP_THREADS and STACKSERVE_INTER_OP_THREADS (TensorFlow), STACKSERVE_DECODE_THREADS.
 
-FROM debian:bookworm-slim AS build
+FROM debian:bookworm-slim AS source
 # Behind a TLS-inspecting proxy: mount its CA bundle into the build and pass the path, e.g.
 #   --build-arg PIP_CERT=/run/host-ca.crt  (podman: -v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro)
 ARG PIP_CERT
@@ -20,20 +24,29 @@ COPY pyproject.toml README.md ./
 COPY app app
 COPY models models
 COPY stacking stacking
-# A plain (non-editable) install into a venv that the runtime stage copies whole.
-RUN python3 -m venv /venv \
-    && /venv/bin/pip install --no-cache-dir --upgrade pip \
-    && /venv/bin/pip install --no-cache-dir . \
+RUN python3 -m venv /venv && /venv/bin/pip install --no-cache-dir --upgrade pip
+
+# Serving only: the package without its dependencies, then exactly pyproject's "serve" extra.
+FROM source AS build-slim
+ARG PIP_CERT
+RUN /venv/bin/pip install --no-cache-dir --no-deps . \
+    && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['serve']))" > /tmp/serve.txt \
+    && /venv/bin/pip install --no-cache-dir -r /tmp/serve.txt \
     && /venv/bin/python -m compileall -q /venv/lib
 
-FROM debian:bookworm-slim
-# Python 3.11 from Debian, nothing else: TensorFlow's wheel carries its own libraries.
+# Everything: a plain (non-editable) install into a venv that the runtime stage copies whole.
+FROM source AS build
+ARG PIP_CERT
+RUN /venv/bin/pip install --no-cache-dir . \
+    && /venv/bin/python -m compileall -q /venv/lib
+
+FROM debian:bookworm-slim AS runtime
+# Python 3.11 from Debian, nothing else: the TensorFlow and LiteRT wheels carry their own libraries.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin stackserve \
     && mkdir /bundle
-COPY --from=build /venv /venv
 # Any UID works (OpenShift-style): nothing is written outside /tmp, and /venv is world-readable.
 ENV PATH=/venv/bin:$PATH \
     STACKSERVE_BUNDLE=/bundle \
@@ -52,3 +65,10 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
 # uvicorn is PID 1: on SIGTERM it stops accepting, lets requests in flight finish, then exits.
 CMD ["uvicorn", "--factory", "app.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1", \
      "--timeout-graceful-shutdown", "30"]
+
+FROM runtime AS slim
+COPY --from=build-slim /venv /venv
+
+# The default target (last): the full install.
+FROM runtime AS full
+COPY --from=build /venv /venv

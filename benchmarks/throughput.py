@@ -1,10 +1,17 @@
-"""How close each prediction path comes to the raw compute limit of its models (issue #9).
+"""How close each prediction path comes to the machine's arithmetic, under TensorFlow and the exported runtime.
 
 One run, one bundle (``--make-bundle DIR`` fits one: three different architectures,
 MobileNetV3Small, EfficientNetB0 and the built-in small_resnet, at 96 px from scratch,
-8 shift TTA views), one table, one JSON file:
+8 shift TTA views), one table, one JSON file. The limit, offline, service and single-image
+paths are measured for each runtime in turn (``--runtime tf``, then ``auto``: what the
+fit chose per model), part by part, so the ratios come from the same minutes:
 
-- limit: every base model's forward pass over images x views in one compiled call, at
+- the machine: float32 matrix multiply in GFLOP/s (the higher of numpy's and
+  TensorFlow's, 2048 x 2048), and each base model's multiply-adds per view, so that
+  ``efficiency`` = achieved model FLOP/s / that rate says how near each path is to the
+  hardware, not to a library;
+- per model: each base model alone at the service's call shape, exported / TF;
+- limit: every base model's forward pass over images x views in one call, at
   each call size from 1 to 64 images; the best is the limit, and its size is what the
   offline run uses (``--call-rows``); the service runs one image per call, so a lone
   image pays only for its own views;
@@ -41,19 +48,27 @@ from load import Service, request_bytes, run_level, test_images
 from predict_scale import write_folder
 
 from stacking.predictor import Predictor
-from stacking.tta import TTAForward
+from stacking.tta import TTAForward, make_views
 
 CALL_IMAGES = (1, 2, 4, 8, 16, 32, 64)  # images per compiled call tried for the limit
 LEVELS = (1, 8, 32)  # concurrent clients of the service
+RUNTIMES = ("tf", "auto")  # TensorFlow everywhere; what the fit chose per model (the exported file, mostly)
 PARTS = ("limit", "bits", "naive", "single", "offline", "service", "memory", "kfold")
-TARGETS = {  # name: (description, passes(result))
-    "offline": ("offline / limit >= 0.90", lambda r: r["offline_ips"] / r["limit_ips"] >= 0.90),
-    "service": ("service at 32 clients / limit >= 0.85", lambda r: r["service_ips"]["32"] / r["limit_ips"] >= 0.85),
-    "naive": ("service at 32 clients / naive >= 20x", lambda r: r["service_ips"]["32"] / r["naive_ips"] >= 20),
+TARGETS = {  # name: (description, passes(result)); on the served runtime (auto) unless said
+    "offline": ("offline / limit >= 0.90", lambda r: r["auto"]["offline_ips"] / r["auto"]["limit_ips"] >= 0.90),
+    "service": ("service at 32 clients / limit >= 0.85",
+                lambda r: r["auto"]["service_ips"]["32"] / r["auto"]["limit_ips"] >= 0.85),
+    "naive": ("service at 32 clients / naive >= 20x", lambda r: r["auto"]["service_ips"]["32"] / r["naive_ips"] >= 20),
     "single": ("single image p50 <= forward of its views + 10 ms",
-               lambda r: r["single_p50_ms"] <= r["single_forward_ms"] + 10),
+               lambda r: r["auto"]["single_p50_ms"] <= r["auto"]["single_forward_ms"] + 10),
+    "speedup_single": ("single image p50 over HTTP, TF / exported >= 1.7",
+                       lambda r: r["speedup_vs_tf"]["single"] >= 1.7),
+    "speedup_service": ("service at 32 clients, exported / TF >= 1.5", lambda r: r["speedup_vs_tf"]["service"] >= 1.5),
+    "speedup_offline": ("offline, exported / TF >= 1.5", lambda r: r["speedup_vs_tf"]["offline"] >= 1.5),
+    "per_model": ("every base model at the service's call shape, auto / TF >= 0.95",
+                  lambda r: min(r["per_model_speedup"].values()) >= 0.95),
     "memory": ("memory after 10,000 requests within 5% of warm",
-               lambda r: abs(r["rss_after_mb"] / r["rss_warm_mb"] - 1) <= 0.05),
+               lambda r: abs(r["auto"]["rss_after_mb"] / r["auto"]["rss_warm_mb"] - 1) <= 0.05),
     "kfold": ("kfold fit / bare model.fit <= 1.15", lambda r: r["kfold_fit_ratio"] <= 1.15),
 }
 
@@ -81,12 +96,56 @@ def timed(function, repeats: int = 1) -> float:
     return best
 
 
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """float32 matrix-multiply GFLOP/s of numpy and of TensorFlow on this machine: what its cores can do."""
+    import tensorflow as tf
+
+    a, b = (np.random.default_rng(k).standard_normal((n, n)).astype(np.float32) for k in (0, 1))
+    ta, tb = tf.constant(a), tf.constant(b)
+    flop = 2 * n**3 / 1e9
+    return {"numpy": flop / timed(lambda: a @ b, repeats),
+            "tensorflow": flop / timed(lambda: tf.linalg.matmul(ta, tb).numpy(), repeats)}
+
+
+def multiply_adds(model) -> int:
+    """Multiply-adds of one view through a Keras model: its convolutions and dense layers (nested models too)."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += multiply_adds(layer)
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+            out = int(np.prod(layer.output.shape[1:]))
+            kernel = layer.kernel.shape  # Conv2D (kh, kw, in, out); Depthwise (kh, kw, in, 1); Dense (in, out)
+            per_output = int(np.prod(kernel[:-1])) if not isinstance(layer, keras.layers.DepthwiseConv2D) \
+                else int(np.prod(kernel[:2]))
+            total += out * per_output // (layer.groups if isinstance(layer, keras.layers.Conv2D) else 1)
+    return total
+
+
+def per_model_speedup(tf_predictor: Predictor, served: Predictor, repeats: int = 15) -> dict[str, float]:
+    """Each base model alone at the service's call shape (one image's views): TF ms / served runtime ms, medians."""
+    views = served.tta.view_list(served.image_size)
+    rows = make_views(np.random.default_rng(0).integers(0, 255, (1, served.image_size, served.image_size, 3),
+                                                         dtype=np.uint8), views)
+    ratios = {}
+    for name, tf_run, run in zip(served.base_names, tf_predictor.forward.runners, served.forward.runners):
+        tf_run(rows), run(rows)
+        tf_ms, ms = [], []
+        for _ in range(repeats):  # in turn, so both see the same machine
+            tf_ms.append(timed(lambda tf_run=tf_run: tf_run(rows)))
+            ms.append(timed(lambda run=run: run(rows)))
+        ratios[name] = float(np.median(tf_ms) / np.median(ms))
+    return ratios
+
+
 def limit_by_call_size(predictor: Predictor, pixels: np.ndarray) -> dict[int, float]:
-    """Images/s of the compiled forward over every served view, per images per call."""
+    """Images/s of the forward over every served view, per images per call."""
     views = predictor.tta.view_list(predictor.image_size)
     rates = {}
     for images in CALL_IMAGES:
-        forward = TTAForward(predictor.forward.members, predictor.image_size, rows_per_call=images * len(views))
+        forward = TTAForward(predictor.forward.runners, predictor.image_size, rows_per_call=images * len(views))
         forward.folds(pixels[:images], views)  # trace, and make this size's kernels
         rates[images] = len(pixels) / timed(lambda f=forward: f.folds(pixels, views), repeats=2)
     return rates
@@ -102,17 +161,13 @@ def call_size_effect(served: Predictor, offline: Predictor, pixels: np.ndarray) 
 
 def naive_ips(predictor: Predictor, pixels: np.ndarray) -> float:
     """``model.predict`` on one view of one image at a time, for every model and view."""
-    import tensorflow as tf
-
-    from stacking.tta import make_views
-
     views = predictor.tta.view_list(predictor.image_size)
-    models = [m for members in predictor.forward.members for m in members]
+    models = [m for run in predictor.forward.runners for m in run.models]  # a TF predictor's Keras models
     models[0].predict(pixels[:1].astype("float32"), verbose=0)  # first-call overhead out of the timing
 
     def run() -> None:
         for image in pixels:
-            batch = make_views(tf.constant(image[None].astype("float32")), tuple(views))
+            batch = make_views(image[None], views)
             for view in range(len(views)):
                 for model in models:
                     model.predict(batch[view : view + 1], verbose=0)
@@ -123,7 +178,7 @@ def naive_ips(predictor: Predictor, pixels: np.ndarray) -> float:
 def single_image(predictor: Predictor, pixels: np.ndarray, repeats: int = 30) -> tuple[float, float]:
     """(p50 ms of Predictor.predict on one image, p50 ms of the forward over that image's views alone)."""
     views = predictor.tta.view_list(predictor.image_size)
-    alone = TTAForward(predictor.forward.members, predictor.image_size, rows_per_call=len(views))
+    alone = TTAForward(predictor.forward.runners, predictor.image_size, rows_per_call=len(views))
     alone.folds(pixels[:1], views)
     predictor.predict(pixels[:1])
     images = [pixels[i % len(pixels)][None] for i in range(repeats)]
@@ -132,17 +187,20 @@ def single_image(predictor: Predictor, pixels: np.ndarray, repeats: int = 30) ->
     return float(np.median(served) * 1000), float(np.median(forward) * 1000)
 
 
-def offline_ips(bundle: Path, folder: Path, out: Path, call_rows: int) -> float:
+def offline_ips(bundle: Path, folder: Path, out: Path, call_rows: int, runtime: str) -> float:
     """``stacking predict``'s own images/s (after loading) on ``folder``."""
     done = subprocess.run([sys.executable, "-c", "from app.cli import run; run()", "predict", str(bundle), str(folder),
-                           "--out", str(out), "--call-rows", str(call_rows)], check=True, capture_output=True,
+                           "--out", str(out), "--call-rows", str(call_rows), "--runtime", runtime], check=True,
+                          capture_output=True,
                           text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     return float(re.search(r"\(([\d.]+) images/s\)", done.stdout).group(1))
 
 
-def service(bundle: Path, folder: Path, call_rows: int, requests: int, memory_requests: int, parts: set) -> dict:
+def service(bundle: Path, folder: Path, call_rows: int, requests: int, memory_requests: int, parts: set,
+            runtime: str) -> dict:
     """Cold start, then one-image uploads at each level; then memory before and after many more requests."""
-    server = Service(bundle, {"STACKSERVE_CALL_ROWS": str(call_rows), "STACKSERVE_QUEUE_SIZE": "256"})
+    server = Service(bundle, {"STACKSERVE_CALL_ROWS": str(call_rows), "STACKSERVE_QUEUE_SIZE": "256",
+                              "STACKSERVE_RUNTIME": runtime})
     images = test_images(folder, 128)
     served = [request_bytes(server.port, image) for image in images]
     one_view = [request_bytes(server.port, image, "/v1/predict?tta=1") for image in images]
@@ -233,70 +291,130 @@ def main() -> None:
     folder = args.folder or bundle.parent / "digits" / "test"
     if not folder.is_dir():
         parser.error(f"{folder}: no PNG folder to predict (give --folder, or put digits/ beside the bundle)")
-    predictor = Predictor(bundle)
-    size, views = predictor.image_size, len(predictor.tta.view_list(predictor.image_size))
+    predictors = {runtime: Predictor(bundle, runtime=runtime) for runtime in RUNTIMES}
+    served = predictors["auto"]
+    size, views = served.image_size, len(served.tta.view_list(served.image_size))
     pixels = np.random.default_rng(0).integers(0, 255, (args.images, size, size, 3), dtype=np.uint8)
+    matmul = matmul_gflops()
     result: dict = {"bundle": str(bundle), "cores": os.cpu_count(), "views": views,
-                    "meta_learner": predictor.manifest.meta_learner.kind}
-    best_rows = predictor.forward.rows_per_call
-    if "limit" in parts:
+                    "meta_learner": served.manifest.meta_learner.kind, "runtime": served.runtimes,
+                    "matmul_gflops": max(matmul.values()), "matmul_gflops_by_library": matmul,
+                    "model_gflop_per_image": model_gflop_per_image(predictors["tf"], views),
+                    "per_model_speedup": per_model_speedup(predictors["tf"], served),
+                    **{runtime: {} for runtime in RUNTIMES}}
+    best_rows = dict.fromkeys(RUNTIMES, served.forward.rows_per_call)
+    for runtime, predictor in predictors.items() if "limit" in parts else ():
         rates = limit_by_call_size(predictor, pixels)
         best = max(rates, key=rates.get)
-        best_rows = best * views
-        result.update(limit_ips=rates[best], limit_by_call_images={str(k): v for k, v in rates.items()})
-    result["offline_call_rows"] = offline_rows = args.offline_call_rows or best_rows
-    result["service_call_rows"] = service_rows = args.service_call_rows or views
-    predictor = Predictor(bundle, service_rows)
-    if "bits" in parts:
-        result["call_size_effect"] = call_size_effect(predictor, Predictor(bundle, offline_rows), pixels)
+        best_rows[runtime] = best * views
+        result[runtime].update(limit_ips=rates[best], limit_by_call_images={str(k): v for k, v in rates.items()})
+    service_rows = args.service_call_rows or views
+    for runtime in RUNTIMES:
+        result[runtime]["offline_call_rows"] = args.offline_call_rows or best_rows[runtime]
+        result[runtime]["service_call_rows"] = service_rows
+    for runtime in RUNTIMES if parts & {"bits", "single"} else ():
+        predictor = Predictor(bundle, service_rows, runtime=runtime)
+        if "bits" in parts:
+            offline = Predictor(bundle, result[runtime]["offline_call_rows"], runtime=runtime)
+            result[runtime]["call_size_effect"] = call_size_effect(predictor, offline, pixels)
+        if "single" in parts:
+            result[runtime]["single_predict_p50_ms"], result[runtime]["single_forward_ms"] = single_image(predictor,
+                                                                                                      pixels)
     if "naive" in parts:
-        result["naive_ips"] = naive_ips(predictor, pixels[:4])
-    if "single" in parts:
-        result["single_predict_p50_ms"], result["single_forward_ms"] = single_image(predictor, pixels)
+        result["naive_ips"] = naive_ips(Predictor(bundle, service_rows, runtime="tf"), pixels[:4])
     if "offline" in parts:
         pngs = workdir / f"offline-{args.offline_images}"
         write_folder(pngs, args.offline_images)
-        result["offline_ips"] = offline_ips(bundle, pngs, args.json.with_suffix(".submission.csv"), offline_rows)
-    if parts & {"service", "memory"}:
-        result.update(service(bundle, folder, service_rows, args.requests, args.memory_requests, parts))
+        for runtime in RUNTIMES:
+            result[runtime]["offline_ips"] = offline_ips(bundle, pngs, args.json.with_suffix(".submission.csv"),
+                                                         result[runtime]["offline_call_rows"], runtime)
+    for runtime in RUNTIMES if parts & {"service", "memory"} else ():
+        memory = parts if runtime == "auto" else parts - {"memory"}  # memory: the served runtime's
+        result[runtime].update(service(bundle, folder, service_rows, args.requests, args.memory_requests, memory,
+                                       runtime))
     if "kfold" in parts:
         result.update(kfold_fit_ratio(folder.parent, workdir, args.kfold_epochs))  # digits/ holds test/ and train/
+    result["efficiency"] = efficiency(result)
+    result["speedup_vs_tf"] = speedup_vs_tf(result)
     result["targets_met"] = targets_met(result)
     print_table(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def model_gflop_per_image(tf_predictor: Predictor, views: int) -> float:
+    """GFLOP (2 x multiply-adds) one image costs: every fold model of every base model, on every served view."""
+    return sum(2 * multiply_adds(m) for run in tf_predictor.forward.runners for m in run.models) * views / 1e9
+
+
+def path_rates(r: dict) -> dict[str, float]:
+    """Images/s of each measured path of one runtime's results."""
+    rates = {"limit": r.get("limit_ips"), "offline": r.get("offline_ips"),
+             "service": r.get("service_ips", {}).get("32")}
+    return {path: ips for path, ips in rates.items() if ips is not None}
+
+
+def efficiency(r: dict) -> dict[str, dict[str, float]]:
+    """Achieved model FLOP/s / the machine's matrix-multiply rate, per runtime and path."""
+    return {runtime: {path: ips * r["model_gflop_per_image"] / r["matmul_gflops"]
+                      for path, ips in path_rates(r[runtime]).items()} for runtime in RUNTIMES}
+
+
+def speedup_vs_tf(r: dict) -> dict[str, float]:
+    """Served runtime / TF images/s offline and at 32 clients; TF p50 / served p50 for a single image."""
+    tf, auto = path_rates(r["tf"]), path_rates(r["auto"])
+    out = {path: auto[path] / tf[path] for path in ("offline", "service") if path in tf and path in auto}
+    if "single_p50_ms" in r["tf"] and "single_p50_ms" in r["auto"]:
+        out["single"] = r["tf"]["single_p50_ms"] / r["auto"]["single_p50_ms"]
+    return out
+
+
 def print_table(r: dict) -> None:
-    limit = r.get("limit_ips")
     print(f"bundle {r['bundle']}: {r['views']} TTA views, meta-learner {r['meta_learner']}, {r['cores']} cores; "
-          f"image-views per call: offline {r['offline_call_rows']}, service {r['service_call_rows']}")
-    if "limit_by_call_images" in r:
-        print("limit by images per call: " + ", ".join(f"{k}: {v:.2f}" for k, v in r["limit_by_call_images"].items()))
-    rows = [("limit (one compiled call)", limit)]
-    rows += [("offline (stacking predict)", r.get("offline_ips"))]
-    rows += [(f"service, {c} clients", r["service_ips"][c]) for c in r.get("service_ips", {})]
-    rows += [("naive (model.predict per view)", r.get("naive_ips"))]
-    print(f"{'path':<32} {'images/s':>9} {'of limit':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, ips in rows:
-        if ips is None:
-            continue
-        share = f"{ips / limit:.3f}" if limit else "-"
-        client = name.split(", ")[1].split()[0] if name.startswith("service") else None
-        p50 = f"{r['service_p50_ms'][client]:.0f}" if client else ""
-        p99 = f"{r['service_p99_ms'][client]:.0f}" if client else ""
-        print(f"{name:<32} {ips:>9.2f} {share:>9} {p50:>8} {p99:>8}")
-    if "single_forward_ms" in r:
-        print(f"single image: p50 {r.get('single_p50_ms', float('nan')):.1f} ms over HTTP, "
-              f"{r['single_predict_p50_ms']:.1f} ms in-process, {r['single_forward_ms']:.1f} ms forward of its views")
-    if "call_size_effect" in r:
-        e = r["call_size_effect"]
-        print(f"service vs offline call shape ({e['images']} images): max |diff| {e['max_diff']:.2e}, "
-              f"{e['over_1e-5']} over 1e-5, {e['labels_changed']} labels changed")
-    if "cold_start_s" in r:
-        print(f"cold start {r['cold_start_s']:.1f} s; RSS ready {r['rss_ready_mb']:.0f} MiB"
-              + (f", warm {r['rss_warm_mb']:.0f} MiB, after {r['memory_requests']} more requests "
-                 f"{r['rss_after_mb']:.0f} MiB" if "rss_after_mb" in r else ""))
+          f"served runtimes {r['runtime']}")
+    by = r["matmul_gflops_by_library"]
+    print(f"machine: float32 matmul {r['matmul_gflops']:.0f} GFLOP/s (numpy {by['numpy']:.0f}, "
+          f"TensorFlow {by['tensorflow']:.0f}); the models cost "
+          f"{r['model_gflop_per_image']:.3f} GFLOP an image (all views)")
+    print("per model at the service's call shape, exported / TF: "
+          + ", ".join(f"{k} {v:.2f}x" for k, v in r["per_model_speedup"].items()))
+    for runtime in RUNTIMES:
+        if "limit_by_call_images" in r[runtime]:
+            print(f"{runtime} limit by images per call: "
+                  + ", ".join(f"{k}: {v:.2f}" for k, v in r[runtime]["limit_by_call_images"].items()))
+    print(f"{'path':<32} {'runtime':>7} {'images/s':>9} {'of limit':>9} {'efficiency':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    for runtime in RUNTIMES:
+        x = r[runtime]
+        limit = x.get("limit_ips")
+        rows = [("limit (one call)", limit, "limit"), ("offline (stacking predict)", x.get("offline_ips"), "offline")]
+        rows += [(f"service, {c} clients", x["service_ips"][c], "service" if c == "32" else None)
+                 for c in x.get("service_ips", {})]
+        for name, ips, path in rows:
+            if ips is None:
+                continue
+            share = f"{ips / limit:.3f}" if limit else "-"
+            eff = f"{r['efficiency'][runtime][path]:.3f}" if path else ""
+            client = name.split(", ")[1].split()[0] if name.startswith("service") else None
+            p50 = f"{x['service_p50_ms'][client]:.0f}" if client else ""
+            p99 = f"{x['service_p99_ms'][client]:.0f}" if client else ""
+            print(f"{name:<32} {runtime:>7} {ips:>9.2f} {share:>9} {eff:>10} {p50:>8} {p99:>8}")
+    if "naive_ips" in r:
+        print(f"{'naive (model.predict per view)':<32} {'tf':>7} {r['naive_ips']:>9.2f}")
+    print("exported / TF: " + ", ".join(f"{k} {v:.2f}x" for k, v in r["speedup_vs_tf"].items()))
+    for runtime in RUNTIMES:
+        x = r[runtime]
+        if "single_forward_ms" in x:
+            print(f"{runtime} single image: p50 {x.get('single_p50_ms', float('nan')):.1f} ms over HTTP, "
+                  f"{x['single_predict_p50_ms']:.1f} ms in-process, {x['single_forward_ms']:.1f} ms forward of its "
+                  "views")
+        if "call_size_effect" in x:
+            e = x["call_size_effect"]
+            print(f"{runtime} service vs offline call shape ({e['images']} images): max |diff| {e['max_diff']:.2e}, "
+                  f"{e['over_1e-5']} over 1e-5, {e['labels_changed']} labels changed")
+        if "cold_start_s" in x:
+            print(f"{runtime} cold start {x['cold_start_s']:.1f} s; RSS ready {x['rss_ready_mb']:.0f} MiB"
+                  + (f", warm {x['rss_warm_mb']:.0f} MiB, after {x['memory_requests']} more requests "
+                     f"{x['rss_after_mb']:.0f} MiB" if "rss_after_mb" in x else ""))
     if "kfold_fit_ratio" in r:
         print(f"kfold fit {r['kfold_fit_s']:.1f} s, bare model.fit {r['bare_fit_s']:.1f} s: "
               f"ratio {r['kfold_fit_ratio']:.3f}")

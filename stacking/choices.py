@@ -41,6 +41,7 @@ CALIBRATION = Choice("--calibration", ("none", "temperature"))
 EXECUTOR = Choice("--executor", ("local", "ray"))
 ON_BAD_IMAGE = Choice("--on-bad-image", ("error", "skip"))
 WEIGHTS = Choice("--weights", ("imagenet", "none"))
+QUANTIZE = Choice("--quantize", ("none", "int8"))  # int8: post-training static, kept only where OOF scores hold
 RUNTIME = Choice("--runtime", ("tf", "litert"), extra=("auto",))  # where base models run (stacking.runtime)
 
 # The families' members by the names the code uses.

@@ -104,6 +104,7 @@ def fit_command(
     weights: Annotated[Optional[str], typer.Option(help=choices.WEIGHTS.help("Starting weights of keras.applications models."))] = None,
     on_bad_image: Annotated[Optional[str], typer.Option("--on-bad-image", help=choices.ON_BAD_IMAGE.help("An unreadable image stops the fit or is left out."))] = None,
     runtime: Annotated[Optional[str], typer.Option(help=choices.RUNTIME.help("Serve (and make OOF rows) with: auto exports each model to LiteRT and keeps it on TensorFlow only where that is faster; litert fails if a model cannot be exported; tf exports nothing."))] = None,
+    quantize: Annotated[Optional[str], typer.Option(help=choices.QUANTIZE.help("int8: also quantize each export (static, calibrated on training images), served only where its OOF accuracy holds and it is faster."))] = None,
     executor: ExecutorOption = None,
     ray_address: RayAddressOption = None,
     resume: Annotated[bool, typer.Option(help="Keep the finished jobs of an interrupted fit to --out; run the rest.")] = False,
@@ -122,7 +123,7 @@ def fit_command(
         "epochs": epochs, "seed": seed, "image_size": image_size, "weights": weights, "on_bad_image": on_bad_image,
         "meta_criterion": meta_criterion, "tta_features": tta_features, "calibration": calibration,
         "group_column": group_column, "final": final, "executor": executor, "ray_address": ray_address,
-        "runtime": runtime,
+        "runtime": runtime, "quantize": quantize,
     }
     fit(data, out, load_config(config, overrides), echo=typer.echo, resume=resume, sign_key=sign_key)
     typer.echo(f"bundle written to {out}; report: {out / 'report' / 'index.html'}")

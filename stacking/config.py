@@ -14,7 +14,7 @@ from typing import Any
 
 from models.registry import HEADS, get_spec, is_custom, load_custom_builder
 from models.training import CLASS_WEIGHTS, Augmentation, TrainConfig
-from stacking.choices import FINAL, ON_BAD_IMAGE, PROTOCOL, RUNTIME, TTA_MERGE, TTA_POLICY, WEIGHTS
+from stacking.choices import FINAL, ON_BAD_IMAGE, PROTOCOL, QUANTIZE, RUNTIME, TTA_MERGE, TTA_POLICY, WEIGHTS
 from stacking.errors import UserError
 from stacking.executors import ClusterConfig
 from stacking.stack import MetaSettings
@@ -51,6 +51,9 @@ class FitConfig:
     # Where the base models are served and their OOF rows computed: "auto" exports each to LiteRT and serves it
     # there unless TensorFlow is faster; "litert" fails the fit if a model cannot be exported; "tf" exports nothing.
     runtime: str = "auto"
+    # "int8": also quantize each export (static, calibrated on training images); served only where, on the model's
+    # OOF rows, accuracy does not drop and log-loss rises by at most stacking.export.INT8_LOG_LOSS_TOLERANCE.
+    quantize: str = "none"
     tta_diagnostic_views: int = 10  # views measured for the TTA diagnostics (at most the policy's)
     tta: TTAPolicy = field(default_factory=TTAPolicy)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -121,9 +124,11 @@ def validate(cfg: FitConfig) -> None:
     """Refuse settings that cannot work, naming the option."""
     for choice, value in ((PROTOCOL, cfg.protocol), (FINAL, cfg.final), (TTA_POLICY, cfg.tta.name),
                           (TTA_MERGE, cfg.tta.merge), (ON_BAD_IMAGE, cfg.on_bad_image), (WEIGHTS, cfg.weights),
-                          (RUNTIME, cfg.runtime)):
+                          (RUNTIME, cfg.runtime), (QUANTIZE, cfg.quantize)):
         choice.check(value)
     checks = [
+        (cfg.quantize == "none" or cfg.runtime != "tf", "--quantize int8: quantizes the exported files, and "
+         "--runtime tf exports none; use --runtime auto or litert"),
         (cfg.final == "fold-average" or cfg.protocol == "kfold", "--final refit: only with --protocol kfold (holdout "
          "models are already the served ones)"),
         (cfg.tta.adaptive_views >= 0, f"[tta] adaptive_views {cfg.tta.adaptive_views}: must be 0 (off) or more"),

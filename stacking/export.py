@@ -5,7 +5,10 @@ predicted out of fold, with the same views; the export is kept only if every
 probability is within ``MAX_ABS_DIFF`` of Keras' and no label changes where Keras
 was sure by more than that. Then both runtimes are timed side by side at the served
 call shape, and ``--runtime auto`` serves the exported file unless TensorFlow was
-clearly faster. The OOF rows are then the served runtime's answers, so the
+clearly faster. With ``--quantize int8`` each model is also quantized (static,
+calibrated on its own training images) and the INT8 file serves only where, on the
+model's OOF rows, accuracy holds, log-loss rises by at most ``INT8_LOG_LOSS_TOLERANCE``
+and it is faster than float32. The OOF rows are then the served file's answers, so the
 meta-learner learns from the numbers it will be served.
 """
 
@@ -17,12 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from stacking.errors import UserError
+from stacking.meta import score
 from stacking.runtime import EXPORTED, TF, KerasRunner, LiteRTRunner
-from stacking.tta import CALL_ROWS, TTAForward, View
+from stacking.tta import CALL_ROWS, TTAForward, View, make_views
 
 MAX_ABS_DIFF = 1e-4  # float32 exports agree to ~3e-8 here; more means the conversion changed the model
 TF_MUST_WIN_BY = 1.05  # auto keeps TensorFlow only when the export is this much slower: timings are noisy
 TIMING_REPEATS = 7
+CALIBRATION_IMAGES = 200  # training images whose activations set the INT8 ranges
+INT8_LOG_LOSS_TOLERANCE = 0.01  # nats of OOF log-loss an INT8 export may add (and no accuracy lost)
 
 
 @dataclass
@@ -74,10 +80,36 @@ def served_rows(views: int) -> int:
     return max(1, CALL_ROWS // views) * views
 
 
-def time_runtimes(models: list, files: list[bytes], image_size: int, views: int) -> dict:
+def calibration_rows(pixels: np.ndarray, seed: int) -> np.ndarray:
+    """Up to ``CALIBRATION_IMAGES`` of a model's training images, as the float32 rows runners are given."""
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(pixels), min(CALIBRATION_IMAGES, len(pixels)), replace=False))
+    return make_views(pixels[chosen], [View()])
+
+
+def int8_verdict(labels: np.ndarray, fp32_views: np.ndarray, int8_views: np.ndarray) -> dict:
+    """Scores of the served views' mean (T, N, C) for both exports on OOF rows, and whether INT8 may serve."""
+    fp32, int8 = (score(v.mean(axis=0), labels) for v in (fp32_views, int8_views))
+    fp32, int8 = ({k: round(x[k], 6) for k in ("accuracy", "log_loss")} for x in (fp32, int8))
+    rise = int8["log_loss"] - fp32["log_loss"]
+    if int8["accuracy"] < fp32["accuracy"]:
+        reason = f"OOF accuracy {int8['accuracy']:.4f} below float32's {fp32['accuracy']:.4f}"
+    elif rise > INT8_LOG_LOSS_TOLERANCE:
+        reason = (f"OOF log-loss {int8['log_loss']:.4f}, {rise:.4f} above float32's "
+                  f"(tolerance {INT8_LOG_LOSS_TOLERANCE})")
+    else:
+        reason = f"OOF accuracy {int8['accuracy']:.4f} (float32 {fp32['accuracy']:.4f}), log-loss {rise:+.4f}"
+    kept = int8["accuracy"] >= fp32["accuracy"] and rise <= INT8_LOG_LOSS_TOLERANCE
+    return {"fp32": fp32, "int8": int8, "log_loss_tolerance": INT8_LOG_LOSS_TOLERANCE, "kept": kept, "reason": reason}
+
+
+def time_runtimes(models: list, files: list[bytes], image_size: int, views: int,
+                  int8_files: list[bytes] | None = None) -> dict:
     """Milliseconds per call of the whole base model (every fold) under each runtime, measured in turn, medians."""
     rows = np.random.default_rng(0).uniform(0, 255, (served_rows(views), image_size, image_size, 3)).astype(np.float32)
     runners = {TF: KerasRunner(models), EXPORTED: LiteRTRunner(files)}
+    if int8_files is not None:
+        runners[f"{EXPORTED}_int8"] = LiteRTRunner(int8_files)
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     for repeat in range(TIMING_REPEATS + 1):
         for name, run in runners.items():
@@ -85,15 +117,18 @@ def time_runtimes(models: list, files: list[bytes], image_size: int, views: int)
             run(rows)
             if repeat:  # the first call of each allocates and traces
                 seconds[name].append(time.perf_counter() - started)
-    ms = {name: round(1000 * float(np.median(s)), 3) for name, s in seconds.items()}
-    return {"call_rows": len(rows), "tf_ms": ms[TF], f"{EXPORTED}_ms": ms[EXPORTED]}
+    ms = {f"{name}_ms": round(1000 * float(np.median(s)), 3) for name, s in seconds.items()}
+    return {"call_rows": len(rows), **ms}
 
 
-def choose(requested: str, timing: dict) -> str:
-    """The runtime that serves a base model whose export passed: the export unless ``auto`` saw TF clearly win."""
-    if requested == "auto" and timing[f"{EXPORTED}_ms"] > TF_MUST_WIN_BY * timing["tf_ms"]:
-        return TF
-    return EXPORTED
+def choose(requested: str, timing: dict, int8_kept: bool) -> tuple[str, str]:
+    """(runtime, precision) serving a base model whose export passed: the faster export (INT8 only if kept),
+    unless ``auto`` saw TensorFlow clearly win."""
+    precision = "int8" if int8_kept and timing[f"{EXPORTED}_int8_ms"] < timing[f"{EXPORTED}_ms"] else "fp32"
+    exported_ms = timing[f"{EXPORTED}_int8_ms" if precision == "int8" else f"{EXPORTED}_ms"]
+    if requested == "auto" and exported_ms > TF_MUST_WIN_BY * timing["tf_ms"]:
+        return TF, "fp32"
+    return EXPORTED, precision
 
 
 def refuse(requested: str, name: str, reason: str) -> None:

@@ -30,7 +30,17 @@ from stacking.config import FitConfig
 from stacking.datasets import ImageSet, load_pixels, read_groups, read_training_set
 from stacking.errors import UserError
 from stacking.executors import JobInputs, Progress, check_ray, run_jobs
-from stacking.export import Parity, choose, exported_answers, keras_answers, refuse, time_runtimes
+from stacking.export import (
+    CALIBRATION_IMAGES,
+    Parity,
+    calibration_rows,
+    choose,
+    exported_answers,
+    int8_verdict,
+    keras_answers,
+    refuse,
+    time_runtimes,
+)
 from stacking.files import default_mode
 from stacking.jobs import Job, JobResult, JobSettings, JobStore, data_fingerprint, set_numerics
 from stacking.meta import score
@@ -250,53 +260,109 @@ def _assemble_base_models(plan: Plan, store: JobStore, work: Path, cfg: FitConfi
     return BaseModels(oof_views, diag, diag_views, entries, validation)
 
 
+class Exports(NamedTuple):
+    """One base model's exports, job by job: the Keras models, the files and their answers on the job's OOF views."""
+
+    models: dict[str, object]
+    files: dict[str, bytes]
+    answers: dict[str, np.ndarray]  # fold jobs only (a refit has no OOF rows)
+
+
 def _export(model: str, jobs: list[Job], served_jobs: list[Job], store: JobStore, work: Path, cfg: FitConfig,
             data: TrainingData, diag: np.ndarray, echo: Echo) -> tuple[RuntimeEntry, dict[str, np.ndarray]]:
-    """Export each job's model, check it against Keras on the job's OOF images, time both runtimes, choose one.
+    """Export each job's model, check it against Keras, quantize it if asked, time the runtimes, choose one.
 
-    Returns the manifest's entry and the exported files' answers on each fold job's OOF views.
-    A refit (trained on every image) is checked on the TTA diagnostics' rows instead.
+    Returns the manifest's entry and the served files' answers on each fold job's OOF views.
     """
-    import keras
-
-    from models.registry import import_custom_module
-
-    name, views = base_name(model), list(job_settings(cfg).views)
-    if is_custom(model):
-        import_custom_module(model)
-    parity, answers, models, files = Parity(0, 0.0, 0), {}, {}, {}
-    for job in jobs:
-        trained = keras.models.load_model(store.model_file(job), compile=False, safe_mode=True)
-        try:
-            content = export_litert(trained)
-        except Exception as exc:  # the converter raises many types; any of them means "not exportable"
-            reason = f"conversion failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}"
-            refuse(cfg.runtime, name, reason)
-            echo(f"{name}: not exported to {EXPORTED} ({reason}); served by TensorFlow")
-            return RuntimeEntry(name=EXPORTED, files=[], served=TF, parity=None, timing=None, refused=reason), {}
-        if job.refit:
-            pixels, checked = data.pixels[diag], views[:1]
-            parity = parity.merge(Parity.of(keras_answers(trained, pixels, checked, cfg.image_size),
-                                            exported_answers(content, pixels, checked, cfg.image_size)))
-        else:
-            answers[job.id] = exported_answers(content, data.pixels[job.split.oof], views, cfg.image_size)
-            parity = parity.merge(Parity.of(store.load(job)[1], answers[job.id]))
-        models[job.id], files[job.id] = trained, content
+    name = base_name(model)
+    try:
+        fp32, parity = _convert(model, jobs, store, cfg, data, diag)
+    except ExportFailed as exc:
+        refuse(cfg.runtime, name, str(exc))
+        echo(f"{name}: not exported to {EXPORTED} ({exc}); served by TensorFlow")
+        return RuntimeEntry(name=EXPORTED, files=[], served=TF, parity=None, timing=None, refused=str(exc)), {}
     problem = parity.problem()
     if problem is not None:
         refuse(cfg.runtime, name, problem)
         echo(f"{name}: {EXPORTED} export refused ({problem}); served by TensorFlow")
         return RuntimeEntry(name=EXPORTED, files=[], served=TF, parity=parity.as_dict(), timing=None,
                             refused=problem), {}
-    timing = time_runtimes([models[j.id] for j in served_jobs], [files[j.id] for j in served_jobs], cfg.image_size,
-                           len(cfg.tta.view_list(cfg.image_size)))
-    runtime = choose(cfg.runtime, timing)
+    int8, verdict = _quantize(jobs, fp32, cfg, data) if cfg.quantize == "int8" else (None, None)
+    served_views = len(cfg.tta.view_list(cfg.image_size))
+    timing = time_runtimes([fp32.models[j.id] for j in served_jobs], [fp32.files[j.id] for j in served_jobs],
+                           cfg.image_size, served_views, int8 and [int8.files[j.id] for j in served_jobs])
+    runtime, precision = choose(cfg.runtime, timing, bool(verdict and verdict["kept"]))
+    chosen = int8 if precision == "int8" else fp32
+    int8_note = "" if verdict is None else (
+        f"; INT8 {timing[f'{EXPORTED}_int8_ms']:.2f} ms, {'kept' if verdict['kept'] else 'not kept'}: "
+        f"{verdict['reason']}")
     echo(f"{name}: {EXPORTED} {timing[f'{EXPORTED}_ms']:.2f} ms, TensorFlow {timing['tf_ms']:.2f} ms per call of "
-         f"{timing['call_rows']} image-views; max |p| difference {parity.max_abs_diff:.2g}; served by "
-         f"{'TensorFlow' if runtime == TF else EXPORTED}")
-    paths = [bundle_io.save_runtime_file(work, name, job.fold, files[job.id]) for job in served_jobs]
+         f"{timing['call_rows']} image-views; max |p| difference {parity.max_abs_diff:.2g}{int8_note}; served by "
+         f"{'TensorFlow' if runtime == TF else f'{EXPORTED} {precision}'}")
+    paths = [bundle_io.save_runtime_file(work, name, job.fold, chosen.files[job.id]) for job in served_jobs]
+    int8_entry = None if verdict is None else {"calibration_images": min(CALIBRATION_IMAGES, len(jobs[0].split.fit)),
+                                               **verdict}
     return RuntimeEntry(name=EXPORTED, files=paths, served=runtime, parity=parity.as_dict(), timing=timing,
-                        refused=None), answers
+                        refused=None, precision=precision, int8=int8_entry), chosen.answers
+
+
+class ExportFailed(Exception):
+    """The converter could not export a model (an operator LiteRT lacks, say)."""
+
+
+def _convert(model: str, jobs: list[Job], store: JobStore, cfg: FitConfig, data: TrainingData,
+             diag: np.ndarray) -> tuple[Exports, Parity]:
+    """Every job's model as a float32 file, and how closely the files agree with Keras.
+
+    A fold job is compared on its own OOF images and views (Keras' answers are the job's
+    stored ones); a refit, trained on every image, on the TTA diagnostics' rows.
+    """
+    import keras
+
+    from models.registry import import_custom_module
+
+    if is_custom(model):
+        import_custom_module(model)
+    views = list(job_settings(cfg).views)
+    parity, exports = Parity(0, 0.0, 0), Exports({}, {}, {})
+    for job in jobs:
+        trained = keras.models.load_model(store.model_file(job), compile=False, safe_mode=True)
+        try:
+            content = export_litert(trained)
+        except Exception as exc:  # the converter raises many types; any of them means "not exportable"
+            text = str(exc).strip()
+            raise ExportFailed(f"conversion failed: {text.splitlines()[-1] if text else type(exc).__name__}") from exc
+        if job.refit:
+            pixels, checked = data.pixels[diag], views[:1]
+            parity = parity.merge(Parity.of(keras_answers(trained, pixels, checked, cfg.image_size),
+                                            exported_answers(content, pixels, checked, cfg.image_size)))
+        else:
+            exports.answers[job.id] = exported_answers(content, data.pixels[job.split.oof], views, cfg.image_size)
+            parity = parity.merge(Parity.of(store.load(job)[1], exports.answers[job.id]))
+        exports.models[job.id], exports.files[job.id] = trained, content
+    return exports, parity
+
+
+def _quantize(jobs: list[Job], fp32: Exports, cfg: FitConfig, data: TrainingData) -> tuple[Exports, dict]:
+    """Every job's model as an INT8 file calibrated on its own training images, and the verdict on the OOF rows.
+
+    The verdict compares both exports' served views on every fold job's OOF rows (a
+    refit's INT8 file is judged by its fold models', as its OOF rows are theirs).
+    """
+    views = list(job_settings(cfg).views)
+    served = len(cfg.tta.view_list(cfg.image_size))
+    int8 = Exports(fp32.models, {}, {})
+    for job in jobs:
+        calibration = calibration_rows(data.pixels[job.split.fit], cfg.seed)
+        int8.files[job.id] = export_litert(fp32.models[job.id], calibration)
+        if not job.refit:
+            int8.answers[job.id] = exported_answers(int8.files[job.id], data.pixels[job.split.oof], views,
+                                                    cfg.image_size)
+    folds = [job for job in jobs if not job.refit]
+    labels = np.concatenate([data.images.labels[job.split.oof] for job in folds])
+    fp32_views, int8_views = (np.concatenate([e.answers[job.id][:served] for job in folds], axis=1)
+                              for e in (fp32, int8))
+    return int8, int8_verdict(labels, fp32_views, int8_views)
 
 
 def _served_oof(base: BaseModels, plan: Plan, data: TrainingData, cfg: FitConfig, work: Path,

@@ -12,8 +12,10 @@ from exported files starts without loading TensorFlow at all.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -21,6 +23,14 @@ import numpy as np
 TF, LITERT = "tf", "litert"
 EXPORTED = LITERT  # the one exported runtime; its files sit beside the .keras files
 SUFFIX = ".tflite"
+
+
+def has_tensorflow() -> bool:
+    """False in the serving-only install (the slim image), which runs exported files alone."""
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):  # an import hook that refuses it, or sys.modules["tensorflow"] = None
+        return False
 
 
 def cores() -> int:
@@ -101,11 +111,15 @@ class LiteRTRunner:
         return {"num_threads": self.num_threads}
 
 
-def export_litert(model) -> bytes:
-    """A Keras model (preprocessing inside) as a float32 LiteRT flatbuffer taking (R, H, W, 3) raw pixels.
+def export_litert(model, calibration: np.ndarray | None = None) -> bytes:
+    """A Keras model (preprocessing inside) as a LiteRT flatbuffer taking float32 (R, H, W, 3) raw pixels.
 
-    Only LiteRT's built-in operators: a model that needs TensorFlow's own kernels
-    (Flex ops) could not run without TensorFlow, so its conversion fails instead.
+    Float32 weights and arithmetic; or, given ``calibration`` view rows (training
+    images), post-training static INT8 quantization by LiteRT's own converter: int8
+    weights (per channel) and activations (ranges from the calibration rows), float32
+    in and out, so runners need not know which. Only LiteRT's built-in operators: a
+    model that needs TensorFlow's own kernels (Flex ops) could not run without
+    TensorFlow, so its conversion fails instead.
     """
     import tensorflow as tf
 
@@ -115,4 +129,10 @@ def export_litert(model) -> bytes:
     # variables' memory after they are gone (NaN and 1e35 weights, seen here).
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    return converter.convert()
+    if calibration is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([row[None]] for row in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    with warnings.catch_warnings():  # said of every INT8 model whose input stays float32, as ours does
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
+        return converter.convert()

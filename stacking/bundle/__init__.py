@@ -127,12 +127,18 @@ def load_base_models(bundle: Path, manifest: Manifest, trust: Trust, runtime: st
                      threads: int | None = None) -> list:
     """Each base model's runner (``stacking.runtime``): its exported files, or its Keras models loaded with
     ``safe_mode=True``. ``threads``: the exported runtime's threads (default: every core this process may use)."""
-    from stacking.runtime import TF, KerasRunner, LiteRTRunner
+    from stacking.runtime import TF, KerasRunner, LiteRTRunner, has_tensorflow
 
     check_custom_code(bundle, manifest, trust)
+    runtimes = [runtime_of(entry, runtime) for entry in manifest.base_models]
+    on_tf = [entry.name for entry, chosen in zip(manifest.base_models, runtimes) if chosen == TF]
+    if on_tf and not has_tensorflow():
+        raise BundleError(f"{bundle}: base model(s) {', '.join(on_tf)} run on TensorFlow (--runtime {runtime}), which "
+                          "this installation does not have (the serving-only install); serve the bundle from the full "
+                          "install or image, or refit it so that every model is exported (--runtime litert)")
     runners = []
-    for entry in manifest.base_models:
-        if runtime_of(entry, runtime) == TF:
+    for entry, chosen in zip(manifest.base_models, runtimes):
+        if chosen == TF:
             runners.append(KerasRunner(_load_keras(Path(bundle), entry)))
         else:
             runners.append(LiteRTRunner([(Path(bundle) / f).read_bytes() for f in entry.runtime.files], threads))

@@ -30,11 +30,23 @@ class ParityEntry(Strict):
 
 
 class TimingEntry(Strict):
-    """Milliseconds per call of the whole base model at the served call shape, both runtimes side by side."""
+    """Milliseconds per call of the whole base model at the served call shape, the runtimes side by side."""
 
     call_rows: int
     tf_ms: float
     litert_ms: float
+    litert_int8_ms: float | None = None  # with --quantize int8
+
+
+class Int8Entry(Strict):
+    """The INT8 export's scores against the float32 export's on the model's OOF rows, and the verdict."""
+
+    calibration_images: int
+    fp32: dict[str, float]  # accuracy and log-loss of the served views' mean
+    int8: dict[str, float]
+    log_loss_tolerance: float
+    kept: bool  # scores held: INT8 may serve
+    reason: str
 
 
 class RuntimeEntry(Strict):
@@ -46,6 +58,8 @@ class RuntimeEntry(Strict):
     parity: ParityEntry | None  # None when the conversion itself failed
     timing: TimingEntry | None
     refused: str | None  # why the export is not used
+    precision: Literal["fp32", "int8"] = "fp32"  # of the files listed (what serves when served is litert)
+    int8: Int8Entry | None = None  # with --quantize int8
 
 
 class BaseModelEntry(Strict):
