@@ -170,7 +170,8 @@ def test_kfold_refit_serves_one_model_per_architecture(digits_dir, tmp_path, cap
     manifest = load_manifest(bundle)
     assert manifest.protocol.final_models == "refit"
     assert manifest.base_models[0].files == ["base/tiny_cnn/model.keras"]
-    assert sorted(p.name for p in (bundle / "base" / "tiny_cnn").iterdir()) == ["model.keras"]
+    assert sorted(p.name for p in (bundle / "base" / "tiny_cnn").iterdir()) == ["model.keras", "model.tflite"]
+    assert manifest.base_models[0].runtime.files == ["base/tiny_cnn/model.tflite"]
     history = json.loads((bundle / "history" / "tiny_cnn.json").read_text())["folds"]
     assert len(history) == 4 and history[-1]["refit"]  # three folds for the OOF rows, then the refit
     assert len(load_oof(bundle)["ids"]) == manifest.data.images  # OOF rows still come from the folds

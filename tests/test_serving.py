@@ -54,8 +54,7 @@ def batching(tiny_bundle):
     server = Server(tiny_bundle, {"STACKSERVE_MAX_BATCH": "8", "STACKSERVE_MAX_WAIT_MS": "30",
                                   "STACKSERVE_API_KEY": "s3cret", "STACKSERVE_MAX_TTA": "4",
                                   "STACKSERVE_CORS_ORIGINS": '["http://example.test"]',
-                                  "STACKSERVE_INTRA_OP_THREADS": "1", "STACKSERVE_INTER_OP_THREADS": "2",
-                                  "STACKSERVE_CALL_ROWS": "3"})
+                                  "STACKSERVE_RUNTIME_THREADS": "1", "STACKSERVE_CALL_ROWS": "3"})
     try:
         server.wait_ready()
         yield server
@@ -99,7 +98,10 @@ def test_api_key_guards_the_model_routes_only(batching, digits_dir):
         assert httpx.get(f"{batching.url}{open_route}").status_code == 200, open_route
     info = httpx.get(f"{batching.url}/v1/model", headers=KEY)
     assert info.status_code == 200
-    assert info.json()["runtime"] == {"intra_op_threads": 1, "inter_op_threads": 2, "call_rows": 3}  # settings took
+    litert = {"runtime": "litert", "threads": {"num_threads": 1}}  # the settings took
+    assert info.json()["runtime"] == {"requested": "auto", "call_rows": 3,
+                                      "base_models": {"tiny_cnn": litert, "mini_mobilenet": litert}}
+    assert [b["runtime"]["served"] for b in info.json()["base_models"]] == ["litert", "litert"]
 
 
 def test_cors_allows_the_configured_origin_only(batching):
