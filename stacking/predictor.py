@@ -135,18 +135,17 @@ class Predictor:
         return {name: single_threaded(c) for name, c in bundle_io.load_candidates(self.bundle, self.manifest).items()}
 
     def warm_up(self, up_to: int | None = None) -> None:
-        """Trace the compiled forward passes before real traffic, so none compiles while a client waits.
+        """Prepare every call shape before real traffic (trace, allocate), so none is made while a client waits.
 
         The bundle's view count, or every count from 1 to ``up_to`` (what a request may
         ask for). With adaptive TTA each count needs two view sets: the first views,
         and the rest that only unsure images get.
         """
-        pixels = np.zeros((1, self.image_size, self.image_size, 3), np.uint8)
         served = len(self.tta.view_list(self.image_size))
         for n in [served] if up_to is None else range(1, min(up_to, self.max_views()) + 1):
             views = self.tta.view_list(self.image_size, n)
             k = adaptive_views(self.tta, len(views))
-            self.forward.folds(pixels, views[:k])
-            if k < len(views):
-                self.forward.folds(pixels, views[k:])
-        self.predict(pixels)
+            for part in [views[:k], views[k:]] if k < len(views) else [views]:
+                for images in self.forward.call_sizes(len(part)):
+                    self.forward.folds(np.zeros((images, self.image_size, self.image_size, 3), np.uint8), part)
+        self.predict(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))

@@ -42,6 +42,7 @@ class KerasRunner:
     """A base model's Keras models (one, or one per fold) in one compiled TensorFlow function."""
 
     runtime = TF
+    batch_independent = False  # a convolution's rounding follows the batch shape: calls keep one shape
 
     def __init__(self, models: Sequence):
         import tensorflow as tf
@@ -73,6 +74,7 @@ class LiteRTRunner:
     """
 
     runtime = LITERT
+    batch_independent = True  # XNNPACK gives an image the same bits at any call size (tests/test_runtime.py)
 
     def __init__(self, files: Sequence[bytes], threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter

@@ -164,6 +164,7 @@ class Runner(Protocol):
     runtime: str  # "tf" or the exported runtime's name
     folds: int  # K
     classes: int  # C
+    batch_independent: bool  # an image's answer has the same bits whatever the call's size and companions
 
     def __call__(self, rows: np.ndarray) -> np.ndarray: ...
 
@@ -174,13 +175,15 @@ class TTAForward:
     ``runners[m]`` runs base model m: its one model, or the K fold models of a
     ``kfold`` fit, kept apart by :meth:`folds` and averaged by calling.
 
-    Every call runs the same shape: ``rows_per_call // views`` images (at least one),
-    the last chunk padded. A CPU convolution's rounding depends on the batch shape and
-    on an image's place in it, and a tree meta-learner turns such last-bit differences
-    into other leaves (up to 0.01-0.02 of probability on a few per cent of images,
-    measured in issue #9). With one image per call (``rows_per_call`` = the view count)
-    every image's answer is independent of its companions; larger calls buy throughput
-    for small models and cost a lone image a padded call. ``benchmarks/throughput.py``
+    Calls hold ``rows_per_call // views`` images (at least one). Under TensorFlow every
+    call has that shape, the last chunk padded: a CPU convolution's rounding depends on
+    the batch shape and on an image's place in it, and a tree meta-learner turns such
+    last-bit differences into other leaves (up to 0.01-0.02 of probability on a few per
+    cent of images, measured in issue #9); with one image per call (``rows_per_call`` =
+    the view count) every image's answer is independent of its companions. Runners whose
+    answers do not depend on the call (LiteRT's, tested) pad a short chunk only to the
+    next power of two images, so a lone image pays for its own views alone, whatever
+    ``rows_per_call``, and larger calls still buy throughput. ``benchmarks/throughput.py``
     measures both.
     """
 
@@ -189,17 +192,26 @@ class TTAForward:
         self.image_size = image_size
         self.rows_per_call = rows_per_call
 
+    def call_sizes(self, views: int) -> list[int]:
+        """Every number of images a call of ``views`` views may hold (each one shape to prepare)."""
+        size = max(1, self.rows_per_call // views)
+        if not all(run.batch_independent for run in self.runners):
+            return [size]
+        return sorted({min(size, 1 << k) for k in range(size.bit_length() + 1)})
+
     def folds(self, pixels: np.ndarray, views: Sequence[View]) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (K, M, T, N, C) probabilities per fold model, base model and view."""
-        size = max(1, self.rows_per_call // len(views))
+        sizes = self.call_sizes(len(views))
+        size = sizes[-1]
         chunks = []
         for i in range(0, len(pixels), size):
             chunk = pixels[i : i + size]
-            padded = np.zeros((size, *pixels.shape[1:]), np.uint8)
+            call = next(s for s in sizes if s >= len(chunk))
+            padded = np.zeros((call, *pixels.shape[1:]), np.uint8)
             padded[: len(chunk)] = chunk
             rows = make_views(padded, views)
-            out = np.stack([run(rows) for run in self.runners], axis=1)  # (K, M, T * size, C), view-major
-            chunks.append(out.reshape(*out.shape[:2], len(views), size, -1)[:, :, :, : len(chunk)])
+            out = np.stack([run(rows) for run in self.runners], axis=1)  # (K, M, T * call, C), view-major
+            chunks.append(out.reshape(*out.shape[:2], len(views), call, -1)[:, :, :, : len(chunk)])
         if not chunks:
             first = self.runners[0]
             return np.zeros((first.folds, len(self.runners), len(views), 0, first.classes), np.float32)

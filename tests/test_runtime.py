@@ -61,6 +61,17 @@ def test_litert_answers_an_image_with_the_same_bits_whatever_its_companions_and_
         np.testing.assert_array_equal(batch[:, :, 1:2], alone)
 
 
+def test_a_lone_image_pays_for_its_own_views_only_on_litert():
+    runner = LiteRTRunner([export_litert(small_model(4))])
+    forward = TTAForward([runner], 8, rows_per_call=64)  # 16 images of 4 views a call at most
+    assert forward.call_sizes(4) == [1, 2, 4, 8, 16]
+    forward(PIXELS[:1], VIEWS)
+    assert set(runner._by_rows) == {1, 4}  # 1: made on loading, to read the class count
+    forward(PIXELS[:3], VIEWS)
+    assert set(runner._by_rows) == {1, 4, 16}  # 3 images padded to 4
+    assert TTAForward([KerasRunner([small_model(4)])], 8, rows_per_call=64).call_sizes(4) == [16]  # one shape
+
+
 def test_parity_refuses_nan_large_differences_and_changed_labels():
     sure = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
     assert Parity.of(sure, sure + 1e-6 * np.array([1, -1])).problem() is None
