@@ -26,12 +26,14 @@ COPY models models
 COPY stacking stacking
 RUN python3 -m venv /venv && /venv/bin/pip install --no-cache-dir --upgrade pip
 
-# Serving only: the package without its dependencies, then exactly pyproject's "serve" extra.
+# Serving only: the package without its dependencies, then exactly pyproject's "serve" extra; pip and
+# setuptools go too, as nothing is installed at run time.
 FROM source AS build-slim
 ARG PIP_CERT
 RUN /venv/bin/pip install --no-cache-dir --no-deps . \
     && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['serve']))" > /tmp/serve.txt \
     && /venv/bin/pip install --no-cache-dir -r /tmp/serve.txt \
+    && /venv/bin/pip uninstall --yes --quiet pip setuptools \
     && /venv/bin/python -m compileall -q /venv/lib
 
 # Everything: a plain (non-editable) install into a venv that the runtime stage copies whole.

@@ -183,9 +183,9 @@ import sys
 import time
 
 class NoTensorFlow:
-    """As in the serving-only install: neither TensorFlow nor Keras can be imported."""
+    """As in the serving-only install: no TensorFlow, Keras or pandas to import."""
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras", "pandas"):
             raise ModuleNotFoundError(f"No module named {name!r}")
 
 sys.meta_path.insert(0, NoTensorFlow())
@@ -211,7 +211,7 @@ try:
 except BundleError as exc:
     print("refused:", exc)
 print("runtime:", runtime)
-assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules)
+assert not any(m.split(".")[0] in ("tensorflow", "keras", "pandas") for m in sys.modules)
 '''
 
 
@@ -274,3 +274,13 @@ def test_a_kept_int8_export_is_what_serves_and_what_the_meta_learner_learnt_from
     oof = load_oof(tmp_path / "b")
     served = Predictor(tmp_path / "b").merged_views(training_pixels(digits_dir, manifest, oof["ids"]))
     np.testing.assert_array_equal(served.merged, oof["probabilities"])
+
+
+def test_the_serving_install_is_a_subset_of_the_full_one_without_tensorflow():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    serve = project["optional-dependencies"]["serve"]
+    assert set(serve) <= set(project["dependencies"])  # the same pins, verbatim: one can never drift from the other
+    names = {line.split(">")[0].split("=")[0] for line in serve}
+    assert not names & {"tensorflow", "keras", "pandas", "matplotlib"} and "ai-edge-litert" in names

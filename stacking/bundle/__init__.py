@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from pydantic import ValidationError
 
 from stacking.bundle.estimators import check_estimator_file, load_estimators, save_estimators
@@ -170,6 +169,8 @@ def load_history(bundle: Path, entry: BaseModelEntry) -> list[dict]:
 
 def save_folds(bundle: Path, ids: list[str], fold: np.ndarray, groups: np.ndarray | None) -> None:
     """The fold assignment of every training image (-1: trained on, never predicted), with its group."""
+    import pandas as pd  # here, not above: serving never writes a bundle, and the serving install has no pandas
+
     table = pd.DataFrame({"Id": ids, "fold": fold})
     if groups is not None:
         table["group"] = groups
@@ -240,6 +241,7 @@ def load_evaluation(bundle: Path) -> dict | None:
 
 def library_versions() -> dict[str, str]:
     import keras
+    import pandas as pd
     import PIL
     import sklearn
     import tensorflow
