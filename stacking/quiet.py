@@ -21,7 +21,7 @@ NOISE = re.compile(
     rb"cudart_stub\.cc|failed call to cuInit|cuda_(?:platform|driver|diagnostics|dnn|fft|blas)\.cc|"
     rb"NodeDef mentions attribute|All log messages before absl::InitializeLog|Unable to register cu\w+ factory|"
     # LiteRT's converter and interpreter: settings it ignores, and a line for every interpreter made.
-    rb"tf_tfl_flatbuffer_helpers\.cc|Created TensorFlow Lite XNNPACK delegate"
+    rb"tf_tfl_flatbuffer_helpers\.cc|Created TensorFlow Lite XNNPACK delegate|fully_quantize: \d, inference_type"
 )
 # How a C++ log line starts: glog's "I0000 00:00:..." or TensorFlow's "2026-01-01 10:00:00.1: I ...".
 LOG_START = re.compile(rb"^(?:[IWEF]\d{4} |\d{4}-\d\d-\d\d |WARNING: All log)")
