@@ -55,14 +55,14 @@ class Predictor:
 
     def __init__(self, bundle: Path, call_rows: int = CALL_ROWS, trust: Trust = Trust(), runtime: str = "auto",
                  threads: int | None = None):
-        """``call_rows``: image-views per compiled call, one padded shape (see ``TTAForward``);
+        """``call_rows``: image-views per call at most (TensorFlow: every call padded to it; see ``TTAForward``);
         ``trust``: whether custom code may be imported, and whose signature the bundle must carry;
         ``runtime``: where the base models run (``auto``: as the fit chose per model, ``tf``, ``litert``);
         ``threads``: the exported runtime's threads (default: every core this process may use)."""
         if call_rows < 1:
             raise UserError(f"--call-rows {call_rows}: must be at least 1")
         RUNTIME.check(runtime)
-        self.bundle, self.trust, self.runtime, self.threads = Path(bundle), trust, runtime, threads
+        self.bundle, self.trust, self.runtime = Path(bundle), trust, runtime
         self.manifest = bundle_io.load_manifest(self.bundle, trust)
         self.sha256 = bundle_io.manifest_sha(self.bundle)
         self.name = self.bundle.resolve().name
