@@ -241,7 +241,7 @@ def _assemble_base_models(plan: Plan, store: JobStore, work: Path, cfg: FitConfi
         per_view = {job.id: stored[job.id][1] for job in jobs if not job.refit}
         runtime = None
         if cfg.runtime != TF:
-            runtime, exported = _export(model, jobs, served_jobs, store, work, cfg, data, diag, echo)
+            runtime, exported = _export(model, jobs, served_jobs, store, per_view, work, cfg, data, diag, echo)
             if runtime.served != TF:
                 per_view = exported
         for job in jobs:
@@ -268,15 +268,17 @@ class Exports(NamedTuple):
     answers: dict[str, np.ndarray]  # fold jobs only (a refit has no OOF rows)
 
 
-def _export(model: str, jobs: list[Job], served_jobs: list[Job], store: JobStore, work: Path, cfg: FitConfig,
-            data: TrainingData, diag: np.ndarray, echo: Echo) -> tuple[RuntimeEntry, dict[str, np.ndarray]]:
+def _export(model: str, jobs: list[Job], served_jobs: list[Job], store: JobStore, keras_views: dict[str, np.ndarray],
+            work: Path, cfg: FitConfig, data: TrainingData, diag: np.ndarray,
+            echo: Echo) -> tuple[RuntimeEntry, dict[str, np.ndarray]]:
     """Export each job's model, check it against Keras, quantize it if asked, time the runtimes, choose one.
 
-    Returns the manifest's entry and the served files' answers on each fold job's OOF views.
+    ``keras_views``: each fold job's own OOF answers (Keras'). Returns the manifest's entry and the served
+    files' answers on each fold job's OOF views.
     """
     name = base_name(model)
     try:
-        fp32, parity = _convert(model, jobs, store, cfg, data, diag)
+        fp32, parity = _convert(model, jobs, store, keras_views, cfg, data, diag)
     except ExportFailed as exc:
         refuse(cfg.runtime, name, str(exc))
         echo(f"{name}: not exported to {EXPORTED} ({exc}); served by TensorFlow")
@@ -310,12 +312,12 @@ class ExportFailed(Exception):
     """The converter could not export a model (an operator LiteRT lacks, say)."""
 
 
-def _convert(model: str, jobs: list[Job], store: JobStore, cfg: FitConfig, data: TrainingData,
-             diag: np.ndarray) -> tuple[Exports, Parity]:
+def _convert(model: str, jobs: list[Job], store: JobStore, keras_views: dict[str, np.ndarray], cfg: FitConfig,
+             data: TrainingData, diag: np.ndarray) -> tuple[Exports, Parity]:
     """Every job's model as a float32 file, and how closely the files agree with Keras.
 
-    A fold job is compared on its own OOF images and views (Keras' answers are the job's
-    stored ones); a refit, trained on every image, on the TTA diagnostics' rows.
+    A fold job is compared on its own OOF images and views (Keras' answers: ``keras_views``,
+    the job's stored ones); a refit, trained on every image, on the TTA diagnostics' rows.
     """
     import keras
 
@@ -338,7 +340,7 @@ def _convert(model: str, jobs: list[Job], store: JobStore, cfg: FitConfig, data:
                                             exported_answers(content, pixels, checked, cfg.image_size)))
         else:
             exports.answers[job.id] = exported_answers(content, data.pixels[job.split.oof], views, cfg.image_size)
-            parity = parity.merge(Parity.of(store.load(job)[1], exports.answers[job.id]))
+            parity = parity.merge(Parity.of(keras_views[job.id], exports.answers[job.id]))
         exports.models[job.id], exports.files[job.id] = trained, content
     return exports, parity
 
