@@ -49,8 +49,8 @@ class Parity:
         return Parity(len(keras_answers), diff, int((changed & sure).sum()))
 
     def merge(self, other: "Parity") -> "Parity":
-        return Parity(self.rows + other.rows, float(np.fmax(self.max_abs_diff, other.max_abs_diff)) if self.rows
-                      else other.max_abs_diff,
+        # np.maximum, not max(): a NaN on either side must survive the merge
+        return Parity(self.rows + other.rows, float(np.maximum(self.max_abs_diff, other.max_abs_diff)),
                       self.label_changes + other.label_changes)
 
     def problem(self) -> str | None:

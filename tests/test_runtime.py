@@ -77,8 +77,9 @@ def test_parity_refuses_nan_large_differences_and_changed_labels():
     assert Parity.of(sure, sure + 1e-6 * np.array([1, -1])).problem() is None
     assert "max |p| difference 0.01 > 0.0001 on 2 OOF image-views" in Parity.of(sure, sure + [0.01, -0.01]).problem()
     assert "max |p| difference nan" in Parity.of(sure, np.full_like(sure, np.nan)).problem()
-    merged = Parity.of(sure, sure).merge(Parity.of(sure, np.full_like(sure, np.nan)))
-    assert merged.rows == 4 and merged.problem() is not None
+    for first, second in ((sure, np.full_like(sure, np.nan)), (np.full_like(sure, np.nan), sure)):
+        merged = Parity.of(sure, sure).merge(Parity.of(sure, first)).merge(Parity.of(sure, second))
+        assert merged.rows == 6 and np.isnan(merged.max_abs_diff) and "max |p| difference nan" in merged.problem()
     tie = np.array([[0.50001, 0.49999]], np.float32)  # Keras was not sure: a flipped label there is no change
     assert Parity.of(tie, tie[:, ::-1]).label_changes == 0
 
