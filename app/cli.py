@@ -9,10 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from stacking.cli import RuntimeOption, TrustCodeOption, VerifyKeyOption, cli
+from stacking.cli import BudgetOption, RuntimeOption, ServeAsOption, TrustCodeOption, VerifyKeyOption, cli
 from stacking.cli import main as stacking_main
 
 DEMO_CONFIG = Path(str(files("stacking") / "configs" / "digits.toml"))
+DEMO_STUDENT = "tiny_cnn"  # the demo's cheapest network
 
 
 def serve_bundle(bundle: Path, **overrides) -> None:
@@ -28,6 +29,7 @@ def serve_bundle(bundle: Path, **overrides) -> None:
     from stacking.bundle import check_custom_code, load_manifest, runtime_of
     from stacking.choices import RUNTIME
     from stacking.errors import UserError
+    from stacking.serving import resolve_serve_as
 
     try:
         settings = Settings(bundle=bundle, **{k: v for k, v in overrides.items() if v is not None})
@@ -39,6 +41,9 @@ def serve_bundle(bundle: Path, **overrides) -> None:
     RUNTIME.check(settings.runtime)
     for entry in manifest.base_models:
         runtime_of(entry, settings.runtime)  # a runtime some base model lacks: refused before any port opens
+    served = resolve_serve_as(manifest, settings.serve_as, settings.latency_budget_ms)  # likewise an absent option
+    typer.echo(f"answering with the {served}" + (f" (most accurate within {settings.latency_budget_ms:g} ms per image)"
+                                                  if settings.latency_budget_ms else ""))
     typer.echo(f"serving {bundle} on http://{settings.host}:{settings.port} (page at /, API at /v1/predict and "
                f"/v2/models/{bundle.resolve().name}/infer, docs at /docs)")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1, log_level="info",
@@ -56,12 +61,15 @@ def serve_command(
     max_tta: Annotated[Optional[int], typer.Option(help="Most TTA views a request may ask for [STACKSERVE_MAX_TTA, 16].")] = None,
     call_rows: Annotated[Optional[int], typer.Option(help="Image-views per compiled call [STACKSERVE_CALL_ROWS, 64].")] = None,
     runtime: RuntimeOption = "auto",
+    serve_as: ServeAsOption = "stack",
+    latency_budget_ms: BudgetOption = None,
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
 ) -> None:
     """Start the HTTP service (every setting also reads its STACKSERVE_* variable; see the README)."""
     serve_bundle(bundle, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                 max_tta=max_tta, call_rows=call_rows, runtime=runtime, trust_custom_code=trust_custom_code or None,
+                 max_tta=max_tta, call_rows=call_rows, runtime=runtime, serve_as=serve_as,
+                 latency_budget_ms=latency_budget_ms, trust_custom_code=trust_custom_code or None,
                  verify_key=verify_key)
 
 
@@ -74,9 +82,11 @@ def demo_command(
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
 ) -> None:
-    """The whole job on the bundled digits: data, fit, comparison table, submission, then serve."""
+    """The whole job on the bundled digits: data, fit (with its cascade), a distilled student, the comparison
+    table with every option's accuracy and cost, a submission, then serve."""
     from stacking.config import load_config
     from stacking.digits import write_digits
+    from stacking.distill import distill
     from stacking.evaluate import evaluate_folder, format_table, record_evaluation
     from stacking.fit import fit
     from stacking.predictor import Predictor
@@ -84,17 +94,19 @@ def demo_command(
 
     data, bundle = workdir / "digits", workdir / "bundle"
     counts = write_digits(data, limit=limit)
-    typer.echo(f"1/4 data: {counts['train']} training and {counts['test']} test scans in {data}")
-    typer.echo(f"2/4 fit: config {DEMO_CONFIG}")
+    typer.echo(f"1/5 data: {counts['train']} training and {counts['test']} test scans in {data}")
+    typer.echo(f"2/5 fit: config {DEMO_CONFIG}")
     fit(data, bundle, load_config(DEMO_CONFIG, {"epochs": epochs}), echo=lambda s: typer.echo(f"    {s}"))
+    typer.echo(f"3/5 distill: one {DEMO_STUDENT} taught by the stack's out-of-fold answers")
+    distill(bundle, DEMO_STUDENT, epochs=epochs, echo=lambda s: typer.echo(f"    {s}"))
     predictor = Predictor(bundle)
     rows, count, bad = evaluate_folder(predictor, data / "test", data / "test_labels.csv")
-    typer.echo(f"3/4 held-out test split ({count} scans no model or meta-learner saw):")
+    typer.echo(f"4/5 held-out test split ({count} scans no model or meta-learner saw), every way to answer:")
     typer.echo(format_table(rows))
     record_evaluation(predictor, rows, data / "test", data / "test_labels.csv", count, bad)
     submission = workdir / "submission.csv"
     written = predict_folder(predictor, data / "test", submission, echo=lambda s: typer.echo(f"    {s}"))
-    typer.echo(f"4/4 submission: {len(written.table)} rows in {submission}; report: {bundle / 'report' / 'index.html'}")
+    typer.echo(f"5/5 submission: {len(written.table)} rows in {submission}; report: {bundle / 'report' / 'index.html'}")
     if serve:
         serve_bundle(bundle, host=host, port=port)
 

@@ -26,7 +26,9 @@ class ImagePrediction(BaseModel):
     confidence: float | None = None
     probabilities: dict[str, float] | None = None
     tta: TTAInfo | None = None
-    base_models: dict[str, dict[str, float]] | None = None
+    base_models: dict[str, dict[str, float]] | None = None  # those that ran on the image (the cascade may stop early)
+    served_by: str | None = None  # "stack", "student" or "cascade/<stage>"
+    cost_views: float | None = None  # forward passes spent on the image
     error: ErrorBody | None = None  # set, instead of the fields above, for a file that could not be used
 
 

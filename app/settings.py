@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     api_key: str = ""  # when set, /v1 and /v2 model routes need header X-API-Key (health, metrics, page stay open)
     cors_origins: list[str] = []  # origins allowed to call the API from a browser; empty: CORS off
     decode_threads: int = Field(0, ge=0)  # threads decoding uploads (0: one per core)
+    serve_as: str = "stack"  # stack, cascade or student (stacking.serving)
+    latency_budget_ms: float | None = Field(None, gt=0)  # instead: the most accurate option whose cost fits
     runtime: str = "auto"  # where the base models run: auto (as the fit chose per model), tf, litert
     runtime_threads: int = Field(0, ge=0)  # the exported runtime's threads per call (0: one per core)
     intra_op_threads: int = Field(0, ge=0)  # TensorFlow threads inside one op (0: TensorFlow's default)

@@ -49,7 +49,8 @@ class ModelState:
         try:
             set_thread_counts(self.settings)
             predictor = Predictor(self.settings.bundle, self.settings.call_rows, self.settings.trust,
-                                  self.settings.runtime, self.settings.runtime_threads or None)
+                                  self.settings.runtime, self.settings.runtime_threads or None,
+                                  self.settings.serve_as, self.settings.latency_budget_ms)
             predictor.warm_up(self.settings.max_tta if self.settings.warm_up_views else None)
             metrics.MODEL.labels(predictor.name, predictor.version).set(1)
             self.predictor = predictor

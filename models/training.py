@@ -167,6 +167,8 @@ def train_model(
 ) -> tuple[keras.Model, dict]:
     """Fit ``model`` on raw-pixel ``train`` images, watching ``val``; return (best model, history).
 
+    Targets are labels (N,), or (N, C) probabilities (soft targets: then ``val``'s are one-hot).
+
     ``fine_tune``: the block pattern of a pretrained backbone, to train in two phases;
     None trains every layer from the start. ``seed`` fixes shuffling and augmentation;
     seed Keras (``keras.utils.set_random_seed``) before building the model to fix its
@@ -180,10 +182,12 @@ def train_model(
     )  # one instance across both phases, so "best" spans them
     extra = [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)] if on_epoch_end else []
     data = _training_dataset(*train, cfg, seed)
-    weights = class_weights(train[1], model.output_shape[-1], cfg.class_weight)
+    soft = train[1].ndim == 2  # (N, C) soft targets (a distilled student) instead of (N,) labels
+    weights = class_weights(train[1].argmax(axis=1) if soft else train[1], model.output_shape[-1], cfg.class_weight)
+    loss = "categorical_crossentropy" if soft else "sparse_categorical_crossentropy"
 
     def run(optimizer: keras.optimizers.Optimizer, first: int, last: int, phase: int) -> dict:
-        model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=cfg.jit_compile)
+        model.compile(optimizer, loss, metrics=["accuracy"], jit_compile=cfg.jit_compile)
         fitted = model.fit(
             data, validation_data=(val[0].astype("float32"), val[1]), initial_epoch=first, epochs=last,
             callbacks=[checkpoint, *_schedule(cfg), *extra], class_weight=weights, shuffle=False, verbose=0,

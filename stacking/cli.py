@@ -1,4 +1,4 @@
-"""The ``stacking`` commands that need no web stack: data, fit, evaluate, predict, report.
+"""The ``stacking`` commands that need no web stack: data, fit, meta, evaluate, predict, distill, report, ...
 
 ``app/cli.py`` adds ``serve`` and ``demo`` and is the console script; imports flow
 app -> stacking, so the HTTP commands cannot live here. ``main(argv)`` returns the
@@ -42,6 +42,8 @@ OnBadOption = Annotated[str, typer.Option("--on-bad-image", help=choices.ON_BAD_
 # Every command that loads a bundle: what it trusts.
 TrustCodeOption = Annotated[bool, typer.Option("--trust-custom-code", envvar="STACKSERVE_TRUST_CUSTOM_CODE", help="Import the Python modules the bundle's own architectures come from (runs their code).")]
 RuntimeOption = Annotated[str, typer.Option("--runtime", envvar="STACKSERVE_RUNTIME", help=choices.RUNTIME.help("Where the base models run; auto: as the fit chose per model (the exported file unless TensorFlow was faster)."))]
+ServeAsOption = Annotated[str, typer.Option("--serve-as", envvar="STACKSERVE_SERVE_AS", help=choices.SERVE_AS.help("How the bundle answers: the stack, the cascade (cheap stages first, the stack for the rest) or the distilled student."))]
+BudgetOption = Annotated[Optional[float], typer.Option("--latency-budget-ms", envvar="STACKSERVE_LATENCY_BUDGET_MS", help="Serve the most accurate option whose measured ms per image fits (instead of --serve-as).")]
 VerifyKeyOption = Annotated[Optional[Path], typer.Option("--verify-key", envvar="STACKSERVE_VERIFY_KEY", help="Public key (PEM): refuse the bundle unless signed with its private key and unchanged since.")]
 
 
@@ -157,14 +159,18 @@ def evaluate_command(
     tta_policy: PolicyOption = None,
     on_bad_image: OnBadOption = "error",
     runtime: RuntimeOption = "auto",
+    serve_as: ServeAsOption = "stack",
+    latency_budget_ms: BudgetOption = None,
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
 ) -> None:
-    """The comparison table (base models, meta candidates, the stack) on labelled images, and diversity."""
+    """The comparison table on labelled images: base models, meta candidates, the stack, the cascade and the
+    student, each with its accuracy and its cost; and diversity. The served option is marked."""
     from stacking.evaluate import diversity, evaluate_folder, format_diversity, format_table, record_evaluation
     from stacking.predictor import Predictor
 
-    predictor = Predictor(bundle, trust=make_trust(trust_custom_code, verify_key), runtime=runtime)
+    predictor = Predictor(bundle, trust=make_trust(trust_custom_code, verify_key), runtime=runtime,
+                          serve_as=serve_as, latency_budget_ms=latency_budget_ms)
     predictor.check_views(tta, tta_policy)
     rows, count, bad = evaluate_folder(predictor, data, labels, tta, tta_policy, on_bad_image)
     for _, reason in bad:
@@ -198,6 +204,8 @@ def predict_command(
     actors: Annotated[int, typer.Option(help="With --executor ray: actors, each with its own copy of the bundle.")] = 2,
     cpus_per_actor: Annotated[float, typer.Option(help="With --executor ray: CPUs each actor asks Ray for (its runtime's threads).")] = 1.0,
     runtime: RuntimeOption = "auto",
+    serve_as: ServeAsOption = "stack",
+    latency_budget_ms: BudgetOption = None,
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
 ) -> None:
@@ -205,7 +213,8 @@ def predict_command(
     from stacking.predictor import Predictor
     from stacking.submission import PredictOptions, checkpoint_dir, predict_folder
 
-    predictor = Predictor(bundle, call_rows, make_trust(trust_custom_code, verify_key), runtime)
+    predictor = Predictor(bundle, call_rows, make_trust(trust_custom_code, verify_key), runtime,
+                          serve_as=serve_as, latency_budget_ms=latency_budget_ms)
     options = PredictOptions(tta, tta_policy, on_bad_image, fallback_class, batch_size, workers, resume, executor,
                              ray_address or "", actors, cpus_per_actor)
     try:
@@ -222,6 +231,23 @@ def predict_command(
                f"unreadable{f' (given {fallback_class})' if fallback_class and summary.skipped else ''}, "
                f"{fresh} predicted in {summary.seconds:.1f} s ({fresh / max(summary.seconds, 1e-9):.1f} images/s)"
                + (f", {summary.resumed_images} resumed" if summary.resumed_images else ""))
+
+
+@cli.command("distill")
+def distill_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    student: Annotated[str, typer.Option("--student", help="Architecture of the student (a registered one, e.g. tiny_cnn or mobilenet_v3_small).")],
+    unlabelled: Annotated[Optional[Path], typer.Option(help="Folder of unlabelled images: the stack labels them, the student learns from those answers too.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (default: the fit's).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="The training data the bundle was fitted on (default: the folder the fit read).")] = None,
+    trust_custom_code: TrustCodeOption = False,
+    verify_key: VerifyKeyOption = None,
+) -> None:
+    """Train one student network on the stack's honest soft targets; store it in the bundle (--serve-as student)."""
+    from stacking.distill import distill
+
+    distill(bundle, student, unlabelled, epochs, data, make_trust(trust_custom_code, verify_key), echo=typer.echo)
+    typer.echo(f"student stored in {bundle}; serve it with: stacking serve {bundle} --serve-as student")
 
 
 @cli.command("report")

@@ -13,19 +13,46 @@ import numpy as np
 
 from stacking import bundle as bundle_io
 from stacking.datasets import load_pixels, read_evaluation_set
-from stacking.leaderboard import leaderboard
+from stacking.leaderboard import leaderboard, table_row
 from stacking.predictor import Predictor
+from stacking.serving import CASCADE, STACK, STUDENT, servable
+
+WARM_UP_IMAGES = 64
 
 
 def compare(
     predictor: Predictor, pixels: np.ndarray, labels: np.ndarray, views: int | None = None, policy: str | None = None
 ) -> list[dict]:
-    """One row per base model, per meta candidate (each fitted on the OOF rows), and the served stack."""
-    prediction = predictor.predict(pixels, views, policy)
+    """One row per base model, per meta candidate (each fitted on the OOF rows), the stack, and (kind ``serving``)
+    the cascade and the student where the bundle has them.
+
+    Every row says what it cost here: ``cost_views`` (forward passes per image, fold models
+    counted) and ``ms_per_image`` (the models' time, measured on these images; candidates
+    share the stack's); ``served`` marks the option this predictor serves.
+    """
+    n = max(len(pixels), 1)
+    options = [STACK, *(o for o in (CASCADE, STUDENT) if o in servable(predictor.manifest))]
+    for option in options:  # untimed first: tracing, allocation and interpreters are not what an image costs
+        predictor.predict(pixels[:WARM_UP_IMAGES], views, policy, serve_as=option)
+    before = predictor.forward.seconds.copy()
+    prediction = predictor.predict(pixels, views, policy, serve_as=STACK)
+    model_ms = (predictor.forward.seconds - before) * 1000 / n
     candidates = {name: predictor.stack(candidate, prediction.features) for name, candidate in predictor.candidates().items()}
     selection = predictor.manifest.meta_learner.selection
-    return leaderboard(predictor.base_names, prediction.base_probabilities, candidates, prediction.probabilities,
+    rows = leaderboard(predictor.base_names, prediction.base_probabilities, candidates, prediction.probabilities,
                        selection, labels)
+    stack_cost = (float(prediction.cost_views.mean()), sum(prediction.seconds.values()) * 1000 / n)
+    views_run = float(prediction.views.mean())
+    costs = [(run.folds * views_run, float(ms)) for run, ms in zip(predictor.forward.runners, model_ms)]
+    costs += [stack_cost] * (len(rows) - len(costs))
+    for option in options[1:]:
+        answer = predictor.predict(pixels, views, policy, serve_as=option)
+        rows.append(table_row(option, "serving", answer.probabilities, labels))
+        costs.append((float(answer.cost_views.mean()), sum(answer.seconds.values()) * 1000 / n))
+    for row, (views_cost, ms) in zip(rows, costs):
+        row.update(cost_views=round(views_cost, 3), ms_per_image=round(ms, 4),
+                   served=row["kind"] == "chosen" if predictor.serve_as == STACK else row["name"] == predictor.serve_as)
+    return rows
 
 
 def diversity(bundle: Path) -> tuple[list[str], np.ndarray]:
@@ -37,12 +64,14 @@ def diversity(bundle: Path) -> tuple[list[str], np.ndarray]:
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table for the terminal."""
-    width = max(len("model"), *(len(r["name"]) for r in rows))
-    lines = [f"{'model':<{width}}  {'kind':<9}  accuracy  95% interval     log_loss  ECE",
-             f"{'-' * width}  {'-' * 9}  --------  ---------------  --------  ------"]
-    lines += [f"{r['name']:<{width}}  {r['kind']:<9}  {r['accuracy']:>8.4f}  [{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
-              f"  {r['log_loss']:>8.4f}  {r['ece']:.4f}" for r in rows]
-    return "\n".join(lines)
+    width = max(len("model"), *(len(r["name"]) + 2 for r in rows))
+    lines = [f"{'model':<{width}}  {'kind':<9}  accuracy  95% interval     log_loss  ECE     passes  ms/image",
+             f"{'-' * width}  {'-' * 9}  --------  ---------------  --------  ------  ------  --------"]
+    lines += [f"{(r['name'] + (' *' if r.get('served') else '')):<{width}}  {r['kind']:<9}  {r['accuracy']:>8.4f}  "
+              f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]  {r['log_loss']:>8.4f}  {r['ece']:.4f}  "
+              f"{r['cost_views']:>6.3g}  {r['ms_per_image']:>8.3f}" for r in rows]
+    return "\n".join([*lines, "* the option served (--serve-as); passes: forward passes per image (image-views "
+                       "through networks, fold models counted); ms/image: the networks' time on these images"])
 
 
 def format_diversity(names: list[str], corr: np.ndarray) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 from models import get_spec
 from models.registry import is_custom
 from stacking import bundle as bundle_io
+from stacking.bundle import Trust
 from stacking.bundle.manifest import BaseModelEntry, Manifest, MetaLearnerEntry, RuntimeEntry
 from stacking.bundle.signing import check_signing_key, sign_bundle
 from stacking.config import FitConfig
@@ -55,6 +56,7 @@ from stacking.protocols import (
 )
 from stacking.report import write_report
 from stacking.runtime import EXPORTED, TF, export_litert
+from stacking.serving import add_serving
 from stacking.stack import MetaSettings, describe, fit_meta
 from stacking.tta import TTAPolicy, served_result
 from stacking.tta_diagnostics import diagnostic_rows, tune_and_measure
@@ -386,6 +388,8 @@ def _served_oof(base: BaseModels, plan: Plan, data: TrainingData, cfg: FitConfig
         "folds": plan.folds[rows],
         "models": np.array(names),
         "fold_hashes": np.array([plan.fold_hash] * len(names)),
+        "views": base.oof_views[:, :, rows],
+        "views_used": result.views_used,
         **({"groups": data.groups[rows]} if data.groups is not None else {}),
     }
     bundle_io.save_oof(work, oof)
@@ -465,6 +469,8 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: b
         echo(describe(meta))
         manifest = bundle_io.write_manifest(work, _manifest(
             data_dir, cfg, data, plan, base, tta, oof, meta, store.runs(plan.jobs), time.monotonic() - started))
+        rows = np.sort(np.concatenate([s.oof for s in plan.splits]))
+        manifest = add_serving(work, manifest, data.pixels[rows], cfg.seed, Trust(custom_code=True), echo)
         write_report(work, manifest)
         _move_into_place(work, out)
         shutil.rmtree(work_root)  # still locked: a fit to the same --out waits for this one to end

@@ -1,7 +1,8 @@
 """``BUNDLE/report/index.html``: one page that shows whether the ensemble works, and why.
 
-Eight numbered sections (summary, leaderboard, TTA, training curves, augmentation,
-errors and calibration, diversity and weights, confident mistakes), each drawn from
+Nine numbered sections (summary, leaderboard, TTA, training curves, augmentation,
+errors and calibration, diversity and weights, confident mistakes, accuracy against
+cost), each drawn from
 files in the bundle. Pictures are PNGs beside the page (matplotlib, Agg); the page has
 no script and fetches nothing, so it reads offline and prints. A section whose data
 is missing says so instead of failing.
@@ -35,6 +36,7 @@ from stacking.plots import (
     image_grid,
     plot_confusion,
     plot_correlation,
+    plot_frontier,
     plot_history,
     plot_reliability,
     plot_tta_curve,
@@ -42,6 +44,7 @@ from stacking.plots import (
     plot_weights,
 )
 from stacking.preview import is_identity, preview_augmentation
+from stacking.serving import pareto_front
 from stacking.tta import TTAPolicy
 
 SECTIONS = {
@@ -53,6 +56,7 @@ SECTIONS = {
     "errors": "Errors and calibration",
     "diversity": "Diversity and meta-learner weights",
     "mistakes": "Most confident mistakes",
+    "cost": "Accuracy against cost",
 }
 MISTAKES_SHOWN = 16
 THUMBNAIL = 256  # mistakes are drawn at most this many pixels a side
@@ -422,6 +426,42 @@ def _mistakes(b: _Bundle) -> str:
     ])
 
 
+def _cost_rows(b: _Bundle) -> tuple[list[dict], str] | None:
+    """Every option's scores and cost: from the last evaluation (test images) when it has costs, else the fit's."""
+    if b.evaluation and all("ms_per_image" in r for r in b.evaluation["rows"]):
+        return b.evaluation["rows"], f"the {b.evaluation['images']} test images of the last evaluation"
+    if b.manifest.serving is None:
+        return None
+    rows = [o.model_dump() for o in b.manifest.serving.options if o.ms_per_image is not None]
+    return rows, "rows no option trained on (each row's \"scored on\"), costs timed when the bundle was made"
+
+
+def _cost(b: _Bundle) -> str:
+    """Every way to answer on one chart, accuracy and log-loss against ms per image, the front marked; the table."""
+    found = _cost_rows(b)
+    if found is None:
+        return _missing("This bundle was fitted before costs were measured: refit it to see the trade.")
+    rows, where = found
+    front = pareto_front([r["ms_per_image"] for r in rows], [r["accuracy"] for r in rows])
+    plot_frontier(rows, front, b.out / "cost.png")
+    serving = b.manifest.serving
+    stages = ", ".join(f"{s.name} (answers when p >= {s.threshold:g})" if s.model else s.name
+                       for s in serving.cascade.stages) if serving and serving.cascade else "none"
+    table = _table(["option", "kind", "accuracy", "log-loss", "forward passes", "ms per image", "on the front"],
+                   [[r["name"], r["kind"], f"{r['accuracy']:.4f}", f"{r['log_loss']:.4f}", f"{r['cost_views']:.3g}",
+                     f"{r['ms_per_image']:.3f}", "yes" if on else ""] for r, on in zip(rows, front)],
+                   {i for i, on in enumerate(front) if on})
+    return "\n".join([
+        f"<p>Each way this bundle can answer, scored on {_esc(where)}. Forward passes: image-views through networks "
+        "per image, fold models counted. An option is on the front when none other is both as cheap and as accurate. "
+        f"Serve one with <code>--serve-as</code>, or let <code>--latency-budget-ms</code> pick. Cascade stages: "
+        f"{_esc(stages)}.</p>",
+        _figure("cost.png", "accuracy and log-loss against milliseconds per image",
+                "Accuracy (left) and log-loss (right) against ms per image, log scale; ringed: on the front."),
+        table,
+    ])
+
+
 def write_report(bundle: Path, manifest: Manifest) -> Path:
     """Write the report page and its pictures from the bundle (``manifest``: its verified manifest); return the
     page's path."""
@@ -432,7 +472,8 @@ def write_report(bundle: Path, manifest: Manifest) -> Path:
                 bundle_io.load_stack_oof(bundle), None if stale else evaluation, stale)
     b.out.mkdir(parents=True, exist_ok=True)
     builders = {"summary": _summary, "leaderboard": _leaderboard, "tta": _tta, "curves": _curves,
-                "augmentation": _augmentation, "errors": _errors, "diversity": _diversity, "mistakes": _mistakes}
+                "augmentation": _augmentation, "errors": _errors, "diversity": _diversity, "mistakes": _mistakes,
+                "cost": _cost}
     body = "\n".join(f"<section id={key}><h2>{n}. {SECTIONS[key]}</h2>\n{builders[key](b)}\n</section>"
                      for n, key in enumerate(SECTIONS, 1))
     contents = "".join(f"<li><a href='#{key}'>{title}</a></li>" for key, title in SECTIONS.items())

@@ -21,6 +21,7 @@ from stacking.choices import CALIBRATION, META, META_CRITERION
 from stacking.errors import UserError
 from stacking.leaderboard import leaderboard
 from stacking.meta import select_meta
+from stacking.serving import describe_cascade, plan_serving
 
 Echo = Callable[[str], None]
 FEATURE_LAYOUT = (
@@ -118,7 +119,15 @@ def refit_meta(bundle: Path, overrides: dict[str, Any], echo: Echo = print, trus
     config = {**manifest.config, **{k: v for k, v in overrides.items() if v is not None}}
     entry = fit_meta(bundle, bundle_io.load_oof(bundle), MetaSettings.from_config(config), manifest.protocol.fold_hash)
     echo(describe(entry))
-    manifest = bundle_io.write_manifest(bundle, manifest.model_copy(update={"config": config, "meta_learner": entry}))
+    manifest = manifest.model_copy(update={"config": config, "meta_learner": entry})
+    if manifest.serving is not None:  # the cascade escalates to this stack now: tuned again, on the timings kept
+        serving = plan_serving(bundle, manifest, manifest.serving.timing, int(config.get("seed", 0)))
+        manifest = manifest.model_copy(update={"serving": serving})
+        echo(describe_cascade(serving))
+        if serving.student is not None:
+            echo("the student keeps the soft targets of the stack it was distilled from; distill again to follow "
+                 "this one")
+    manifest = bundle_io.write_manifest(bundle, manifest)
     write_report(bundle, manifest)
     if signed:
         echo(f"{bundle} changed, so its signature was removed: sign it again with stacking sign {bundle} --key KEY")

@@ -171,9 +171,11 @@ def _run_chunks(predictor: Predictor, chunks: list[list[Path]], todo: list[int],
 class ChunkPredictor:
     """A Ray Data actor: loads the bundle once, then decodes and predicts whole chunks, a row each."""
 
-    def __init__(self, bundle: str, sha256: str, call_rows: int, options: PredictOptions, trust: Trust, runtime: str):
+    def __init__(self, bundle: str, sha256: str, call_rows: int, options: PredictOptions, trust: Trust, runtime: str,
+                 serve_as: str):
         size_worker(options.cpus_per_actor, 0)
-        self.predictor = Predictor(Path(bundle), call_rows, trust, runtime, job_threads(options.cpus_per_actor))
+        self.predictor = Predictor(Path(bundle), call_rows, trust, runtime, job_threads(options.cpus_per_actor),
+                                   serve_as)
         self.options = options
         self.error = "" if self.predictor.sha256 == sha256 else (
             f"{bundle} on {socket.gethostname()} is another bundle than the one this run started with")
@@ -215,7 +217,7 @@ def run_chunks_on_ray(predictor: Predictor, chunks: list[list[Path]], todo: list
         results = rows.map_batches(
             ChunkPredictor, fn_constructor_args=(str(predictor.bundle.resolve()), predictor.sha256,
                                                  predictor.forward.rows_per_call, options, predictor.trust,
-                                                 predictor.runtime),
+                                                 predictor.runtime, predictor.serve_as),
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.actors), num_cpus=options.cpus_per_actor,
         )
         for row in results.iter_rows():
@@ -267,6 +269,7 @@ def predict_folder(
     state = {"bundle": predictor.sha256, "images": str(Path(images_dir).resolve()),
              "files": [p.name for p in paths], "call_rows": predictor.forward.rows_per_call,  # the call shape sets the bits
              "runtimes": predictor.runtimes,  # and so does the runtime
+             "serve_as": predictor.serve_as,  # and which option answers
              **{k: v for k, v in asdict(options).items() if k not in WHERE_OPTIONS}}
     _open_checkpoint(folder, state, options.resume, echo)
     chunks = [paths[i : i + options.batch_size] for i in range(0, len(paths), options.batch_size)]

@@ -13,6 +13,7 @@ one), so TTA sees nothing the models were not taught to handle.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -191,6 +192,7 @@ class TTAForward:
         self.runners = list(runners)
         self.image_size = image_size
         self.rows_per_call = rows_per_call
+        self.seconds = np.zeros(len(self.runners))  # each runner's time so far (evaluate costs each base model)
 
     def call_sizes(self, views: int) -> list[int]:
         """Every number of images a call of ``views`` views may hold (each one shape to prepare)."""
@@ -210,7 +212,12 @@ class TTAForward:
             padded = np.zeros((call, *pixels.shape[1:]), np.uint8)
             padded[: len(chunk)] = chunk
             rows = make_views(padded, views)
-            out = np.stack([run(rows) for run in self.runners], axis=1)  # (K, M, T * call, C), view-major
+            answers = []
+            for m, run in enumerate(self.runners):
+                started = time.perf_counter()
+                answers.append(run(rows))
+                self.seconds[m] += time.perf_counter() - started
+            out = np.stack(answers, axis=1)  # (K, M, T * call, C), view-major
             chunks.append(out.reshape(*out.shape[:2], len(views), call, -1)[:, :, :, : len(chunk)])
         if not chunks:
             first = self.runners[0]

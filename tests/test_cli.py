@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from app.cli import main
-from stacking.bundle import Trust, load_manifest, load_oof
+from stacking.bundle import Trust, load_manifest, load_oof, write_manifest
+from stacking.bundle.manifest import StageEntry
 from stacking.datasets import load_pixels, read_evaluation_set, read_training_set
 from stacking.meta import META_KINDS, meta_features
 from stacking.predictor import Predictor
@@ -159,6 +160,17 @@ def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys
     ]
     np.testing.assert_allclose(prediction.probabilities, np.mean(per_fold, axis=0), atol=1e-5)
     assert "fold 2" in out
+    # The cascade's early stages run the first fold model alone (what an OOF row holds): one pass a view.
+    single = predictor.first_fold_forward(0).folds(pixels, [View()])[0, 0, 0]
+    fold0 = keras.models.load_model(bundle / manifest.base_models[0].files[0])
+    np.testing.assert_allclose(single, TTAForward([KerasRunner([fold0])], 16)(pixels, [View()])[0, 0], atol=1e-5)
+    cascade = manifest.serving.cascade
+    first = StageEntry(name="tiny_cnn/fold0@1", model="tiny_cnn", views=1, threshold=0.0)  # answers everything
+    write_manifest(bundle, manifest.model_copy(update={"serving": manifest.serving.model_copy(
+        update={"cascade": cascade.model_copy(update={"stages": [first, cascade.stages[-1]]})})}))
+    answer = Predictor(bundle, serve_as="cascade").predict(pixels)
+    assert set(answer.served_by) == {"cascade/tiny_cnn/fold0@1"} and (answer.cost_views == 1).all()
+    np.testing.assert_allclose(answer.probabilities, single, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -198,16 +210,18 @@ def test_evaluate_writes_the_comparison_table(bundle_copy, digits_dir, tmp_path,
                               "--labels", digits_dir / "test_labels.csv", "--json", tmp_path / "t.json"], capsys)
     assert code == 0, err
     rows = json.loads((tmp_path / "t.json").read_text())
-    assert [r["kind"] for r in rows] == ["base"] * 2 + ["candidate"] * 6 + ["chosen"]
+    assert [r["kind"] for r in rows] == ["base"] * 2 + ["candidate"] * 6 + ["chosen", "serving"]
     assert [r["name"] for r in rows[:2]] == ["tiny_cnn", "mini_mobilenet"]
     assert {r["name"] for r in rows if r["kind"] == "candidate"} == set(META_KINDS)
     manifest = load_manifest(tiny_bundle)
     chosen = manifest.meta_learner.kind
-    assert rows[-1]["name"] == f"stack ({chosen})"
+    stack = rows[-2]
+    assert stack["name"] == f"stack ({chosen})" and rows[-1]["name"] == "cascade" and stack["served"]
     same = next(r for r in rows if r["name"] == chosen)  # no calibration: the stack is that candidate
-    assert (rows[-1]["accuracy"], rows[-1]["log_loss"]) == pytest.approx((same["accuracy"], same["log_loss"]))
+    assert (stack["accuracy"], stack["log_loss"]) == pytest.approx((same["accuracy"], same["log_loss"]))
     for row in rows:
-        assert set(row) == {"name", "kind", "accuracy", "ci_low", "ci_high", "log_loss", "ece"}
+        assert set(row) == {"name", "kind", "accuracy", "ci_low", "ci_high", "log_loss", "ece", "cost_views",
+                            "ms_per_image", "served"}
         assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and 0 <= row["ece"] <= 1
         assert f"{row['accuracy']:.4f}  [{row['ci_low']:.4f}, {row['ci_high']:.4f}]" in out
     # The base rows are the predictor's own per-model answers on the same 80 images.

@@ -64,13 +64,17 @@ def test_digits_from_folder_to_served_prediction(tmp_path, capsys):
         server.stop()
 
 
-def test_demo_ends_with_a_report_showing_all_eight_parts(tmp_path, capsys):
+def test_demo_ends_with_a_report_showing_every_part(tmp_path, capsys):
     workdir = tmp_path / "demo"
     assert main(["demo", "--workdir", str(workdir), "--limit", "300", "--epochs", "2", "--no-serve"]) == 0
     out = capsys.readouterr().out
     page_path = workdir / "bundle" / "report" / "index.html"
     assert out.rstrip().endswith(f"report: {page_path}")
+    table = out.split("every way to answer:", 1)[1]
+    for option in ("stack (", "cascade ", "student "):  # a cascade and a student, each with accuracy and cost
+        line = next(line for line in table.splitlines() if line.startswith(option))
+        assert re.search(r"\d\.\d{4}  \[.*\]\s+\d\.\d{4}  \d\.\d{4}\s+[\d.]+\s+\d+\.\d{3}$", line), line
     page = page_path.read_text()
-    assert page.count("<section id=") == 8 and "class=missing" not in page  # the test split included
+    assert page.count("<section id=") == 9 and "class=missing" not in page  # the test split included
     assert "test accuracy" in page and "60 labelled images" in page
     assert all((page_path.parent / src).is_file() for src in re.findall(r"<img src='([^']+)'", page))

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stacking.bundle import Trust, load_manifest
+from stacking.bundle import Trust, load_manifest, load_oof, load_student_targets
 from stacking.config import load_config
 from stacking.datasets import load_pixels, read_class_folders, read_training_set
+from stacking.distill import distill
 from stacking.evaluate import evaluate_folder
 from stacking.fit import fit
 from stacking.predictor import Predictor
@@ -96,3 +97,10 @@ def test_shuffled_labels_score_at_chance(digits_dir, tmp_path):
     rows, count, _ = evaluate_folder(Predictor(tmp_path / "bundle", trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv")
     stack = next(r for r in rows if r["kind"] == "chosen")
     assert stack["accuracy"] <= chance + 3 * np.sqrt(chance * (1 - chance) / count)
+    # A student learns from the stack's answers on images no base model trained on: at chance here too, where
+    # answers on the memorised images would agree with these labels nine times in ten.
+    distill(tmp_path / "bundle", "tiny_cnn", epochs=1, trust=TRUSTED, echo=lambda _: None)
+    targets, oof = load_student_targets(tmp_path / "bundle"), load_oof(tmp_path / "bundle")
+    label_of = dict(zip(oof["ids"].tolist(), oof["labels"].tolist()))
+    agree = targets["probabilities"].argmax(axis=1) == np.array([label_of[i] for i in targets["ids"].tolist()])
+    assert set(targets["source"]) == {"oof"} and agree.mean() <= chance + 3 * np.sqrt(chance * (1 - chance) / len(agree))

@@ -1,4 +1,4 @@
-"""The report page: all eight sections, real pictures, the bundle's own numbers, and a clean load in Chromium."""
+"""The report page: every section, real pictures, the bundle's own numbers, and a clean load in Chromium."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def test_every_section_is_there_and_every_picture_is_drawn(bundle_copy):
     headings = re.findall(r"<h2>(.*?)</h2>", page)
     assert headings == [f"{n}. {title}" for n, title in enumerate(SECTIONS.values(), 1)]
     expected = {"tta_curve.png", "tta_heatmap.png", "curves_tiny_cnn.png", "curves_mini_mobilenet.png",
-                "augmentation.png", "confusion.png", "reliability.png", "diversity.png", "weights.png", "mistakes.png"}
+                "augmentation.png", "confusion.png", "reliability.png", "diversity.png", "weights.png", "mistakes.png",
+                "cost.png"}
     assert set(pictures(page)) == expected
     for file in expected:
         with Image.open(bundle_copy / "report" / file) as image:
@@ -139,8 +140,8 @@ def test_page_loads_every_picture_without_errors_in_chromium(bundle_copy, browse
     page.on("requestfailed", lambda r: errors.append(f"failed: {r.url}"))
     page.goto(page_path.as_uri(), wait_until="load")
     loaded = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
-    assert len(loaded) == 10 and all(ok for _, ok in loaded), loaded
-    assert page.locator("h2").count() == 8 and not errors
+    assert len(loaded) == 11 and all(ok for _, ok in loaded), loaded
+    assert page.locator("h2").count() == len(SECTIONS) and not errors
     page.emulate_media(media="print")  # printed: no navigation list, figures not split
     assert page.eval_on_selector("nav", "n => getComputedStyle(n).display") == "none"
     assert page.eval_on_selector("figure", "f => getComputedStyle(f).breakInside") == "avoid"

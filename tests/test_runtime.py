@@ -145,7 +145,7 @@ def test_an_exported_file_outside_the_hashed_files_is_refused(bundle_copy):
     shutil.copyfile(bundle_copy / raw["base_models"][0]["runtime"]["files"][0], bundle_copy / "base" / "other.tflite")
     raw["base_models"][0]["runtime"]["files"] = ["base/other.tflite"]
     (bundle_copy / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="base model 'tiny_cnn' names base/other.tflite, which is not among the "
+    with pytest.raises(BundleError, match="'tiny_cnn' names base/other.tflite, which is not among the "
                                           "hashed files"):
         Predictor(bundle_copy)
 

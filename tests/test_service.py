@@ -54,6 +54,7 @@ def test_predict_answers_each_file(server, digits_dir):
         assert entry["label"] == max(probs, key=probs.get) and entry["confidence"] == probs[entry["label"]]
         assert entry["tta"]["iterations"] == 2 and 0 <= entry["tta"]["agreement"] <= 1
         assert "base_models" not in entry
+        assert entry["served_by"] == "stack" and entry["cost_views"] == 4  # 2 models x 2 views
 
 
 def test_another_tta_policy_can_be_asked_for(server):

@@ -11,7 +11,8 @@ router = APIRouter(prefix="/v1", tags=["model"], dependencies=[APIKey])
 
 @router.get("/model")
 def model_info(predictor: PredictorDep) -> dict:
-    """Classes, base models, meta-learner, TTA policy, training metrics and the bundle's sha256."""
+    """Classes, base models, meta-learner, TTA policy, training metrics, the bundle's sha256, and every way it can
+    answer (stack, cascade, student) with its accuracy, log-loss and cost."""
     manifest = predictor.manifest
     meta = manifest.meta_learner
     return {
@@ -32,4 +33,5 @@ def model_info(predictor: PredictorDep) -> dict:
         "custom_modules": manifest.custom_modules,
         "signature_verified": predictor.trust.verify_key is not None,
         "runtime": predictor.runtime_info(),
+        "serving": predictor.serving_info(),
     }

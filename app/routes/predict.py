@@ -32,8 +32,10 @@ def _entry(predictor: Predictor, result: Prediction, i: int, filename: str, deta
         confidence=float(probs[best]),
         probabilities=as_dict(probs),
         tta=TTAInfo(iterations=int(result.views[i]), agreement=float(result.agreement[i])),
-        base_models={n: as_dict(result.base_probabilities[m, i]) for m, n in enumerate(predictor.base_names)}
-        if details else None,
+        base_models={n: as_dict(result.base_probabilities[m, i]) for m, n in enumerate(predictor.base_names)
+                     if result.base_ran[m, i]} if details else None,
+        served_by=str(result.served_by[i]),
+        cost_views=float(result.cost_views[i]),
     )
 
 

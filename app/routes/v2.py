@@ -48,6 +48,7 @@ class OutputTensor(BaseModel):
     shape: list[int]
     datatype: str
     data: list[float] | list[str]
+    parameters: dict[str, str | float] | None = None
 
 
 class InferResponse(BaseModel):
@@ -139,11 +140,14 @@ async def infer(name: str, body: InferRequest, request: Request, response: Respo
         raise bad
     response.headers["Server-Timing"] = served.server_timing()
     probs = served.prediction.probabilities
+    # Parameters are scalars in the protocol: one entry per image, comma-separated, in the images' order.
+    how = {"served_by": ",".join(str(s) for s in served.prediction.served_by),
+           "cost_views": ",".join(f"{c:g}" for c in served.prediction.cost_views)}
     outputs = {
         "probabilities": OutputTensor(name="probabilities", shape=list(probs.shape), datatype="FP32",
-                                      data=[float(p) for p in probs.ravel()]),
+                                      data=[float(p) for p in probs.ravel()], parameters=how),
         "label": OutputTensor(name="label", shape=[len(probs)], datatype="BYTES",
-                              data=[model.classes[int(k)] for k in probs.argmax(axis=1)]),
+                              data=[model.classes[int(k)] for k in probs.argmax(axis=1)], parameters=how),
     }
     return InferResponse(model_name=model.name, model_version=model.version, id=body.id,
                          outputs=[outputs[n] for n in wanted])

@@ -123,25 +123,70 @@ def runtime_of(entry: BaseModelEntry, requested: str) -> str:
 
 
 def load_base_models(bundle: Path, manifest: Manifest, trust: Trust, runtime: str = "auto",
-                     threads: int | None = None) -> list:
+                     threads: int | None = None, only: tuple[int, int] | None = None) -> list:
     """Each base model's runner (``stacking.runtime``): its exported files, or its Keras models loaded with
-    ``safe_mode=True``. ``threads``: the exported runtime's threads (default: every core this process may use)."""
+    ``safe_mode=True``. ``threads``: the exported runtime's threads (default: every core this process may use);
+    ``only``: (model, fold): that one fold model alone, as the one runner."""
     from stacking.runtime import TF, KerasRunner, LiteRTRunner, has_tensorflow
 
     check_custom_code(bundle, manifest, trust)
-    runtimes = [runtime_of(entry, runtime) for entry in manifest.base_models]
-    on_tf = [entry.name for entry, chosen in zip(manifest.base_models, runtimes) if chosen == TF]
+    entries = manifest.base_models
+    if only is not None:
+        entry, fold = entries[only[0]], only[1]
+        runtime_entry = entry.runtime and entry.runtime.model_copy(update={"files": entry.runtime.files[fold:fold + 1]})
+        entries = [entry.model_copy(update={"files": entry.files[fold : fold + 1], "runtime": runtime_entry})]
+    runtimes = [runtime_of(entry, runtime) for entry in entries]
+    on_tf = [entry.name for entry, chosen in zip(entries, runtimes) if chosen == TF]
     if on_tf and not has_tensorflow():
         raise BundleError(f"{bundle}: base model(s) {', '.join(on_tf)} run on TensorFlow (--runtime {runtime}), which "
                           "this installation does not have (the serving-only install); serve the bundle from the full "
                           "install or image, or refit it so that every model is exported (--runtime litert)")
     runners = []
-    for entry, chosen in zip(manifest.base_models, runtimes):
+    for entry, chosen in zip(entries, runtimes):
         if chosen == TF:
             runners.append(KerasRunner(_load_keras(Path(bundle), entry)))
         else:
             runners.append(LiteRTRunner([(Path(bundle) / f).read_bytes() for f in entry.runtime.files], threads))
     return runners
+
+
+STUDENT_FOLDER = "student"
+
+
+def save_student(bundle: Path, source: Path, exported: bytes | None,
+                 targets: dict[str, np.ndarray]) -> tuple[str, str | None]:
+    """The student's ``.keras`` file, its export (if any) and the soft targets it learnt from; return the
+    two model files' places."""
+    from stacking.runtime import SUFFIX
+
+    folder = Path(bundle) / STUDENT_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, folder / "model.keras")
+    if exported is not None:
+        with atomic_path(folder / f"model{SUFFIX}") as tmp:
+            tmp.write_bytes(exported)
+    with atomic_path(folder / "targets.npz") as tmp:
+        np.savez_compressed(tmp, **targets)
+    return f"{STUDENT_FOLDER}/model.keras", f"{STUDENT_FOLDER}/model{SUFFIX}" if exported is not None else None
+
+
+def load_student_targets(bundle: Path) -> dict[str, np.ndarray]:
+    """``ids``, ``probabilities`` and ``source`` ("oof" or "unlabelled") of every soft target the student saw."""
+    return _read_npz(Path(bundle) / STUDENT_FOLDER / "targets.npz")
+
+
+def load_student(bundle: Path, manifest: Manifest, runtime: str = "auto", threads: int | None = None):
+    """The student's runner: its export unless ``runtime`` is tf (or it has none), else its Keras model."""
+    from stacking.runtime import TF, KerasRunner, LiteRTRunner
+
+    student = manifest.serving.student if manifest.serving else None
+    if student is None:
+        raise BundleError(f"{bundle}: has no student; train one with: stacking distill {bundle} --student ARCH")
+    as_entry = BaseModelEntry(name="student", architecture=student.architecture, preprocessing="", weights=None,
+                              files=student.files, history=student.history, runtime=student.runtime)
+    if runtime_of(as_entry, runtime) == TF:
+        return KerasRunner(_load_keras(Path(bundle), as_entry))
+    return LiteRTRunner([(Path(bundle) / f).read_bytes() for f in student.runtime.files], threads)
 
 
 def _load_keras(bundle: Path, entry: BaseModelEntry) -> list:
@@ -179,8 +224,9 @@ def save_folds(bundle: Path, ids: list[str], fold: np.ndarray, groups: np.ndarra
 
 def save_oof(bundle: Path, oof: dict[str, np.ndarray]) -> None:
     """OOF arrays: ``probabilities`` (models x images x classes), ``disagreement`` (models x images),
-    ``labels``, ``ids``, ``folds`` (each row's fold), ``models``, ``fold_hashes`` (per model), and
-    ``groups`` when the fit was grouped."""
+    ``labels``, ``ids``, ``folds`` (each row's fold), ``models``, ``fold_hashes`` (per model),
+    ``views`` (models x served views x images x classes, each view's answer: the cascade is tuned on them),
+    ``views_used`` (per image, fewer with adaptive TTA), and ``groups`` when the fit was grouped."""
     with atomic_path(Path(bundle) / OOF_FILE) as tmp:
         np.savez_compressed(tmp, **oof)
 
@@ -306,11 +352,14 @@ def load_manifest(bundle: Path, trust: Trust = Trust(), verify: bool = True) -> 
     except ValidationError as exc:
         raise BundleError(f"{bundle / MANIFEST}: {validation_message(exc)}") from None
     if verify:
-        for entry in manifest.base_models:
-            for name in [*entry.files, *(entry.runtime.files if entry.runtime else [])]:
+        student = manifest.serving.student if manifest.serving else None
+        named = [(entry.name, entry.files, entry.runtime) for entry in manifest.base_models]
+        named += [("student", student.files, student.runtime)] if student else []
+        for model, files, runtime in named:
+            for name in [*files, *(runtime.files if runtime else [])]:
                 if name not in manifest.files:
-                    raise BundleError(f"{bundle / MANIFEST}: base model {entry.name!r} names {name}, which is not "
-                                      "among the hashed files; refusing the bundle")
+                    raise BundleError(f"{bundle / MANIFEST}: {model!r} names {name}, which is not among the hashed "
+                                      "files; refusing the bundle")
         for name, expected in manifest.files.items():
             file = bundle / name
             if not file.is_file():

@@ -72,6 +72,61 @@ class BaseModelEntry(Strict):
     runtime: RuntimeEntry | None = None  # None: fitted with --runtime tf, or before exports existed
 
 
+class OptionEntry(Strict):
+    """One way of answering (a base model alone, the mean, the stack, the cascade, the student): scores and cost.
+
+    Scores come from rows the option never trained on (``scored_on`` says which); the cost
+    is forward passes per image (image-views through base models, fold models counted)
+    and milliseconds per image measured through the prediction path on the fitting machine.
+    """
+
+    name: str
+    kind: Literal["base", "candidate", "chosen", "serving"]
+    servable: bool  # --serve-as may name it (stack, cascade, student)
+    accuracy: float
+    log_loss: float
+    rows: int
+    scored_on: str
+    cost_views: float
+    ms_per_image: float | None  # None: not measured (a bundle whose costs were never timed)
+
+
+class StageEntry(Strict):
+    """A cascade stage: ``model`` on its first ``views`` served views answers when its top probability >= threshold."""
+
+    name: str
+    model: str | None  # a base model; None: the whole stack (the last stage, which answers everything left)
+    views: int
+    threshold: float
+
+
+class CascadeEntry(Strict):
+    stages: list[StageEntry]
+    tolerance: float  # the cascade's OOF accuracy may be this far below the stack's
+    tuning: dict[str, Any]  # the choice on all OOF rows, its cross-validated estimate, the candidates tried
+
+
+class StudentEntry(Strict):
+    """A network trained on the stack's honest soft targets (``stacking distill``), served on one view."""
+
+    architecture: str
+    files: list[str]  # the .keras file
+    runtime: RuntimeEntry | None  # its exported file, as for base models
+    history: str
+    targets: dict[str, Any]  # where the soft targets came from and how many
+    scores: dict[str, Any]  # on held-out OOF rows: the student, the stack and the best base model alike
+    ms_per_image: float  # measured through the student's runner, one view
+
+
+class ServingEntry(Strict):
+    """Every way this bundle can answer, with its cost; and the cascade's and the student's own records."""
+
+    options: list[OptionEntry]
+    timing: dict[str, Any]  # what the costs were measured on: images, ms per image-view of each base model
+    cascade: CascadeEntry | None
+    student: StudentEntry | None = None
+
+
 class DataEntry(Strict):
     source: str
     images: int
@@ -137,6 +192,7 @@ class Manifest(Strict):
     versions: dict[str, str]
     custom_modules: list[str]  # modules the base models need imported: only with --trust-custom-code
     files: dict[str, str]  # every file of the bundle but the report and the signature, with its sha256
+    serving: ServingEntry | None = None  # None: fitted before cascades and students existed (the stack only)
 
 
 def validation_message(exc: ValidationError) -> str:
