@@ -175,20 +175,25 @@ def image_grid(images: list[np.ndarray], captions: list[str], path: Path, column
     return _save(fig, path)
 
 
-def plot_frontier(rows: list[dict], front: list[bool], path: Path) -> Path:
-    """Accuracy and log-loss against ms per image (log scale) for every option, the accuracy-cost front joined."""
+def plot_frontier(rows: list[dict], fronts: dict[str, list[bool]], path: Path) -> Path:
+    """Accuracy and log-loss against ms per image (log scale) for every option; in each panel its own front
+    (``fronts["accuracy"]``, ``fronts["log_loss"]``) ringed and joined."""
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     ms = np.array([r["ms_per_image"] for r in rows])
     colours = {"base": "tab:blue", "candidate": "tab:gray", "chosen": "tab:green", "serving": "tab:red"}
     for ax, metric in zip(axes, ("accuracy", "log_loss")):
-        values = np.array([r[metric] for r in rows])
+        values, front = np.array([r[metric] for r in rows]), fronts[metric]
         for r, x, y, on in zip(rows, ms, values, front):
             ax.scatter(x, y, s=60 if on else 30, color=colours.get(r["kind"], "black"),
                        edgecolors="black" if on else "none", zorder=3)
             ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         order = [i for i in np.argsort(ms) if front[i]]
-        ax.plot(ms[order], values[order], color="black", linewidth=1, linestyle="--", label="accuracy-cost front")
+        ax.plot(ms[order], values[order], color="black", linewidth=1, linestyle="--", label="the front: none cheaper "
+                "and better")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("ms per image (log scale)")
         ax.set_ylabel(metric.replace("_", "-"))
         ax.grid(True, which="both", alpha=0.3)

@@ -442,12 +442,14 @@ def _cost(b: _Bundle) -> str:
     if found is None:
         return _missing("This bundle was fitted before costs were measured: refit it to see the trade.")
     rows, where = found
-    front = pareto_front([r["ms_per_image"] for r in rows], [r["accuracy"] for r in rows])
-    plot_frontier(rows, front, b.out / "cost.png")
+    ms = [r["ms_per_image"] for r in rows]
+    front = pareto_front(ms, [r["accuracy"] for r in rows])
+    plot_frontier(rows, {"accuracy": front, "log_loss": pareto_front(ms, [-r["log_loss"] for r in rows])},
+                  b.out / "cost.png")
     serving = b.manifest.serving
     stages = ", ".join(f"{s.name} (answers when p >= {s.threshold:g})" if s.model else s.name
                        for s in serving.cascade.stages) if serving and serving.cascade else "none"
-    table = _table(["option", "kind", "accuracy", "log-loss", "forward passes", "ms per image", "on the front"],
+    table = _table(["option", "kind", "accuracy", "log-loss", "forward passes", "ms per image", "on the accuracy front"],
                    [[r["name"], r["kind"], f"{r['accuracy']:.4f}", f"{r['log_loss']:.4f}", f"{r['cost_views']:.3g}",
                      f"{r['ms_per_image']:.3f}", "yes" if on else ""] for r, on in zip(rows, front)],
                    {i for i, on in enumerate(front) if on})
@@ -457,7 +459,8 @@ def _cost(b: _Bundle) -> str:
         f"Serve one with <code>--serve-as</code>, or let <code>--latency-budget-ms</code> pick. Cascade stages: "
         f"{_esc(stages)}.</p>",
         _figure("cost.png", "accuracy and log-loss against milliseconds per image",
-                "Accuracy (left) and log-loss (right) against ms per image, log scale; ringed: on the front."),
+                "Accuracy (left) and log-loss (right) against ms per image, log scale; ringed and joined: the "
+                "options no other beats on both cost and that score."),
         table,
     ])
 

@@ -184,7 +184,8 @@ def add_serving(bundle: Path, manifest: Manifest, pixels: np.ndarray, seed: int,
     return bundle_io.write_manifest(bundle, manifest.model_copy(update={"serving": serving}))
 
 
-def pareto_front(ms: list[float], accuracy: list[float]) -> list[bool]:
-    """Whether each option is on the accuracy-cost front: no other is as cheap and as accurate, and better in one."""
-    return [not any(m2 <= m1 and a2 >= a1 and (m2 < m1 or a2 > a1) for m2, a2 in zip(ms, accuracy))
-            for m1, a1 in zip(ms, accuracy)]
+def pareto_front(ms: list[float], merit: list[float]) -> list[bool]:
+    """Whether each option is on the cost front of ``merit`` (higher is better: accuracy, or minus log-loss): no
+    other is as cheap and as good, and better in one."""
+    return [not any(m2 <= m1 and a2 >= a1 and (m2 < m1 or a2 > a1) for m2, a2 in zip(ms, merit))
+            for m1, a1 in zip(ms, merit)]

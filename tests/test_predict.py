@@ -99,6 +99,15 @@ def start_predict(bundle: Path, images: Path, out: Path, *extra: str) -> subproc
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
+def wait_until_stopped(process: subprocess.Popen, deadline: float) -> None:
+    """Until the kernel reports ``process`` stopped (state T in /proc), or it has exited."""
+    stat = Path(f"/proc/{process.pid}/stat")
+    while time.monotonic() < deadline and process.poll() is None:
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "T":
+            return
+        time.sleep(0.001)
+
+
 def stop_after_chunks(out: Path, at_least: int, process: subprocess.Popen) -> int:
     """Let the run go in short steps and count its chunk files while it is stopped (SIGSTOP); return, with it
     still stopped, once it has ``at_least``. Whatever the machine's load, the run cannot finish before the
@@ -106,6 +115,7 @@ def stop_after_chunks(out: Path, at_least: int, process: subprocess.Popen) -> in
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         process.send_signal(signal.SIGSTOP)
+        wait_until_stopped(process, deadline)  # a signal is only asked for: on a busy machine it may run on a while
         chunks = len(list(checkpoint_dir(out).glob("chunk_*.npz"))) if checkpoint_dir(out).is_dir() else 0
         assert process.poll() is None, process.communicate()
         if chunks >= at_least:
