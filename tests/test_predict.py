@@ -92,8 +92,16 @@ def test_sample_submission_ids_must_match_the_images(tiny_bundle, images, tmp_pa
     assert not (tmp_path / "s.csv").exists()
 
 
+# A child inherits its parent's blocked signals, and a library earlier in the test session may leave SIGINT blocked
+# in this process (seen: a full make test, never a lone run): the run then never sees Ctrl-C. A shell's child starts
+# with it unblocked and handled; so does this one.
+AS_FROM_A_SHELL = ("import signal; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+                   "signal.signal(signal.SIGINT, signal.default_int_handler); ")
+
+
 def start_predict(bundle: Path, images: Path, out: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from app.cli import run; run()", "predict", str(bundle), str(images),
+    command = [sys.executable, "-c", AS_FROM_A_SHELL + "from app.cli import run; run()", "predict", str(bundle),
+               str(images),
                "--out", str(out), "--batch-size", "1", "--tta", "9", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
