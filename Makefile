@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-container bench lint browser clean
+.PHONY: install demo test test-fast test-container bench lint browser protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/lint-imports
+
+# The gRPC messages the server loads, compiled from their .proto (tests/test_open_inference.py checks they match).
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I app/open_inference \
+	  --descriptor_set_out=app/open_inference/open_inference.binpb app/open_inference/open_inference.proto
 
 # The page tests drive Debian's Chromium; installed here where we are root with apt,
 # otherwise those tests are skipped and say why.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -161,30 +162,30 @@ class Batcher:
                 start += len(job.pixels)
 
 
-async def _disconnected(receive) -> None:
-    """Returns when the client has gone: after the body, an ASGI receive() yields only ``http.disconnect``."""
+async def disconnected(receive) -> None:
+    """Returns when an HTTP client has gone: after the body, an ASGI receive() yields only ``http.disconnect``.
+
+    Waiting on it costs nothing, unlike polling for a disconnect.
+    """
     while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def wait_for_jobs(futures: list[asyncio.Future], receive) -> Prediction:
-    """The jobs' results as one prediction; if the client disconnects first, its jobs are cancelled (dropped).
-
-    ``receive`` is the request's ASGI receive channel, read only once the body is in:
-    waiting on it costs nothing, unlike polling for a disconnect.
-    """
-    gone = asyncio.ensure_future(_disconnected(receive))
+async def wait_for_jobs(futures: list[asyncio.Future], gone: Awaitable[None] | None = None) -> Prediction:
+    """The jobs' results as one prediction; if the client leaves first (``gone`` completes, or this call is
+    cancelled, as gRPC does when its client cancels), its jobs are cancelled: dropped before the models."""
+    gone_task = asyncio.ensure_future(gone if gone is not None else asyncio.Event().wait())
     pending = set(futures)
     try:
         while pending:
-            done, pending = await asyncio.wait(pending | {gone}, return_when=asyncio.FIRST_COMPLETED)
-            pending.discard(gone)
-            if gone in done:
+            done, pending = await asyncio.wait(pending | {gone_task}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(gone_task)
+            if gone_task in done:
                 raise ServiceError(499, "the client closed the connection before the answer was ready")
     except BaseException:  # the client has gone, or this request was cancelled: drop its queued jobs
         for future in futures:
             future.cancel()
         raise
     finally:
-        gone.cancel()
+        gone_task.cancel()
     return Prediction.concat([future.result() for future in futures])

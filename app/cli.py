@@ -46,6 +46,8 @@ def serve_bundle(bundle: Path, **overrides) -> None:
                                                   if settings.latency_budget_ms else ""))
     typer.echo(f"serving {bundle} on http://{settings.host}:{settings.port} (page at /, API at /v1/predict and "
                f"/v2/models/{bundle.resolve().name}/infer, docs at /docs)")
+    if settings.grpc_port is not None:
+        typer.echo(f"gRPC on {settings.host}:{settings.grpc_port} (inference.GRPCInferenceService, grpc.health.v1)")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1, log_level="info",
                 timeout_graceful_shutdown=int(settings.graceful_timeout_s))
 
@@ -55,6 +57,8 @@ def serve_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     host: Annotated[Optional[str], typer.Option(help="Address to listen on [STACKSERVE_HOST, 127.0.0.1].")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port to listen on [STACKSERVE_PORT, 8000].")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option(
+        help="Also serve the Open Inference Protocol over gRPC on this port [STACKSERVE_GRPC_PORT, off].")] = None,
     max_batch: Annotated[Optional[int], typer.Option(help="Images per model call [STACKSERVE_MAX_BATCH, 64].")] = None,
     max_wait_ms: Annotated[Optional[float], typer.Option(help="Most a batch waits for requests still decoding [STACKSERVE_MAX_WAIT_MS, 5].")] = None,
     queue_size: Annotated[Optional[int], typer.Option(help="Jobs that may wait; past it 503 [STACKSERVE_QUEUE_SIZE, 64].")] = None,
@@ -67,8 +71,8 @@ def serve_command(
     verify_key: VerifyKeyOption = None,
 ) -> None:
     """Start the HTTP service (every setting also reads its STACKSERVE_* variable; see the README)."""
-    serve_bundle(bundle, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                 max_tta=max_tta, call_rows=call_rows, runtime=runtime, serve_as=serve_as,
+    serve_bundle(bundle, host=host, port=port, grpc_port=grpc_port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                 queue_size=queue_size, max_tta=max_tta, call_rows=call_rows, runtime=runtime, serve_as=serve_as,
                  latency_budget_ms=latency_budget_ms, trust_custom_code=trust_custom_code or None,
                  verify_key=verify_key)
 

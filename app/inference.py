@@ -1,4 +1,4 @@
-"""The serving path shared by ``/v1/predict`` and the V2 ``infer`` route.
+"""The serving path shared by ``/v1/predict`` and the Open Inference Protocol (REST and gRPC).
 
 Admission first (a full queue costs nothing), then decoding off the event loop, then
 the batcher, then timings for the ``Server-Timing`` header.
@@ -8,18 +8,37 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
-from fastapi import Request
 
 from app.batching import Batcher, wait_for_jobs
 from app.errors import ServiceError
 from app.settings import Settings
+from app.state import ModelState
 from stacking.images import ImageDecodeError, decode_image
 from stacking.predictor import Prediction, Predictor
 
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass
+class Serving:
+    """What every transport (HTTP, gRPC) serves through: one model state, one batcher, one pool of decoders."""
+
+    settings: Settings
+    state: ModelState
+    batcher: Batcher
+    decoders: Executor
+
+    def predictor(self) -> Predictor:
+        """The loaded predictor (also while draining: requests that still arrive are answered)."""
+        if self.state.predictor is None:
+            raise ServiceError(503, "the model is not loaded yet" if self.state.error is None
+                               else f"the model failed to load: {self.state.error}")
+        return self.state.predictor
 
 
 @dataclass
@@ -60,11 +79,16 @@ def check_tta(predictor: Predictor, settings: Settings, tta: int | None, policy:
 
 
 async def serve_uploads(
-    request: Request, predictor: Predictor, batcher: Batcher, settings: Settings, uploads: list[Upload],
-    tta: int | None, policy: str | None,
+    serving: Serving, predictor: Predictor, uploads: list[Upload], tta: int | None, policy: str | None,
+    gone: Awaitable[None] | None = None, timeout_s: float | None = None,
 ) -> Served:
-    """Decode, batch and predict; raises when no upload is usable (with the first one's error)."""
+    """Decode, batch and predict; raises when no upload is usable (with the first one's error).
+
+    ``gone`` completes if the client leaves first (its queued work is then dropped); ``timeout_s``, the client's
+    own deadline, shortens the service's ``request_timeout_s``.
+    """
     arrived = time.monotonic()
+    settings, batcher = serving.settings, serving.batcher
     if len(uploads) > settings.max_files:
         raise ServiceError(413, f"files: {len(uploads)} images in one request; the limit is {settings.max_files}")
     check_tta(predictor, settings, tta, policy)
@@ -72,15 +96,16 @@ async def serve_uploads(
     batcher.incoming += 1
     try:
         decoded = await asyncio.get_running_loop().run_in_executor(
-            request.app.state.decoders, lambda: [_decode(u, predictor.image_size, settings.max_pixels) for u in uploads])
+            serving.decoders, lambda: [_decode(u, predictor.image_size, settings.max_pixels) for u in uploads])
     finally:
         batcher.incoming -= 1
     good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
     if not good:
         raise decoded[0]
     decoded_at = time.monotonic()
-    futures = batcher.submit(np.stack([decoded[i] for i in good]), tta, policy, arrived + settings.request_timeout_s)
-    prediction = await wait_for_jobs(futures, request.receive)
+    timeout = min(settings.request_timeout_s, timeout_s if timeout_s is not None else float("inf"))
+    futures = batcher.submit(np.stack([decoded[i] for i in good]), tta, policy, arrived + timeout)
+    prediction = await wait_for_jobs(futures, gone)
     done = time.monotonic()
     row = {i: k for k, i in enumerate(good)}
     compute = {k: v * 1000 for k, v in prediction.seconds.items()}

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.batching import Batcher
 from app.errors import install_error_handlers
+from app.inference import Serving
 from app.middleware import BodyLimitMiddleware, RequestMiddleware
 from app.routes import health, model, page, predict, v2
 from app.settings import Settings
@@ -45,21 +46,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Decoding gets its own few threads: one per core is enough, and dozens would fight the models for the GIL.
     decoders = ThreadPoolExecutor(settings.decode_threads or os.cpu_count(), thread_name_prefix="decode")
 
+    serving = Serving(settings, state, batcher, decoders)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Loading off the event loop keeps /healthz answering and /readyz honest (503) meanwhile.
         state.start_loading()
         batcher.start()
+        grpc_server = None
+        if settings.grpc_port is not None:  # the same process, event loop and batcher as HTTP
+            from app.open_inference.grpc_service import start_grpc_server
+
+            grpc_server = await start_grpc_server(serving)
         _drain_on_sigterm(state)
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(settings.graceful_timeout_s)
         await batcher.stop()
         decoders.shutdown(wait=True)
 
     app = FastAPI(title="stackserve", version="1", lifespan=lifespan)
-    app.state.settings = settings
+    app.state.serving = serving
     app.state.model = state
-    app.state.batcher = batcher
-    app.state.decoders = decoders
     install_error_handlers(app)
     for router in (predict.router, model.router, v2.router, health.router, page.router):
         app.include_router(router)

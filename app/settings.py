@@ -16,6 +16,7 @@ class Settings(BaseSettings):
     bundle: Path = Path("/bundle")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535)  # the Open Inference Protocol over gRPC; off when unset
     # Dynamic batching: images per model call, and how long a batch may wait for requests still being decoded.
     max_batch: int = Field(64, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)

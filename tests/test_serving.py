@@ -93,7 +93,8 @@ def test_api_key_guards_the_model_routes_only(batching, digits_dir):
     files = digit_files(digits_dir, 1)
     assert_error(predict(batching, files, headers={}), 401, "X-API-Key")
     assert_error(predict(batching, files, headers={"X-API-Key": "wrong"}), 401, "X-API-Key")
-    assert_error(httpx.post(f"{batching.url}/v2/models/tiny/infer", json={}, timeout=30), 401, "X-API-Key")
+    refused = httpx.post(f"{batching.url}/v2/models/tiny/infer", json={}, timeout=30)
+    assert refused.status_code == 401 and "X-API-Key" in refused.json()["error"]  # the protocol's error shape
     for open_route in ("/healthz", "/readyz", "/metrics", "/", "/v2/health/live", "/v2/health/ready"):
         assert httpx.get(f"{batching.url}{open_route}").status_code == 200, open_route
     info = httpx.get(f"{batching.url}/v1/model", headers=KEY)
@@ -112,50 +113,6 @@ def test_cors_allows_the_configured_origin_only(batching):
     other = httpx.options(f"{batching.url}/v1/predict", headers={
         "Origin": "http://evil.test", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in other.headers
-
-
-def v2_infer(server, name: str, images: list[bytes], **extra) -> httpx.Response:
-    body = {"id": "r1", "inputs": [{"name": "images", "shape": [len(images)], "datatype": "BYTES",
-                                    "data": [base64.b64encode(i).decode() for i in images]}], **extra}
-    return httpx.post(f"{server.url}/v2/models/{name}/infer", json=body, headers=KEY, timeout=60)
-
-
-def test_v2_protocol_agrees_with_v1(batching, digits_dir, tiny_bundle):
-    name = tiny_bundle.name
-    assert httpx.get(f"{batching.url}/v2/health/ready").json() == {"ready": True}
-    meta = httpx.get(f"{batching.url}/v2/models/{name}", headers=KEY).json()
-    assert meta["name"] == name and meta["inputs"][0]["datatype"] == "BYTES"
-    assert meta["outputs"][0] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}
-    files = digit_files(digits_dir, 3)
-    response = v2_infer(batching, name, [data for _, data in files], parameters={"tta": 2})
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["model_name"] == name and body["id"] == "r1"
-    probs, labels = body["outputs"]
-    assert probs["shape"] == [3, 10] and labels["shape"] == [3] and labels["datatype"] == "BYTES"
-    v1 = probabilities(predict(batching, files, tta=2))
-    np.testing.assert_allclose(np.array(probs["data"]).reshape(3, 10), v1, atol=1e-5)
-    assert labels["data"] == [str(k) for k in v1.argmax(axis=1)]
-    only = v2_infer(batching, name, [files[0][1]], outputs=[{"name": "label"}]).json()["outputs"]
-    assert [o["name"] for o in only] == ["label"]
-
-
-@pytest.mark.parametrize("mutate, status, text", [
-    (lambda b: b.update(name="other"), 404, "not served here"),
-    (lambda b: b["inputs"][0].update(data=["%%%"], shape=[1]), 400, "inputs[0].data[0]: not base64"),
-    (lambda b: b["inputs"][0].update(data=[base64.b64encode(b"junk").decode()], shape=[1]), 400,
-     "inputs[0].data[0]: not a readable image"),
-    (lambda b: b["inputs"][0].update(shape=[5]), 400, "does not match"),
-    (lambda b: b["inputs"][0].update(datatype="FP32"), 422, "datatype"),
-    (lambda b: b.update(parameters={"tta": 10**6}), 422, "at most 4"),
-    (lambda b: b.update(outputs=[{"name": "logits"}]), 400, "unknown ['logits']"),
-], ids=["unknown-model", "not-base64", "not-image", "shape", "datatype", "tta", "output"])
-def test_v2_bad_requests(batching, tiny_bundle, mutate, status, text):
-    body = {"name": tiny_bundle.name, "inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
-                                                  "data": [base64.b64encode(png_bytes()).decode()]}]}
-    mutate(body)
-    response = httpx.post(f"{batching.url}/v2/models/{body.pop('name')}/infer", json=body, headers=KEY, timeout=30)
-    assert_error(response, status, text)
 
 
 def test_metrics_cover_the_serving_path(batching, digits_dir):

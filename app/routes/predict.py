@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 
-from app.deps import APIKey, BatcherDep, PredictorDep, SettingsDep
+from app.batching import disconnected
+from app.deps import APIKey, PredictorDep, ServingDep
 from app.errors import ServiceError
 from app.inference import Upload, serve_uploads
 from app.schemas import ErrorBody, ImagePrediction, ModelRef, PredictResponse, TTAInfo
@@ -44,8 +45,7 @@ async def predict(
     request: Request,
     response: Response,
     predictor: PredictorDep,
-    batcher: BatcherDep,
-    settings: SettingsDep,
+    serving: ServingDep,
     files: Annotated[list[UploadFile], File(description="One or more images.")],
     tta: Annotated[int | None, Query(ge=0, description="TTA views (default: the bundle's policy).")] = None,
     details: Annotated[bool, Query(description="Add each base model's probabilities.")] = False,
@@ -57,7 +57,7 @@ async def predict(
     when no file is usable the request fails with the first file's error.
     """
     uploads = [Upload(f.filename or f"file{i}", await f.read(), f.content_type) for i, f in enumerate(files)]
-    served = await serve_uploads(request, predictor, batcher, settings, uploads, tta, tta_policy)
+    served = await serve_uploads(serving, predictor, uploads, tta, tta_policy, disconnected(request.receive))
     response.headers["Server-Timing"] = served.server_timing()
     entries = [
         ImagePrediction(filename=u.name, error=ErrorBody(code=row.code, message=row.message))

@@ -1,75 +1,81 @@
-"""Open Inference Protocol (V2, as KServe and Triton speak it) beside ``/v1``.
+"""The Open Inference Protocol's REST routes (``/v2``), as Triton's and KServe's HTTP clients send them.
 
-``POST /v2/models/{name}/infer`` takes one BYTES input holding encoded images (each a
-base64 string, as JSON carries bytes) and returns the ``probabilities`` tensor (FP32,
-images x classes) and the ``label`` tensor (BYTES). A tensor cannot hold a per-image
-error, so one unusable image refuses the whole request, naming its index.
+The body is read as JSON whatever its ``Content-Type`` (clients send none, ``application/json``, or
+``application/octet-stream`` with binary tensors after the JSON). With the binary tensor data extension the JSON
+header is the first ``Inference-Header-Content-Length`` bytes, and an input with ``parameters.binary_data_size``
+takes that many bytes from what follows; in JSON a ``BYTES`` element is a base64 string. Outputs come back binary
+when asked (``binary_data`` per output, or ``binary_data_output`` for all). Errors are ``{"error": "<message>"}``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Literal
+import json
+import zlib
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
 
-from app.deps import APIKey, BatcherDep, ModelStateDep, PredictorDep, SettingsDep
-from app.errors import ServiceError, error_response
-from app.inference import Upload, serve_uploads
-from stacking.choices import POLICIES
+from app.batching import disconnected
+from app.deps import APIKey, ModelStateDep, PredictorDep, ServingDep
+from app.errors import ServiceError
+from app.inference import Serving
+from app.open_inference import protocol
+from app.open_inference.tensors import raw_contents, unpack_bytes
 from stacking.predictor import Predictor
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+HEADER_LENGTH = "inference-header-content-length"
+ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # what tritonclient may compress bodies with
 
 
-class InferInput(BaseModel):
+class RequestInput(BaseModel):
     name: str
     shape: list[int]
-    datatype: Literal["BYTES"]
-    data: list[str] = Field(description="Encoded images (PNG, JPEG, ...), each base64.")
-    parameters: dict[str, Any] | None = None
+    datatype: str
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size: the input's bytes follow the JSON.")
+    data: list[Any] | None = Field(None, description="Encoded images (PNG, JPEG, ...), each a base64 string.")
 
 
-class RequestedOutput(BaseModel):
+class RequestOutput(BaseModel):
     name: str
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: return this output as binary.")
 
 
 class InferRequest(BaseModel):
     id: str | None = None
-    inputs: list[InferInput] = Field(min_length=1, max_length=1)
-    outputs: list[RequestedOutput] | None = None
-    parameters: dict[str, Any] | None = Field(None, description="Optional: tta (views), tta_policy.")
+    parameters: dict[str, Any] | None = Field(None, description="tta (views), tta_policy, timeout (microseconds), "
+                                                                "binary_data_output.")
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
 
 
-class OutputTensor(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[float] | list[str]
-    parameters: dict[str, str | float] | None = None
+def _inline_schema(model: type[BaseModel]) -> dict:
+    """``model``'s JSON schema with its nested models written in place, for an ``openapi_extra`` request body."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        return [resolve(v) for v in node] if isinstance(node, list) else node
+
+    return resolve(schema)
 
 
-class InferResponse(BaseModel):
-    model_name: str
-    model_version: str
-    id: str | None = None
-    outputs: list[OutputTensor]
-
-
-OUTPUTS = ("probabilities", "label")
-
-
-def _model(predictor: Predictor, name: str) -> Predictor:
-    if name != predictor.name:
-        raise ServiceError(404, f"model {name!r} is not served here; this server serves {predictor.name!r}")
-    return predictor
+INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _inline_schema(InferRequest)},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 @router.get("")
 def server_metadata() -> dict:
-    return {"name": "stackserve", "version": "1", "extensions": []}
+    return protocol.server_metadata()
 
 
 @router.get("/health/live")
@@ -79,76 +85,178 @@ def live() -> dict:
 
 @router.get("/health/ready", response_model=None)
 def ready(state: ModelStateDep):
-    if state.ready:
-        return {"ready": True}
-    return error_response(503, "not ready: " + ("draining" if state.draining else state.error or "loading the bundle"))
+    """200 ``{"ready": true}`` once loaded and warmed up; 503 ``{"ready": false}`` before and while draining
+    (``/readyz`` says why)."""
+    return JSONResponse({"ready": state.ready}, 200 if state.ready else 503)
+
+
+def _metadata(predictor: Predictor, name: str, model_version: str = "") -> dict:
+    return protocol.model_metadata(protocol.served_model(predictor, name, model_version))
 
 
 @router.get("/models/{name}", dependencies=[APIKey])
 def model_metadata(name: str, predictor: PredictorDep) -> dict:
-    model = _model(predictor, name)
-    return {
-        "name": model.name,
-        "versions": [model.version],
-        "platform": "stackserve",
-        "inputs": [{"name": "images", "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.classes)]},
-                    {"name": "label", "datatype": "BYTES", "shape": [-1]}],
-        "parameters": {"classes": model.classes, "tta": model.manifest.tta.model_dump()},
-    }
+    return _metadata(predictor, name)
+
+
+@router.get("/models/{name}/versions/{version}", dependencies=[APIKey])
+def versioned_model_metadata(name: str, version: str, predictor: PredictorDep) -> dict:
+    return _metadata(predictor, name, version)
+
+
+def _model_ready(serving: Serving, name: str, model_version: str = "") -> JSONResponse:
+    protocol.served_model(serving.predictor(), name, model_version)
+    return JSONResponse({"name": name, "ready": serving.state.ready}, 200 if serving.state.ready else 503)
 
 
 @router.get("/models/{name}/ready", response_model=None)
-def model_ready(name: str, state: ModelStateDep):
-    if state.predictor is None or not state.ready:
-        return error_response(503, "not ready")
-    _model(state.predictor, name)
-    return {"name": name, "ready": True}
+def model_ready(name: str, serving: ServingDep):
+    return _model_ready(serving, name)
 
 
-def _decode_base64(i: int, text: str) -> bytes:
+@router.get("/models/{name}/versions/{version}/ready", response_model=None)
+def versioned_model_ready(name: str, version: str, serving: ServingDep):
+    return _model_ready(serving, name, version)
+
+
+def _decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before ``Content-Encoding``; inflating past ``limit`` bytes is refused (a zip bomb)."""
+    if not encoding or encoding == "identity":
+        return body
+    if encoding not in ENCODINGS:
+        raise ServiceError(415, f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+    inflater = zlib.decompressobj(ENCODINGS[encoding])
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ServiceError(400, f"inputs[0].data[{i}]: not base64") from None
+        plain = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ServiceError(400, f"request body: not valid {encoding} ({exc})") from None
+    if len(plain) > limit:
+        raise ServiceError(413, f"request body inflates past the limit of {limit} bytes")
+    if not inflater.eof:
+        raise ServiceError(400, f"request body: {encoding} stream is cut short")
+    return plain
 
 
-@router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True,
-             dependencies=[APIKey])
-async def infer(name: str, body: InferRequest, request: Request, response: Response, predictor: PredictorDep,
-                batcher: BatcherDep, settings: SettingsDep) -> InferResponse:
-    model = _model(predictor, name)
-    tensor = body.inputs[0]
-    if tensor.shape != [len(tensor.data)]:
-        raise ServiceError(400, f"inputs[0].shape {tensor.shape} does not match its {len(tensor.data)} data items")
-    if not tensor.data:
-        raise ServiceError(400, "inputs[0].data: no images")
-    wanted = [o.name for o in body.outputs] if body.outputs else list(OUTPUTS)
-    unknown = sorted(set(wanted) - set(OUTPUTS))
-    if unknown:
-        raise ServiceError(400, f"outputs: unknown {unknown}; this model has {list(OUTPUTS)}")
-    parameters = body.parameters or {}
-    tta, policy = parameters.get("tta"), parameters.get("tta_policy")
-    if tta is not None and (not isinstance(tta, int) or isinstance(tta, bool) or tta < 0):
-        raise ServiceError(422, f"parameters.tta: {tta!r} is not a non-negative integer")
-    if policy is not None and policy not in POLICIES:
-        raise ServiceError(422, f"parameters.tta_policy: {policy!r} is not one of {', '.join(POLICIES)}")
-    uploads = [Upload(f"inputs[0].data[{i}]", _decode_base64(i, text)) for i, text in enumerate(tensor.data)]
-    served = await serve_uploads(request, model, batcher, settings, uploads, tta, policy)
-    bad = next((row for row in served.rows if isinstance(row, ServiceError)), None)
-    if bad is not None:
-        raise bad
-    response.headers["Server-Timing"] = served.server_timing()
-    probs = served.prediction.probabilities
-    # Parameters are scalars in the protocol: one entry per image, comma-separated, in the images' order.
-    how = {"served_by": ",".join(str(s) for s in served.prediction.served_by),
-           "cost_views": ",".join(f"{c:g}" for c in served.prediction.cost_views)}
-    outputs = {
-        "probabilities": OutputTensor(name="probabilities", shape=list(probs.shape), datatype="FP32",
-                                      data=[float(p) for p in probs.ravel()], parameters=how),
-        "label": OutputTensor(name="label", shape=[len(probs)], datatype="BYTES",
-                              data=[model.classes[int(k)] for k in probs.argmax(axis=1)], parameters=how),
-    }
-    return InferResponse(model_name=model.name, model_version=model.version, id=body.id,
-                         outputs=[outputs[n] for n in wanted])
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tensors after it."""
+    if header_length is None:
+        return body, b""
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise ServiceError(400, f"Inference-Header-Content-Length: {header_length!r} is not a byte count within "
+                                f"the {len(body)}-byte body")
+    return body[:int(header_length)], body[int(header_length):]
 
+
+def _parse(header: bytes) -> InferRequest:
+    try:
+        document = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ServiceError(400, f"request body: not JSON ({exc})") from None
+    try:
+        return InferRequest.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "request body"
+        raise ServiceError(400, f"{where}: {first.get('msg', 'invalid')}") from None
+
+
+def _flat(data: list[Any]) -> list[Any]:
+    """Tensor data may be nested row by row; the protocol's order is row-major."""
+    return [item for value in data for item in (_flat(value) if isinstance(value, list) else [value])]
+
+
+def _images(tensor: RequestInput, binary: bytes) -> tuple[list[bytes], int]:
+    """The input's encoded images and how many of the binary bytes they took."""
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
+            raise ServiceError(400, f"inputs[0].parameters.binary_data_size: {size!r}; the body has {len(binary)} "
+                                    f"bytes after its JSON header")
+        if tensor.data is not None:
+            raise ServiceError(400, "inputs[0]: both data and binary_data_size; send the images one way")
+        return protocol.image_files(unpack_bytes(binary[:size], "inputs[0] (binary)")), size
+    if tensor.data is None:
+        raise ServiceError(400, "inputs[0]: no data (nor parameters.binary_data_size for binary data)")
+    images = []
+    for i, text in enumerate(_flat(tensor.data)):
+        try:
+            if not isinstance(text, str):
+                raise TypeError
+            images.append(base64.b64decode(text, validate=True))
+        except (TypeError, binascii.Error, ValueError):
+            raise ServiceError(400, f"inputs[0].data[{i}]: not base64 (in JSON each image file is a base64 "
+                                    f"string; send raw bytes with the binary tensor data extension)") from None
+    return images, 0
+
+
+def _binary_flags(body: InferRequest) -> list[tuple[str, bool]]:
+    """Each requested output and whether it goes back binary."""
+    everything = (body.parameters or {}).get("binary_data_output", False)
+    if not isinstance(everything, bool):
+        raise ServiceError(400, f"parameters.binary_data_output: {everything!r} is not true or false")
+    asked = body.outputs or []
+    names = protocol.requested_outputs([o.name for o in asked])
+    flags = {o.name: (o.parameters or {}).get("binary_data", everything) for o in asked}
+    for i, o in enumerate(asked):
+        if not isinstance(flags[o.name], bool):
+            raise ServiceError(400, f"outputs[{i}].parameters.binary_data: {flags[o.name]!r} is not true or false")
+        if "classification" in (o.parameters or {}):
+            raise ServiceError(400, f"outputs[{i}].parameters.classification: the classification extension is not "
+                                    f"served; ask for 'label' and 'probabilities'")
+    return [(name, flags.get(name, everything)) for name in names]
+
+
+def _json_data(tensor: protocol.Tensor) -> list:
+    if tensor.datatype == "BYTES":
+        return [item.decode() for item in tensor.values.ravel()]
+    return tensor.values.ravel().tolist()
+
+
+async def _infer(request: Request, serving: Serving, name: str, model_version: str = "") -> Response:
+    model = protocol.served_model(serving.predictor(), name, model_version)
+    raw = _decompressed(await request.body(), request.headers.get("content-encoding"),
+                        serving.settings.max_body_bytes)
+    header, binary = _split(raw, request.headers.get(HEADER_LENGTH))
+    body = _parse(header)
+    protocol.check_inputs([(t.name, t.datatype, t.shape) for t in body.inputs])
+    images, used = _images(body.inputs[0], binary)
+    if used != len(binary):
+        raise ServiceError(400, f"request body: {len(binary) - used} bytes after the JSON header that no input's "
+                                f"binary_data_size claims")
+    protocol.check_count(body.inputs[0].shape, len(images))
+    outputs = _binary_flags(body)
+    options = protocol.read_parameters(body.parameters or {})
+    served = await protocol.infer(serving, model, images, options, disconnected(request.receive))
+    tensors = protocol.output_tensors(model, served.prediction, [n for n, _ in outputs])
+    document: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
+    if body.id is not None:
+        document["id"] = body.id
+    document["outputs"], chunks = [], []
+    for tensor, binary_out in zip(tensors, (b for _, b in outputs)):
+        entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape,
+                 "parameters": dict(tensor.parameters)}
+        if binary_out:
+            chunks.append(raw_contents(tensor.datatype, tensor.values))
+            entry["parameters"]["binary_data_size"] = len(chunks[-1])
+        else:
+            entry["data"] = _json_data(tensor)
+        document["outputs"].append(entry)
+    text = json.dumps(document, separators=(",", ":")).encode()
+    headers = {"Server-Timing": served.server_timing()}
+    if not chunks:
+        return Response(text, media_type="application/json", headers=headers)
+    headers["Inference-Header-Content-Length"] = str(len(text))
+    return Response(text + b"".join(chunks), media_type="application/octet-stream", headers=headers)
+
+
+@router.post("/models/{name}/infer", response_model=None, dependencies=[APIKey], openapi_extra=INFER_BODY)
+async def infer(name: str, request: Request, serving: ServingDep) -> Response:
+    """Classify the images of the ``images`` input (JSON, or binary tensors after a JSON header)."""
+    return await _infer(request, serving, name)
+
+
+@router.post("/models/{name}/versions/{version}/infer", response_model=None, dependencies=[APIKey],
+             openapi_extra=INFER_BODY)
+async def versioned_infer(name: str, version: str, request: Request, serving: ServingDep) -> Response:
+    """As ``/v2/models/{name}/infer``, for the version given (the served one)."""
+    return await _infer(request, serving, name, version)
