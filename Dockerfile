@@ -9,6 +9,8 @@
 # TensorFlow is refused there, /readyz 503 naming the models. The bundle is mounted read-only at /bundle
 # (STACKSERVE_BUNDLE). To bake one in instead, build FROM either image:
 #   FROM stackserve:slim  /  COPY --chown=10001:0 my-bundle /bundle
+# gRPC (the Open Inference Protocol's inference.GRPCInferenceService, for tritonclient.grpc and KServe) is off
+# unless STACKSERVE_GRPC_PORT is set: -e STACKSERVE_GRPC_PORT=8001 -p 8001:8001.
 # Settings are STACKSERVE_* variables (README); threads: STACKSERVE_RUNTIME_THREADS (LiteRT),
 # STACKSERVE_INTRA_OP_THREADS and STACKSERVE_INTER_OP_THREADS (TensorFlow), STACKSERVE_DECODE_THREADS.
 
@@ -59,7 +61,7 @@ ENV PATH=/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:0
-EXPOSE 8000
+EXPOSE 8000 8001
 STOPSIGNAL SIGTERM
 # Healthy = ready: bundle verified, loaded and warmed up. Python, since the image has no curl.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

@@ -85,6 +85,7 @@ def demo_command(
     serve: Annotated[bool, typer.Option(help="Serve the bundle at the end.")] = True,
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="Port to serve gRPC (the Open Inference Protocol) on.")] = 8001,
 ) -> None:
     """The whole job on the bundled digits: data, fit (with its cascade), a distilled student, the comparison
     table with every option's accuracy and cost, a submission, then serve."""
@@ -112,7 +113,7 @@ def demo_command(
     written = predict_folder(predictor, data / "test", submission, echo=lambda s: typer.echo(f"    {s}"))
     typer.echo(f"5/5 submission: {len(written.table)} rows in {submission}; report: {bundle / 'report' / 'index.html'}")
     if serve:
-        serve_bundle(bundle, host=host, port=port)
+        serve_bundle(bundle, host=host, port=port, grpc_port=grpc_port)
 
 
 def main(argv: list[str] | None = None) -> int:

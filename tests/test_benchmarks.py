@@ -56,3 +56,18 @@ def test_throughput_harness_measures_every_path(tiny_bundle, digits_dir, tmp_pat
     for line in ("limit (one call)", "service, 32 clients", "target offline / limit >= 0.90", "exported / TF: offline",
                  "target kfold fit / bare model.fit <= 1.15", "machine: float32 matmul"):
         assert line in done.stdout, line
+
+
+def test_load_harness_drives_the_service_through_triton_clients(tiny_bundle, digits_dir, tmp_path):
+    out = tmp_path / "load.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/load.py", str(tiny_bundle), "--images", str(digits_dir / "test"),
+         "--mode", "clients", "--client-concurrency", "1,4", "--requests", "12", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    clients = json.loads(out.read_text())["clients"]
+    assert set(clients) == {"bare /v1", "tritonclient http", "tritonclient grpc"}
+    for levels in clients.values():
+        assert set(levels) == {"1", "4"}
+        assert all(r["images_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] for r in levels.values())
+    assert "tritonclient grpc" in done.stdout and "/ bare" in done.stdout

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import gzip
 import json
+import signal
 import subprocess
 import sys
 
@@ -312,3 +313,21 @@ def test_binary_framing_errors_are_refused(oip, tiny_bundle):
         response = httpx.post(f"{oip.url}/v2/models/{tiny_bundle.name}/infer", content=header + b"extra",
                               headers={**KEY, "Inference-Header-Content-Length": str(length)}, timeout=60)
         assert response.status_code == 400 and text in response.json()["error"], response.text
+
+
+def test_sigterm_stops_http_and_grpc_cleanly(tiny_bundle):
+    grpc_port = free_port()
+    server = Server(tiny_bundle, {"STACKSERVE_GRPC_PORT": str(grpc_port)})
+    try:
+        server.wait_ready()
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert client.is_server_live()
+        server.process.terminate()
+        # uvicorn shuts down (the lifespan stops gRPC with a grace period), then re-raises the signal it handled.
+        assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)
+        log = server.process.stdout.read()
+        assert "Application shutdown complete" in log and "Finished server process" in log
+        with pytest.raises(InferenceServerException, match="UNAVAILABLE"):
+            client.is_server_live()  # the gRPC port closed with the process
+    finally:
+        server.stop()

@@ -11,7 +11,8 @@
 #      at /bundle, and the image's CMD started under chroot as the image's user, with its ENV;
 #   4. /readyz, the image's own HEALTHCHECK command and real predictions are checked, then SIGTERM
 #      must stop it cleanly; the slim image must lack TensorFlow and Keras, answer exactly as the full one,
-#      and refuse (503, saying why) to run a model on TensorFlow. Sizes and cold starts are printed.
+#      and refuse (503, saying why) to run a model on TensorFlow; with STACKSERVE_GRPC_PORT set, Triton's gRPC
+#      client gets the same answers from it. Sizes and cold starts are printed.
 # Needs root and apt (installs podman and debootstrap). Run by `make test-container` and `.ci/run`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -163,7 +164,7 @@ step "real predictions"
 predict "$WORK/full.json"
 stop_cleanly
 
-start_ready "$SLIM"
+start_ready "$SLIM" STACKSERVE_GRPC_PORT=8001
 SLIM_READY=$READY_S
 step "no TensorFlow or Keras in the slim image"
 if inside python3 -c "import tensorflow" 2>/dev/null; then echo "tensorflow imports in the slim image"; exit 1; fi
@@ -173,6 +174,23 @@ step "the same answers as the full image"
 predict "$WORK/slim.json"
 cmp "$WORK/full.json" "$WORK/slim.json" || { echo "the slim image answers differently"; exit 1; }
 echo "identical probabilities"
+step "the same answers over gRPC, through Triton's client"
+"$PY" - "$WORK/digits/test" "$WORK/slim.json" <<'PY'
+import json, sys
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+images = [p.read_bytes() for p in sorted(Path(sys.argv[1]).glob("*.png"))[:16]]
+client = grpcclient.InferenceServerClient("127.0.0.1:8001")
+assert client.is_server_ready() and client.is_model_ready("bundle")
+tensor = grpcclient.InferInput("images", [len(images)], "BYTES").set_data_from_numpy(np.array(images, dtype=object))
+answer = client.infer("bundle", [tensor]).as_numpy("probabilities")
+over_http = np.array([list(p.values()) for p in json.loads(Path(sys.argv[2]).read_text())])
+np.testing.assert_array_equal(answer, over_http)
+print(f"{len(images)} scans over gRPC: the same probabilities as over HTTP")
+PY
 stop_cleanly
 
 step "a bundle run on TensorFlow is refused by the slim image, saying why"
