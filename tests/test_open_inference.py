@@ -8,6 +8,7 @@ import base64
 import gzip
 import json
 import signal
+import socket
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpclient_aio
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from app.errors import ServiceError
@@ -170,6 +171,13 @@ def test_every_transport_gives_the_same_answer(oip, digits_dir, tiny_bundle):
     answers["binary gzip"] = oip.http.infer(name, [images_input(httpclient, images, binary=True)], parameters=tta,
                                             headers={**KEY}, request_compression_algorithm="gzip")
     answers["grpc"] = oip.grpc.infer(name, [images_input(grpcclient, images)], parameters=tta, headers={**KEY})
+    # As KServe's clients send it: the elements in contents.bytes_contents, through Triton's own generated stub.
+    request = service_pb2.ModelInferRequest(model_name=name,
+                                            parameters={"tta": service_pb2.InferParameter(int64_param=2)})
+    request.inputs.add(name="images", datatype="BYTES", shape=[len(images)]).contents.bytes_contents.extend(images)
+    with grpc.insecure_channel(oip.grpc_url) as channel:
+        reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=tuple(KEY.items()))
+    answers["grpc contents"] = grpcclient.InferResult(reply)
     for how, result in answers.items():
         probabilities = result.as_numpy("probabilities")
         assert probabilities.dtype == np.float64, how
@@ -246,10 +254,12 @@ def test_errors_reach_the_user_through_both_clients(oip, digits_dir, tiny_bundle
     assert oip.http.is_server_ready()  # and nothing of it hurt the server
 
 
-def test_grpc_refuses_a_message_over_the_body_limit(oip, tiny_bundle):
-    tensor = images_input(grpcclient, [b"\0" * 400_000])
-    with pytest.raises(InferenceServerException, match="RESOURCE_EXHAUSTED"):
-        oip.grpc.infer(tiny_bundle.name, [tensor], headers={**KEY})
+def test_a_body_over_the_limit_is_refused_on_both_transports(oip, tiny_bundle):
+    too_big = [b"\0" * 400_000]  # past this server's 300,000-byte limit: refused before any of it is decoded
+    with pytest.raises(InferenceServerException, match=r"\[413\] request body of \d+ bytes exceeds the limit"):
+        oip.http.infer(tiny_bundle.name, [images_input(httpclient, too_big, binary=True)], headers={**KEY})
+    with pytest.raises(InferenceServerException, match="RESOURCE_EXHAUSTED.*larger than max"):
+        oip.grpc.infer(tiny_bundle.name, [images_input(grpcclient, too_big)], headers={**KEY})
 
 
 def test_concurrent_calls_from_the_async_clients_equal_sequential_ones(oip, digits_dir, tiny_bundle):
@@ -331,3 +341,15 @@ def test_sigterm_stops_http_and_grpc_cleanly(tiny_bundle):
             client.is_server_live()  # the gRPC port closed with the process
     finally:
         server.stop()
+
+
+def test_a_grpc_port_in_use_stops_the_server_saying_so(tiny_bundle):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = Server(tiny_bundle, {"STACKSERVE_GRPC_PORT": str(taken.getsockname()[1])})
+        try:
+            assert server.process.wait(timeout=120) != 0
+            assert f"--grpc-port: cannot listen on 127.0.0.1:{taken.getsockname()[1]}" in server.process.stdout.read()
+        finally:
+            server.stop()

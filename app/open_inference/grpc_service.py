@@ -177,7 +177,8 @@ class GrpcServer:
 async def start_grpc_server(serving: Serving) -> GrpcServer:
     settings = serving.settings
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.max_body_bytes),
-                                      ("grpc.max_send_message_length", -1)])
+                                      ("grpc.max_send_message_length", -1),
+                                      ("grpc.so_reuseport", 0)])  # a port in use is an error, not a shared port
     server.add_generic_rpc_handlers((inference_handler(serving),))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
