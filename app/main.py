@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 
 from app.batching import Batcher
 from app.errors import install_error_handlers
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            "Inference-Header-Content-Length"],
             expose_headers=["X-Request-ID", "Server-Timing", "Retry-After", "Inference-Header-Content-Length"],
         )
+    app.add_middleware(GZipMiddleware, minimum_size=1024)  # for clients that accept it (tritonclient, if asked)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestMiddleware)  # added last: outermost, so it sees every answer
     return app

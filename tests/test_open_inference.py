@@ -116,10 +116,11 @@ def v1_probabilities(server, images: list[bytes], **params) -> np.ndarray:
     return np.array([list(p["probabilities"].values()) for p in response.json()["predictions"]])
 
 
-def images_input(module, images: list, binary: bool | None = None, datatype: str = "BYTES"):
-    tensor = module.InferInput("images", [len(images)], datatype)
+def images_input(module, images: list, binary: bool = True):
+    """The ``images`` tensor for ``module``'s client; ``binary`` is HTTP's choice (gRPC has one encoding)."""
+    tensor = module.InferInput("images", [len(images)], "BYTES")
     array = np.array(images, dtype=object)
-    if binary is None:  # gRPC has one encoding
+    if module in (grpcclient, grpcclient_aio):
         return tensor.set_data_from_numpy(array)
     return tensor.set_data_from_numpy(array, binary_data=binary)
 
@@ -195,6 +196,29 @@ def test_every_transport_gives_the_same_answer(oip, digits_dir, tiny_bundle):
     assert [o.name for o in only.get_response().outputs] == ["label"] and only.as_numpy("probabilities") is None
 
 
+def test_classification_and_compressed_answers(oip, digits_dir, tiny_bundle):
+    """Triton's classification extension (``class_count``) and gzip both ways, through the client."""
+    name, images = tiny_bundle.name, digit_images(digits_dir, MAX_FILES)
+    v1 = v1_probabilities(oip, images)
+    top3 = np.argsort(-v1, axis=1, kind="stable")[:, :3]
+    for module, client in ((httpclient, oip.http), (grpcclient, oip.grpc)):
+        result = client.infer(name, [images_input(module, images)],
+                              outputs=[module.InferRequestedOutput("probabilities", class_count=3)], headers={**KEY})
+        entries = [[item.decode().split(":") for item in row] for row in result.as_numpy("probabilities")]
+        assert [[int(k) for _, k, _ in row] for row in entries] == top3.tolist()
+        assert [[label for _, _, label in row] for row in entries] == [[str(k) for k in row] for row in top3]
+        np.testing.assert_allclose([[float(v) for v, _, _ in row] for row in entries],
+                                   np.take_along_axis(v1, top3, axis=1), atol=1e-6)  # "%f": six decimals
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=False) for n in ("probabilities", "label")]
+    plain, zipped = (oip.http.infer(name, [images_input(httpclient, images, binary=True)], outputs=outputs,
+                                    headers={**KEY}, response_compression_algorithm=how) for how in (None, "gzip"))
+    np.testing.assert_array_equal(zipped.as_numpy("probabilities"), plain.as_numpy("probabilities"))
+    raw = httpx.post(f"{oip.url}/v2/models/{name}/infer", headers={**KEY, "Accept-Encoding": "gzip"}, timeout=60,
+                     json={"inputs": [{"name": "images", "shape": [len(images)], "datatype": "BYTES",
+                                       "data": [base64.b64encode(i).decode() for i in images]}]})
+    assert raw.headers["content-encoding"] == "gzip" and len(raw.json()["outputs"]) == 2
+
+
 def test_a_json_body_needs_no_content_type_and_errors_take_the_protocols_shape(oip, digits_dir, tiny_bundle):
     body = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
                         "data": [base64.b64encode(digit_images(digits_dir, 1)[0]).decode()]}]}
@@ -245,7 +269,7 @@ def test_errors_reach_the_user_through_both_clients(oip, digits_dir, tiny_bundle
         if case == "wrong datatype":
             tensor = module.InferInput("images", [2], "FP32").set_data_from_numpy(np.zeros(2, np.float32))
         else:
-            tensor = images_input(module, images, binary=True if module is httpclient else None)
+            tensor = images_input(module, images)
         with pytest.raises(InferenceServerException) as raised:
             client.infer(name, [tensor], headers=dict(headers), parameters=parameters)
         shown = str(raised.value)  # what the client prints: the status and the server's reason

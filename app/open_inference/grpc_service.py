@@ -88,6 +88,9 @@ class InferenceService:
         images = protocol.image_files(elements)
         protocol.check_count(list(request.inputs[0].shape), len(images))
         names = protocol.requested_outputs([o.name for o in request.outputs])
+        classification = {o.name: protocol.read_classification(i, o.name, values["classification"], len(model.classes))
+                          for i, o in enumerate(request.outputs)
+                          if "classification" in (values := parameter_values(o.parameters))}
         options = protocol.read_parameters(parameter_values(request.parameters))
         remaining = context.time_remaining()  # the client's gRPC deadline, if it set one
         if remaining is not None:
@@ -95,7 +98,7 @@ class InferenceService:
         # A client that cancels cancels this handler: its jobs are then dropped before the models.
         served = await protocol.infer(self.serving, model, images, options)
         response = messages.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-        for tensor in protocol.output_tensors(model, served.prediction, names):
+        for tensor in protocol.output_tensors(model, served.prediction, names, classification):
             output = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             for key, value in tensor.parameters.items():
                 output.parameters[key].string_param = value

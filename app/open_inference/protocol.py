@@ -23,7 +23,7 @@ from stacking.predictor import Prediction, Predictor
 
 SERVER = "stackserve"
 PLATFORM = "stackserve"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "classification"]
 INPUT = "images"
 OUTPUTS = ("probabilities", "label")
 DATATYPES = {"probabilities": "FP64", "label": "BYTES"}
@@ -126,6 +126,25 @@ def requested_outputs(names: Sequence[str]) -> list[str]:
     return list(names) or list(OUTPUTS)
 
 
+def read_classification(index: int, name: str, count: object, classes: int) -> int:
+    """The classification extension's top-``count`` request on output ``index``."""
+    if name != "probabilities":
+        raise ServiceError(400, f"outputs[{index}].parameters.classification: only 'probabilities' can be returned "
+                                f"as classifications, not {name!r}")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= classes:
+        raise ServiceError(400, f"outputs[{index}].parameters.classification: {count!r}; ask for 1 to {classes} "
+                                f"classes")
+    return count
+
+
+def classifications(probabilities: np.ndarray, classes: Sequence[str], count: int) -> np.ndarray:
+    """Each image's ``count`` most probable classes as the extension writes them: ``b"<value>:<index>:<label>"``,
+    most probable first (the lower index first on a tie)."""
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :count]
+    return np.array([[f"{row[k]:f}:{k}:{classes[k]}".encode() for k in ks] for row, ks in zip(probabilities, top)],
+                    dtype=object).reshape(len(probabilities), count)
+
+
 @dataclass
 class Tensor:
     """An answer tensor: ``values`` float64 (images x classes) or an object array of ``bytes``."""
@@ -140,14 +159,23 @@ class Tensor:
         return list(self.values.shape)
 
 
-def output_tensors(predictor: Predictor, prediction: Prediction, names: Sequence[str]) -> list[Tensor]:
+def output_tensors(predictor: Predictor, prediction: Prediction, names: Sequence[str],
+                   classification: Mapping[str, int] | None = None) -> list[Tensor]:
+    """The outputs ``names``; those in ``classification`` as their top classes (BYTES, images x count)."""
     probabilities = np.asarray(prediction.probabilities, dtype=np.float64)
     labels = np.array([predictor.classes[int(k)].encode() for k in probabilities.argmax(axis=1)], dtype=object)
     # Parameters are scalars in the protocol: one entry per image, comma-separated, in the images' order.
     how = {"served_by": ",".join(str(s) for s in prediction.served_by),
            "cost_views": ",".join(f"{c:g}" for c in prediction.cost_views)}
     values = {"probabilities": probabilities, "label": labels}
-    return [Tensor(name, DATATYPES[name], values[name], dict(how)) for name in names]
+    tensors = []
+    for name in names:
+        if name in (classification or {}):
+            top = classifications(probabilities, predictor.classes, classification[name])
+            tensors.append(Tensor(name, "BYTES", top, dict(how)))
+        else:
+            tensors.append(Tensor(name, DATATYPES[name], values[name], dict(how)))
+    return tensors
 
 
 async def infer(serving: Serving, predictor: Predictor, images: list[bytes], options: Options,

@@ -4,7 +4,9 @@ The body is read as JSON whatever its ``Content-Type`` (clients send none, ``app
 ``application/octet-stream`` with binary tensors after the JSON). With the binary tensor data extension the JSON
 header is the first ``Inference-Header-Content-Length`` bytes, and an input with ``parameters.binary_data_size``
 takes that many bytes from what follows; in JSON a ``BYTES`` element is a base64 string. Outputs come back binary
-when asked (``binary_data`` per output, or ``binary_data_output`` for all). Errors are ``{"error": "<message>"}``.
+when asked (``binary_data`` per output, or ``binary_data_output`` for all), ``probabilities`` as its top classes with
+``classification`` (the classification extension), gzip-compressed when the client accepts it (the app's
+middleware). Errors are ``{"error": "<message>"}``.
 """
 
 from __future__ import annotations
@@ -189,21 +191,22 @@ def _images(tensor: RequestInput, binary: bytes) -> tuple[list[bytes], int]:
     return images, 0
 
 
-def _binary_flags(body: InferRequest) -> list[tuple[str, bool]]:
-    """Each requested output and whether it goes back binary."""
+def _requested(body: InferRequest, classes: int) -> tuple[list[tuple[str, bool]], dict[str, int]]:
+    """Each requested output and whether it goes back binary; and those asked for as classifications."""
     everything = (body.parameters or {}).get("binary_data_output", False)
     if not isinstance(everything, bool):
         raise ServiceError(400, f"parameters.binary_data_output: {everything!r} is not true or false")
     asked = body.outputs or []
     names = protocol.requested_outputs([o.name for o in asked])
-    flags = {o.name: (o.parameters or {}).get("binary_data", everything) for o in asked}
+    flags, classification = {}, {}
     for i, o in enumerate(asked):
+        parameters = o.parameters or {}
+        flags[o.name] = parameters.get("binary_data", everything)
         if not isinstance(flags[o.name], bool):
             raise ServiceError(400, f"outputs[{i}].parameters.binary_data: {flags[o.name]!r} is not true or false")
-        if "classification" in (o.parameters or {}):
-            raise ServiceError(400, f"outputs[{i}].parameters.classification: the classification extension is not "
-                                    f"served; ask for 'label' and 'probabilities'")
-    return [(name, flags.get(name, everything)) for name in names]
+        if "classification" in parameters:
+            classification[o.name] = protocol.read_classification(i, o.name, parameters["classification"], classes)
+    return [(name, flags.get(name, everything)) for name in names], classification
 
 
 def _json_data(tensor: protocol.Tensor) -> list:
@@ -224,10 +227,10 @@ async def _infer(request: Request, serving: Serving, name: str, model_version: s
         raise ServiceError(400, f"request body: {len(binary) - used} bytes after the JSON header that no input's "
                                 f"binary_data_size claims")
     protocol.check_count(body.inputs[0].shape, len(images))
-    outputs = _binary_flags(body)
+    outputs, classification = _requested(body, len(model.classes))
     options = protocol.read_parameters(body.parameters or {})
     served = await protocol.infer(serving, model, images, options, disconnected(request.receive))
-    tensors = protocol.output_tensors(model, served.prediction, [n for n, _ in outputs])
+    tensors = protocol.output_tensors(model, served.prediction, [n for n, _ in outputs], classification)
     document: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if body.id is not None:
         document["id"] = body.id
