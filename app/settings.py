@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stacking.bundle import Trust
@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     warm_up_views: bool = True  # compile every TTA view count up to max_tta before turning ready
     trust_custom_code: bool = False  # import the modules a bundle's own architectures come from (runs their code)
     verify_key: Path | None = None  # public key (PEM): refuse a bundle not signed with its private key
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        """``STACKSERVE_GRPC_PORT=`` (set but empty, as ``docker run -e`` leaves it) means gRPC off."""
+        return None if value == "" else value
 
     @property
     def trust(self) -> Trust:

@@ -29,6 +29,7 @@ from app.errors import ServiceError
 from app.open_inference import messages
 from app.open_inference.protocol import image_files
 from app.open_inference.tensors import pack_bytes, unpack_bytes
+from app.settings import Settings
 from tests.conftest import Server, free_port
 from tests.test_service import png_bytes
 
@@ -82,6 +83,18 @@ def test_bytes_elements_round_trip_and_a_cut_short_tensor_is_named():
         unpack_bytes(packed[:6], "inputs[0]")
     png = png_bytes()
     assert image_files([png, base64.b64encode(png)]) == [png, png]  # raw file, or its base64 text
+
+
+def test_grpc_is_off_unless_a_port_is_given(monkeypatch):
+    monkeypatch.delenv("STACKSERVE_GRPC_PORT", raising=False)
+    assert Settings().grpc_port is None
+    monkeypatch.setenv("STACKSERVE_GRPC_PORT", "")  # set but empty, as `docker run -e STACKSERVE_GRPC_PORT=` leaves it
+    assert Settings().grpc_port is None
+    monkeypatch.setenv("STACKSERVE_GRPC_PORT", "8001")
+    assert Settings().grpc_port == 8001
+    monkeypatch.setenv("STACKSERVE_GRPC_PORT", "http")
+    with pytest.raises(ValueError, match="grpc_port"):
+        Settings()
 
 
 # ---- against a real server ----

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ DATATYPES = {"probabilities": "FP64", "label": "BYTES"}
 PARAMETERS = ("tta", "tta_policy", "timeout")
 
 
+@functools.cache
 def server_version() -> str:
     try:
         return version("stackserve")
