@@ -7,6 +7,7 @@ the batcher, then timings for the ``Server-Timing`` header.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable
 from concurrent.futures import Executor
@@ -39,6 +40,11 @@ class Serving:
             raise ServiceError(503, "the model is not loaded yet" if self.state.error is None
                                else f"the model failed to load: {self.state.error}")
         return self.state.predictor
+
+    def key_matches(self, given: str) -> bool:
+        """With ``api_key`` set, the model routes (HTTP and gRPC) need it, compared in constant time."""
+        expected = self.settings.api_key
+        return not expected or secrets.compare_digest(given.encode(), expected.encode())
 
 
 @dataclass

@@ -68,7 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="stackserve", version="1", lifespan=lifespan)
     app.state.serving = serving
-    app.state.model = state
     install_error_handlers(app)
     for router in (predict.router, model.router, v2.router, health.router, page.router):
         app.include_router(router)

@@ -199,7 +199,7 @@ from stacking.predictor import Predictor
 
 bundle = sys.argv[1]
 with TestClient(create_app(Settings(bundle=bundle, max_tta=3))) as client:
-    state = client.app.state.model
+    state = client.app.state.serving.state
     while not (state.ready or state.error):  # loading runs in a thread of its own
         time.sleep(0.05)
     ready = client.get("/readyz")

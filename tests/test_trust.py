@@ -90,7 +90,7 @@ def test_the_service_stays_up_and_not_ready_on_a_pickled_meta_file(bundle_copy, 
     mark = tmp_path / "pwned"
     plant(bundle_copy, "meta/meta.skops", pickled(mark))
     with TestClient(create_app(Settings(bundle=bundle_copy))) as client:
-        _wait_for_error(client.app.state.model)
+        _wait_for_error(client.app.state.serving.state)
         answer = client.get("/readyz")
         assert answer.status_code == 503 and "meta/meta.skops: not a skops file" in answer.json()["error"]["message"]
     assert not mark.exists()
@@ -163,7 +163,7 @@ def test_custom_code_bundle_is_served_only_when_trusted(custom_bundle, digits_di
     code, _, err = run_cli(["serve", bundle, "--port", "0"], capsys)
     assert "tests.marking_model" in one_line_error(code, err)
     with TestClient(create_app(Settings(bundle=bundle))) as client:
-        _wait_for_error(client.app.state.model)
+        _wait_for_error(client.app.state.serving.state)
         answer = client.get("/readyz")
         assert answer.status_code == 503 and "STACKSERVE_TRUST_CUSTOM_CODE=1" in answer.json()["error"]["message"]
     server = Server(bundle, {"STACKSERVE_TRUST_CUSTOM_CODE": "1"})
@@ -217,7 +217,7 @@ def test_verify_key_from_the_environment_guards_the_service(bundle_copy, tmp_pat
     _, public = make_keys(tmp_path, "owner")
     monkeypatch.setenv("STACKSERVE_VERIFY_KEY", str(public))
     with TestClient(create_app(Settings(bundle=bundle_copy))) as client:
-        _wait_for_error(client.app.state.model)
+        _wait_for_error(client.app.state.serving.state)
         answer = client.get("/readyz")
         assert answer.status_code == 503 and "not signed" in answer.json()["error"]["message"]
 

@@ -19,7 +19,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from app import metrics
-from app.deps import api_key_matches
 from app.errors import ServiceError
 from app.inference import Serving
 from app.open_inference import messages, protocol
@@ -119,7 +118,7 @@ def _guarded(name: str, handler: Handler, serving: Serving) -> Handler:
         try:
             if name in KEYED:
                 given = dict(context.invocation_metadata() or ()).get("x-api-key", "")
-                if not api_key_matches(serving.settings.api_key, given):
+                if not serving.key_matches(given):
                     raise ServiceError(401, "missing or wrong x-api-key metadata")
             return await handler(request, context)
         except ServiceError as exc:
