@@ -17,7 +17,8 @@ DEMO_STUDENT = "tiny_cnn"  # the demo's cheapest network
 
 
 def serve_bundle(bundle: Path, **overrides) -> None:
-    """Verify the bundle (a bad one exits 2 before any port opens), then run uvicorn with one worker.
+    """Verify the bundle (a bad one exits 2 before any port opens), then run uvicorn with one worker; the service
+    loads the bundle from this one pre-flight instead of checking every file again.
 
     ``overrides`` are flag values; ``None`` leaves the ``STACKSERVE_*`` variable or the default.
     """
@@ -48,7 +49,7 @@ def serve_bundle(bundle: Path, **overrides) -> None:
                f"/v2/models/{bundle.resolve().name}/infer, docs at /docs)")
     if settings.grpc_port is not None:
         typer.echo(f"gRPC on {settings.host}:{settings.grpc_port} (inference.GRPCInferenceService, grpc.health.v1)")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1, log_level="info",
+    uvicorn.run(create_app(settings, verified=manifest), host=settings.host, port=settings.port, workers=1, log_level="info",
                 timeout_graceful_shutdown=int(settings.graceful_timeout_s))
 
 

@@ -19,6 +19,7 @@ from app.middleware import BodyLimitMiddleware, RequestMiddleware
 from app.routes import health, model, page, predict, v2
 from app.settings import Settings
 from app.state import ModelState
+from stacking.bundle.manifest import Manifest
 
 
 def _drain_on_sigterm(state: ModelState) -> None:
@@ -39,10 +40,13 @@ def _drain_on_sigterm(state: ModelState) -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service for ``settings.bundle``; the bundle loads in the background after start-up."""
+def create_app(settings: Settings | None = None, verified: Manifest | None = None) -> FastAPI:
+    """The service for ``settings.bundle``; the bundle loads in the background after start-up.
+
+    ``verified``: the bundle's manifest as a pre-flight (``stacking serve``) has just checked it.
+    """
     settings = settings or Settings()
-    state = ModelState(settings)
+    state = ModelState(settings, verified)
     batcher = Batcher(state, settings.max_batch, settings.max_wait_ms / 1000, settings.queue_size)
     # Decoding gets its own few threads: one per core is enough, and dozens would fight the models for the GIL.
     decoders = ThreadPoolExecutor(settings.decode_threads or os.cpu_count(), thread_name_prefix="decode")

@@ -7,6 +7,7 @@ import threading
 
 from app import metrics
 from app.settings import Settings
+from stacking.bundle.manifest import Manifest
 from stacking.predictor import Predictor
 
 logger = logging.getLogger("stackserve")
@@ -33,8 +34,10 @@ def set_thread_counts(settings: Settings) -> None:
 class ModelState:
     """Holds the ``Predictor`` once it is verified, loaded and warmed up; ready until draining starts."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, verified: Manifest | None = None):
+        """``verified``: the manifest the CLI's pre-flight checked, so loading does not hash the bundle again."""
         self.settings = settings
+        self.verified = verified
         self.predictor: Predictor | None = None
         self.error: str | None = None
         self.draining = False
@@ -50,7 +53,7 @@ class ModelState:
             set_thread_counts(self.settings)
             predictor = Predictor(self.settings.bundle, self.settings.call_rows, self.settings.trust,
                                   self.settings.runtime, self.settings.runtime_threads or None,
-                                  self.settings.serve_as, self.settings.latency_budget_ms)
+                                  self.settings.serve_as, self.settings.latency_budget_ms, self.verified)
             predictor.warm_up(self.settings.max_tta if self.settings.warm_up_views else None)
             metrics.MODEL.labels(predictor.name, predictor.version).set(1)
             self.predictor = predictor

@@ -33,7 +33,6 @@ TOLERANCE = 0.001  # accuracy the cascade may give up against the stack on the t
 # ties at every threshold (measured on noisy digits: a stage at p >= 0.5 tied the stack there and lost 0.75 points
 # on test images; allowing 0.005 nats lost 0.37 points at 25% of the stack's passes, 0 lost none at 42%)
 LOG_LOSS_TOLERANCE = 0.0
-CV_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -143,13 +142,15 @@ def _summary(outcome: Outcome, labels: np.ndarray, stage_names: list[str]) -> di
 
 
 def tune_cascade(per_view: np.ndarray, stack: np.ndarray, labels: np.ndarray, names: list[str], policy: TTAPolicy,
-                 costs: Costs, seed: int = 0, networks: list[str] | None = None) -> dict:
+                 costs: Costs, folds: list[tuple[np.ndarray, np.ndarray]], networks: list[str] | None = None) -> dict:
     """Stages and thresholds from (M, T, N, C) OOF served views and the stack's (N, C) cross-validated answers.
 
+    ``folds``: the meta step's (train, test) rows (``meta_cv_folds``), grouped when the fit was: the stack's answers
+    come from those folds, and a near-duplicate on both sides of a split would flatter the estimate.
     ``networks``: how the stages name what they run (default: the base models' names).
 
     Returns the stages chosen on every row, their scores there, and the cross-validated
-    estimate (each fifth of the rows answered by the choice made on the other four).
+    estimate (each fold's rows answered by the choice made on the others).
     """
     views, networks = per_view.shape[1], networks or names
     counts = [1, views] if views > 1 else [1]
@@ -160,12 +161,10 @@ def tune_cascade(per_view: np.ndarray, stack: np.ndarray, labels: np.ndarray, na
     stages = chosen.stages(names, views, networks)
     on_oof = _summary(run_candidate(chosen, early[chosen.model], stack, costs), labels, [s["name"] for s in stages])
 
-    order = np.random.default_rng(seed).permutation(len(labels))
-    folds = np.array_split(order, min(CV_FOLDS, max(2, len(labels) // 20)))
     probabilities, stage_rows = stack.copy(), np.zeros(len(labels), int)
     ms, passes, picks = np.zeros(len(labels)), np.zeros(len(labels)), []
-    for held in folds:
-        pick = _best(candidates, early, stack, labels, costs, np.setdiff1d(everything, held))
+    for tuned_on, held in folds:
+        pick = _best(candidates, early, stack, labels, costs, tuned_on)
         outcome = run_candidate(pick, [(v, p[held]) for v, p in early[pick.model]], stack[held], costs)
         probabilities[held], ms[held], passes[held] = outcome.probabilities, outcome.ms, outcome.views
         stage_rows[held] = outcome.stage == len(pick.stages(names, views, networks)) - 1  # 1 where the stack answered

@@ -14,6 +14,7 @@ import numpy as np
 
 from stacking import bundle as bundle_io  # first: before TensorFlow (see stacking.bundle.estimators)
 from stacking.bundle import Trust
+from stacking.bundle.manifest import Manifest
 from stacking.choices import RUNTIME, TTA_POLICY
 from stacking.errors import UserError
 from stacking.meta import full_probabilities, meta_features, single_threaded
@@ -64,18 +65,21 @@ class Predictor:
     """Everything needed to predict, from one bundle folder."""
 
     def __init__(self, bundle: Path, call_rows: int = CALL_ROWS, trust: Trust = Trust(), runtime: str = "auto",
-                 threads: int | None = None, serve_as: str = "stack", latency_budget_ms: float | None = None):
+                 threads: int | None = None, serve_as: str = "stack", latency_budget_ms: float | None = None,
+                 verified: Manifest | None = None):
         """``call_rows``: image-views per call at most (TensorFlow: every call padded to it; see ``TTAForward``);
         ``trust``: whether custom code may be imported, and whose signature the bundle must carry;
         ``runtime``: where the base models run (``auto``: as the fit chose per model, ``tf``, ``litert``);
         ``threads``: the exported runtime's threads (default: every core this process may use);
         ``serve_as``: the option that answers (stack, cascade, student), or with ``latency_budget_ms`` the most
-        accurate one whose measured cost fits (``stacking.serving``)."""
+        accurate one whose measured cost fits (``stacking.serving``);
+        ``verified``: the manifest a pre-flight (``stacking serve``) has just loaded with every check, so the files
+        are not hashed twice."""
         if call_rows < 1:
             raise UserError(f"--call-rows {call_rows}: must be at least 1")
         RUNTIME.check(runtime)
         self.bundle, self.trust, self.runtime = Path(bundle), trust, runtime
-        self.manifest = bundle_io.load_manifest(self.bundle, trust)
+        self.manifest = verified or bundle_io.load_manifest(self.bundle, trust)
         self.sha256 = bundle_io.manifest_sha(self.bundle)
         self.name = self.bundle.resolve().name
         self.version = self.sha256[:12]

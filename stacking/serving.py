@@ -24,6 +24,7 @@ from stacking.cascade import TOLERANCE, Costs, tune_cascade
 from stacking.choices import SERVE_AS
 from stacking.errors import UserError
 from stacking.leaderboard import stack_name
+from stacking.meta import meta_cv_folds
 from stacking.tta import TTAPolicy
 
 if TYPE_CHECKING:
@@ -95,8 +96,9 @@ def plan_serving(bundle: Path, manifest: Manifest, timing: dict, seed: int) -> S
     stack = bundle_io.load_stack_oof(bundle)["chosen"]
     costs = Costs(np.array([timing["view_ms"][n] for n in names]), timing["stack_ms"], stack_views)
     networks = [n if k == 1 else f"{n}/fold0" for n, k in zip(names, folds)]  # kfold: the first fold model alone
+    meta_folds = meta_cv_folds(labels, oof.get("groups"), int(manifest.config.get("meta_folds", 5)), seed)
     tuning = tune_cascade(oof["views"], stack, labels, names, TTAPolicy.from_dict(manifest.tta.model_dump()),
-                          costs, seed, networks)
+                          costs, meta_folds, networks)
     rows, where = len(labels), "OOF rows"
     scores = {r["name"]: r for r in manifest.meta_learner.oof_scores}
     options = [_option(n, "base", manifest.metrics["oof"][n], rows, where, folds[m] * views_used,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from stacking.config import load_config  # noqa: E402
 from stacking.digits import write_digits  # noqa: E402
 from stacking.fit import fit  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 # Small enough to fit in seconds on 2 cores, big enough for every split and CV fold.
 TINY_FIT = {
@@ -81,18 +82,17 @@ class Server:
 
     def wait_for(self, done, timeout: float = 120) -> httpx.Response:
         """Poll ``/readyz`` until ``done(response)``; return that response."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def answer() -> httpx.Response | None:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited {self.process.returncode}: {self.process.stdout.read()}")
             try:
                 response = httpx.get(f"{self.url}/readyz", timeout=2)
-                if done(response):
-                    return response
             except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError("server did not reach the expected state in time")
+                return None
+            return response if done(response) else None
+
+        return wait_until(answer, "the server to reach the expected state", timeout, every=0.3)
 
     def wait_ready(self, timeout: float = 120) -> None:
         self.wait_for(lambda r: r.status_code == 200, timeout)
@@ -103,6 +103,16 @@ class Server:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def metric(server, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` in /metrics that carry ``labels``."""
+    text = httpx.get(f"{server.url}/metrics").text
+    total = 0.0
+    for found, value in re.findall(rf"^{re.escape(name)}(\{{.*\}})? (\S+)$", text, re.M):
+        if all(f'{k}="{v}"' in found for k, v in labels.items()):
+            total += float(value)
+    return total
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from app.cli import main
+from stacking import cascade
 from stacking.bundle import Trust, load_manifest, load_oof, write_manifest
 from stacking.bundle.manifest import StageEntry
 from stacking.datasets import load_pixels, read_evaluation_set, read_training_set
@@ -331,8 +332,11 @@ def grouped_csv_layout(digits_dir: Path, root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_grouped_kfold_keeps_each_group_in_one_fold(digits_dir, tmp_path, capsys):
+def test_grouped_kfold_keeps_each_group_in_one_fold(digits_dir, tmp_path, capsys, monkeypatch):
     data = grouped_csv_layout(digits_dir, tmp_path / "grouped")
+    tuned_on: list[np.ndarray] = []  # the rows each cascade choice is made on
+    best = cascade._best
+    monkeypatch.setattr(cascade, "_best", lambda *args: tuned_on.append(args[-1]) or best(*args))
     code, out, err = run_cli(["fit", "--data", data, "--out", tmp_path / "b", *FAST, "--protocol", "kfold",
                               "--folds", "3", "--group-column", "Group", "--tta", "1"], capsys)
     assert code == 0, err
@@ -341,6 +345,11 @@ def test_grouped_kfold_keeps_each_group_in_one_fold(digits_dir, tmp_path, capsys
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
     assert load_manifest(tmp_path / "b").protocol.group_column == "Group"
     assert "grouped by Group" in out
+    groups = load_oof(tmp_path / "b")["groups"]
+    held_out = [np.setdiff1d(np.arange(len(groups)), rows) for rows in tuned_on]
+    assert sum(len(held) > 0 for held in held_out) >= 2  # the cascade's estimate: cross-validated ...
+    for rows, held in zip(tuned_on, held_out):  # ... on the meta step's grouped folds
+        assert not set(groups[rows]) & set(groups[held])
     code, _, err = run_cli(["fit", "--data", data, "--out", tmp_path / "c", *FAST, "--group-column", "Batch"], capsys)
     assert "--group-column Batch" in one_line_error(code, err) and "Group" in err
 

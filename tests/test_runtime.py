@@ -181,7 +181,6 @@ def test_a_perturbed_export_is_refused_naming_the_model(digits_dir, tmp_path, mo
 
 WITHOUT_TENSORFLOW = '''
 import sys
-import time
 
 class NoTensorFlow:
     """As in the serving-only install: no TensorFlow, Keras or pandas to import."""
@@ -196,12 +195,11 @@ from app.main import create_app
 from app.settings import Settings
 from stacking.errors import BundleError
 from stacking.predictor import Predictor
+from tests.waiting import wait_loaded
 
 bundle = sys.argv[1]
 with TestClient(create_app(Settings(bundle=bundle, max_tta=3))) as client:
-    state = client.app.state.serving.state
-    while not (state.ready or state.error):  # loading runs in a thread of its own
-        time.sleep(0.05)
+    wait_loaded(client.app.state.serving.state)  # loading runs in a thread of its own
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
     runtime = client.get("/v1/model").json()["runtime"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -12,7 +13,8 @@ from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import Server
+from tests.conftest import Server, metric
+from tests.waiting import wait_loaded
 
 
 def png_bytes(value: int = 128, size: int = 16) -> bytes:
@@ -123,9 +125,10 @@ def test_same_image_same_answer(server):
 
 
 def test_metrics_count_requests(server):
-    post(server, [("files", ("a.png", png_bytes(), "image/png"))])
-    text = httpx.get(f"{server.url}/metrics").text
-    assert 'stackserve_requests_total{route="/v1/predict",status="200"}' in text
+    """The shared server already has the series from other tests: the count must grow by exactly this request."""
+    before = metric(server, "stackserve_requests_total", route="/v1/predict", status="200")
+    assert post(server, [("files", ("a.png", png_bytes(), "image/png"))]).status_code == 200
+    assert metric(server, "stackserve_requests_total", route="/v1/predict", status="200") == before + 1
 
 
 def test_page_is_served(server):
@@ -162,3 +165,28 @@ def test_container_style_start_serves_predictions(tiny_bundle):
         assert post(server, [("files", ("a.png", png_bytes(), "image/png"))]).status_code == 200
     finally:
         server.stop()
+
+
+def test_serve_hashes_each_bundle_file_once(tiny_bundle, monkeypatch):
+    """``stacking serve`` checks the bundle before any port opens; the service then loads from that pre-flight."""
+    import uvicorn
+
+    import stacking.bundle as bundle_io
+    from app.cli import serve_bundle
+
+    hashed: list[str] = []
+    real = bundle_io.sha256_file
+    monkeypatch.setattr(bundle_io, "sha256_file", lambda path: hashed.append(str(path)) or real(path))
+    served: list[int] = []
+
+    def run_in_process(app, **_) -> None:  # in place of the real server: start the app's lifespan, wait, ask
+        with TestClient(app) as client:
+            wait_loaded(client.app.state.serving.state)
+            served.append(client.post("/v1/predict", files=[("files", ("a.png", png_bytes(), "image/png"))])
+                          .status_code)
+
+    monkeypatch.setattr(uvicorn, "run", run_in_process)
+    serve_bundle(tiny_bundle, warm_up_views=False)
+    assert served == [200]
+    files = [str(tiny_bundle / f) for f in bundle_io.load_manifest(tiny_bundle, verify=False).files]
+    assert sorted(h for h in hashed if h in files) == sorted(files)  # each once, not once per check

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
+import gzip
+import json
 import re
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -16,7 +17,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import Server, needs_chromium
+from tests.conftest import Server, metric, needs_chromium
+from tests.waiting import wait_loaded, wait_until
 from tests.test_service import assert_error, png_bytes
 
 pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
@@ -36,16 +38,6 @@ def predict(server, files, headers=KEY, timeout=60, **params) -> httpx.Response:
 def probabilities(response: httpx.Response) -> np.ndarray:
     assert response.status_code == 200, response.text
     return np.array([list(p["probabilities"].values()) for p in response.json()["predictions"]])
-
-
-def metric(server, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` in /metrics that carry ``labels``."""
-    text = httpx.get(f"{server.url}/metrics").text
-    total = 0.0
-    for found, value in re.findall(rf"^{re.escape(name)}(\{{.*\}})? (\S+)$", text, re.M):
-        if all(f'{k}="{v}"' in found for k, v in labels.items()):
-            total += float(value)
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +121,31 @@ def test_metrics_cover_the_serving_path(batching, digits_dir):
     assert 1 < views / images <= 4  # TTA views are counted per image
 
 
+def test_a_maximal_v2_body_is_parsed_off_the_event_loop(batching):
+    """While a /v2 body of nearly the 32 MiB limit is inflated, parsed and base64-decoded (a 400 at its last image,
+    so nothing awaits after the parse), a /healthz sent after it is answered first: the loop is not blocked."""
+    image = base64.b64encode(bytes(380_000)).decode()
+    data = [image] * 63 + ["!not base64"]
+    body = gzip.compress(json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [64],
+                                                 "data": data}]}).encode())
+    done: list[str] = []
+
+    def infer() -> None:
+        answer = httpx.post(f"{batching.url}/v2/models/tiny/infer", content=body, timeout=60,
+                            headers={**KEY, "Content-Encoding": "gzip"})
+        assert answer.status_code == 400 and "inputs[0].data[63]: not base64" in answer.json()["error"]
+        done.append("infer")
+
+    worker = threading.Thread(target=infer)
+    worker.start()
+    # The infer request is in the handler (in flight beside this /metrics request), or already answered.
+    wait_until(lambda: done or metric(batching, "stackserve_in_flight_requests") >= 2, "the infer request in flight")
+    assert httpx.get(f"{batching.url}/healthz", timeout=60).status_code == 200
+    done.append("healthz")
+    worker.join()
+    assert done == ["healthz", "infer"]
+
+
 def test_a_full_queue_answers_503_with_retry_after(tiny_bundle, digits_dir):
     server = Server(tiny_bundle, {"STACKSERVE_QUEUE_SIZE": "1", "STACKSERVE_MAX_BATCH": "1", "STACKSERVE_MAX_TTA": "9"})
     try:
@@ -149,9 +166,7 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_bundle, digits_dir):
 
 def test_work_past_its_deadline_never_reaches_the_models(tiny_bundle):
     with TestClient(create_app(Settings(bundle=tiny_bundle, request_timeout_s=1e-6, warm_up_views=False))) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_loaded(client.app.state.serving.state)
         response = client.post("/v1/predict", files=[("files", ("a.png", png_bytes(), "image/png"))])
         assert_error(response, 503, "deadline passed")
         assert response.json()["error"]["code"] == "deadline_exceeded" and response.headers["retry-after"]
@@ -168,20 +183,18 @@ def test_gone_clients_are_dropped_and_sigterm_drains(tiny_bundle, digits_dir):
         long_answers: list[httpx.Response] = []
         worker = threading.Thread(target=lambda: long_answers.append(predict(server, files, headers={}, tta=9)))
         worker.start()  # 64 one-image jobs queued ahead of the next request
-        time.sleep(0.05)
+        wait_until(lambda: metric(server, "stackserve_queue_jobs") > 1, "the long request's jobs queued")
         with pytest.raises(httpx.TimeoutException):
             predict(server, files[:1], headers={}, timeout=0.05)
         worker.join()
         np.testing.assert_allclose(probabilities(long_answers[0]), expected, atol=1e-5)
-        deadline = time.monotonic() + 10
-        while metric(server, "stackserve_dropped_jobs_total") < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: metric(server, "stackserve_dropped_jobs_total") >= 1, "the gone client's job dropped", 10)
         assert 'reason="client_gone"} 1.0' in httpx.get(f"{server.url}/metrics").text
         # SIGTERM while a request is in flight: it still gets its full answer, then the process exits cleanly.
         long_answers.clear()
         worker = threading.Thread(target=lambda: long_answers.append(predict(server, files, headers={}, tta=9)))
         worker.start()
-        time.sleep(0.1)
+        wait_until(lambda: metric(server, "stackserve_queue_jobs") > 1, "the request in flight, its jobs queued")
         server.process.send_signal(signal.SIGTERM)
         worker.join()
         np.testing.assert_allclose(probabilities(long_answers[0]), expected, atol=1e-5)

@@ -17,11 +17,13 @@ from app.cli import main
 from stacking import bundle as bundle_io
 from stacking.bundle import load_manifest, write_manifest
 from stacking.bundle.manifest import StageEntry
+from stacking import cascade
 from stacking.cascade import NEVER, TOLERANCE, Costs, tune_cascade
 from stacking.datasets import load_pixels, read_evaluation_set
 from stacking.distill import distill
 from stacking.errors import UserError
 from stacking.evaluate import evaluate_folder
+from stacking.meta import meta_cv_folds
 from stacking.predictor import Predictor
 from stacking.report import write_report
 from stacking.serving import pareto_front, resolve_serve_as
@@ -60,7 +62,8 @@ COSTS = Costs(view_ms=np.array([1.0, 1.0]), stack_ms=10.0, stack_views=6.0)
 
 def test_the_cascade_reaches_the_stacks_accuracy_at_a_fraction_of_its_cost():
     per_view, stack, labels = rows_with_a_sure_cheap_model()
-    tuning = tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS)
+    tuning = tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS,
+                          meta_cv_folds(labels, None, 5, 0))
     first = tuning["stages"][0]
     assert first["model"] == "cheap" and first["views"] == 1 and 0.4 < first["threshold"] <= 0.94
     assert tuning["stages"][-1]["name"] == "stack"
@@ -74,7 +77,8 @@ def test_the_cascade_reaches_the_stacks_accuracy_at_a_fraction_of_its_cost():
 
 def test_without_a_sure_cheap_model_the_cascade_is_the_stack():
     per_view, stack, labels = rows_with_a_sure_cheap_model(sure_share=0.0)
-    tuning = tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS)
+    tuning = tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS,
+                          meta_cv_folds(labels, None, 5, 0))
     assert [s["name"] for s in tuning["stages"]] == ["stack"]
     assert tuning["cross_validated"]["accuracy"] == tuning["stack"]["accuracy"]
 
@@ -85,9 +89,25 @@ def test_the_thresholds_are_cross_validated_not_fitted_to_the_rows_they_score():
     per_view, stack, labels = rows_with_a_sure_cheap_model(sure_share=1.0)
     flip = np.random.default_rng(1).random(len(labels)) < 0.1
     per_view[0][:, flip] = np.roll(per_view[0][:, flip], 1, axis=-1)
-    tuning = tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS)
+    tuning = tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS,
+                          meta_cv_folds(labels, None, 5, 0))
     assert all(s["threshold"] >= NEVER or s["model"] is None for s in tuning["stages"])
     assert tuning["cross_validated"]["accuracy"] <= tuning["stack"]["accuracy"]
+
+
+def test_the_cascade_is_cross_validated_on_the_meta_steps_grouped_folds(monkeypatch):
+    """Near-duplicates share a group: no choice may be tuned on rows of a group it is then scored on."""
+    per_view, stack, labels = rows_with_a_sure_cheap_model()
+    groups = np.arange(len(labels)) // 3
+    folds = meta_cv_folds(labels, groups, 5, 0)
+    tuned_on: list[np.ndarray] = []
+    best = cascade._best
+    monkeypatch.setattr(cascade, "_best", lambda *args: tuned_on.append(args[-1]) or best(*args))
+    tuning = tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS, folds)
+    assert tuning["cross_validated"]["folds"] == len(folds) and len(tuned_on) == 1 + len(folds)
+    for rows, (train, held) in zip(tuned_on[1:], folds):
+        np.testing.assert_array_equal(rows, train)
+        assert not set(groups[rows]) & set(groups[held])
 
 
 def test_pareto_front():

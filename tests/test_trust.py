@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -29,6 +28,7 @@ from stacking.meta import make_meta, single_threaded
 from stacking.predictor import Predictor
 from tests.conftest import TINY_FIT, Server
 from tests.hostile import WritesOnSetState, pickled
+from tests.waiting import wait_loaded
 from tests.test_cli import one_line_error, run_cli
 
 PIXELS = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
@@ -90,18 +90,10 @@ def test_the_service_stays_up_and_not_ready_on_a_pickled_meta_file(bundle_copy, 
     mark = tmp_path / "pwned"
     plant(bundle_copy, "meta/meta.skops", pickled(mark))
     with TestClient(create_app(Settings(bundle=bundle_copy))) as client:
-        _wait_for_error(client.app.state.serving.state)
+        wait_loaded(client.app.state.serving.state)
         answer = client.get("/readyz")
         assert answer.status_code == 503 and "meta/meta.skops: not a skops file" in answer.json()["error"]["message"]
     assert not mark.exists()
-
-
-def _wait_for_error(state, timeout: float = 60) -> None:
-    """Until the background load has failed (it records the error before it ends)."""
-    deadline = time.monotonic() + timeout
-    while state.error is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert state.error is not None
 
 
 def test_every_meta_learner_round_trips_to_the_bit_without_pickle(tmp_path):
@@ -163,7 +155,7 @@ def test_custom_code_bundle_is_served_only_when_trusted(custom_bundle, digits_di
     code, _, err = run_cli(["serve", bundle, "--port", "0"], capsys)
     assert "tests.marking_model" in one_line_error(code, err)
     with TestClient(create_app(Settings(bundle=bundle))) as client:
-        _wait_for_error(client.app.state.serving.state)
+        wait_loaded(client.app.state.serving.state)
         answer = client.get("/readyz")
         assert answer.status_code == 503 and "STACKSERVE_TRUST_CUSTOM_CODE=1" in answer.json()["error"]["message"]
     server = Server(bundle, {"STACKSERVE_TRUST_CUSTOM_CODE": "1"})
@@ -217,7 +209,7 @@ def test_verify_key_from_the_environment_guards_the_service(bundle_copy, tmp_pat
     _, public = make_keys(tmp_path, "owner")
     monkeypatch.setenv("STACKSERVE_VERIFY_KEY", str(public))
     with TestClient(create_app(Settings(bundle=bundle_copy))) as client:
-        _wait_for_error(client.app.state.serving.state)
+        wait_loaded(client.app.state.serving.state)
         answer = client.get("/readyz")
         assert answer.status_code == 503 and "not signed" in answer.json()["error"]["message"]
 

@@ -11,10 +11,13 @@ middleware). Errors are ``{"error": "<message>"}``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
 import json
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -215,11 +218,21 @@ def _json_data(tensor: protocol.Tensor) -> list:
     return tensor.values.ravel().tolist()
 
 
-async def _infer(request: Request, serving: Serving, name: str, model_version: str = "") -> Response:
-    model = protocol.served_model(serving.predictor(), name, model_version)
-    raw = _decompressed(await request.body(), request.headers.get("content-encoding"),
-                        serving.settings.max_body_bytes)
-    header, binary = _split(raw, request.headers.get(HEADER_LENGTH))
+@dataclass
+class _Parsed:
+    """What an infer body asks for, read off the event loop."""
+
+    body: InferRequest
+    images: list[bytes]
+    outputs: list[tuple[str, bool]]
+    classification: dict[str, int]
+    options: protocol.Options
+
+
+def _read(raw: bytes, encoding: str | None, header_length: str | None, limit: int, classes: int) -> _Parsed:
+    """Inflate, split, parse and base64-decode the body: CPU work of up to ``limit`` bytes, so the routes run it in
+    the decoders' pool, never on the event loop that HTTP and gRPC share."""
+    header, binary = _split(_decompressed(raw, encoding, limit), header_length)
     body = _parse(header)
     protocol.check_inputs([(t.name, t.datatype, t.shape) for t in body.inputs])
     images, used = _images(body.inputs[0], binary)
@@ -227,10 +240,18 @@ async def _infer(request: Request, serving: Serving, name: str, model_version: s
         raise ServiceError(400, f"request body: {len(binary) - used} bytes after the JSON header that no input's "
                                 f"binary_data_size claims")
     protocol.check_count(body.inputs[0].shape, len(images))
-    outputs, classification = _requested(body, len(model.classes))
-    options = protocol.read_parameters(body.parameters or {})
-    served = await protocol.infer(serving, model, images, options, disconnected(request.receive))
-    tensors = protocol.output_tensors(model, served.prediction, [n for n, _ in outputs], classification)
+    outputs, classification = _requested(body, classes)
+    return _Parsed(body, images, outputs, classification, protocol.read_parameters(body.parameters or {}))
+
+
+async def _infer(request: Request, serving: Serving, name: str, model_version: str = "") -> Response:
+    model = protocol.served_model(serving.predictor(), name, model_version)
+    read = functools.partial(_read, await request.body(), request.headers.get("content-encoding"),
+                             request.headers.get(HEADER_LENGTH), serving.settings.max_body_bytes, len(model.classes))
+    parsed = await asyncio.get_running_loop().run_in_executor(serving.decoders, read)
+    body, outputs = parsed.body, parsed.outputs
+    served = await protocol.infer(serving, model, parsed.images, parsed.options, disconnected(request.receive))
+    tensors = protocol.output_tensors(model, served.prediction, [n for n, _ in outputs], parsed.classification)
     document: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if body.id is not None:
         document["id"] = body.id
