@@ -17,8 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/stacking demo --workdir artifacts/demo
 
+# The import contracts (pyproject.toml: the stages as layers, the light serving path), then ruff's lint and format.
 lint: $(STAMP)
 	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The gRPC messages the server loads, compiled from their .proto (tests/test_open_inference.py checks they match).
 protos: $(STAMP)

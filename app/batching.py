@@ -26,7 +26,7 @@ import numpy as np
 from app import metrics
 from app.errors import ServiceError
 from app.state import ModelState
-from stacking.predictor import Prediction
+from stacking.inference.predictor import Prediction
 
 Key = tuple[int | None, str | None]  # (TTA views, TTA policy): jobs merge only with equal keys
 
@@ -72,10 +72,16 @@ class Batcher:
         """
         if len(self._queue) + self.incoming >= self.queue_size:
             metrics.REJECTED.labels("queue_full").inc()
-            raise ServiceError(503, f"the queue is full ({self.queue_size} jobs waiting); retry shortly",
-                               "queue_full", headers={"Retry-After": str(self.retry_after)})
+            raise ServiceError(
+                503,
+                f"the queue is full ({self.queue_size} jobs waiting); retry shortly",
+                "queue_full",
+                headers={"Retry-After": str(self.retry_after)},
+            )
 
-    def submit(self, pixels: np.ndarray, views: int | None, policy: str | None, deadline: float) -> list[asyncio.Future]:
+    def submit(
+        self, pixels: np.ndarray, views: int | None, policy: str | None, deadline: float
+    ) -> list[asyncio.Future]:
         """Queue ``pixels`` in jobs of at most ``max_batch`` images; one future per job, in order."""
         loop = asyncio.get_running_loop()
         futures = []
@@ -95,9 +101,14 @@ class Batcher:
                 metrics.DROPPED.labels("client_gone").inc()
             elif now > job.deadline:
                 metrics.DROPPED.labels("deadline").inc()
-                job.future.set_exception(ServiceError(
-                    503, "the request's deadline passed while it waited in the queue", "deadline_exceeded",
-                    headers={"Retry-After": str(self.retry_after)}))
+                job.future.set_exception(
+                    ServiceError(
+                        503,
+                        "the request's deadline passed while it waited in the queue",
+                        "deadline_exceeded",
+                        headers={"Retry-After": str(self.retry_after)},
+                    )
+                )
             else:
                 kept.append(job)
         self._queue = kept
@@ -126,7 +137,7 @@ class Batcher:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     async def _run(self) -> None:

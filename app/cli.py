@@ -30,7 +30,7 @@ def serve_bundle(bundle: Path, **overrides) -> None:
     from stacking.bundle import check_custom_code, load_manifest, runtime_of
     from stacking.choices import RUNTIME
     from stacking.errors import UserError
-    from stacking.serving import resolve_serve_as
+    from stacking.inference.options import resolve_serve_as
 
     try:
         settings = Settings(bundle=bundle, **{k: v for k, v in overrides.items() if v is not None})
@@ -43,14 +43,24 @@ def serve_bundle(bundle: Path, **overrides) -> None:
     for entry in manifest.base_models:
         runtime_of(entry, settings.runtime)  # a runtime some base model lacks: refused before any port opens
     served = resolve_serve_as(manifest, settings.serve_as, settings.latency_budget_ms)  # likewise an absent option
-    typer.echo(f"answering with the {served}" + (f" (most accurate within {settings.latency_budget_ms:g} ms per image)"
-                                                  if settings.latency_budget_ms else ""))
-    typer.echo(f"serving {bundle} on http://{settings.host}:{settings.port} (page at /, API at /v1/predict and "
-               f"/v2/models/{bundle.resolve().name}/infer, docs at /docs)")
+    typer.echo(
+        f"answering with the {served}"
+        + (f" (most accurate within {settings.latency_budget_ms:g} ms per image)" if settings.latency_budget_ms else "")
+    )
+    typer.echo(
+        f"serving {bundle} on http://{settings.host}:{settings.port} (page at /, API at /v1/predict and "
+        f"/v2/models/{bundle.resolve().name}/infer, docs at /docs)"
+    )
     if settings.grpc_port is not None:
         typer.echo(f"gRPC on {settings.host}:{settings.grpc_port} (inference.GRPCInferenceService, grpc.health.v1)")
-    uvicorn.run(create_app(settings, verified=manifest), host=settings.host, port=settings.port, workers=1, log_level="info",
-                timeout_graceful_shutdown=int(settings.graceful_timeout_s))
+    uvicorn.run(
+        create_app(settings, verified=manifest),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level="info",
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+    )
 
 
 @cli.command("serve")
@@ -58,13 +68,24 @@ def serve_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     host: Annotated[Optional[str], typer.Option(help="Address to listen on [STACKSERVE_HOST, 127.0.0.1].")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port to listen on [STACKSERVE_PORT, 8000].")] = None,
-    grpc_port: Annotated[Optional[int], typer.Option(
-        help="Also serve the Open Inference Protocol over gRPC on this port [STACKSERVE_GRPC_PORT, off].")] = None,
+    grpc_port: Annotated[
+        Optional[int],
+        typer.Option(help="Also serve the Open Inference Protocol over gRPC on this port [STACKSERVE_GRPC_PORT, off]."),
+    ] = None,
     max_batch: Annotated[Optional[int], typer.Option(help="Images per model call [STACKSERVE_MAX_BATCH, 64].")] = None,
-    max_wait_ms: Annotated[Optional[float], typer.Option(help="Most a batch waits for requests still decoding [STACKSERVE_MAX_WAIT_MS, 5].")] = None,
-    queue_size: Annotated[Optional[int], typer.Option(help="Jobs that may wait; past it 503 [STACKSERVE_QUEUE_SIZE, 64].")] = None,
-    max_tta: Annotated[Optional[int], typer.Option(help="Most TTA views a request may ask for [STACKSERVE_MAX_TTA, 16].")] = None,
-    call_rows: Annotated[Optional[int], typer.Option(help="Image-views per compiled call [STACKSERVE_CALL_ROWS, 64].")] = None,
+    max_wait_ms: Annotated[
+        Optional[float],
+        typer.Option(help="Most a batch waits for requests still decoding [STACKSERVE_MAX_WAIT_MS, 5]."),
+    ] = None,
+    queue_size: Annotated[
+        Optional[int], typer.Option(help="Jobs that may wait; past it 503 [STACKSERVE_QUEUE_SIZE, 64].")
+    ] = None,
+    max_tta: Annotated[
+        Optional[int], typer.Option(help="Most TTA views a request may ask for [STACKSERVE_MAX_TTA, 16].")
+    ] = None,
+    call_rows: Annotated[
+        Optional[int], typer.Option(help="Image-views per compiled call [STACKSERVE_CALL_ROWS, 64].")
+    ] = None,
     runtime: RuntimeOption = "auto",
     serve_as: ServeAsOption = "stack",
     latency_budget_ms: BudgetOption = None,
@@ -72,16 +93,30 @@ def serve_command(
     verify_key: VerifyKeyOption = None,
 ) -> None:
     """Start the HTTP service (every setting also reads its STACKSERVE_* variable; see the README)."""
-    serve_bundle(bundle, host=host, port=port, grpc_port=grpc_port, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                 queue_size=queue_size, max_tta=max_tta, call_rows=call_rows, runtime=runtime, serve_as=serve_as,
-                 latency_budget_ms=latency_budget_ms, trust_custom_code=trust_custom_code or None,
-                 verify_key=verify_key)
+    serve_bundle(
+        bundle,
+        host=host,
+        port=port,
+        grpc_port=grpc_port,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        queue_size=queue_size,
+        max_tta=max_tta,
+        call_rows=call_rows,
+        runtime=runtime,
+        serve_as=serve_as,
+        latency_budget_ms=latency_budget_ms,
+        trust_custom_code=trust_custom_code or None,
+        verify_key=verify_key,
+    )
 
 
 @cli.command("demo")
 def demo_command(
     workdir: Annotated[Path, typer.Option(help="Where the data, bundle and submission go.")] = Path("artifacts/demo"),
-    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs per base model (default: the demo config's).")] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(help="Maximum epochs per base model (default: the demo config's).")
+    ] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use a stratified subset of this many scans.")] = None,
     serve: Annotated[bool, typer.Option(help="Serve the bundle at the end.")] = True,
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
@@ -90,13 +125,13 @@ def demo_command(
 ) -> None:
     """The whole job on the bundled digits: data, fit (with its cascade), a distilled student, the comparison
     table with every option's accuracy and cost, a submission, then serve."""
-    from stacking.config import load_config
-    from stacking.digits import write_digits
-    from stacking.distill import distill
-    from stacking.evaluate import evaluate_folder, format_table, record_evaluation
-    from stacking.fit import fit
-    from stacking.predictor import Predictor
-    from stacking.submission import predict_folder
+    from stacking.data.digits import write_digits
+    from stacking.inference.batch_predict import predict_folder
+    from stacking.inference.predictor import Predictor
+    from stacking.reporting.evaluate import evaluate_folder, format_table, record_evaluation
+    from stacking.training.config import load_config
+    from stacking.training.distill import distill
+    from stacking.training.fit import fit
 
     data, bundle = workdir / "digits", workdir / "bundle"
     counts = write_digits(data, limit=limit)

@@ -12,9 +12,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("stackserve")
 
-CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-         413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter", 499: "client_closed",
-         500: "internal_error", 503: "unavailable"}
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_parameter",
+    499: "client_closed",
+    500: "internal_error",
+    503: "unavailable",
+}
 PROTOCOL_PREFIX = "/v2"  # routes whose errors take the Open Inference Protocol's shape
 
 
@@ -27,13 +36,15 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None,
-                   path: str = "") -> JSONResponse:
+def error_response(
+    status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None, path: str = ""
+) -> JSONResponse:
     """The error for a request to ``path``, in the shape of the API that path belongs to."""
     if path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/"):
         return JSONResponse({"error": message}, status, headers=headers)
-    return JSONResponse({"error": {"code": code or CODES.get(status, "error"), "message": message}}, status,
-                        headers=headers)
+    return JSONResponse(
+        {"error": {"code": code or CODES.get(status, "error"), "message": message}}, status, headers=headers
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -49,8 +60,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None),
-                              path=request.url.path)
+        return error_response(
+            exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None), path=request.url.path
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -19,8 +19,8 @@ from app.batching import Batcher, wait_for_jobs
 from app.errors import ServiceError
 from app.settings import Settings
 from app.state import ModelState
-from stacking.images import ImageDecodeError, decode_image
-from stacking.predictor import Prediction, Predictor
+from stacking.data.images import ImageDecodeError, decode_image
+from stacking.inference.predictor import Prediction, Predictor
 
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
 
@@ -37,8 +37,12 @@ class Serving:
     def predictor(self) -> Predictor:
         """The loaded predictor (also while draining: requests that still arrive are answered)."""
         if self.state.predictor is None:
-            raise ServiceError(503, "the model is not loaded yet" if self.state.error is None
-                               else f"the model failed to load: {self.state.error}")
+            raise ServiceError(
+                503,
+                "the model is not loaded yet"
+                if self.state.error is None
+                else f"the model failed to load: {self.state.error}",
+            )
         return self.state.predictor
 
     def key_matches(self, given: str) -> bool:
@@ -85,8 +89,13 @@ def check_tta(predictor: Predictor, settings: Settings, tta: int | None, policy:
 
 
 async def serve_uploads(
-    serving: Serving, predictor: Predictor, uploads: list[Upload], tta: int | None, policy: str | None,
-    gone: Awaitable[None] | None = None, timeout_s: float | None = None,
+    serving: Serving,
+    predictor: Predictor,
+    uploads: list[Upload],
+    tta: int | None,
+    policy: str | None,
+    gone: Awaitable[None] | None = None,
+    timeout_s: float | None = None,
 ) -> Served:
     """Decode, batch and predict; raises when no upload is usable (with the first one's error).
 
@@ -102,7 +111,8 @@ async def serve_uploads(
     batcher.incoming += 1
     try:
         decoded = await asyncio.get_running_loop().run_in_executor(
-            serving.decoders, lambda: [_decode(u, predictor.image_size, settings.max_pixels) for u in uploads])
+            serving.decoders, lambda: [_decode(u, predictor.image_size, settings.max_pixels) for u in uploads]
+        )
     finally:
         batcher.incoming -= 1
     good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
@@ -115,6 +125,9 @@ async def serve_uploads(
     done = time.monotonic()
     row = {i: k for k, i in enumerate(good)}
     compute = {k: v * 1000 for k, v in prediction.seconds.items()}
-    timings = {"decode": (decoded_at - arrived) * 1000,
-               "queue": max(0.0, (done - decoded_at) * 1000 - sum(compute.values())), **compute}
+    timings = {
+        "decode": (decoded_at - arrived) * 1000,
+        "queue": max(0.0, (done - decoded_at) * 1000 - sum(compute.values())),
+        **compute,
+    }
     return Served(prediction, [row[i] if i in row else decoded[i] for i in range(len(uploads))], timings)

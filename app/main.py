@@ -77,9 +77,16 @@ def create_app(settings: Settings | None = None, verified: Manifest | None = Non
         app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "Content-Encoding", "X-API-Key", "X-Request-ID",
-                           "Inference-Header-Content-Length"],
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[
+                "Content-Type",
+                "Content-Encoding",
+                "X-API-Key",
+                "X-Request-ID",
+                "Inference-Header-Content-Length",
+            ],
             expose_headers=["X-Request-ID", "Server-Timing", "Retry-After", "Inference-Header-Content-Length"],
         )
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # for clients that accept it (tritonclient, if asked)

@@ -60,8 +60,9 @@ class BodyLimitMiddleware:
             return
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
-            response = error_response(413, f"request body of {int(length)} bytes exceeds the limit of {self.limit}",
-                                      path=scope["path"])
+            response = error_response(
+                413, f"request body of {int(length)} bytes exceeds the limit of {self.limit}", path=scope["path"]
+            )
             await response(scope, receive, send)
             return
         received = 0

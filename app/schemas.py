@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel
+
+from stacking.bundle.manifest import OptionEntry, ProtocolEntry, RuntimeEntry, StageEntry, TTAEntry
 
 
 class ModelRef(BaseModel):
@@ -35,3 +39,68 @@ class ImagePrediction(BaseModel):
 class PredictResponse(BaseModel):
     model: ModelRef
     predictions: list[ImagePrediction]
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class AliveResponse(BaseModel):
+    status: Literal["alive"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
+
+
+class BaseModelInfo(BaseModel):
+    name: str
+    architecture: str
+    preprocessing: str
+    weights: str | None
+    runtime: RuntimeEntry | None
+
+
+class MetaLearnerInfo(BaseModel):
+    kind: str
+    reason: str
+    leaderboard: list[dict[str, Any]]  # each candidate's cross-validated scores on the OOF rows
+
+
+class ServedTTA(TTAEntry):
+    max_views: int  # the most views a request may ask for under this policy
+
+
+class RunnerInfo(BaseModel):
+    runtime: str
+    threads: dict[str, int]  # TensorFlow's intra_op and inter_op pools, or LiteRT's num_threads
+
+
+class RuntimeInfo(BaseModel):
+    requested: str
+    call_rows: int
+    base_models: dict[str, RunnerInfo]
+
+
+class ServingInfo(BaseModel):
+    served_as: str
+    latency_budget_ms: float | None
+    options: list[OptionEntry]
+    cascade: list[StageEntry] | None
+
+
+class ModelInfoResponse(BaseModel):
+    name: str
+    version: str
+    bundle_sha256: str
+    classes: list[str]
+    image_size: int
+    base_models: list[BaseModelInfo]
+    meta_learner: MetaLearnerInfo
+    tta: ServedTTA
+    protocol: ProtocolEntry
+    metrics: dict[str, Any]
+    custom_modules: list[str]
+    signature_verified: bool
+    runtime: RuntimeInfo
+    serving: ServingInfo

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stacking.bundle import Trust
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STACKSERVE_")
+    # A variable set but empty (as ``docker run -e NAME`` leaves it) counts as unset: STACKSERVE_GRPC_PORT= is gRPC off.
+    model_config = SettingsConfigDict(env_prefix="STACKSERVE_", env_ignore_empty=True)
 
     bundle: Path = Path("/bundle")
     host: str = "127.0.0.1"
@@ -30,7 +31,7 @@ class Settings(BaseSettings):
     api_key: str = ""  # when set, /v1 and /v2 model routes need header X-API-Key (health, metrics, page stay open)
     cors_origins: list[str] = []  # origins allowed to call the API from a browser; empty: CORS off
     decode_threads: int = Field(0, ge=0)  # threads decoding uploads (0: one per core)
-    serve_as: str = "stack"  # stack, cascade or student (stacking.serving)
+    serve_as: str = "stack"  # stack, cascade or student (stacking.training.costing)
     latency_budget_ms: float | None = Field(None, gt=0)  # instead: the most accurate option whose cost fits
     runtime: str = "auto"  # where the base models run: auto (as the fit chose per model), tf, litert
     runtime_threads: int = Field(0, ge=0)  # the exported runtime's threads per call (0: one per core)
@@ -40,12 +41,6 @@ class Settings(BaseSettings):
     warm_up_views: bool = True  # compile every TTA view count up to max_tta before turning ready
     trust_custom_code: bool = False  # import the modules a bundle's own architectures come from (runs their code)
     verify_key: Path | None = None  # public key (PEM): refuse a bundle not signed with its private key
-
-    @field_validator("grpc_port", mode="before")
-    @classmethod
-    def _empty_is_off(cls, value: object) -> object:
-        """``STACKSERVE_GRPC_PORT=`` (set but empty, as ``docker run -e`` leaves it) means gRPC off."""
-        return None if value == "" else value
 
     @property
     def trust(self) -> Trust:

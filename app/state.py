@@ -8,7 +8,8 @@ import threading
 from app import metrics
 from app.settings import Settings
 from stacking.bundle.manifest import Manifest
-from stacking.predictor import Predictor
+from stacking.inference.predictor import Predictor
+from stacking.runtime import KerasRunner
 
 logger = logging.getLogger("stackserve")
 
@@ -20,13 +21,8 @@ def set_thread_counts(settings: Settings) -> None:
     """
     if not (settings.intra_op_threads or settings.inter_op_threads):
         return
-    import tensorflow as tf
-
     try:
-        if settings.intra_op_threads:
-            tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)
-        if settings.inter_op_threads:
-            tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
+        KerasRunner.set_threads(settings.intra_op_threads, settings.inter_op_threads)
     except RuntimeError as exc:  # the runtime already started in this process: keep its pools, say so
         logger.warning("TensorFlow thread counts not applied: %s", exc)
 
@@ -51,9 +47,16 @@ class ModelState:
         """Load and warm up every view count a request may ask for; a failure is kept for ``/readyz``."""
         try:
             set_thread_counts(self.settings)
-            predictor = Predictor(self.settings.bundle, self.settings.call_rows, self.settings.trust,
-                                  self.settings.runtime, self.settings.runtime_threads or None,
-                                  self.settings.serve_as, self.settings.latency_budget_ms, self.verified)
+            predictor = Predictor(
+                self.settings.bundle,
+                self.settings.call_rows,
+                self.settings.trust,
+                self.settings.runtime,
+                self.settings.runtime_threads or None,
+                self.settings.serve_as,
+                self.settings.latency_budget_ms,
+                self.verified,
+            )
             predictor.warm_up(self.settings.max_tta if self.settings.warm_up_views else None)
             metrics.MODEL.labels(predictor.name, predictor.version).set(1)
             self.predictor = predictor

@@ -55,10 +55,19 @@ class Service:
         self.port = free_port()
         self.grpc_port = int(env.get("STACKSERVE_GRPC_PORT", 0)) or None
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-c", "from app.cli import run; run()", "serve", str(bundle), "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-c",
+            "from app.cli import run; run()",
+            "serve",
+            str(bundle),
+            "--port",
+            str(self.port),
+        ]
         started = time.monotonic()
-        self.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         while time.monotonic() < started + 600:
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
@@ -103,10 +112,18 @@ def request_bytes(port: int, image: tuple[str, bytes, str], target: str = "/v1/p
     """One complete HTTP/1.1 keep-alive POST of a one-file multipart body, built once."""
     name, data, kind = image
     boundary = "stackserveloadtest"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-            f"Content-Type: {kind}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: {kind}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -148,15 +165,20 @@ async def run_level(port: int, requests_bytes: list[bytes], concurrency: int, re
 
 def summary(latencies: list[float], wall: float) -> dict:
     ms = np.array(latencies) * 1000
-    return {"images_per_s": len(latencies) / wall, "p50_ms": float(np.percentile(ms, 50)),
-            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99))}
+    return {
+        "images_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 TRITON_CLIENTS = ("tritonclient http", "tritonclient grpc")
 
 
-async def run_triton_level(kind: str, address: str, model: str, images: list[bytes], concurrency: int,
-                           requests: int) -> dict:
+async def run_triton_level(
+    kind: str, address: str, model: str, images: list[bytes], concurrency: int, requests: int
+) -> dict:
     """As ``run_level``, through Triton's asyncio client: one client object shared by ``concurrency`` callers, the
     way an application would hold it, each request one image as a ``BYTES`` tensor built once."""
     if kind == "tritonclient http":
@@ -164,8 +186,9 @@ async def run_triton_level(kind: str, address: str, model: str, images: list[byt
     else:
         import tritonclient.grpc.aio as triton
     client = triton.InferenceServerClient(address)
-    tensors = [triton.InferInput("images", [1], "BYTES").set_data_from_numpy(np.array([data], dtype=object))
-               for data in images]
+    tensors = [
+        triton.InferInput("images", [1], "BYTES").set_data_from_numpy(np.array([data], dtype=object)) for data in images
+    ]
     latencies: list[float] = []
     counter = iter(range(requests))
 
@@ -208,8 +231,10 @@ def measure_clients(bundle: Path, images: list, levels: list[int], requests: int
     prebuilt = [request_bytes(service.port, image) for image in images]
     files = [data for _, data, _ in images]
     model = bundle.resolve().name
-    addresses = {"tritonclient http": f"127.0.0.1:{service.port}",
-                 "tritonclient grpc": f"127.0.0.1:{service.grpc_port}"}
+    addresses = {
+        "tritonclient http": f"127.0.0.1:{service.port}",
+        "tritonclient grpc": f"127.0.0.1:{service.grpc_port}",
+    }
 
     def level(client: str, concurrency: int, count: int) -> dict:
         if client == "bare /v1":
@@ -230,20 +255,23 @@ def measure_clients(bundle: Path, images: list, levels: list[int], requests: int
 
 def print_clients(results: dict[str, dict[int, dict]], levels: list[int], requests: int) -> None:
     print(f"through the clients users have: one service (batching on), {requests} one-image requests per level")
-    print(f"{'clients':>7}  {'client':<18}  {'images/s':>8}  {'p50 ms':>7}  {'p95 ms':>7}  {'p99 ms':>7}  "
-          f"{'/ bare':>6}")
+    print(
+        f"{'clients':>7}  {'client':<18}  {'images/s':>8}  {'p50 ms':>7}  {'p95 ms':>7}  {'p99 ms':>7}  {'/ bare':>6}"
+    )
     for concurrency in levels:
         bare = results["bare /v1"][concurrency]["images_per_s"]
         for client, table in results.items():
             r = table[concurrency]
-            print(f"{concurrency:>7}  {client:<18}  {r['images_per_s']:>8.1f}  {r['p50_ms']:>7.1f}  "
-                  f"{r['p95_ms']:>7.1f}  {r['p99_ms']:>7.1f}  {r['images_per_s'] / bare:>5.2f}x")
+            print(
+                f"{concurrency:>7}  {client:<18}  {r['images_per_s']:>8.1f}  {r['p50_ms']:>7.1f}  "
+                f"{r['p95_ms']:>7.1f}  {r['p99_ms']:>7.1f}  {r['images_per_s'] / bare:>5.2f}x"
+            )
 
 
 def fit_small_bundle(workdir: Path) -> Path:
-    from stacking.config import load_config
-    from stacking.digits import write_digits
-    from stacking.fit import fit
+    from stacking.data.digits import write_digits
+    from stacking.training.config import load_config
+    from stacking.training.fit import fit
 
     write_digits(workdir / "digits")
     config = load_config(Path(__file__).resolve().parents[1] / "stacking" / "configs" / "digits.toml", {"epochs": 4})
@@ -268,7 +296,7 @@ def main() -> None:
     bundle = args.bundle or fit_small_bundle(args.workdir)
     folder = args.images or (args.workdir / "digits" / "test")
     if not folder.is_dir():
-        from stacking.digits import write_digits
+        from stacking.data.digits import write_digits
 
         write_digits(args.workdir / "digits")
     images = test_images(folder, 128)
@@ -279,15 +307,21 @@ def main() -> None:
         on = measure(bundle, images, levels, args.requests, {})
         off = measure(bundle, images, levels, args.requests, {"STACKSERVE_MAX_BATCH": "1"})
         print(f"batching on and off: {args.requests} one-image requests per level")
-        print(f"{'clients':>7}  {'batching':>8}  {'images/s':>8}  {'p50 ms':>7}  {'p95 ms':>7}  {'p99 ms':>7}  "
-              f"{'mean batch':>10}")
+        print(
+            f"{'clients':>7}  {'batching':>8}  {'images/s':>8}  {'p50 ms':>7}  {'p95 ms':>7}  {'p99 ms':>7}  "
+            f"{'mean batch':>10}"
+        )
         for concurrency in levels:
             for label, table in (("on", on), ("off", off)):
                 r = table[concurrency]
-                print(f"{concurrency:>7}  {label:>8}  {r['images_per_s']:>8.1f}  {r['p50_ms']:>7.1f}  "
-                      f"{r['p95_ms']:>7.1f}  {r['p99_ms']:>7.1f}  {r['mean_batch']:>10.2f}")
-        print("throughput ratio, batching on / off: " + ", ".join(
-            f"{c} clients {on[c]['images_per_s'] / off[c]['images_per_s']:.2f}x" for c in levels))
+                print(
+                    f"{concurrency:>7}  {label:>8}  {r['images_per_s']:>8.1f}  {r['p50_ms']:>7.1f}  "
+                    f"{r['p95_ms']:>7.1f}  {r['p99_ms']:>7.1f}  {r['mean_batch']:>10.2f}"
+                )
+        print(
+            "throughput ratio, batching on / off: "
+            + ", ".join(f"{c} clients {on[c]['images_per_s'] / off[c]['images_per_s']:.2f}x" for c in levels)
+        )
         report.update(batching_on=on, batching_off=off)
     if "clients" in modes:
         levels = [int(c) for c in args.client_concurrency.split(",")]

@@ -44,8 +44,9 @@ def openvino_runner(model, size: int):
 
     with tempfile.TemporaryDirectory() as folder:
         model.export(folder, format="tf_saved_model", verbose=False)
-        compiled = ov.Core().compile_model(ov.convert_model(folder), "CPU",
-                                           {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+        compiled = ov.Core().compile_model(
+            ov.convert_model(folder), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        )
     request = compiled.create_infer_request()
     return lambda rows: request.infer([rows])[0]
 
@@ -56,9 +57,11 @@ def measure(name: str, size: int, calls: list[int], repeats: int, seconds: float
     keras_fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     rng = np.random.default_rng(0)
     calibration = rng.uniform(0, 255, (32, size, size, 3)).astype(np.float32)
-    runners = {"tf": lambda rows: keras_fn(rows).numpy(),
-               "litert": (lambda r: lambda rows: r(rows)[0])(LiteRTRunner([export_litert(model)])),
-               "litert-int8": (lambda r: lambda rows: r(rows)[0])(LiteRTRunner([export_litert(model, calibration)]))}
+    runners = {
+        "tf": lambda rows: keras_fn(rows).numpy(),
+        "litert": (lambda r: lambda rows: r(rows)[0])(LiteRTRunner([export_litert(model)])),
+        "litert-int8": (lambda r: lambda rows: r(rows)[0])(LiteRTRunner([export_litert(model, calibration)])),
+    }
     if importlib.util.find_spec("openvino") is not None:
         runners["openvino"] = openvino_runner(model, size)
     out = []
@@ -93,7 +96,8 @@ def main() -> None:
         tf_rate = r["views_per_s"]["tf"]
         cells = [f"{tf_rate:>26.0f}"] + [
             f"{r['views_per_s'][k]:>9.0f} ({r['views_per_s'][k] / tf_rate:4.1f}x) {r['max_abs_diff'][k]:>8.1e}"
-            for k in runtimes[1:]]
+            for k in runtimes[1:]
+        ]
         print(f"{r['model']:<18} {r['call']:>4} " + " ".join(cells))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2) + "\n")

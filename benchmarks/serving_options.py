@@ -34,13 +34,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from load import measure, test_images  # noqa: E402
 
 from stacking.bundle import Trust, load_manifest, load_oof  # noqa: E402
-from stacking.config import load_config  # noqa: E402
-from stacking.digits import write_digits  # noqa: E402
-from stacking.distill import distill, oof_pixels  # noqa: E402
-from stacking.evaluate import evaluate_folder, format_table  # noqa: E402
-from stacking.fit import fit  # noqa: E402
-from stacking.predictor import Predictor  # noqa: E402
-from stacking.serving import add_serving  # noqa: E402
+from stacking.data.digits import write_digits  # noqa: E402
+from stacking.inference.predictor import Predictor  # noqa: E402
+from stacking.reporting.evaluate import evaluate_folder, format_table  # noqa: E402
+from stacking.training.config import load_config  # noqa: E402
+from stacking.training.costing import add_serving  # noqa: E402
+from stacking.training.distill import distill, oof_pixels  # noqa: E402
+from stacking.training.fit import fit  # noqa: E402
 
 HELD_OUT = 0.6  # of the 1,797 scans; half of it is the unlabelled pool
 NOISE = 72  # grey levels of Gaussian noise on every pixel of the "noisy" set
@@ -87,9 +87,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / "artifacts" / "bench-options")
     parser.add_argument("--protocol", default="kfold")
-    parser.add_argument("--data", choices=("noisy", "clean"), default="noisy",
-                        help="noisy: the scans with pixel noise and a hidden square (the clean digits are too easy "
-                             "for a stack to beat its best model at 16 px)")
+    parser.add_argument(
+        "--data",
+        choices=("noisy", "clean"),
+        default="noisy",
+        help="noisy: the scans with pixel noise and a hidden square (the clean digits are too easy "
+        "for a stack to beat its best model at 16 px)",
+    )
     parser.add_argument("--student", default="small_resnet")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--requests", type=int, default=384)
@@ -99,14 +103,21 @@ def main() -> None:
     bundle, pooled = args.workdir / "bundle", args.workdir / "bundle-pooled"
     started = time.monotonic()
     if not (bundle / "manifest.json").is_file():
-        config = load_config(ROOT / "stacking" / "configs" / "digits.toml", {"protocol": args.protocol,
-                                                                             "epochs": args.epochs})
+        config = load_config(
+            ROOT / "stacking" / "configs" / "digits.toml", {"protocol": args.protocol, "epochs": args.epochs}
+        )
         fit(data, bundle, config, echo=print)
     else:  # fitted by an earlier run: its options timed and its cascade tuned again, by this code, on this machine
         manifest = load_manifest(bundle)
         manifest = manifest.model_copy(update={"serving": manifest.serving.model_copy(update={"student": None})})
-        add_serving(bundle, manifest, oof_pixels(manifest, load_oof(bundle)["ids"], None), manifest.config["seed"],
-                    Trust(), print)
+        add_serving(
+            bundle,
+            manifest,
+            oof_pixels(manifest, load_oof(bundle)["ids"], None),
+            manifest.config["seed"],
+            Trust(),
+            print,
+        )
     fitted = time.monotonic()
     shutil.rmtree(pooled, ignore_errors=True)
     shutil.copytree(bundle, pooled)
@@ -119,8 +130,10 @@ def main() -> None:
     service = {}
     for option, where in (("stack", bundle), ("cascade", bundle), ("student", bundle)):
         service[option] = measure(where, images, [32], args.requests, {"STACKSERVE_SERVE_AS": option})[32]
-        print(f"service --serve-as {option}: {service[option]['images_per_s']:.1f} images/s at 32 clients, "
-              f"p50 {service[option]['p50_ms']:.1f} ms")
+        print(
+            f"service --serve-as {option}: {service[option]['images_per_s']:.1f} images/s at 32 clients, "
+            f"p50 {service[option]['p50_ms']:.1f} ms"
+        )
     by_name = {r["name"]: r for r in rows}
     stack = next(r for r in rows if r["kind"] == "chosen")
     best = max((r for r in rows if r["kind"] == "base"), key=lambda r: r["accuracy"])
@@ -135,10 +148,16 @@ def main() -> None:
         "service_cascade_1.8x": service["cascade"]["images_per_s"] >= 1.8 * service["stack"]["images_per_s"],
     }
     print("\n".join(f"{'met ' if ok else 'MISS'}  {name}" for name, ok in targets.items()))
-    result = {"data": args.data, "protocol": args.protocol, "student": args.student,
-              "test_images": len(pd.read_csv(data / "test_labels.csv")),
-              "rows": rows, "service_32_clients": service, "targets": targets,
-              "seconds": {"fit": round(fitted - started, 1), "distill_both": round(distilled - fitted, 1)}}
+    result = {
+        "data": args.data,
+        "protocol": args.protocol,
+        "student": args.student,
+        "test_images": len(pd.read_csv(data / "test_labels.csv")),
+        "rows": rows,
+        "service_32_clients": service,
+        "targets": targets,
+        "seconds": {"fit": round(fitted - started, 1), "distill_both": round(distilled - fitted, 1)},
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -20,11 +20,11 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
-from stacking.config import load_config
-from stacking.digits import write_digits
-from stacking.evaluate import evaluate_folder, format_table
-from stacking.fit import fit
-from stacking.predictor import Predictor
+from stacking.data.digits import write_digits
+from stacking.inference.predictor import Predictor
+from stacking.reporting.evaluate import evaluate_folder, format_table
+from stacking.training.config import load_config
+from stacking.training.fit import fit
 
 
 def verdict(rows: list[dict]) -> dict:
@@ -57,23 +57,35 @@ def main() -> None:
     for protocol in ("holdout", "kfold"):
         started = time.monotonic()
         bundle = args.workdir / protocol
-        manifest = fit(data, bundle, load_config(config, {"protocol": protocol, "folds": args.folds}),
-                       echo=lambda _: None)
+        manifest = fit(
+            data, bundle, load_config(config, {"protocol": protocol, "folds": args.folds}), echo=lambda _: None
+        )
         seconds = round(time.monotonic() - started, 1)
         rows, count, _ = evaluate_folder(Predictor(bundle), data / "test", data / "test_labels.csv")
-        results[protocol] = {"rows": rows, "fit_seconds": seconds, "test_images": count,
-                             "oof_rows": manifest.metrics["oof_rows"],
-                             "chosen_reason": manifest.meta_learner.selection["reason"], **verdict(rows)}
-    print(f"digits: {counts['train']} training scans, {counts['test']} test scans; models "
-          f"{', '.join(load_config(config, {}).models)}")
+        results[protocol] = {
+            "rows": rows,
+            "fit_seconds": seconds,
+            "test_images": count,
+            "oof_rows": manifest.metrics["oof_rows"],
+            "chosen_reason": manifest.meta_learner.selection["reason"],
+            **verdict(rows),
+        }
+    print(
+        f"digits: {counts['train']} training scans, {counts['test']} test scans; models "
+        f"{', '.join(load_config(config, {}).models)}"
+    )
     for protocol, result in results.items():
-        print(f"\n== {protocol}: fit {result['fit_seconds']} s wall, {result['oof_rows']} OOF rows, "
-              f"{result['test_images']} test images")
+        print(
+            f"\n== {protocol}: fit {result['fit_seconds']} s wall, {result['oof_rows']} OOF rows, "
+            f"{result['test_images']} test images"
+        )
         print(format_table(result["rows"]))
         print(f"chosen: {result['chosen_reason']}")
-        print(f"stack {result['stack_accuracy']:.4f} vs best single ({result['best_single']}) "
-              f"{result['best_single_accuracy']:.4f}: {'above' if result['beats_best_single'] else 'NOT above'}; "
-              f"vs mean {result['mean_accuracy']:.4f}: {'not below' if result['not_below_mean'] else 'BELOW'}")
+        print(
+            f"stack {result['stack_accuracy']:.4f} vs best single ({result['best_single']}) "
+            f"{result['best_single_accuracy']:.4f}: {'above' if result['beats_best_single'] else 'NOT above'}; "
+            f"vs mean {result['mean_accuracy']:.4f}: {'not below' if result['not_below_mean'] else 'BELOW'}"
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
 

@@ -47,8 +47,8 @@ import numpy as np
 from load import Service, request_bytes, run_level, test_images
 from predict_scale import write_folder
 
-from stacking.predictor import Predictor
-from stacking.tta import TTAForward, make_views
+from stacking.inference.predictor import Predictor
+from stacking.inference.tta import TTAForward, make_views
 
 CALL_IMAGES = (1, 2, 4, 8, 16, 32, 64)  # images per compiled call tried for the limit
 LEVELS = (1, 8, 32)  # concurrent clients of the service
@@ -56,32 +56,52 @@ RUNTIMES = ("tf", "auto")  # TensorFlow everywhere; what the fit chose per model
 PARTS = ("limit", "bits", "naive", "single", "offline", "service", "memory", "kfold")
 TARGETS = {  # name: (description, passes(result)); on the served runtime (auto) unless said
     "offline": ("offline / limit >= 0.90", lambda r: r["auto"]["offline_ips"] / r["auto"]["limit_ips"] >= 0.90),
-    "service": ("service at 32 clients / limit >= 0.85",
-                lambda r: r["auto"]["service_ips"]["32"] / r["auto"]["limit_ips"] >= 0.85),
+    "service": (
+        "service at 32 clients / limit >= 0.85",
+        lambda r: r["auto"]["service_ips"]["32"] / r["auto"]["limit_ips"] >= 0.85,
+    ),
     "naive": ("service at 32 clients / naive >= 20x", lambda r: r["auto"]["service_ips"]["32"] / r["naive_ips"] >= 20),
-    "single": ("single image p50 <= forward of its views + 10 ms",
-               lambda r: r["auto"]["single_p50_ms"] <= r["auto"]["single_forward_ms"] + 10),
-    "speedup_single": ("single image p50 over HTTP, TF / exported >= 1.7",
-                       lambda r: r["speedup_vs_tf"]["single"] >= 1.7),
+    "single": (
+        "single image p50 <= forward of its views + 10 ms",
+        lambda r: r["auto"]["single_p50_ms"] <= r["auto"]["single_forward_ms"] + 10,
+    ),
+    "speedup_single": (
+        "single image p50 over HTTP, TF / exported >= 1.7",
+        lambda r: r["speedup_vs_tf"]["single"] >= 1.7,
+    ),
     "speedup_service": ("service at 32 clients, exported / TF >= 1.5", lambda r: r["speedup_vs_tf"]["service"] >= 1.5),
     "speedup_offline": ("offline, exported / TF >= 1.5", lambda r: r["speedup_vs_tf"]["offline"] >= 1.5),
-    "per_model": ("every base model at the service's call shape, auto / TF >= 0.95",
-                  lambda r: min(r["per_model_speedup"].values()) >= 0.95),
-    "memory": ("memory after 10,000 requests within 5% of warm",
-               lambda r: abs(r["auto"]["rss_after_mb"] / r["auto"]["rss_warm_mb"] - 1) <= 0.05),
+    "per_model": (
+        "every base model at the service's call shape, auto / TF >= 0.95",
+        lambda r: min(r["per_model_speedup"].values()) >= 0.95,
+    ),
+    "memory": (
+        "memory after 10,000 requests within 5% of warm",
+        lambda r: abs(r["auto"]["rss_after_mb"] / r["auto"]["rss_warm_mb"] - 1) <= 0.05,
+    ),
     "kfold": ("kfold fit / bare model.fit <= 1.15", lambda r: r["kfold_fit_ratio"] <= 1.15),
 }
 
 
 def make_bundle(workdir: Path) -> Path:
-    from stacking.config import load_config
-    from stacking.digits import write_digits
-    from stacking.fit import fit
+    from stacking.data.digits import write_digits
+    from stacking.training.config import load_config
+    from stacking.training.fit import fit
 
     write_digits(workdir / "digits")
-    config = load_config(None, {"models": ("mobilenetv3small", "efficientnetb0", "small_resnet"), "image_size": 96,
-                                "weights": "none", "epochs": 1, "tta_policy": "shift", "tta_views": 8,
-                                "tta_diagnostic_views": 8, "meta": "rf"})
+    config = load_config(
+        None,
+        {
+            "models": ("mobilenetv3small", "efficientnetb0", "small_resnet"),
+            "image_size": 96,
+            "weights": "none",
+            "epochs": 1,
+            "tta_policy": "shift",
+            "tta_views": 8,
+            "tta_diagnostic_views": 8,
+            "meta": "rf",
+        },
+    )
     fit(workdir / "digits", workdir / "bundle", config, echo=print)
     return workdir / "bundle"
 
@@ -103,8 +123,10 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     a, b = (np.random.default_rng(k).standard_normal((n, n)).astype(np.float32) for k in (0, 1))
     ta, tb = tf.constant(a), tf.constant(b)
     flop = 2 * n**3 / 1e9
-    return {"numpy": flop / timed(lambda: a @ b, repeats),
-            "tensorflow": flop / timed(lambda: tf.linalg.matmul(ta, tb).numpy(), repeats)}
+    return {
+        "numpy": flop / timed(lambda: a @ b, repeats),
+        "tensorflow": flop / timed(lambda: tf.linalg.matmul(ta, tb).numpy(), repeats),
+    }
 
 
 def multiply_adds(model) -> int:
@@ -118,8 +140,11 @@ def multiply_adds(model) -> int:
         elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
             out = int(np.prod(layer.output.shape[1:]))
             kernel = layer.kernel.shape  # Conv2D (kh, kw, in, out); Depthwise (kh, kw, in, 1); Dense (in, out)
-            per_output = int(np.prod(kernel[:-1])) if not isinstance(layer, keras.layers.DepthwiseConv2D) \
+            per_output = (
+                int(np.prod(kernel[:-1]))
+                if not isinstance(layer, keras.layers.DepthwiseConv2D)
                 else int(np.prod(kernel[:2]))
+            )
             total += out * per_output // (layer.groups if isinstance(layer, keras.layers.Conv2D) else 1)
     return total
 
@@ -127,8 +152,9 @@ def multiply_adds(model) -> int:
 def per_model_speedup(tf_predictor: Predictor, served: Predictor, repeats: int = 15) -> dict[str, float]:
     """Each base model alone at the service's call shape (one image's views): TF ms / served runtime ms, medians."""
     views = served.tta.view_list(served.image_size)
-    rows = make_views(np.random.default_rng(0).integers(0, 255, (1, served.image_size, served.image_size, 3),
-                                                         dtype=np.uint8), views)
+    rows = make_views(
+        np.random.default_rng(0).integers(0, 255, (1, served.image_size, served.image_size, 3), dtype=np.uint8), views
+    )
     ratios = {}
     for name, tf_run, run in zip(served.base_names, tf_predictor.forward.runners, served.forward.runners):
         tf_run(rows), run(rows)
@@ -155,8 +181,12 @@ def call_size_effect(served: Predictor, offline: Predictor, pixels: np.ndarray) 
     """How far the stacked probabilities move between the service's and the offline run's call shapes."""
     a, b = served.predict(pixels).probabilities, offline.predict(pixels).probabilities
     differs = np.abs(a - b).max(axis=1)
-    return {"images": len(pixels), "max_diff": float(differs.max()), "over_1e-5": int((differs > 1e-5).sum()),
-            "labels_changed": int((a.argmax(axis=1) != b.argmax(axis=1)).sum())}
+    return {
+        "images": len(pixels),
+        "max_diff": float(differs.max()),
+        "over_1e-5": int((differs > 1e-5).sum()),
+        "labels_changed": int((a.argmax(axis=1) != b.argmax(axis=1)).sum()),
+    }
 
 
 def naive_ips(predictor: Predictor, pixels: np.ndarray) -> float:
@@ -189,18 +219,36 @@ def single_image(predictor: Predictor, pixels: np.ndarray, repeats: int = 30) ->
 
 def offline_ips(bundle: Path, folder: Path, out: Path, call_rows: int, runtime: str) -> float:
     """``stacking predict``'s own images/s (after loading) on ``folder``."""
-    done = subprocess.run([sys.executable, "-c", "from app.cli import run; run()", "predict", str(bundle), str(folder),
-                           "--out", str(out), "--call-rows", str(call_rows), "--runtime", runtime], check=True,
-                          capture_output=True,
-                          text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from app.cli import run; run()",
+            "predict",
+            str(bundle),
+            str(folder),
+            "--out",
+            str(out),
+            "--call-rows",
+            str(call_rows),
+            "--runtime",
+            runtime,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     return float(re.search(r"\(([\d.]+) images/s\)", done.stdout).group(1))
 
 
-def service(bundle: Path, folder: Path, call_rows: int, requests: int, memory_requests: int, parts: set,
-            runtime: str) -> dict:
+def service(
+    bundle: Path, folder: Path, call_rows: int, requests: int, memory_requests: int, parts: set, runtime: str
+) -> dict:
     """Cold start, then one-image uploads at each level; then memory before and after many more requests."""
-    server = Service(bundle, {"STACKSERVE_CALL_ROWS": str(call_rows), "STACKSERVE_QUEUE_SIZE": "256",
-                              "STACKSERVE_RUNTIME": runtime})
+    server = Service(
+        bundle, {"STACKSERVE_CALL_ROWS": str(call_rows), "STACKSERVE_QUEUE_SIZE": "256", "STACKSERVE_RUNTIME": runtime}
+    )
     images = test_images(folder, 128)
     served = [request_bytes(server.port, image) for image in images]
     one_view = [request_bytes(server.port, image, "/v1/predict?tta=1") for image in images]
@@ -235,29 +283,47 @@ def kfold_fit_ratio(digits: Path, workdir: Path, epochs: int) -> dict:
     import keras
 
     from models import create_model
-    from stacking.config import load_config
-    from stacking.datasets import load_pixels, read_training_set
-    from stacking.fit import fit
-    from stacking.protocols import make_splits
+    from stacking.data.datasets import load_pixels, read_training_set
+    from stacking.training.config import load_config
+    from stacking.training.fit import fit
+    from stacking.training.protocols import make_splits
 
-    cfg = load_config(None, {"models": ("small_resnet", "mini_mobilenet"), "protocol": "kfold", "folds": 3,
-                             "image_size": 32, "weights": "none", "epochs": epochs, "tta_policy": "shift", "tta_views": 4,
-                             "tta_diagnostic_views": 4})
+    cfg = load_config(
+        None,
+        {
+            "models": ("small_resnet", "mini_mobilenet"),
+            "protocol": "kfold",
+            "folds": 3,
+            "image_size": 32,
+            "weights": "none",
+            "epochs": epochs,
+            "tta_policy": "shift",
+            "tta_views": 4,
+            "tta_diagnostic_views": 4,
+        },
+    )
     images, pixels, _ = load_pixels(read_training_set(digits), cfg.image_size, "error")
     labels, classes = images.labels, images.classes
-    splits = make_splits(labels, "kfold", cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed,
-                         None, classes)
+    splits = make_splits(
+        labels, "kfold", cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed, None, classes
+    )
     bare = 0.0
     for model in cfg.models:
         for split in splits:
             keras.utils.set_random_seed(cfg.seed)
             net = create_model(model, len(classes), cfg.image_size, weights=None, head=cfg.head, dropout=cfg.dropout)
-            net.compile(keras.optimizers.Adam(cfg.train.learning_rate), "sparse_categorical_crossentropy",
-                        metrics=["accuracy"])
+            net.compile(
+                keras.optimizers.Adam(cfg.train.learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"]
+            )
             started = time.perf_counter()
-            net.fit(pixels[split.fit].astype("float32"), labels[split.fit], batch_size=cfg.train.batch_size,
-                    epochs=cfg.train.epochs, validation_data=(pixels[split.val].astype("float32"), labels[split.val]),
-                    verbose=0)
+            net.fit(
+                pixels[split.fit].astype("float32"),
+                labels[split.fit],
+                batch_size=cfg.train.batch_size,
+                epochs=cfg.train.epochs,
+                validation_data=(pixels[split.val].astype("float32"), labels[split.val]),
+                verbose=0,
+            )
             bare += time.perf_counter() - started
     started = time.perf_counter()
     fit(digits, workdir / "kfold-bundle", cfg, echo=lambda _: None)
@@ -296,12 +362,18 @@ def main() -> None:
     size, views = served.image_size, len(served.tta.view_list(served.image_size))
     pixels = np.random.default_rng(0).integers(0, 255, (args.images, size, size, 3), dtype=np.uint8)
     matmul = matmul_gflops()
-    result: dict = {"bundle": str(bundle), "cores": os.cpu_count(), "views": views,
-                    "meta_learner": served.manifest.meta_learner.kind, "runtime": served.runtimes,
-                    "matmul_gflops": max(matmul.values()), "matmul_gflops_by_library": matmul,
-                    "model_gflop_per_image": model_gflop_per_image(predictors["tf"], views),
-                    "per_model_speedup": per_model_speedup(predictors["tf"], served),
-                    **{runtime: {} for runtime in RUNTIMES}}
+    result: dict = {
+        "bundle": str(bundle),
+        "cores": os.cpu_count(),
+        "views": views,
+        "meta_learner": served.manifest.meta_learner.kind,
+        "runtime": served.runtimes,
+        "matmul_gflops": max(matmul.values()),
+        "matmul_gflops_by_library": matmul,
+        "model_gflop_per_image": model_gflop_per_image(predictors["tf"], views),
+        "per_model_speedup": per_model_speedup(predictors["tf"], served),
+        **{runtime: {} for runtime in RUNTIMES},
+    }
     best_rows = dict.fromkeys(RUNTIMES, served.forward.rows_per_call)
     for runtime, predictor in predictors.items() if "limit" in parts else ():
         rates = limit_by_call_size(predictor, pixels)
@@ -318,20 +390,23 @@ def main() -> None:
             offline = Predictor(bundle, result[runtime]["offline_call_rows"], runtime=runtime)
             result[runtime]["call_size_effect"] = call_size_effect(predictor, offline, pixels)
         if "single" in parts:
-            result[runtime]["single_predict_p50_ms"], result[runtime]["single_forward_ms"] = single_image(predictor,
-                                                                                                      pixels)
+            result[runtime]["single_predict_p50_ms"], result[runtime]["single_forward_ms"] = single_image(
+                predictor, pixels
+            )
     if "naive" in parts:
         result["naive_ips"] = naive_ips(Predictor(bundle, service_rows, runtime="tf"), pixels[:4])
     if "offline" in parts:
         pngs = workdir / f"offline-{args.offline_images}"
         write_folder(pngs, args.offline_images)
         for runtime in RUNTIMES:
-            result[runtime]["offline_ips"] = offline_ips(bundle, pngs, args.json.with_suffix(".submission.csv"),
-                                                         result[runtime]["offline_call_rows"], runtime)
+            result[runtime]["offline_ips"] = offline_ips(
+                bundle, pngs, args.json.with_suffix(".submission.csv"), result[runtime]["offline_call_rows"], runtime
+            )
     for runtime in RUNTIMES if parts & {"service", "memory"} else ():
         memory = parts if runtime == "auto" else parts - {"memory"}  # memory: the served runtime's
-        result[runtime].update(service(bundle, folder, service_rows, args.requests, args.memory_requests, memory,
-                                       runtime))
+        result[runtime].update(
+            service(bundle, folder, service_rows, args.requests, args.memory_requests, memory, runtime)
+        )
     if "kfold" in parts:
         result.update(kfold_fit_ratio(folder.parent, workdir, args.kfold_epochs))  # digits/ holds test/ and train/
     result["efficiency"] = efficiency(result)
@@ -349,15 +424,22 @@ def model_gflop_per_image(tf_predictor: Predictor, views: int) -> float:
 
 def path_rates(r: dict) -> dict[str, float]:
     """Images/s of each measured path of one runtime's results."""
-    rates = {"limit": r.get("limit_ips"), "offline": r.get("offline_ips"),
-             "service": r.get("service_ips", {}).get("32")}
+    rates = {
+        "limit": r.get("limit_ips"),
+        "offline": r.get("offline_ips"),
+        "service": r.get("service_ips", {}).get("32"),
+    }
     return {path: ips for path, ips in rates.items() if ips is not None}
 
 
 def efficiency(r: dict) -> dict[str, dict[str, float]]:
     """Achieved model FLOP/s / the machine's matrix-multiply rate, per runtime and path."""
-    return {runtime: {path: ips * r["model_gflop_per_image"] / r["matmul_gflops"]
-                      for path, ips in path_rates(r[runtime]).items()} for runtime in RUNTIMES}
+    return {
+        runtime: {
+            path: ips * r["model_gflop_per_image"] / r["matmul_gflops"] for path, ips in path_rates(r[runtime]).items()
+        }
+        for runtime in RUNTIMES
+    }
 
 
 def speedup_vs_tf(r: dict) -> dict[str, float]:
@@ -370,25 +452,35 @@ def speedup_vs_tf(r: dict) -> dict[str, float]:
 
 
 def print_table(r: dict) -> None:
-    print(f"bundle {r['bundle']}: {r['views']} TTA views, meta-learner {r['meta_learner']}, {r['cores']} cores; "
-          f"served runtimes {r['runtime']}")
+    print(
+        f"bundle {r['bundle']}: {r['views']} TTA views, meta-learner {r['meta_learner']}, {r['cores']} cores; "
+        f"served runtimes {r['runtime']}"
+    )
     by = r["matmul_gflops_by_library"]
-    print(f"machine: float32 matmul {r['matmul_gflops']:.0f} GFLOP/s (numpy {by['numpy']:.0f}, "
-          f"TensorFlow {by['tensorflow']:.0f}); the models cost "
-          f"{r['model_gflop_per_image']:.3f} GFLOP an image (all views)")
-    print("per model at the service's call shape, exported / TF: "
-          + ", ".join(f"{k} {v:.2f}x" for k, v in r["per_model_speedup"].items()))
+    print(
+        f"machine: float32 matmul {r['matmul_gflops']:.0f} GFLOP/s (numpy {by['numpy']:.0f}, "
+        f"TensorFlow {by['tensorflow']:.0f}); the models cost "
+        f"{r['model_gflop_per_image']:.3f} GFLOP an image (all views)"
+    )
+    print(
+        "per model at the service's call shape, exported / TF: "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in r["per_model_speedup"].items())
+    )
     for runtime in RUNTIMES:
         if "limit_by_call_images" in r[runtime]:
-            print(f"{runtime} limit by images per call: "
-                  + ", ".join(f"{k}: {v:.2f}" for k, v in r[runtime]["limit_by_call_images"].items()))
+            print(
+                f"{runtime} limit by images per call: "
+                + ", ".join(f"{k}: {v:.2f}" for k, v in r[runtime]["limit_by_call_images"].items())
+            )
     print(f"{'path':<32} {'runtime':>7} {'images/s':>9} {'of limit':>9} {'efficiency':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for runtime in RUNTIMES:
         x = r[runtime]
         limit = x.get("limit_ips")
         rows = [("limit (one call)", limit, "limit"), ("offline (stacking predict)", x.get("offline_ips"), "offline")]
-        rows += [(f"service, {c} clients", x["service_ips"][c], "service" if c == "32" else None)
-                 for c in x.get("service_ips", {})]
+        rows += [
+            (f"service, {c} clients", x["service_ips"][c], "service" if c == "32" else None)
+            for c in x.get("service_ips", {})
+        ]
         for name, ips, path in rows:
             if ips is None:
                 continue
@@ -404,20 +496,32 @@ def print_table(r: dict) -> None:
     for runtime in RUNTIMES:
         x = r[runtime]
         if "single_forward_ms" in x:
-            print(f"{runtime} single image: p50 {x.get('single_p50_ms', float('nan')):.1f} ms over HTTP, "
-                  f"{x['single_predict_p50_ms']:.1f} ms in-process, {x['single_forward_ms']:.1f} ms forward of its "
-                  "views")
+            print(
+                f"{runtime} single image: p50 {x.get('single_p50_ms', float('nan')):.1f} ms over HTTP, "
+                f"{x['single_predict_p50_ms']:.1f} ms in-process, {x['single_forward_ms']:.1f} ms forward of its "
+                "views"
+            )
         if "call_size_effect" in x:
             e = x["call_size_effect"]
-            print(f"{runtime} service vs offline call shape ({e['images']} images): max |diff| {e['max_diff']:.2e}, "
-                  f"{e['over_1e-5']} over 1e-5, {e['labels_changed']} labels changed")
+            print(
+                f"{runtime} service vs offline call shape ({e['images']} images): max |diff| {e['max_diff']:.2e}, "
+                f"{e['over_1e-5']} over 1e-5, {e['labels_changed']} labels changed"
+            )
         if "cold_start_s" in x:
-            print(f"{runtime} cold start {x['cold_start_s']:.1f} s; RSS ready {x['rss_ready_mb']:.0f} MiB"
-                  + (f", warm {x['rss_warm_mb']:.0f} MiB, after {x['memory_requests']} more requests "
-                     f"{x['rss_after_mb']:.0f} MiB" if "rss_after_mb" in x else ""))
+            print(
+                f"{runtime} cold start {x['cold_start_s']:.1f} s; RSS ready {x['rss_ready_mb']:.0f} MiB"
+                + (
+                    f", warm {x['rss_warm_mb']:.0f} MiB, after {x['memory_requests']} more requests "
+                    f"{x['rss_after_mb']:.0f} MiB"
+                    if "rss_after_mb" in x
+                    else ""
+                )
+            )
     if "kfold_fit_ratio" in r:
-        print(f"kfold fit {r['kfold_fit_s']:.1f} s, bare model.fit {r['bare_fit_s']:.1f} s: "
-              f"ratio {r['kfold_fit_ratio']:.3f}")
+        print(
+            f"kfold fit {r['kfold_fit_s']:.1f} s, bare model.fit {r['bare_fit_s']:.1f} s: "
+            f"ratio {r['kfold_fit_ratio']:.3f}"
+        )
     for name, met in r["targets_met"].items():
         print(f"target {TARGETS[name][0]}: {'met' if met else 'NOT met'}")
 

@@ -47,9 +47,7 @@ def preprocessing_layers(mode: str) -> list[layers.Layer]:
     if mode == "torch":
         return [
             layers.Rescaling(1.0 / 255, name="preprocess_unit"),
-            layers.Normalization(
-                mean=list(TORCH_MEAN), variance=[s * s for s in TORCH_STD], name="preprocess_torch"
-            ),
+            layers.Normalization(mean=list(TORCH_MEAN), variance=[s * s for s in TORCH_STD], name="preprocess_torch"),
         ]
     if mode == "raw":
         return []

@@ -14,9 +14,9 @@ model is that file reloaded, so whatever predicts next is exactly what was saved
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
@@ -189,8 +189,14 @@ def train_model(
     def run(optimizer: keras.optimizers.Optimizer, first: int, last: int, phase: int) -> dict:
         model.compile(optimizer, loss, metrics=["accuracy"], jit_compile=cfg.jit_compile)
         fitted = model.fit(
-            data, validation_data=(val[0].astype("float32"), val[1]), initial_epoch=first, epochs=last,
-            callbacks=[checkpoint, *_schedule(cfg), *extra], class_weight=weights, shuffle=False, verbose=0,
+            data,
+            validation_data=(val[0].astype("float32"), val[1]),
+            initial_epoch=first,
+            epochs=last,
+            callbacks=[checkpoint, *_schedule(cfg), *extra],
+            class_weight=weights,
+            shuffle=False,
+            verbose=0,
         )
         return {**fitted.history, "phase": [phase] * len(fitted.history["loss"])}
 

@@ -42,7 +42,7 @@ EXECUTOR = Choice("--executor", ("local", "ray"))
 ON_BAD_IMAGE = Choice("--on-bad-image", ("error", "skip"))
 WEIGHTS = Choice("--weights", ("imagenet", "none"))
 QUANTIZE = Choice("--quantize", ("none", "int8"))  # int8: post-training static, kept only where OOF scores hold
-SERVE_AS = Choice("--serve-as", ("stack", "cascade", "student"))  # how a bundle answers (stacking.serving)
+SERVE_AS = Choice("--serve-as", ("stack", "cascade", "student"))  # how a bundle answers (stacking.training.costing)
 RUNTIME = Choice("--runtime", ("tf", "litert"), extra=("auto",))  # where base models run (stacking.runtime)
 
 # The families' members by the names the code uses.

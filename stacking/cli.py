@@ -31,20 +31,85 @@ preview_cli = typer.Typer(help="Pictures to check before a long fit.")
 cli.add_typer(preview_cli, name="preview")
 
 TTAOption = Annotated[Optional[int], typer.Option("--tta", help="TTA views (default: the bundle's policy).")]
-PolicyOption = Annotated[Optional[str], typer.Option("--tta-policy", help=choices.TTA_POLICY.help("TTA policy (default: the bundle's)."))]
-MetaOption = Annotated[Optional[str], typer.Option(help=choices.META.help("Meta-learner; auto: chosen by cross-validation."))]
-CriterionOption = Annotated[Optional[str], typer.Option(help=choices.META_CRITERION.help("How meta candidates are ranked (default log_loss)."))]
-TTAFeaturesOption = Annotated[Optional[bool], typer.Option("--tta-features/--no-tta-features", help="Give the meta-learner each model's TTA entropy and disagreement.")]
-CalibrationOption = Annotated[Optional[str], typer.Option(help=choices.CALIBRATION.help("temperature: scale the chosen output, fitted on OOF rows."))]
-ExecutorOption = Annotated[Optional[str], typer.Option(help=choices.EXECUTOR.help("local: this process; ray: a Ray cluster."))]
-RayAddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local one).")]
-OnBadOption = Annotated[str, typer.Option("--on-bad-image", help=choices.ON_BAD_IMAGE.help("error: stop at an unreadable image; skip: leave it out and report it."))]
+PolicyOption = Annotated[
+    Optional[str], typer.Option("--tta-policy", help=choices.TTA_POLICY.help("TTA policy (default: the bundle's)."))
+]
+MetaOption = Annotated[
+    Optional[str], typer.Option(help=choices.META.help("Meta-learner; auto: chosen by cross-validation."))
+]
+CriterionOption = Annotated[
+    Optional[str], typer.Option(help=choices.META_CRITERION.help("How meta candidates are ranked (default log_loss)."))
+]
+TTAFeaturesOption = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--tta-features/--no-tta-features", help="Give the meta-learner each model's TTA entropy and disagreement."
+    ),
+]
+CalibrationOption = Annotated[
+    Optional[str],
+    typer.Option(help=choices.CALIBRATION.help("temperature: scale the chosen output, fitted on OOF rows.")),
+]
+ExecutorOption = Annotated[
+    Optional[str], typer.Option(help=choices.EXECUTOR.help("local: this process; ray: a Ray cluster."))
+]
+RayAddressOption = Annotated[
+    Optional[str], typer.Option(help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local one).")
+]
+OnBadOption = Annotated[
+    str,
+    typer.Option(
+        "--on-bad-image",
+        help=choices.ON_BAD_IMAGE.help("error: stop at an unreadable image; skip: leave it out and report it."),
+    ),
+]
 # Every command that loads a bundle: what it trusts.
-TrustCodeOption = Annotated[bool, typer.Option("--trust-custom-code", envvar="STACKSERVE_TRUST_CUSTOM_CODE", help="Import the Python modules the bundle's own architectures come from (runs their code).")]
-RuntimeOption = Annotated[str, typer.Option("--runtime", envvar="STACKSERVE_RUNTIME", help=choices.RUNTIME.help("Where the base models run; auto: as the fit chose per model (the exported file unless TensorFlow was faster)."))]
-ServeAsOption = Annotated[str, typer.Option("--serve-as", envvar="STACKSERVE_SERVE_AS", help=choices.SERVE_AS.help("How the bundle answers: the stack, the cascade (cheap stages first, the stack for the rest) or the distilled student."))]
-BudgetOption = Annotated[Optional[float], typer.Option("--latency-budget-ms", envvar="STACKSERVE_LATENCY_BUDGET_MS", help="Serve the most accurate option whose measured ms per image fits (instead of --serve-as).")]
-VerifyKeyOption = Annotated[Optional[Path], typer.Option("--verify-key", envvar="STACKSERVE_VERIFY_KEY", help="Public key (PEM): refuse the bundle unless signed with its private key and unchanged since.")]
+TrustCodeOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-custom-code",
+        envvar="STACKSERVE_TRUST_CUSTOM_CODE",
+        help="Import the Python modules the bundle's own architectures come from (runs their code).",
+    ),
+]
+RuntimeOption = Annotated[
+    str,
+    typer.Option(
+        "--runtime",
+        envvar="STACKSERVE_RUNTIME",
+        help=choices.RUNTIME.help(
+            "Where the base models run; auto: as the fit chose per model "
+            "(the exported file unless TensorFlow was faster)."
+        ),
+    ),
+]
+ServeAsOption = Annotated[
+    str,
+    typer.Option(
+        "--serve-as",
+        envvar="STACKSERVE_SERVE_AS",
+        help=choices.SERVE_AS.help(
+            "How the bundle answers: the stack, the cascade (cheap stages first, the stack for the rest) "
+            "or the distilled student."
+        ),
+    ),
+]
+BudgetOption = Annotated[
+    Optional[float],
+    typer.Option(
+        "--latency-budget-ms",
+        envvar="STACKSERVE_LATENCY_BUDGET_MS",
+        help="Serve the most accurate option whose measured ms per image fits (instead of --serve-as).",
+    ),
+]
+VerifyKeyOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--verify-key",
+        envvar="STACKSERVE_VERIFY_KEY",
+        help="Public key (PEM): refuse the bundle unless signed with its private key and unchanged since.",
+    ),
+]
 
 
 def make_trust(trust_custom_code: bool, verify_key: Path | None):
@@ -59,7 +124,7 @@ def data_digits(
     limit: Annotated[Optional[int], typer.Option(help="Keep a stratified subset of this many scans.")] = None,
 ) -> None:
     """scikit-learn's 1,797 handwritten digit scans as PNGs, with a labelled test split."""
-    from stacking.digits import write_digits
+    from stacking.data.digits import write_digits
 
     counts = write_digits(out, limit=limit)
     typer.echo(f"wrote {counts['train']} training and {counts['test']} test images to {out}")
@@ -69,13 +134,15 @@ def data_digits(
 def preview_augment(
     data: Annotated[Path, typer.Option("--data", help="Class folders or train.csv + train/.")],
     out: Annotated[Path, typer.Option("--out", help="PNG to write.")],
-    config: Annotated[Optional[Path], typer.Option(help="TOML settings file (its [augmentation] and image_size).")] = None,
+    config: Annotated[
+        Optional[Path], typer.Option(help="TOML settings file (its [augmentation] and image_size).")
+    ] = None,
     count: Annotated[int, typer.Option(help="Images to show, one per class in turn.")] = 8,
     copies: Annotated[int, typer.Option(help="Augmented copies per image.")] = 5,
 ) -> None:
     """A grid of originals and augmented copies, so a wrong augmentation is seen before training."""
-    from stacking.config import load_config
-    from stacking.preview import preview_augmentation
+    from stacking.reporting.preview import preview_augmentation
+    from stacking.training.config import load_config
 
     if count < 1 or copies < 1:
         raise UserError("--count and --copies: must be at least 1")
@@ -98,34 +165,78 @@ def fit_command(
     meta_criterion: CriterionOption = None,
     tta_features: TTAFeaturesOption = None,
     calibration: CalibrationOption = None,
-    group_column: Annotated[Optional[str], typer.Option(help="Column of train.csv (or groups.csv) keeping groups on one side of every split.")] = None,
+    group_column: Annotated[
+        Optional[str],
+        typer.Option(help="Column of train.csv (or groups.csv) keeping groups on one side of every split."),
+    ] = None,
     final: Annotated[Optional[str], typer.Option(help=choices.FINAL.help("kfold's served models."))] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs per base model.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for splits, training and the meta-learner.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square side.")] = None,
-    weights: Annotated[Optional[str], typer.Option(help=choices.WEIGHTS.help("Starting weights of keras.applications models."))] = None,
-    on_bad_image: Annotated[Optional[str], typer.Option("--on-bad-image", help=choices.ON_BAD_IMAGE.help("An unreadable image stops the fit or is left out."))] = None,
-    runtime: Annotated[Optional[str], typer.Option(help=choices.RUNTIME.help("Serve (and make OOF rows) with: auto exports each model to LiteRT and keeps it on TensorFlow only where that is faster; litert fails if a model cannot be exported; tf exports nothing."))] = None,
-    quantize: Annotated[Optional[str], typer.Option(help=choices.QUANTIZE.help("int8: also quantize each export (static, calibrated on training images), served only where its OOF accuracy holds and it is faster."))] = None,
+    weights: Annotated[
+        Optional[str], typer.Option(help=choices.WEIGHTS.help("Starting weights of keras.applications models."))
+    ] = None,
+    on_bad_image: Annotated[
+        Optional[str],
+        typer.Option(
+            "--on-bad-image", help=choices.ON_BAD_IMAGE.help("An unreadable image stops the fit or is left out.")
+        ),
+    ] = None,
+    runtime: Annotated[
+        Optional[str],
+        typer.Option(
+            help=choices.RUNTIME.help(
+                "Serve (and make OOF rows) with: auto exports each model to LiteRT and keeps it on TensorFlow "
+                "only where that is faster; litert fails if a model cannot be exported; tf exports nothing."
+            )
+        ),
+    ] = None,
+    quantize: Annotated[
+        Optional[str],
+        typer.Option(
+            help=choices.QUANTIZE.help(
+                "int8: also quantize each export (static, calibrated on training images), served only where its "
+                "OOF accuracy holds and it is faster."
+            )
+        ),
+    ] = None,
     executor: ExecutorOption = None,
     ray_address: RayAddressOption = None,
-    resume: Annotated[bool, typer.Option(help="Keep the finished jobs of an interrupted fit to --out; run the rest.")] = False,
-    sign_key: Annotated[Optional[Path], typer.Option(help="Private key (PEM): sign the bundle at the end (stacking sign).")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Keep the finished jobs of an interrupted fit to --out; run the rest.")
+    ] = False,
+    sign_key: Annotated[
+        Optional[Path], typer.Option(help="Private key (PEM): sign the bundle at the end (stacking sign).")
+    ] = None,
 ) -> None:
     """Train base models, make OOF predictions, fit and select the meta-learner, write the bundle.
 
     Each (base model, fold) is a job, run here or on a Ray cluster (--executor ray).
     """
-    from stacking.config import load_config
-    from stacking.fit import fit
+    from stacking.training.config import load_config
+    from stacking.training.fit import fit
 
     overrides = {
         "models": tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
-        "protocol": protocol, "folds": folds, "tta_views": tta, "tta_policy": tta_policy, "meta": meta,
-        "epochs": epochs, "seed": seed, "image_size": image_size, "weights": weights, "on_bad_image": on_bad_image,
-        "meta_criterion": meta_criterion, "tta_features": tta_features, "calibration": calibration,
-        "group_column": group_column, "final": final, "executor": executor, "ray_address": ray_address,
-        "runtime": runtime, "quantize": quantize,
+        "protocol": protocol,
+        "folds": folds,
+        "tta_views": tta,
+        "tta_policy": tta_policy,
+        "meta": meta,
+        "epochs": epochs,
+        "seed": seed,
+        "image_size": image_size,
+        "weights": weights,
+        "on_bad_image": on_bad_image,
+        "meta_criterion": meta_criterion,
+        "tta_features": tta_features,
+        "calibration": calibration,
+        "group_column": group_column,
+        "final": final,
+        "executor": executor,
+        "ray_address": ray_address,
+        "runtime": runtime,
+        "quantize": quantize,
     }
     fit(data, out, load_config(config, overrides), echo=typer.echo, resume=resume, sign_key=sign_key)
     typer.echo(f"bundle written to {out}; report: {out / 'report' / 'index.html'}")
@@ -142,9 +253,14 @@ def meta_command(
     verify_key: VerifyKeyOption = None,
 ) -> None:
     """Refit only the meta-learner from the bundle's OOF arrays (seconds; no CNN is retrained)."""
-    from stacking.stack import refit_meta
+    from stacking.training.meta_step import refit_meta
 
-    overrides = {"meta": meta, "meta_criterion": meta_criterion, "tta_features": tta_features, "calibration": calibration}
+    overrides = {
+        "meta": meta,
+        "meta_criterion": meta_criterion,
+        "tta_features": tta_features,
+        "calibration": calibration,
+    }
     refit_meta(bundle, overrides, echo=typer.echo, trust=make_trust(trust_custom_code, verify_key))
     typer.echo(f"meta-learner of {bundle} refitted; report: {bundle / 'report' / 'index.html'}")
 
@@ -166,11 +282,17 @@ def evaluate_command(
 ) -> None:
     """The comparison table on labelled images: base models, meta candidates, the stack, the cascade and the
     student, each with its accuracy and its cost; and diversity. The served option is marked."""
-    from stacking.evaluate import diversity, evaluate_folder, format_diversity, format_table, record_evaluation
-    from stacking.predictor import Predictor
+    from stacking.inference.predictor import Predictor
+    from stacking.reporting.diversity import diversity, format_diversity
+    from stacking.reporting.evaluate import evaluate_folder, format_table, record_evaluation
 
-    predictor = Predictor(bundle, trust=make_trust(trust_custom_code, verify_key), runtime=runtime,
-                          serve_as=serve_as, latency_budget_ms=latency_budget_ms)
+    predictor = Predictor(
+        bundle,
+        trust=make_trust(trust_custom_code, verify_key),
+        runtime=runtime,
+        serve_as=serve_as,
+        latency_budget_ms=latency_budget_ms,
+    )
     predictor.check_views(tta, tta_policy)
     rows, count, bad = evaluate_folder(predictor, data, labels, tta, tta_policy, on_bad_image)
     for _, reason in bad:
@@ -191,60 +313,111 @@ def predict_command(
     out: Annotated[Path, typer.Option("--out", help="Submission CSV to write (Id,Category).")],
     tta: TTAOption = None,
     tta_policy: PolicyOption = None,
-    sample_submission: Annotated[Optional[Path], typer.Option(help="Row order (default: sample_submission.csv in or beside IMAGES).")] = None,
-    probabilities: Annotated[Optional[Path], typer.Option(help="Also write every class probability (.parquet, else CSV).")] = None,
+    sample_submission: Annotated[
+        Optional[Path], typer.Option(help="Row order (default: sample_submission.csv in or beside IMAGES).")
+    ] = None,
+    probabilities: Annotated[
+        Optional[Path], typer.Option(help="Also write every class probability (.parquet, else CSV).")
+    ] = None,
     on_bad_image: OnBadOption = "error",
-    fallback_class: Annotated[Optional[str], typer.Option(help="With --on-bad-image skip: give unreadable images this class instead of leaving them out.")] = None,
+    fallback_class: Annotated[
+        Optional[str],
+        typer.Option(help="With --on-bad-image skip: give unreadable images this class instead of leaving them out."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images decoded and predicted at a time.")] = 256,
     workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
-    call_rows: Annotated[int, typer.Option(help="Image-views per compiled call: one padded shape (see the README's Speed section).")] = 64,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run of the same command from its checkpoint.")] = False,
-    executor: Annotated[str, typer.Option(help=choices.EXECUTOR.help("ray: Ray Data, actors that each load the bundle."))] = "local",
+    call_rows: Annotated[
+        int, typer.Option(help="Image-views per compiled call: one padded shape (see the README's Speed section).")
+    ] = 64,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run of the same command from its checkpoint.")
+    ] = False,
+    executor: Annotated[
+        str, typer.Option(help=choices.EXECUTOR.help("ray: Ray Data, actors that each load the bundle."))
+    ] = "local",
     ray_address: RayAddressOption = None,
     actors: Annotated[int, typer.Option(help="With --executor ray: actors, each with its own copy of the bundle.")] = 2,
-    cpus_per_actor: Annotated[float, typer.Option(help="With --executor ray: CPUs each actor asks Ray for (its runtime's threads).")] = 1.0,
+    cpus_per_actor: Annotated[
+        float, typer.Option(help="With --executor ray: CPUs each actor asks Ray for (its runtime's threads).")
+    ] = 1.0,
     runtime: RuntimeOption = "auto",
     serve_as: ServeAsOption = "stack",
     latency_budget_ms: BudgetOption = None,
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
 ) -> None:
-    """Write an offline submission, streamed in chunks and resumable; rows in sample_submission.csv order when present."""
-    from stacking.predictor import Predictor
-    from stacking.submission import PredictOptions, checkpoint_dir, predict_folder
+    """Write an offline submission, streamed in chunks and resumable; rows in sample_submission.csv order if any."""
+    from stacking.inference.batch_predict import PredictOptions, checkpoint_dir, predict_folder
+    from stacking.inference.predictor import Predictor
 
-    predictor = Predictor(bundle, call_rows, make_trust(trust_custom_code, verify_key), runtime,
-                          serve_as=serve_as, latency_budget_ms=latency_budget_ms)
-    options = PredictOptions(tta, tta_policy, on_bad_image, fallback_class, batch_size, workers, resume, executor,
-                             ray_address or "", actors, cpus_per_actor)
+    predictor = Predictor(
+        bundle,
+        call_rows,
+        make_trust(trust_custom_code, verify_key),
+        runtime,
+        serve_as=serve_as,
+        latency_budget_ms=latency_budget_ms,
+    )
+    options = PredictOptions(
+        tta,
+        tta_policy,
+        on_bad_image,
+        fallback_class,
+        batch_size,
+        workers,
+        resume,
+        executor,
+        ray_address or "",
+        actors,
+        cpus_per_actor,
+    )
     try:
-        summary = predict_folder(predictor, images, out, options, sample_submission, probabilities,
-                                 echo=lambda s: typer.echo(s, err=True))
+        summary = predict_folder(
+            predictor, images, out, options, sample_submission, probabilities, echo=lambda s: typer.echo(s, err=True)
+        )
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: finished chunks are kept in {checkpoint_dir(out)}; rerun the same command with "
-                   "--resume to continue", err=True)
+        typer.echo(
+            f"interrupted: finished chunks are kept in {checkpoint_dir(out)}; rerun the same command with "
+            "--resume to continue",
+            err=True,
+        )
         raise typer.Exit(130) from None
     for file, reason in summary.skipped:
         typer.echo(f"skipped {reason}" if reason.startswith(file) else f"skipped {file}: {reason}", err=True)
     fresh = summary.images - summary.resumed_images
-    typer.echo(f"wrote {len(summary.table)} predictions to {out}: {summary.images} images, {len(summary.skipped)} "
-               f"unreadable{f' (given {fallback_class})' if fallback_class and summary.skipped else ''}, "
-               f"{fresh} predicted in {summary.seconds:.1f} s ({fresh / max(summary.seconds, 1e-9):.1f} images/s)"
-               + (f", {summary.resumed_images} resumed" if summary.resumed_images else ""))
+    typer.echo(
+        f"wrote {len(summary.table)} predictions to {out}: {summary.images} images, {len(summary.skipped)} "
+        f"unreadable{f' (given {fallback_class})' if fallback_class and summary.skipped else ''}, "
+        f"{fresh} predicted in {summary.seconds:.1f} s ({fresh / max(summary.seconds, 1e-9):.1f} images/s)"
+        + (f", {summary.resumed_images} resumed" if summary.resumed_images else "")
+    )
 
 
 @cli.command("distill")
 def distill_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    student: Annotated[str, typer.Option("--student", help="Architecture of the student (a registered one, e.g. tiny_cnn or mobilenet_v3_small).")],
-    unlabelled: Annotated[Optional[Path], typer.Option(help="Folder of unlabelled images: the stack labels them, the student learns from those answers too.")] = None,
+    student: Annotated[
+        str,
+        typer.Option(
+            "--student", help="Architecture of the student (a registered one, e.g. tiny_cnn or mobilenet_v3_small)."
+        ),
+    ],
+    unlabelled: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder of unlabelled images: the stack labels them, the student learns from those answers too."
+        ),
+    ] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (default: the fit's).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="The training data the bundle was fitted on (default: the folder the fit read).")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option("--data", help="The training data the bundle was fitted on (default: the folder the fit read)."),
+    ] = None,
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
 ) -> None:
     """Train one student network on the stack's honest soft targets; store it in the bundle (--serve-as student)."""
-    from stacking.distill import distill
+    from stacking.training.distill import distill
 
     distill(bundle, student, unlabelled, epochs, data, make_trust(trust_custom_code, verify_key), echo=typer.echo)
     typer.echo(f"student stored in {bundle}; serve it with: stacking serve {bundle} --serve-as student")
@@ -258,7 +431,7 @@ def report_command(
 ) -> None:
     """(Re)write BUNDLE/report/index.html."""
     from stacking.bundle import load_manifest
-    from stacking.report import write_report
+    from stacking.reporting.report import write_report
 
     manifest = load_manifest(bundle, make_trust(trust_custom_code, verify_key))
     typer.echo(f"report written to {write_report(bundle, manifest)}")
@@ -280,14 +453,22 @@ def sign_command(
 @cli.command("migrate")
 def migrate_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder in the older format 2.")],
-    trust_custom_code: Annotated[bool, typer.Option("--trust-custom-code", help="Required: format 2 meta-learners are pickles, and reading them runs their code.")] = False,
+    trust_custom_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-custom-code",
+            help="Required: format 2 meta-learners are pickles, and reading them runs their code.",
+        ),
+    ] = False,
 ) -> None:
     """Rewrite a format-2 bundle in place in the current, pickle-free format (loads its pickles once)."""
     from stacking.bundle.migrate import migrate_bundle
 
     manifest = migrate_bundle(bundle, trust_custom_code)
-    typer.echo(f"{bundle} is now bundle format {manifest.format_version}: meta-learners in "
-               f"{manifest.meta_learner.file} and {manifest.meta_learner.candidates_file}, no pickle left")
+    typer.echo(
+        f"{bundle} is now bundle format {manifest.format_version}: meta-learners in "
+        f"{manifest.meta_learner.file} and {manifest.meta_learner.candidates_file}, no pickle left"
+    )
 
 
 def main(argv: list[str] | None = None, app: typer.Typer = cli) -> int:
@@ -308,4 +489,3 @@ def main(argv: list[str] | None = None, app: typer.Typer = cli) -> int:
         typer.echo("aborted", err=True)
         return 130
     return result if isinstance(result, int) else 0
-

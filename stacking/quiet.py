@@ -57,8 +57,12 @@ def quiet_tensorflow() -> None:
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
-    sys.stderr = io.TextIOWrapper(io.FileIO(real, "wb", closefd=False), encoding=sys.stderr.encoding,
-                                  errors="backslashreplace", line_buffering=True)
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(real, "wb", closefd=False),
+        encoding=sys.stderr.encoding,
+        errors="backslashreplace",
+        line_buffering=True,
+    )
     pump = threading.Thread(target=_pump, args=(read_end, real), name="stderr-filter", daemon=True)
     pump.start()
 

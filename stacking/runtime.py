@@ -17,7 +17,7 @@ import importlib.util
 import os
 import threading
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -62,8 +62,21 @@ class KerasRunner:
         """TensorFlow's thread pools (0: its default, one thread per core)."""
         import tensorflow as tf
 
-        return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+        return {
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        }
+
+    @staticmethod
+    def set_threads(intra_op: int, inter_op: int) -> None:
+        """TensorFlow's thread pools (0 leaves one as it is); possible only before its runtime starts, which raises
+        RuntimeError after."""
+        import tensorflow as tf
+
+        if intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
 
 class LiteRTRunner:
@@ -93,8 +106,10 @@ class LiteRTRunner:
             made = []
             for content in self.files:
                 interpreter = self._interpreter(model_content=content, num_threads=self.num_threads)
-                interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"],
-                                                [rows, *interpreter.get_input_details()[0]["shape"][1:]])
+                interpreter.resize_tensor_input(
+                    interpreter.get_input_details()[0]["index"],
+                    [rows, *interpreter.get_input_details()[0]["shape"][1:]],
+                )
                 interpreter.allocate_tensors()
                 made.append(interpreter)
             self._by_rows[rows] = made

@@ -15,9 +15,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from stacking.config import load_config  # noqa: E402
-from stacking.digits import write_digits  # noqa: E402
-from stacking.fit import fit  # noqa: E402
+from stacking.data.digits import write_digits  # noqa: E402
+from stacking.training.config import load_config  # noqa: E402
+from stacking.training.fit import fit  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 
 # Small enough to fit in seconds on 2 cores, big enough for every split and CV fold.
@@ -118,8 +118,9 @@ def metric(server, name: str, **labels: str) -> float:
 @pytest.fixture(scope="session")
 def server(tiny_bundle):
     """The tiny bundle served with small limits, so the limits can be tested."""
-    srv = Server(tiny_bundle, {"STACKSERVE_MAX_FILES": "8", "STACKSERVE_MAX_BODY_BYTES": "200000",
-                                "STACKSERVE_MAX_TTA": "5"})
+    srv = Server(
+        tiny_bundle, {"STACKSERVE_MAX_FILES": "8", "STACKSERVE_MAX_BODY_BYTES": "200000", "STACKSERVE_MAX_TTA": "5"}
+    )
     try:
         srv.wait_ready()
         yield srv

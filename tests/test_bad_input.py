@@ -37,16 +37,18 @@ BAD = {
 FINE = {
     "16-bit-png": encoded(Image.fromarray((np.arange(1024).reshape(32, 32) * 64).astype(np.uint16)), "PNG"),
     "cmyk-jpeg": encoded(Image.new("CMYK", (24, 24), (0, 255, 255, 0)), "JPEG"),
-    "animated-gif": encoded(Image.new("P", (20, 20), 1), "GIF", save_all=True,
-                            append_images=[Image.new("P", (20, 20), k) for k in (2, 3)]),
+    "animated-gif": encoded(
+        Image.new("P", (20, 20), 1), "GIF", save_all=True, append_images=[Image.new("P", (20, 20), k) for k in (2, 3)]
+    ),
     "1x1": encoded(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"),
 }
 
 
 def good_answer_is_still_right(server, reference: dict) -> None:
     again = post(server, [("files", ("again.png", png_bytes(90), "image/png"))]).json()["predictions"][0]
-    np.testing.assert_allclose(list(again["probabilities"].values()), list(reference["probabilities"].values()),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        list(again["probabilities"].values()), list(reference["probabilities"].values()), atol=1e-6
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,25 +82,33 @@ def test_huge_bodies_are_refused_with_or_without_a_length(server, reference):
     assert_error(post(server, [("files", ("huge.png", huge, "image/png"))]), 413, "exceeds the limit")
 
     def chunks():  # no Content-Length: the limit must hold while the body streams in
-        boundary = b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"h.png\"\r\n\r\n"
+        boundary = b'--x\r\nContent-Disposition: form-data; name="files"; filename="h.png"\r\n\r\n'
         yield boundary
         for _ in range(20):
             yield b"\0" * 50_000
         yield b"\r\n--x--\r\n"
 
-    response = httpx.post(f"{server.url}/v1/predict", content=chunks(),
-                          headers={"Content-Type": "multipart/form-data; boundary=x"}, timeout=60)
+    response = httpx.post(
+        f"{server.url}/v1/predict",
+        content=chunks(),
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+        timeout=60,
+    )
     assert_error(response, 413, "exceeds the limit")
     good_answer_is_still_right(server, reference)
 
 
-@pytest.mark.parametrize("params, files, status, text", [
-    ({}, [("images", ("a.png", png_bytes(), "image/png"))], 422, "files"),
-    ({"tta": -1}, None, 422, "tta"),
-    ({"tta": 10**6}, None, 422, "at most 5"),
-    ({"tta": "many"}, None, 422, "tta"),
-    ({"details": "perhaps"}, None, 422, "details"),
-], ids=["wrong-field", "tta-negative", "tta-huge", "tta-text", "details-text"])
+@pytest.mark.parametrize(
+    "params, files, status, text",
+    [
+        ({}, [("images", ("a.png", png_bytes(), "image/png"))], 422, "files"),
+        ({"tta": -1}, None, 422, "tta"),
+        ({"tta": 10**6}, None, 422, "at most 5"),
+        ({"tta": "many"}, None, 422, "tta"),
+        ({"details": "perhaps"}, None, 422, "details"),
+    ],
+    ids=["wrong-field", "tta-negative", "tta-huge", "tta-text", "details-text"],
+)
 def test_bad_parameters_get_422_naming_them(server, reference, params, files, status, text):
     files = files or [("files", ("a.png", png_bytes(), "image/png"))]
     assert_error(post(server, files, **params), status, text)

@@ -17,10 +17,32 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_throughput_harness_measures_every_path(tiny_bundle, digits_dir, tmp_path):
     out = tmp_path / "throughput.json"
     done = subprocess.run(
-        [sys.executable, "benchmarks/throughput.py", str(tiny_bundle), "--folder", str(digits_dir / "test"),
-         "--workdir", str(tmp_path), "--images", "8", "--offline-images", "24", "--requests", "16",
-         "--memory-requests", "64", "--kfold-epochs", "1", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "benchmarks/throughput.py",
+            str(tiny_bundle),
+            "--folder",
+            str(digits_dir / "test"),
+            "--workdir",
+            str(tmp_path),
+            "--images",
+            "8",
+            "--offline-images",
+            "24",
+            "--requests",
+            "16",
+            "--memory-requests",
+            "64",
+            "--kfold-epochs",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["runtime"] == {"tiny_cnn": "litert", "mini_mobilenet": "litert"}  # as the fit chose; beside TF
@@ -46,24 +68,59 @@ def test_throughput_harness_measures_every_path(tiny_bundle, digits_dir, tmp_pat
     # tiny_cnn's 3x3 convolutions and mini_mobilenet's depthwise ones at 16 px, 3 views: a few MFLOP an image
     assert 1e-3 < r["model_gflop_per_image"] < 0.1
     assert set(r["per_model_speedup"]) == {"tiny_cnn", "mini_mobilenet"} and min(r["per_model_speedup"].values()) > 0
-    assert r["speedup_vs_tf"] == {"offline": r["auto"]["offline_ips"] / r["tf"]["offline_ips"],
-                                  "service": r["auto"]["service_ips"]["32"] / r["tf"]["service_ips"]["32"],
-                                  "single": r["tf"]["single_p50_ms"] / r["auto"]["single_p50_ms"]}
+    assert r["speedup_vs_tf"] == {
+        "offline": r["auto"]["offline_ips"] / r["tf"]["offline_ips"],
+        "service": r["auto"]["service_ips"]["32"] / r["tf"]["service_ips"]["32"],
+        "single": r["tf"]["single_p50_ms"] / r["auto"]["single_p50_ms"],
+    }
     assert r["kfold_fit_ratio"] == r["kfold_fit_s"] / r["bare_fit_s"] and r["cores"] >= 1
-    assert set(r["targets_met"]) == {"offline", "service", "naive", "single", "memory", "kfold", "speedup_single",
-                                     "speedup_service", "speedup_offline", "per_model"}
+    assert set(r["targets_met"]) == {
+        "offline",
+        "service",
+        "naive",
+        "single",
+        "memory",
+        "kfold",
+        "speedup_single",
+        "speedup_service",
+        "speedup_offline",
+        "per_model",
+    }
     assert r["targets_met"]["naive"] == (r["auto"]["service_ips"]["32"] / r["naive_ips"] >= 20)
-    for line in ("limit (one call)", "service, 32 clients", "target offline / limit >= 0.90", "exported / TF: offline",
-                 "target kfold fit / bare model.fit <= 1.15", "machine: float32 matmul"):
+    for line in (
+        "limit (one call)",
+        "service, 32 clients",
+        "target offline / limit >= 0.90",
+        "exported / TF: offline",
+        "target kfold fit / bare model.fit <= 1.15",
+        "machine: float32 matmul",
+    ):
         assert line in done.stdout, line
 
 
 def test_load_harness_drives_the_service_through_triton_clients(tiny_bundle, digits_dir, tmp_path):
     out = tmp_path / "load.json"
     done = subprocess.run(
-        [sys.executable, "benchmarks/load.py", str(tiny_bundle), "--images", str(digits_dir / "test"),
-         "--mode", "clients", "--client-concurrency", "1,4", "--requests", "12", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "benchmarks/load.py",
+            str(tiny_bundle),
+            "--images",
+            str(digits_dir / "test"),
+            "--mode",
+            "clients",
+            "--client-concurrency",
+            "1,4",
+            "--requests",
+            "12",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     clients = json.loads(out.read_text())["clients"]
     assert set(clients) == {"bare /v1", "tritonclient http", "tritonclient grpc"}

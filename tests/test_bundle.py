@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from stacking.bundle import BundleError, load_manifest, load_oof, sha256_file
-from stacking.images import load_images
-from stacking.meta import META_KINDS
-from stacking.predictor import Predictor
+from stacking.data.images import load_images
+from stacking.inference.predictor import Predictor
+from stacking.meta.learners import META_KINDS
 
 
 def test_manifest_describes_the_bundle(tiny_bundle):
@@ -24,7 +24,14 @@ def test_manifest_describes_the_bundle(tiny_bundle):
             assert manifest.files[file] == sha256_file(tiny_bundle / file)
         assert (tiny_bundle / entry.history).is_file()
     assert manifest.meta_learner.kind in META_KINDS
-    for file in ("meta/meta.skops", "meta/candidates.skops", "folds.csv", "oof.npz", "stack_oof.npz", "tta_diagnostics.json"):
+    for file in (
+        "meta/meta.skops",
+        "meta/candidates.skops",
+        "folds.csv",
+        "oof.npz",
+        "stack_oof.npz",
+        "tta_diagnostics.json",
+    ):
         assert manifest.files[file] == sha256_file(tiny_bundle / file)
     assert not list(tiny_bundle.rglob("*.joblib")) and not list(tiny_bundle.rglob("*.pkl"))  # nothing pickled
     tta = manifest.tta

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from stacking.calibration import apply_temperature, ece, fit_temperature
+from stacking.meta.calibration import apply_temperature, ece, fit_temperature
 
 RNG = np.random.default_rng(1)
 
@@ -24,5 +24,7 @@ def test_fitted_temperature_recovers_the_distortion():
     overconfident = softmax(logits * 2.5, axis=1)
     t = fit_temperature(overconfident, y)
     assert t == pytest.approx(2.5, rel=0.1)
-    np.testing.assert_allclose(apply_temperature(overconfident, 2.5), softmax(logits, axis=1), atol=5e-3)  # tiny probabilities are clipped at 1e-7
+    np.testing.assert_allclose(
+        apply_temperature(overconfident, 2.5), softmax(logits, axis=1), atol=5e-3
+    )  # tiny probabilities are clipped at 1e-7
     assert ece(apply_temperature(overconfident, t), y) < ece(overconfident, y) / 2

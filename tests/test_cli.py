@@ -14,15 +14,15 @@ import pytest
 from PIL import Image
 
 from app.cli import main
-from stacking import cascade
 from stacking.bundle import Trust, load_manifest, load_oof, write_manifest
 from stacking.bundle.manifest import StageEntry
-from stacking.datasets import load_pixels, read_evaluation_set, read_training_set
-from stacking.meta import META_KINDS, meta_features
-from stacking.predictor import Predictor
-from stacking.protocols import fold_hash
+from stacking.data.datasets import load_pixels, read_evaluation_set, read_training_set
+from stacking.inference.predictor import Predictor
+from stacking.inference.tta import TTAForward, View
+from stacking.meta.learners import META_KINDS, meta_features
 from stacking.runtime import KerasRunner
-from stacking.tta import TTAForward, View
+from stacking.training import cascade
+from stacking.training.protocols import fold_hash
 from tests.conftest import Server, free_port
 
 FAST = ["--models", "tiny_cnn", "--epochs", "1", "--image-size", "16"]
@@ -57,7 +57,11 @@ def one_line_error(code: int, err: str) -> str:
         (lambda d: d / "absent", [], "absent: no such folder"),
         (lambda d: (d / "train").mkdir() or d, [], "no class folders"),
         (lambda d: make_images(d, {"a": 12}), [], "found 1 class(es)"),
-        (lambda d: make_images(d, {"a": 12, "b": 3}), [], "class 'b' has 3 image(s); --protocol holdout needs at least 10"),
+        (
+            lambda d: make_images(d, {"a": 12, "b": 3}),
+            [],
+            "class 'b' has 3 image(s); --protocol holdout needs at least 10",
+        ),
         (lambda d: make_images(d, {"a": 12, "b": 12}), ["--models", "tiny_cnn,nope"], "--models: unknown model 'nope'"),
         (lambda d: make_images(d, {"a": 12, "b": 12}), ["--protocol", "loo"], "--protocol 'loo'"),
         (lambda d: make_images(d, {"a": 12, "b": 12}), ["--meta", "svm"], "--meta 'svm'"),
@@ -113,13 +117,28 @@ def test_changed_bundle_is_refused_by_every_command(bundle_copy, digits_dir, tmp
 
 
 def test_predict_and_evaluate_bad_options(tiny_bundle, digits_dir, tmp_path, capsys):
-    code, _, err = run_cli(["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv", "--tta", "50"], capsys)
+    code, _, err = run_cli(
+        ["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv", "--tta", "50"], capsys
+    )
     assert "--tta 50: must be between 0 and 9" in one_line_error(code, err)
-    code, _, err = run_cli(["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv",
-                            "--tta-policy", "spin"], capsys)
+    code, _, err = run_cli(
+        ["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv", "--tta-policy", "spin"], capsys
+    )
     assert "--tta-policy 'spin': expected one of" in one_line_error(code, err)
-    code, _, err = run_cli(["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv",
-                            "--tta-policy", "flip", "--tta", "3"], capsys)
+    code, _, err = run_cli(
+        [
+            "predict",
+            tiny_bundle,
+            digits_dir / "test",
+            "--out",
+            tmp_path / "s.csv",
+            "--tta-policy",
+            "flip",
+            "--tta",
+            "3",
+        ],
+        capsys,
+    )
     assert "--tta 3: must be between 0 and 2 for TTA policy 'flip'" in one_line_error(code, err)
     code, _, err = run_cli(["predict", tiny_bundle, tmp_path / "nothing", "--out", tmp_path / "s.csv"], capsys)
     assert "nothing: no such folder" in one_line_error(code, err)
@@ -130,8 +149,25 @@ def test_predict_and_evaluate_bad_options(tiny_bundle, digits_dir, tmp_path, cap
 @pytest.mark.slow
 def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys):
     bundle = tmp_path / "kfold"
-    code, out, err = run_cli(["fit", "--data", digits_dir, "--out", bundle, *FAST, "--protocol", "kfold",
-                              "--folds", "3", "--meta", "logreg", "--tta", "1"], capsys)
+    code, out, err = run_cli(
+        [
+            "fit",
+            "--data",
+            digits_dir,
+            "--out",
+            bundle,
+            *FAST,
+            "--protocol",
+            "kfold",
+            "--folds",
+            "3",
+            "--meta",
+            "logreg",
+            "--tta",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, err
     manifest = load_manifest(bundle)
     assert manifest.base_models[0].files == [f"base/tiny_cnn/fold{k}.keras" for k in range(3)]
@@ -155,8 +191,9 @@ def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys
     prediction = predictor.predict(pixels)
     assert prediction.features.shape[0] == 3
     per_fold = [
-        predictor.meta.predict_proba(meta_features(
-            TTAForward([KerasRunner([keras.models.load_model(bundle / f)])], 16)(pixels, [View()])[:, 0]))
+        predictor.meta.predict_proba(
+            meta_features(TTAForward([KerasRunner([keras.models.load_model(bundle / f)])], 16)(pixels, [View()])[:, 0])
+        )
         for f in manifest.base_models[0].files
     ]
     np.testing.assert_allclose(prediction.probabilities, np.mean(per_fold, axis=0), atol=1e-5)
@@ -167,8 +204,16 @@ def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys
     np.testing.assert_allclose(single, TTAForward([KerasRunner([fold0])], 16)(pixels, [View()])[0, 0], atol=1e-5)
     cascade = manifest.serving.cascade
     first = StageEntry(name="tiny_cnn/fold0@1", model="tiny_cnn", views=1, threshold=0.0)  # answers everything
-    write_manifest(bundle, manifest.model_copy(update={"serving": manifest.serving.model_copy(
-        update={"cascade": cascade.model_copy(update={"stages": [first, cascade.stages[-1]]})})}))
+    write_manifest(
+        bundle,
+        manifest.model_copy(
+            update={
+                "serving": manifest.serving.model_copy(
+                    update={"cascade": cascade.model_copy(update={"stages": [first, cascade.stages[-1]]})}
+                )
+            }
+        ),
+    )
     answer = Predictor(bundle, serve_as="cascade").predict(pixels)
     assert set(answer.served_by) == {"cascade/tiny_cnn/fold0@1"} and (answer.cost_views == 1).all()
     np.testing.assert_allclose(answer.probabilities, single, atol=1e-6)
@@ -177,8 +222,25 @@ def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys
 @pytest.mark.slow
 def test_kfold_refit_serves_one_model_per_architecture(digits_dir, tmp_path, capsys):
     bundle = tmp_path / "refit"
-    code, out, err = run_cli(["fit", "--data", digits_dir, "--out", bundle, *FAST, "--protocol", "kfold",
-                              "--folds", "3", "--final", "refit", "--tta", "1"], capsys)
+    code, out, err = run_cli(
+        [
+            "fit",
+            "--data",
+            digits_dir,
+            "--out",
+            bundle,
+            *FAST,
+            "--protocol",
+            "kfold",
+            "--folds",
+            "3",
+            "--final",
+            "refit",
+            "--tta",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, err
     manifest = load_manifest(bundle)
     assert manifest.protocol.final_models == "refit"
@@ -207,8 +269,19 @@ def test_refit_needs_kfold(digits_dir, tmp_path, capsys):
 
 def test_evaluate_writes_the_comparison_table(bundle_copy, digits_dir, tmp_path, capsys):
     tiny_bundle = bundle_copy  # evaluate adds its table to the bundle's report
-    code, out, err = run_cli(["evaluate", tiny_bundle, "--data", digits_dir / "test",
-                              "--labels", digits_dir / "test_labels.csv", "--json", tmp_path / "t.json"], capsys)
+    code, out, err = run_cli(
+        [
+            "evaluate",
+            tiny_bundle,
+            "--data",
+            digits_dir / "test",
+            "--labels",
+            digits_dir / "test_labels.csv",
+            "--json",
+            tmp_path / "t.json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     rows = json.loads((tmp_path / "t.json").read_text())
     assert [r["kind"] for r in rows] == ["base"] * 2 + ["candidate"] * 6 + ["chosen", "serving"]
@@ -221,8 +294,18 @@ def test_evaluate_writes_the_comparison_table(bundle_copy, digits_dir, tmp_path,
     same = next(r for r in rows if r["name"] == chosen)  # no calibration: the stack is that candidate
     assert (stack["accuracy"], stack["log_loss"]) == pytest.approx((same["accuracy"], same["log_loss"]))
     for row in rows:
-        assert set(row) == {"name", "kind", "accuracy", "ci_low", "ci_high", "log_loss", "ece", "cost_views",
-                            "ms_per_image", "served"}
+        assert set(row) == {
+            "name",
+            "kind",
+            "accuracy",
+            "ci_low",
+            "ci_high",
+            "log_loss",
+            "ece",
+            "cost_views",
+            "ms_per_image",
+            "served",
+        }
         assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and 0 <= row["ece"] <= 1
         assert f"{row['accuracy']:.4f}  [{row['ci_low']:.4f}, {row['ci_high']:.4f}]" in out
     # The base rows are the predictor's own per-model answers on the same 80 images.
@@ -265,8 +348,22 @@ def test_imagenet_weights_that_cannot_be_fetched_are_a_clear_error(digits_dir, t
         raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(file_utils, "get_file", offline)
-    code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--models", "mobilenetv3small",
-                            "--image-size", "32", "--epochs", "1"], capsys)
+    code, _, err = run_cli(
+        [
+            "fit",
+            "--data",
+            digits_dir,
+            "--out",
+            tmp_path / "b",
+            "--models",
+            "mobilenetv3small",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+        ],
+        capsys,
+    )
     line = one_line_error(code, err)
     assert "--weights imagenet: could not load them for 'mobilenetv3small'" in line and "--weights none" in line
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial*"))
@@ -274,15 +371,31 @@ def test_imagenet_weights_that_cannot_be_fetched_are_a_clear_error(digits_dir, t
 
 def test_more_tta_views_than_the_policy_has_is_refused(tmp_path, capsys):
     data = make_images(tmp_path / "d", {"a": 12, "b": 12})
-    code, _, err = run_cli(["fit", "--data", data, "--out", tmp_path / "b", "--tta-policy", "flip", "--tta", "3"], capsys)
+    code, _, err = run_cli(
+        ["fit", "--data", data, "--out", tmp_path / "b", "--tta-policy", "flip", "--tta", "3"], capsys
+    )
     assert "--tta 3: TTA policy 'flip' has 2 views" in one_line_error(code, err)
 
 
 @pytest.mark.slow
 def test_your_own_model_is_trained_bundled_and_served(digits_dir, tmp_path, capsys):
     bundle = tmp_path / "own"
-    code, out, err = run_cli(["fit", "--data", digits_dir, "--out", bundle, "--models", "tests.custom_model:build,tiny_cnn",
-                              "--epochs", "1", "--image-size", "16"], capsys)
+    code, out, err = run_cli(
+        [
+            "fit",
+            "--data",
+            digits_dir,
+            "--out",
+            bundle,
+            "--models",
+            "tests.custom_model:build,tiny_cnn",
+            "--epochs",
+            "1",
+            "--image-size",
+            "16",
+        ],
+        capsys,
+    )
     assert code == 0, err
     manifest = load_manifest(bundle)
     entry = manifest.base_models[0]
@@ -303,15 +416,30 @@ def test_your_own_model_is_trained_bundled_and_served(digits_dir, tmp_path, caps
     ],
 )
 def test_bad_custom_model_is_named(digits_dir, tmp_path, capsys, model, message):
-    code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--models", model,
-                            "--epochs", "1", "--image-size", "16"], capsys)
+    code, _, err = run_cli(
+        [
+            "fit",
+            "--data",
+            digits_dir,
+            "--out",
+            tmp_path / "b",
+            "--models",
+            model,
+            "--epochs",
+            "1",
+            "--image-size",
+            "16",
+        ],
+        capsys,
+    )
     assert message in one_line_error(code, err)
 
 
 def test_preview_augment_writes_a_grid(digits_dir, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    code, _, err = run_cli(["preview", "augment", "--data", digits_dir, "--out", out, "--count", "4", "--copies", "3"],
-                           capsys)
+    code, _, err = run_cli(
+        ["preview", "augment", "--data", digits_dir, "--out", out, "--count", "4", "--copies", "3"], capsys
+    )
     assert code == 0, err
     with Image.open(out) as img:
         pixels = np.asarray(img.convert("L"), dtype=float)
@@ -337,8 +465,25 @@ def test_grouped_kfold_keeps_each_group_in_one_fold(digits_dir, tmp_path, capsys
     tuned_on: list[np.ndarray] = []  # the rows each cascade choice is made on
     best = cascade._best
     monkeypatch.setattr(cascade, "_best", lambda *args: tuned_on.append(args[-1]) or best(*args))
-    code, out, err = run_cli(["fit", "--data", data, "--out", tmp_path / "b", *FAST, "--protocol", "kfold",
-                              "--folds", "3", "--group-column", "Group", "--tta", "1"], capsys)
+    code, out, err = run_cli(
+        [
+            "fit",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "b",
+            *FAST,
+            "--protocol",
+            "kfold",
+            "--folds",
+            "3",
+            "--group-column",
+            "Group",
+            "--tta",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, err
     folds = pd.read_csv(tmp_path / "b" / "folds.csv")
     assert folds.groupby("group")["fold"].nunique().max() == 1  # no group straddles two folds
@@ -360,10 +505,38 @@ def test_executor_options_are_checked(tiny_bundle, digits_dir, tmp_path, capsys)
     code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--executor", "spark"], capsys)
     assert "--executor 'spark': expected one of local, ray" in one_line_error(code, err)
     address = f"127.0.0.1:{free_port()}"  # nothing listens there: said at once, not after Ray's minutes of retries
-    code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--models", "tiny_cnn",
-                            "--image-size", "16", "--executor", "ray", "--ray-address", address], capsys)
+    code, _, err = run_cli(
+        [
+            "fit",
+            "--data",
+            digits_dir,
+            "--out",
+            tmp_path / "b",
+            "--models",
+            "tiny_cnn",
+            "--image-size",
+            "16",
+            "--executor",
+            "ray",
+            "--ray-address",
+            address,
+        ],
+        capsys,
+    )
     assert f"--ray-address {address}: nothing answers there" in one_line_error(code, err)
     assert not (tmp_path / ".b.partial").exists()
-    code, _, err = run_cli(["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv",
-                            "--executor", "ray", "--actors", "0"], capsys)
+    code, _, err = run_cli(
+        [
+            "predict",
+            tiny_bundle,
+            digits_dir / "test",
+            "--out",
+            tmp_path / "s.csv",
+            "--executor",
+            "ray",
+            "--actors",
+            "0",
+        ],
+        capsys,
+    )
     assert "--actors must be at least 1" in one_line_error(code, err)

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from stacking.config import FitConfig, load_config
 from stacking.errors import UserError
+from stacking.training.config import FitConfig, load_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def documented_defaults() -> str:
     text = README.read_text()
-    section = text[text.index("Every setting, with its default:"):]
+    section = text[text.index("Every setting, with its default:") :]
     return re.search(r"```toml\n(.*?)```", section, re.S).group(1)
 
 
@@ -40,14 +40,17 @@ def test_command_line_overrides_the_file(tmp_path):
     [
         ('head = "mlp"\n', "head 'mlp'"),
         ('[train]\nclass_weight = "auto"\n', "class_weight 'auto'"),
-        ('[augmentation]\nblur = 0.1\n', "[augmentation]: unknown setting(s) ['blur']"),
+        ("[augmentation]\nblur = 0.1\n", "[augmentation]: unknown setting(s) ['blur']"),
         ("protocol = \n", "not valid TOML"),
         ("[train]\nreduce_lr_patience = 6\n", "reduce_lr_patience 6: must be below early_stopping_patience 6"),
         # TTA views must stay within what the training augmentation taught the models.
         ('[tta]\npolicy = "flip"\n[augmentation]\nflip = false\n', "its views mirror images"),
-        ('[tta]\npolicy = "shift"\nshift = 0.2\n', "[tta] shift 0.2: larger than the training augmentation's shift 0.1"),
+        (
+            '[tta]\npolicy = "shift"\nshift = 0.2\n',
+            "[tta] shift 0.2: larger than the training augmentation's shift 0.1",
+        ),
         ('[tta]\npolicy = "zoom"\nzoom = 0.3\n', "[tta] zoom 0.3: larger than"),
-        ('[tta]\nallow_flip = true\n', "allow_flip follows [augmentation] flip"),
+        ("[tta]\nallow_flip = true\n", "allow_flip follows [augmentation] flip"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, text, message):

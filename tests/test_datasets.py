@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stacking.datasets import load_pixels, read_evaluation_set, read_labels_csv, read_training_set
-from stacking.digits import write_digits
+from stacking.data.datasets import load_pixels, read_evaluation_set, read_labels_csv, read_training_set
+from stacking.data.digits import write_digits
 from stacking.errors import UserError
 
 
@@ -41,7 +41,9 @@ def test_numeric_classes_sort_as_numbers(tmp_path):
 def test_kaggle_csv_layout(tmp_path):
     for name in ("a.png", "b.png", "c.jpg"):
         png(tmp_path / "train" / name)
-    pd.DataFrame({"Id": ["a.png", "b", "c.jpg"], "Category": ["x", "y", "x"]}).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"Id": ["a.png", "b", "c.jpg"], "Category": ["x", "y", "x"]}).to_csv(
+        tmp_path / "train.csv", index=False
+    )
     images = read_training_set(tmp_path)
     assert images.classes == ["x", "y"]
     assert [p.name for p in images.paths] == ["a.png", "b.png", "c.jpg"]

@@ -21,8 +21,9 @@ def manifests() -> dict[str, dict]:
 def test_the_autoscaler_scales_the_deployment_the_service_fronts():
     m = manifests()
     assert set(m) == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
-    deployment, service, hpa, pdb = (m[k] for k in ("Deployment", "Service", "HorizontalPodAutoscaler",
-                                                      "PodDisruptionBudget"))
+    deployment, service, hpa, pdb = (
+        m[k] for k in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+    )
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
     assert "replicas" not in deployment["spec"]  # the autoscaler's to set: `kubectl apply` would reset it

@@ -27,8 +27,20 @@ def test_digits_from_folder_to_served_prediction(tmp_path, capsys):
     )
     assert main(["fit", "--data", str(data), "--out", str(bundle), "--config", str(config)]) == 0
     submission, probabilities = tmp_path / "submission.csv", tmp_path / "probabilities.csv"
-    assert main(["predict", str(bundle), str(data / "test"), "--out", str(submission),
-                 "--probabilities", str(probabilities)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(bundle),
+                str(data / "test"),
+                "--out",
+                str(submission),
+                "--probabilities",
+                str(probabilities),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
 
     table = pd.read_csv(submission, dtype=str)

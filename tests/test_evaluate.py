@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from stacking.bundle import load_oof
-from stacking.evaluate import diversity
-from stacking.leaderboard import bootstrap_interval
+from stacking.meta.leaderboard import bootstrap_interval
+from stacking.reporting.diversity import diversity
 
 
 def test_bootstrap_interval_brackets_the_accuracy_and_narrows_with_more_images():

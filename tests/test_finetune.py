@@ -53,8 +53,14 @@ def test_two_phases_leave_batchnorm_statistics_untouched(tmp_path):
     kernel = lambda name: keras.ops.convert_to_numpy(model.get_layer(BACKBONE).get_layer(name).kernel)  # noqa: E731
     low = kernel("expanded_conv_project")
     cfg = TrainConfig(epochs=3, head_epochs=1, fine_tune_blocks=2, batch_size=16, early_stopping_patience=5)
-    trained, history = train_model(model, (X[:40], Y[:40]), (X[40:], Y[40:]), cfg, tmp_path / "m.keras",
-                                   fine_tune=get_spec("mobilenetv3small").block_pattern)
+    trained, history = train_model(
+        model,
+        (X[:40], Y[:40]),
+        (X[40:], Y[40:]),
+        cfg,
+        tmp_path / "m.keras",
+        fine_tune=get_spec("mobilenetv3small").block_pattern,
+    )
     assert history["phase"] == [1, 2, 2]
     assert history["learning_rate"][0] == pytest.approx(1e-3) and history["learning_rate"][1] == pytest.approx(1e-4)
     for a, b in zip(before, bn_statistics(model)):
@@ -74,8 +80,14 @@ def test_phase_one_trains_the_head_only(tmp_path):
     frozen = [keras.ops.convert_to_numpy(w) for w in model.get_layer(BACKBONE).weights]
     head = keras.ops.convert_to_numpy(model.get_layer("head_softmax").kernel)
     cfg = TrainConfig(epochs=1, head_epochs=1, batch_size=16)
-    train_model(model, (X[:40], Y[:40]), (X[40:], Y[40:]), cfg, tmp_path / "m.keras",
-                fine_tune=get_spec("mobilenetv3small").block_pattern)
+    train_model(
+        model,
+        (X[:40], Y[:40]),
+        (X[40:], Y[40:]),
+        cfg,
+        tmp_path / "m.keras",
+        fine_tune=get_spec("mobilenetv3small").block_pattern,
+    )
     for a, b in zip(frozen, model.get_layer(BACKBONE).weights):
         np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))
     assert not np.array_equal(head, keras.ops.convert_to_numpy(model.get_layer("head_softmax").kernel))

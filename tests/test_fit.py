@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from stacking.bundle import load_manifest, load_oof
-from stacking.config import load_config
-from stacking.fit import fit
+from stacking.training.config import load_config
+from stacking.training.fit import fit
 
 pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
 
@@ -37,8 +37,18 @@ def assert_same_choice(a, b) -> None:
 
 
 def test_kfold_same_seed_same_oof_arrays_and_choice(digits_dir, tmp_path):
-    cfg = load_config(None, {"models": ("tiny_cnn",), "image_size": 16, "epochs": 1, "tta_views": 2,
-                             "protocol": "kfold", "folds": 3, "seed": 4})
+    cfg = load_config(
+        None,
+        {
+            "models": ("tiny_cnn",),
+            "image_size": 16,
+            "epochs": 1,
+            "tta_views": 2,
+            "protocol": "kfold",
+            "folds": 3,
+            "seed": 4,
+        },
+    )
     manifests = [fit(digits_dir, tmp_path / name, cfg, echo=lambda _: None) for name in ("a", "b")]
     assert manifests[0].protocol.fold_hash == manifests[1].protocol.fold_hash
     a, b = load_oof(tmp_path / "a"), load_oof(tmp_path / "b")

@@ -16,19 +16,27 @@ import pandas as pd
 import pytest
 
 from stacking.bundle import Trust, load_manifest, load_oof, load_student_targets
-from stacking.config import load_config
-from stacking.datasets import load_pixels, read_class_folders, read_training_set
-from stacking.distill import distill
-from stacking.evaluate import evaluate_folder
-from stacking.fit import fit
-from stacking.predictor import Predictor
+from stacking.data.datasets import load_pixels, read_class_folders, read_training_set
+from stacking.inference.predictor import Predictor
+from stacking.reporting.evaluate import evaluate_folder
+from stacking.training.config import load_config
+from stacking.training.distill import distill
+from stacking.training.fit import fit
 
 pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
 
 MEMORISER = "tests.memoriser:build"
 TRUSTED = Trust(custom_code=True)  # our own test architectures
-GUARD_FIT = {"models": ("tiny_cnn", MEMORISER), "image_size": 16, "epochs": 12, "protocol": "holdout",
-             "holdout_fraction": 0.25, "tta_policy": "none", "tta_views": 1, "seed": 0}
+GUARD_FIT = {
+    "models": ("tiny_cnn", MEMORISER),
+    "image_size": 16,
+    "epochs": 12,
+    "protocol": "holdout",
+    "holdout_fraction": 0.25,
+    "tta_policy": "none",
+    "tta_views": 1,
+    "seed": 0,
+}
 NO_AUGMENTATION = "[augmentation]\nflip = false\nshift = 0.0\nzoom = 0.0\n"
 
 
@@ -58,7 +66,9 @@ def memoriser_bundle(digits_dir, tmp_path_factory) -> Path:
 def test_an_overfitting_model_is_judged_on_images_it_never_saw(memoriser_bundle, digits_dir):
     manifest = load_manifest(memoriser_bundle)
     oof = manifest.metrics["oof"]["tests.memoriser.build"]["accuracy"]
-    rows, _, _ = evaluate_folder(Predictor(memoriser_bundle, trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv")
+    rows, _, _ = evaluate_folder(
+        Predictor(memoriser_bundle, trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv"
+    )
     test = {r["name"]: r["accuracy"] for r in rows}
     memorised = in_sample_accuracy(memoriser_bundle, digits_dir)
     assert memorised >= 0.95  # it did memorise its training images
@@ -72,7 +82,9 @@ def test_the_meta_learner_does_not_trust_the_memoriser(memoriser_bundle, digits_
     chosen_weights = board[selection["kind"]]["model_weights"]  # order: tiny_cnn, memoriser
     assert chosen_weights[1] < chosen_weights[0], selection
     assert board["weighted"]["model_weights"][1] < 0.5
-    rows, _, _ = evaluate_folder(Predictor(memoriser_bundle, trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv")
+    rows, _, _ = evaluate_folder(
+        Predictor(memoriser_bundle, trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv"
+    )
     test = {r["name"]: r["accuracy"] for r in rows}
     stack = next(r["accuracy"] for r in rows if r["kind"] == "chosen")
     assert stack > test["tests.memoriser.build"] + 0.1
@@ -94,7 +106,9 @@ def test_shuffled_labels_score_at_chance(digits_dir, tmp_path):
         assert scores["accuracy"] <= ceiling, (name, scores)
     for row in manifest.meta_learner.selection["leaderboard"]:
         assert row["accuracy"] <= ceiling, row
-    rows, count, _ = evaluate_folder(Predictor(tmp_path / "bundle", trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv")
+    rows, count, _ = evaluate_folder(
+        Predictor(tmp_path / "bundle", trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv"
+    )
     stack = next(r for r in rows if r["kind"] == "chosen")
     assert stack["accuracy"] <= chance + 3 * np.sqrt(chance * (1 - chance) / count)
     # A student learns from the stack's answers on images no base model trained on: at chance here too, where
@@ -103,4 +117,6 @@ def test_shuffled_labels_score_at_chance(digits_dir, tmp_path):
     targets, oof = load_student_targets(tmp_path / "bundle"), load_oof(tmp_path / "bundle")
     label_of = dict(zip(oof["ids"].tolist(), oof["labels"].tolist()))
     agree = targets["probabilities"].argmax(axis=1) == np.array([label_of[i] for i in targets["ids"].tolist()])
-    assert set(targets["source"]) == {"oof"} and agree.mean() <= chance + 3 * np.sqrt(chance * (1 - chance) / len(agree))
+    assert set(targets["source"]) == {"oof"} and agree.mean() <= chance + 3 * np.sqrt(
+        chance * (1 - chance) / len(agree)
+    )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stacking.images import ImageDecodeError, decode_image, load_image, load_images
+from stacking.data.images import ImageDecodeError, decode_image, load_image, load_images
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

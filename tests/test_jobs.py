@@ -17,19 +17,26 @@ import pytest
 import ray
 
 from stacking.bundle import load_manifest, load_oof
-from stacking.config import load_config
 from stacking.errors import UserError
-from stacking.executors import ClusterConfig
-from stacking.fit import fit, job_settings, plan_jobs, work_folder
-from stacking.jobs import data_fingerprint
-from stacking.protocols import make_splits
+from stacking.training.config import load_config
+from stacking.training.executors import ClusterConfig
+from stacking.training.fit import fit, job_settings, plan_jobs, work_folder
+from stacking.training.jobs import data_fingerprint
+from stacking.training.protocols import make_splits
 from tests.test_cli import one_line_error, run_cli
 from tests.test_fit import assert_same_choice
 
 pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
 
-KFOLD = {"models": ("tiny_cnn", "mini_mobilenet"), "image_size": 16, "epochs": 1, "tta_views": 2,
-         "protocol": "kfold", "folds": 2, "seed": 5}
+KFOLD = {
+    "models": ("tiny_cnn", "mini_mobilenet"),
+    "image_size": 16,
+    "epochs": 1,
+    "tta_views": 2,
+    "protocol": "kfold",
+    "folds": 2,
+    "seed": 5,
+}
 HOLDOUT = {"image_size": 16, "epochs": 1, "tta_views": 1, "seed": 2}
 CORES = len(os.sched_getaffinity(0))  # TensorFlow's threads in a local fit: a Ray job with as many gives the same bits
 
@@ -66,8 +73,11 @@ def assert_same_bundle(a: Path, b: Path) -> None:
 
 def ran(lines: list[str]) -> list[str]:
     """The jobs that ended in this fit, from its progress lines."""
-    return [line.split("] ")[1].split(":")[0] for line in lines
-            if line.startswith("[jobs: ") and "started again" not in line]
+    return [
+        line.split("] ")[1].split(":")[0]
+        for line in lines
+        if line.startswith("[jobs: ") and "started again" not in line
+    ]
 
 
 def test_ray_fit_equals_a_local_fit_interrupted_and_resumed(ray_cluster, digits_dir, tmp_path):
@@ -97,12 +107,14 @@ def test_ray_fit_equals_a_local_fit_interrupted_and_resumed(ray_cluster, digits_
     assert_same_bundle(local, tmp_path / "ray")
     assert any(line.startswith("[jobs: 4/4 done, 0 running, 0 failed]") for line in lines), lines
     runs = manifest.metrics["jobs"]
-    assert len(runs) == 4 and all(r["threads"] == CORES and not r["worker"].endswith(f":{os.getpid()}")
-                                  for r in runs.values())  # in Ray's workers, with the threads they asked for
+    assert len(runs) == 4 and all(
+        r["threads"] == CORES and not r["worker"].endswith(f":{os.getpid()}") for r in runs.values()
+    )  # in Ray's workers, with the threads they asked for
 
 
 def test_a_dead_worker_is_retried_a_job_that_keeps_failing_fails_the_fit_and_resume_keeps_the_rest(
-        ray_cluster, digits_dir, tmp_path, capsys):
+    ray_cluster, digits_dir, tmp_path, capsys
+):
     out, lines = tmp_path / "b", []
     once, always = "tests.crashing_model:crash_once", "tests.crashing_model:crash_always"
     cfg = on_ray({**HOLDOUT, "models": ("tiny_cnn", once, always)}, cpus_per_job=1, max_retries=1)
@@ -110,9 +122,14 @@ def test_a_dead_worker_is_retried_a_job_that_keeps_failing_fails_the_fit_and_res
         fit(digits_dir, out, cfg, echo=lines.append)
     assert ray_cluster.exists()  # crash_once's first worker did die ...
     assert any("tests.crashing_model.crash_once: started again (attempt 2)" in line for line in lines), lines
-    assert sorted(ran(lines)) == ["tests.crashing_model.crash_always FAILED", "tests.crashing_model.crash_once",
-                                  "tiny_cnn"]  # ... and its second attempt finished
-    assert lines[-1] == f"2 finished job(s) kept in {work_folder(out)}: rerun the same command with --resume to continue"
+    assert sorted(ran(lines)) == [
+        "tests.crashing_model.crash_always FAILED",
+        "tests.crashing_model.crash_once",
+        "tiny_cnn",
+    ]  # ... and its second attempt finished
+    assert (
+        lines[-1] == f"2 finished job(s) kept in {work_folder(out)}: rerun the same command with --resume to continue"
+    )
     assert not out.exists()
     records = {p.stem: json.loads(p.read_text()) for p in (work_folder(out) / "jobs").glob("*.json")}
     assert set(records) == {"tiny_cnn", "tests.crashing_model.crash_once"}
@@ -120,8 +137,25 @@ def test_a_dead_worker_is_retried_a_job_that_keeps_failing_fails_the_fit_and_res
     assert {r["threads"] for r in records.values()} == {1}  # TensorFlow kept to the 1 CPU each job asked for
 
     # The next fit must be told what to do with them; --resume without the failing model runs nothing new.
-    args = ["fit", "--data", digits_dir, "--out", out, "--models", f"tiny_cnn,{once}", "--image-size", "16",
-            "--epochs", "1", "--tta", "1", "--seed", "2", "--executor", "ray"]
+    args = [
+        "fit",
+        "--data",
+        digits_dir,
+        "--out",
+        out,
+        "--models",
+        f"tiny_cnn,{once}",
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--tta",
+        "1",
+        "--seed",
+        "2",
+        "--executor",
+        "ray",
+    ]
     code, _, err = run_cli(args, capsys)
     assert "add --resume to continue it" in one_line_error(code, err)
     code, text, err = run_cli([*args, "--resume"], capsys)
@@ -145,22 +179,43 @@ def test_the_data_fingerprint_sees_one_pixel_a_label_or_an_id_change():
     ids, labels, pixels = ["a.png", "b.png"], np.array([0, 1]), np.zeros((2, 4, 4, 3), np.uint8)
     changed_pixel = pixels.copy()
     changed_pixel[1, 3, 3, 2] = 1
-    prints = {data_fingerprint(ids, labels, pixels), data_fingerprint(ids, labels, changed_pixel),
-              data_fingerprint(ids, labels[::-1].copy(), pixels), data_fingerprint(["a.png", "c.png"], labels, pixels)}
+    prints = {
+        data_fingerprint(ids, labels, pixels),
+        data_fingerprint(ids, labels, changed_pixel),
+        data_fingerprint(ids, labels[::-1].copy(), pixels),
+        data_fingerprint(["a.png", "c.png"], labels, pixels),
+    }
     assert len(prints) == 4 and data_fingerprint(ids, labels, pixels.copy()) in prints
 
 
 def test_a_request_the_local_cluster_cannot_meet_is_refused(ray_cluster, digits_dir, tmp_path):
     too_many = max(2, CORES) + 1
     with pytest.raises(UserError, match=rf"\[cluster\] cpus_per_job {too_many}: the local Ray cluster has "):
-        fit(digits_dir, tmp_path / "b", on_ray({**HOLDOUT, "models": ("tiny_cnn",)}, cpus_per_job=too_many),
-            echo=lambda _: None)
+        fit(
+            digits_dir,
+            tmp_path / "b",
+            on_ray({**HOLDOUT, "models": ("tiny_cnn",)}, cpus_per_job=too_many),
+            echo=lambda _: None,
+        )
     assert not work_folder(tmp_path / "b").exists()
 
 
 def _predict(bundle: Path, images: Path, out: Path, capsys, *extra) -> tuple[int, str, str]:
-    return run_cli(["predict", bundle, images, "--out", out, "--batch-size", "7", "--probabilities",
-                    out.with_suffix(".parquet"), *extra], capsys)
+    return run_cli(
+        [
+            "predict",
+            bundle,
+            images,
+            "--out",
+            out,
+            "--batch-size",
+            "7",
+            "--probabilities",
+            out.with_suffix(".parquet"),
+            *extra,
+        ],
+        capsys,
+    )
 
 
 def test_ray_batch_prediction_equals_local_prediction(ray_cluster, tiny_bundle, digits_dir, tmp_path, capsys):

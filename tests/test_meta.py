@@ -7,7 +7,7 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 
 from stacking.errors import UserError
-from stacking.meta import (
+from stacking.meta.learners import (
     LEARNED,
     META_KINDS,
     SIMPLE,
@@ -40,7 +40,7 @@ def test_feature_layout_is_model_major_with_optional_tta_features():
     probs = RNG.dirichlet(np.ones(C), size=(2, N))
     X = meta_features(probs)
     assert X.shape == (N, 2 * C)
-    np.testing.assert_allclose(np.exp(X[:, C:2 * C]), probs[1], rtol=1e-6)
+    np.testing.assert_allclose(np.exp(X[:, C : 2 * C]), probs[1], rtol=1e-6)
     disagreement = RNG.random((2, N))
     X = meta_features(probs, disagreement)
     assert X.shape == (N, 2 * C + 4)
@@ -169,7 +169,8 @@ def test_selection_is_deterministic():
         assert row_a["name"] == row_b["name"]
         assert row_a["model_weights"] == pytest.approx(row_b["model_weights"], rel=1e-9)
         assert {k: v for k, v in row_a.items() if k not in ("name", "family", "model_weights")} == pytest.approx(
-            {k: v for k, v in row_b.items() if k not in ("name", "family", "model_weights")}, rel=1e-9)
+            {k: v for k, v in row_b.items() if k not in ("name", "family", "model_weights")}, rel=1e-9
+        )
     np.testing.assert_allclose(a.predict_proba(meta_features(probs)), b.predict_proba(meta_features(probs)), rtol=1e-12)
 
 

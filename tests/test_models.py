@@ -92,8 +92,9 @@ def test_training_keeps_the_best_epoch(tmp_path):
     x = RNG.integers(0, 256, size=(64, 16, 16, 3)).astype("uint8")
     y = (x[:, :, :, 0].mean(axis=(1, 2)) > 127).astype("int64")
     cfg = TrainConfig(epochs=4, batch_size=16, early_stopping_patience=10)
-    model, history = train_model(create_model("tiny_cnn", 2, 16), (x[:48], y[:48]), (x[48:], y[48:]), cfg,
-                                 tmp_path / "best.keras", seed=1)
+    model, history = train_model(
+        create_model("tiny_cnn", 2, 16), (x[:48], y[:48]), (x[48:], y[48:]), cfg, tmp_path / "best.keras", seed=1
+    )
     best = history["best_epoch"]
     assert history["best"]["val_accuracy"] == max(history["val_accuracy"]) == history["val_accuracy"][best]
     assert len(history["learning_rate"]) == len(history["loss"])

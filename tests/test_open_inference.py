@@ -39,11 +39,21 @@ MAX_FILES = 4
 
 # ---- the messages and the tensor encoding (no server) ----
 
+
 def test_the_committed_descriptor_set_is_the_proto_compiled(tmp_path):
     """``make protos`` output is what the server loads: a .proto edited without recompiling fails here."""
     out = tmp_path / "set.binpb"
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{messages.DESCRIPTOR_SET.parent}",
-                    f"--descriptor_set_out={out}", str(messages.DESCRIPTOR_SET.with_suffix(".proto"))], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{messages.DESCRIPTOR_SET.parent}",
+            f"--descriptor_set_out={out}",
+            str(messages.DESCRIPTOR_SET.with_suffix(".proto")),
+        ],
+        check=True,
+    )
     compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     assert compiled == descriptor_pb2.FileDescriptorSet.FromString(messages.DESCRIPTOR_SET.read_bytes())
 
@@ -52,8 +62,9 @@ def _same_fields(ours, theirs, path: str) -> None:
     for field in ours.fields:
         other = theirs.fields_by_name.get(field.name)
         assert other is not None, f"{path}.{field.name} is not in Triton's protocol"
-        assert (field.number, field.type, field.is_repeated) == (other.number, other.type, other.is_repeated), \
+        assert (field.number, field.type, field.is_repeated) == (other.number, other.type, other.is_repeated), (
             f"{path}.{field.name}"
+        )
         if field.message_type is not None:
             _same_fields(field.message_type, other.message_type, f"{path}.{field.name}")
 
@@ -67,10 +78,18 @@ def test_every_message_is_the_protocols_field_by_field():
     assert messages.SERVICE.full_name == theirs.full_name == "inference.GRPCInferenceService"
     for method in messages.SERVICE.methods:
         other = theirs.methods_by_name[method.name]
-        assert (method.input_type.full_name, method.output_type.full_name) == \
-               (other.input_type.full_name, other.output_type.full_name)
-    assert {m.name for m in messages.SERVICE.methods} == {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
-                                                          "ModelMetadata", "ModelInfer"}
+        assert (method.input_type.full_name, method.output_type.full_name) == (
+            other.input_type.full_name,
+            other.output_type.full_name,
+        )
+    assert {m.name for m in messages.SERVICE.methods} == {
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+    }
 
 
 def test_bytes_elements_round_trip_and_a_cut_short_tensor_is_named():
@@ -99,15 +118,24 @@ def test_grpc_is_off_unless_a_port_is_given(monkeypatch):
 
 # ---- against a real server ----
 
+
 @pytest.fixture(scope="module")
 def oip(tiny_bundle):
     """The tiny bundle with gRPC on, an API key, small limits, and one image (3 views) per compiled call, so that
     an image's answer cannot depend on its batch companions."""
     grpc_port = free_port()
-    server = Server(tiny_bundle, {"STACKSERVE_GRPC_PORT": str(grpc_port), "STACKSERVE_API_KEY": "s3cret",
-                                  "STACKSERVE_MAX_FILES": str(MAX_FILES), "STACKSERVE_MAX_TTA": "4",
-                                  "STACKSERVE_MAX_BODY_BYTES": "300000", "STACKSERVE_CALL_ROWS": "3",
-                                  "STACKSERVE_MAX_PIXELS": "20000"})
+    server = Server(
+        tiny_bundle,
+        {
+            "STACKSERVE_GRPC_PORT": str(grpc_port),
+            "STACKSERVE_API_KEY": "s3cret",
+            "STACKSERVE_MAX_FILES": str(MAX_FILES),
+            "STACKSERVE_MAX_TTA": "4",
+            "STACKSERVE_MAX_BODY_BYTES": "300000",
+            "STACKSERVE_CALL_ROWS": "3",
+            "STACKSERVE_MAX_PIXELS": "20000",
+        },
+    )
     try:
         server.wait_ready()
         server.grpc_url = f"127.0.0.1:{grpc_port}"
@@ -123,8 +151,13 @@ def digit_images(digits_dir, n: int) -> list[bytes]:
 
 
 def v1_probabilities(server, images: list[bytes], **params) -> np.ndarray:
-    response = httpx.post(f"{server.url}/v1/predict", params=params, headers=KEY, timeout=60,
-                          files=[("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)])
+    response = httpx.post(
+        f"{server.url}/v1/predict",
+        params=params,
+        headers=KEY,
+        timeout=60,
+        files=[("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)],
+    )
     assert response.status_code == 200, response.text
     return np.array([list(p["probabilities"].values()) for p in response.json()["predictions"]])
 
@@ -146,12 +179,15 @@ def test_live_ready_and_metadata_through_both_clients(oip, tiny_bundle):
     rest = oip.http.get_model_metadata(name, headers={**KEY})
     assert set(rest) == {"name", "versions", "platform", "inputs", "outputs"}  # the protocol's fields, no others
     assert rest["inputs"] == [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
-    assert rest["outputs"] == [{"name": "probabilities", "datatype": "FP64", "shape": [-1, 10]},
-                               {"name": "label", "datatype": "BYTES", "shape": [-1]}]
+    assert rest["outputs"] == [
+        {"name": "probabilities", "datatype": "FP64", "shape": [-1, 10]},
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+    ]
     grpc_meta = oip.grpc.get_model_metadata(name, headers={**KEY})
     assert (grpc_meta.name, list(grpc_meta.versions), grpc_meta.platform) == (name, rest["versions"], "stackserve")
-    assert [(t.name, t.datatype, list(t.shape)) for t in grpc_meta.outputs] == \
-           [(t["name"], t["datatype"], t["shape"]) for t in rest["outputs"]]
+    assert [(t.name, t.datatype, list(t.shape)) for t in grpc_meta.outputs] == [
+        (t["name"], t["datatype"], t["shape"]) for t in rest["outputs"]
+    ]
     assert oip.http.get_model_metadata(name, model_version=rest["versions"][0], headers={**KEY}) == rest
     server_meta = oip.http.get_server_metadata()
     assert set(server_meta) == {"name", "version", "extensions"} and "binary_tensor_data" in server_meta["extensions"]
@@ -175,19 +211,33 @@ def test_every_transport_gives_the_same_answer(oip, digits_dir, tiny_bundle):
     # JSON both ways: the user base64-encodes each file; outputs asked for as JSON.
     json_outputs = [httpclient.InferRequestedOutput(n, binary_data=False) for n in ("probabilities", "label")]
     encoded = [base64.b64encode(i) for i in images]
-    answers["json"] = oip.http.infer(name, [images_input(httpclient, encoded, binary=False)], outputs=json_outputs,
-                                     parameters=tta, headers={**KEY}, request_id="r1")
+    answers["json"] = oip.http.infer(
+        name,
+        [images_input(httpclient, encoded, binary=False)],
+        outputs=json_outputs,
+        parameters=tta,
+        headers={**KEY},
+        request_id="r1",
+    )
     # The client's default: binary tensors both ways, the raw files as BYTES elements; and their base64 text.
-    answers["binary"] = oip.http.infer(name, [images_input(httpclient, images, binary=True)], parameters=tta,
-                                       headers={**KEY})
-    answers["binary base64"] = oip.http.infer(name, [images_input(httpclient, encoded, binary=True)],
-                                              parameters=tta, headers={**KEY})
-    answers["binary gzip"] = oip.http.infer(name, [images_input(httpclient, images, binary=True)], parameters=tta,
-                                            headers={**KEY}, request_compression_algorithm="gzip")
+    answers["binary"] = oip.http.infer(
+        name, [images_input(httpclient, images, binary=True)], parameters=tta, headers={**KEY}
+    )
+    answers["binary base64"] = oip.http.infer(
+        name, [images_input(httpclient, encoded, binary=True)], parameters=tta, headers={**KEY}
+    )
+    answers["binary gzip"] = oip.http.infer(
+        name,
+        [images_input(httpclient, images, binary=True)],
+        parameters=tta,
+        headers={**KEY},
+        request_compression_algorithm="gzip",
+    )
     answers["grpc"] = oip.grpc.infer(name, [images_input(grpcclient, images)], parameters=tta, headers={**KEY})
     # As KServe's clients send it: the elements in contents.bytes_contents, through Triton's own generated stub.
-    request = service_pb2.ModelInferRequest(model_name=name,
-                                            parameters={"tta": service_pb2.InferParameter(int64_param=2)})
+    request = service_pb2.ModelInferRequest(
+        model_name=name, parameters={"tta": service_pb2.InferParameter(int64_param=2)}
+    )
     request.inputs.add(name="images", datatype="BYTES", shape=[len(images)]).contents.bytes_contents.extend(images)
     with grpc.insecure_channel(oip.grpc_url) as channel:
         reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=tuple(KEY.items()))
@@ -197,15 +247,20 @@ def test_every_transport_gives_the_same_answer(oip, digits_dir, tiny_bundle):
         assert probabilities.dtype == np.float64, how
         np.testing.assert_array_equal(probabilities, v1, err_msg=how)  # the same call shape: the same bits
         # The client gives JSON BYTES back as str, binary ones as bytes.
-        assert [str(label, "utf-8") if isinstance(label, bytes) else label
-                for label in result.as_numpy("label")] == labels, how
+        assert [
+            str(label, "utf-8") if isinstance(label, bytes) else label for label in result.as_numpy("label")
+        ] == labels, how
     rest = answers["json"].get_response()
     assert rest["id"] == "r1" and rest["model_name"] == name
     assert all(o["parameters"] == {"served_by": "stack,stack,stack", "cost_views": "4,4,4"} for o in rest["outputs"])
     grpc_outputs = answers["grpc"].get_response().outputs
     assert [o.parameters["served_by"].string_param for o in grpc_outputs] == ["stack,stack,stack"] * 2
-    only = oip.grpc.infer(name, [images_input(grpcclient, images[:1])], headers={**KEY},
-                          outputs=[grpcclient.InferRequestedOutput("label")])
+    only = oip.grpc.infer(
+        name,
+        [images_input(grpcclient, images[:1])],
+        headers={**KEY},
+        outputs=[grpcclient.InferRequestedOutput("label")],
+    )
     assert [o.name for o in only.get_response().outputs] == ["label"] and only.as_numpy("probabilities") is None
 
 
@@ -215,38 +270,73 @@ def test_classification_and_compressed_answers(oip, digits_dir, tiny_bundle):
     v1 = v1_probabilities(oip, images)
     top3 = np.argsort(-v1, axis=1, kind="stable")[:, :3]
     for module, client in ((httpclient, oip.http), (grpcclient, oip.grpc)):
-        result = client.infer(name, [images_input(module, images)],
-                              outputs=[module.InferRequestedOutput("probabilities", class_count=3)], headers={**KEY})
+        result = client.infer(
+            name,
+            [images_input(module, images)],
+            outputs=[module.InferRequestedOutput("probabilities", class_count=3)],
+            headers={**KEY},
+        )
         entries = [[item.decode().split(":") for item in row] for row in result.as_numpy("probabilities")]
         assert [[int(k) for _, k, _ in row] for row in entries] == top3.tolist()
         assert [[label for _, _, label in row] for row in entries] == [[str(k) for k in row] for row in top3]
-        np.testing.assert_allclose([[float(v) for v, _, _ in row] for row in entries],
-                                   np.take_along_axis(v1, top3, axis=1), atol=1e-6)  # "%f": six decimals
+        np.testing.assert_allclose(
+            [[float(v) for v, _, _ in row] for row in entries], np.take_along_axis(v1, top3, axis=1), atol=1e-6
+        )  # "%f": six decimals
     outputs = [httpclient.InferRequestedOutput(n, binary_data=False) for n in ("probabilities", "label")]
-    plain, zipped = (oip.http.infer(name, [images_input(httpclient, images, binary=True)], outputs=outputs,
-                                    headers={**KEY}, response_compression_algorithm=how) for how in (None, "gzip"))
+    plain, zipped = (
+        oip.http.infer(
+            name,
+            [images_input(httpclient, images, binary=True)],
+            outputs=outputs,
+            headers={**KEY},
+            response_compression_algorithm=how,
+        )
+        for how in (None, "gzip")
+    )
     np.testing.assert_array_equal(zipped.as_numpy("probabilities"), plain.as_numpy("probabilities"))
-    raw = httpx.post(f"{oip.url}/v2/models/{name}/infer", headers={**KEY, "Accept-Encoding": "gzip"}, timeout=60,
-                     json={"inputs": [{"name": "images", "shape": [len(images)], "datatype": "BYTES",
-                                       "data": [base64.b64encode(i).decode() for i in images]}]})
+    raw = httpx.post(
+        f"{oip.url}/v2/models/{name}/infer",
+        headers={**KEY, "Accept-Encoding": "gzip"},
+        timeout=60,
+        json={
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [len(images)],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(i).decode() for i in images],
+                }
+            ]
+        },
+    )
     assert raw.headers["content-encoding"] == "gzip" and len(raw.json()["outputs"]) == 2
 
 
 def test_a_json_body_needs_no_content_type_and_errors_take_the_protocols_shape(oip, digits_dir, tiny_bundle):
-    body = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
-                        "data": [base64.b64encode(digit_images(digits_dir, 1)[0]).decode()]}]}
+    body = {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(digit_images(digits_dir, 1)[0]).decode()],
+            }
+        ]
+    }
     url = f"{oip.url}/v2/models/{tiny_bundle.name}/infer"
     plain = httpx.post(url, content=json.dumps(body).encode(), headers=KEY, timeout=60)  # no Content-Type at all
     assert "content-type" not in plain.request.headers and plain.status_code == 200, plain.text
     assert [o["name"] for o in plain.json()["outputs"]] == ["probabilities", "label"]
     for headers, status, text in (({}, 401, "X-API-Key"), (KEY, 404, "not served here")):
-        error = httpx.post(url.replace(tiny_bundle.name, "other") if status == 404 else url, json=body,
-                           headers=headers, timeout=60)
+        error = httpx.post(
+            url.replace(tiny_bundle.name, "other") if status == 404 else url, json=body, headers=headers, timeout=60
+        )
         assert error.status_code == status and set(error.json()) == {"error"} and text in error.json()["error"]
     v1 = httpx.get(f"{oip.url}/v1/model")  # /v1 keeps its own shape
     assert v1.status_code == 401 and set(v1.json()["error"]) == {"code", "message"}
-    zipped = httpx.post(url, content=gzip.compress(json.dumps(body).encode()),
-                        headers={**KEY, "Content-Encoding": "gzip"}, timeout=60)
+    zipped = httpx.post(
+        url, content=gzip.compress(json.dumps(body).encode()), headers={**KEY, "Content-Encoding": "gzip"}, timeout=60
+    )
     assert zipped.status_code == 200 and zipped.json()["outputs"] == plain.json()["outputs"]
 
 
@@ -254,17 +344,19 @@ def _big_png() -> bytes:
     return png_bytes(size=200)  # 40,000 pixels, past this server's max_pixels
 
 
-@pytest.mark.parametrize("case, http_status, grpc_code, text", [
-    ("unknown model", "404", "NOT_FOUND", "model 'other' is not served here"),
-    ("corrupt image", "400", "INVALID_ARGUMENT", "images[1]: not a readable image"),
-    ("too many images", "413", "RESOURCE_EXHAUSTED", f"the limit is {MAX_FILES}"),
-    ("wrong datatype", "400", "INVALID_ARGUMENT", "inputs[0].datatype: 'FP32'; input 'images' is BYTES"),
-    ("too many pixels", "400", "INVALID_ARGUMENT", "images[0]: image of 200x200 pixels exceeds the limit of 20000"),
-    ("too many views", "422", "INVALID_ARGUMENT", "tta: 9 views asked for; this service allows at most 4"),
-    ("no key", "401", "UNAUTHENTICATED", "x-api-key"),
-])
-def test_errors_reach_the_user_through_both_clients(oip, digits_dir, tiny_bundle, case, http_status, grpc_code,
-                                                    text):
+@pytest.mark.parametrize(
+    "case, http_status, grpc_code, text",
+    [
+        ("unknown model", "404", "NOT_FOUND", "model 'other' is not served here"),
+        ("corrupt image", "400", "INVALID_ARGUMENT", "images[1]: not a readable image"),
+        ("too many images", "413", "RESOURCE_EXHAUSTED", f"the limit is {MAX_FILES}"),
+        ("wrong datatype", "400", "INVALID_ARGUMENT", "inputs[0].datatype: 'FP32'; input 'images' is BYTES"),
+        ("too many pixels", "400", "INVALID_ARGUMENT", "images[0]: image of 200x200 pixels exceeds the limit of 20000"),
+        ("too many views", "422", "INVALID_ARGUMENT", "tta: 9 views asked for; this service allows at most 4"),
+        ("no key", "401", "UNAUTHENTICATED", "x-api-key"),
+    ],
+)
+def test_errors_reach_the_user_through_both_clients(oip, digits_dir, tiny_bundle, case, http_status, grpc_code, text):
     images, name, headers, parameters = digit_images(digits_dir, 2), tiny_bundle.name, {**KEY}, None
     if case == "unknown model":
         name = "other"
@@ -308,10 +400,16 @@ def test_concurrent_calls_from_the_async_clients_equal_sequential_ones(oip, digi
         rpc = grpcclient_aio.InferenceServerClient(oip.grpc_url)
         try:
             return await asyncio.gather(
-                asyncio.gather(*(rest.infer(name, [images_input(httpclient_aio, [i], binary=True)],
-                                            headers={**KEY}) for i in images)),
-                asyncio.gather(*(rpc.infer(name, [images_input(grpcclient_aio, [i])], headers={**KEY})
-                                 for i in images)))
+                asyncio.gather(
+                    *(
+                        rest.infer(name, [images_input(httpclient_aio, [i], binary=True)], headers={**KEY})
+                        for i in images
+                    )
+                ),
+                asyncio.gather(
+                    *(rpc.infer(name, [images_input(grpcclient_aio, [i])], headers={**KEY}) for i in images)
+                ),
+            )
         finally:
             await rest.close()
             await rpc.close()
@@ -321,8 +419,11 @@ def test_concurrent_calls_from_the_async_clients_equal_sequential_ones(oip, digi
 
 
 def _body(**changes) -> dict:
-    body = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
-                        "data": [base64.b64encode(png_bytes()).decode()]}]}
+    body = {
+        "inputs": [
+            {"name": "images", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(png_bytes()).decode()]}
+        ]
+    }
     body.update(changes)
     return body
 
@@ -331,34 +432,54 @@ def _one_input(**changes) -> dict:
     return _body(inputs=[{**_body()["inputs"][0], **changes}])
 
 
-@pytest.mark.parametrize("content, status, text", [
-    (b"{not json", 400, "request body: not JSON"),
-    (_one_input(data=["%%%"]), 400, "inputs[0].data[0]: not base64"),
-    (_one_input(shape=[5]), 400, "inputs[0].shape [5] does not match its 1 elements"),
-    (_one_input(name="pixels"), 400, "inputs[0].name: 'pixels' is not an input of this model"),
-    (_one_input(shape=[1, 2, 3]), 400, "inputs[0].shape: [1, 2, 3]"),
-    (_body(outputs=[{"name": "logits"}]), 400, "outputs: unknown ['logits']"),
-    (_body(outputs=[{"name": "label", "parameters": {"classification": 3}}]), 400, "classification"),
-    (_body(parameters={"tta_policy": "spin"}), 422, "parameters.tta_policy: 'spin' is not one of"),
-    (_body(inputs=[]), 400, "inputs: List should have at least 1 item"),
-    (_one_input(data=None, parameters={"binary_data_size": 10}), 400, "binary_data_size: 10; the body has 0"),
-    (_one_input(data=None), 400, "inputs[0]: no data"),
-], ids=["not-json", "not-base64", "shape-count", "input-name", "shape-rank", "output", "classification", "policy",
-        "no-inputs", "binary-size", "no-data"])
+@pytest.mark.parametrize(
+    "content, status, text",
+    [
+        (b"{not json", 400, "request body: not JSON"),
+        (_one_input(data=["%%%"]), 400, "inputs[0].data[0]: not base64"),
+        (_one_input(shape=[5]), 400, "inputs[0].shape [5] does not match its 1 elements"),
+        (_one_input(name="pixels"), 400, "inputs[0].name: 'pixels' is not an input of this model"),
+        (_one_input(shape=[1, 2, 3]), 400, "inputs[0].shape: [1, 2, 3]"),
+        (_body(outputs=[{"name": "logits"}]), 400, "outputs: unknown ['logits']"),
+        (_body(outputs=[{"name": "label", "parameters": {"classification": 3}}]), 400, "classification"),
+        (_body(parameters={"tta_policy": "spin"}), 422, "parameters.tta_policy: 'spin' is not one of"),
+        (_body(inputs=[]), 400, "inputs: List should have at least 1 item"),
+        (_one_input(data=None, parameters={"binary_data_size": 10}), 400, "binary_data_size: 10; the body has 0"),
+        (_one_input(data=None), 400, "inputs[0]: no data"),
+    ],
+    ids=[
+        "not-json",
+        "not-base64",
+        "shape-count",
+        "input-name",
+        "shape-rank",
+        "output",
+        "classification",
+        "policy",
+        "no-inputs",
+        "binary-size",
+        "no-data",
+    ],
+)
 def test_bad_rest_requests_are_refused_naming_the_field(oip, tiny_bundle, content, status, text):
     raw = content if isinstance(content, bytes) else json.dumps(content).encode()
-    response = httpx.post(f"{oip.url}/v2/models/{tiny_bundle.name}/infer", content=raw,
-                          headers=KEY, timeout=60)
+    response = httpx.post(f"{oip.url}/v2/models/{tiny_bundle.name}/infer", content=raw, headers=KEY, timeout=60)
     assert response.status_code == status, response.text
     assert set(response.json()) == {"error"} and text in response.json()["error"], response.text
 
 
 def test_binary_framing_errors_are_refused(oip, tiny_bundle):
     header = json.dumps(_body()).encode()
-    for length, text in ((len(header), "5 bytes after the JSON header that no input's binary_data_size claims"),
-                         (len(header) + 99, f"Inference-Header-Content-Length: '{len(header) + 99}' is not")):
-        response = httpx.post(f"{oip.url}/v2/models/{tiny_bundle.name}/infer", content=header + b"extra",
-                              headers={**KEY, "Inference-Header-Content-Length": str(length)}, timeout=60)
+    for length, text in (
+        (len(header), "5 bytes after the JSON header that no input's binary_data_size claims"),
+        (len(header) + 99, f"Inference-Header-Content-Length: '{len(header) + 99}' is not"),
+    ):
+        response = httpx.post(
+            f"{oip.url}/v2/models/{tiny_bundle.name}/infer",
+            content=header + b"extra",
+            headers={**KEY, "Inference-Header-Content-Length": str(length)},
+            timeout=60,
+        )
         assert response.status_code == 400 and text in response.json()["error"], response.text
 
 

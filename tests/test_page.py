@@ -11,8 +11,9 @@ pytestmark = needs_chromium
 
 def test_upload_shows_the_stacked_answer(server, browser, digits_dir):
     image = sorted((digits_dir / "test").glob("*.png"))[0]
-    api = httpx.post(f"{server.url}/v1/predict", files=[("files", (image.name, image.read_bytes(), "image/png"))],
-                     timeout=60).json()["predictions"][0]
+    api = httpx.post(
+        f"{server.url}/v1/predict", files=[("files", (image.name, image.read_bytes(), "image/png"))], timeout=60
+    ).json()["predictions"][0]
     page = browser.new_page()
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

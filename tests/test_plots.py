@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from stacking.plots import augmentation_grid, plot_history
+from stacking.reporting.plots import augmentation_grid, plot_history
 
 
 def ink(path) -> float:
@@ -17,9 +17,13 @@ def ink(path) -> float:
 
 def test_training_curves_mark_best_epoch_and_lr_drops(tmp_path):
     history = {
-        "loss": [1.0, 0.6, 0.4, 0.35, 0.34], "val_loss": [1.1, 0.7, 0.5, 0.55, 0.6],
-        "accuracy": [0.5, 0.7, 0.8, 0.85, 0.86], "val_accuracy": [0.45, 0.65, 0.8, 0.78, 0.77],
-        "learning_rate": [1e-3, 1e-3, 1e-3, 3e-4, 3e-4], "phase": [1, 1, 2, 2, 2], "best_epoch": 2,
+        "loss": [1.0, 0.6, 0.4, 0.35, 0.34],
+        "val_loss": [1.1, 0.7, 0.5, 0.55, 0.6],
+        "accuracy": [0.5, 0.7, 0.8, 0.85, 0.86],
+        "val_accuracy": [0.45, 0.65, 0.8, 0.78, 0.77],
+        "learning_rate": [1e-3, 1e-3, 1e-3, 3e-4, 3e-4],
+        "phase": [1, 1, 2, 2, 2],
+        "best_epoch": 2,
     }
     path = plot_history(history, tmp_path / "curves.png", "tiny_cnn")
     assert 0.01 < ink(path) < 0.5

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stacking.errors import UserError
-from stacking.protocols import (
+from stacking.training.protocols import (
     check_class_counts,
     fold_assignment,
     fold_hash,

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from stacking.bundle import load_manifest, load_oof, load_stack_oof
-from stacking.meta import score
-from stacking.report import SECTIONS, write_report
+from stacking.meta.learners import score
+from stacking.reporting.report import SECTIONS, write_report
 from tests.conftest import needs_chromium
 
 
@@ -20,8 +20,10 @@ def table_after(page: str, heading: str) -> list[list[str]]:
     """The cells of the first table after the heading whose text is ``heading``."""
     section = re.split(rf"<h[23][^>]*>{re.escape(heading)}</h[23]>", page, maxsplit=1)[1]
     table = section[: section.index("</table>")]
-    return [[html.unescape(c) for c in re.findall(r"<t[dh]>(.*?)</t[dh]>", row)]
-            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table)]
+    return [
+        [html.unescape(c) for c in re.findall(r"<t[dh]>(.*?)</t[dh]>", row)]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table)
+    ]
 
 
 def section(page: str, key: str) -> str:
@@ -36,9 +38,19 @@ def test_every_section_is_there_and_every_picture_is_drawn(bundle_copy):
     page = write_report(bundle_copy, load_manifest(bundle_copy)).read_text()
     headings = re.findall(r"<h2>(.*?)</h2>", page)
     assert headings == [f"{n}. {title}" for n, title in enumerate(SECTIONS.values(), 1)]
-    expected = {"tta_curve.png", "tta_heatmap.png", "curves_tiny_cnn.png", "curves_mini_mobilenet.png",
-                "augmentation.png", "confusion.png", "reliability.png", "diversity.png", "weights.png", "mistakes.png",
-                "cost.png"}
+    expected = {
+        "tta_curve.png",
+        "tta_heatmap.png",
+        "curves_tiny_cnn.png",
+        "curves_mini_mobilenet.png",
+        "augmentation.png",
+        "confusion.png",
+        "reliability.png",
+        "diversity.png",
+        "weights.png",
+        "mistakes.png",
+        "cost.png",
+    }
     assert set(pictures(page)) == expected
     for file in expected:
         with Image.open(bundle_copy / "report" / file) as image:
@@ -56,8 +68,17 @@ def test_leaderboard_shows_the_bundles_scores_which_are_honest(bundle_copy):
     rows = manifest.meta_learner.oof_scores
     header, *cells = table_after(page, f"Out-of-fold ({manifest.metrics['oof_rows']} images no base model trained on)")
     assert header == ["model", "kind", "accuracy", "95% interval", "log-loss", "ECE"]
-    assert cells == [[r["name"], r["kind"], f"{r['accuracy']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
-                      f"{r['log_loss']:.4f}", f"{r['ece']:.4f}"] for r in rows]
+    assert cells == [
+        [
+            r["name"],
+            r["kind"],
+            f"{r['accuracy']:.4f}",
+            f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
+            f"{r['log_loss']:.4f}",
+            f"{r['ece']:.4f}",
+        ]
+        for r in rows
+    ]
     # The bundle's numbers are those of its saved answers: base models' OOF rows, candidates' meta-fold answers.
     by_name = {r["name"]: r for r in rows}
     labels = oof["labels"]
@@ -71,9 +92,11 @@ def test_leaderboard_shows_the_bundles_scores_which_are_honest(bundle_copy):
     assert rows[-1] == {**by_name[chosen], "name": f"stack ({chosen})", "kind": "chosen"}
     # Cross-validated, not in-sample: the fitted stack scores better on rows it was fitted on.
     from stacking.bundle import load_meta
-    from stacking.meta import meta_features
+    from stacking.meta.learners import meta_features
 
-    in_sample = score(load_meta(bundle_copy, manifest).predict_proba(meta_features(oof["probabilities"])), labels)["log_loss"]
+    in_sample = score(load_meta(bundle_copy, manifest).predict_proba(meta_features(oof["probabilities"])), labels)[
+        "log_loss"
+    ]
     assert rows[-1]["log_loss"] > in_sample
     # The summary's headline repeats them.
     summary = table_after(page, "1. Summary")  # the first table: base models
@@ -102,8 +125,9 @@ def test_mistakes_are_the_stacks_surest_wrong_answers(bundle_copy):
     header, *rows = table_after(page, "8. Most confident mistakes")
     assert header == ["image", "true class", "predicted", "confidence"]
     classes = manifest.classes
-    assert rows == [[str(oof["ids"][i]), classes[oof["labels"][i]], classes[predicted[i]], f"{confidence[i]:.4f}"]
-                    for i in surest]
+    assert rows == [
+        [str(oof["ids"][i]), classes[oof["labels"][i]], classes[predicted[i]], f"{confidence[i]:.4f}"] for i in surest
+    ]
     assert f"{len(wrong)} of {len(oof['labels'])} OOF images are wrong" in page
 
 
@@ -116,8 +140,13 @@ def test_missing_data_is_said_not_fatal(bundle_copy, tmp_path):
     assert "training images are no longer at" in section(page, "mistakes")
     assert "No labelled test set evaluated yet" in section(page, "leaderboard")
     assert "augmentation.png" not in pictures(page) and "mistakes.png" not in pictures(page)
-    config = {**manifest.config, "train": {**manifest.config["train"], "augmentation": {
-        "flip": False, "shift": 0.0, "rotate": 0.0, "zoom": 0.0, "contrast": 0.0}}}
+    config = {
+        **manifest.config,
+        "train": {
+            **manifest.config["train"],
+            "augmentation": {"flip": False, "shift": 0.0, "rotate": 0.0, "zoom": 0.0, "contrast": 0.0},
+        },
+    }
     page = write_report(bundle_copy, manifest.model_copy(update={"config": config})).read_text()
     assert "Training used no augmentation" in section(page, "augmentation")
 
@@ -139,7 +168,9 @@ def test_page_loads_every_picture_without_errors_in_chromium(bundle_copy, browse
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("requestfailed", lambda r: errors.append(f"failed: {r.url}"))
     page.goto(page_path.as_uri(), wait_until="load")
-    loaded = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
+    loaded = page.eval_on_selector_all(
+        "img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
+    )
     assert len(loaded) == 11 and all(ok for _, ok in loaded), loaded
     assert page.locator("h2").count() == len(SECTIONS) and not errors
     page.emulate_media(media="print")  # printed: no navigation list, figures not split

@@ -12,18 +12,18 @@ import keras
 import numpy as np
 import pytest
 
-import stacking.fit
+import stacking.training.fit
 from stacking import bundle as bundle_io
 from stacking.bundle import BundleError, load_manifest, load_oof
 from stacking.bundle.manifest import Manifest
-from stacking.config import load_config
-from stacking.datasets import load_pixels, read_training_set
+from stacking.data.datasets import load_pixels, read_training_set
 from stacking.errors import UserError
-from stacking.export import INT8_LOG_LOSS_TOLERANCE, MAX_ABS_DIFF, Parity, choose, int8_verdict
-from stacking.fit import fit
-from stacking.predictor import Predictor
+from stacking.inference.predictor import Predictor
+from stacking.inference.tta import TTAForward, TTAPolicy
 from stacking.runtime import KerasRunner, LiteRTRunner, export_litert
-from stacking.tta import TTAForward, TTAPolicy
+from stacking.training.config import load_config
+from stacking.training.export import INT8_LOG_LOSS_TOLERANCE, MAX_ABS_DIFF, Parity, choose, int8_verdict
+from stacking.training.fit import fit
 from tests.conftest import TINY_FIT
 
 PIXELS = np.random.default_rng(2).integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
@@ -94,10 +94,12 @@ def training_pixels(digits_dir, manifest: Manifest, ids) -> np.ndarray:
 def test_oof_rows_are_the_served_answers_of_the_exported_files(tiny_bundle, digits_dir):
     # The meta-learner learnt from exactly the numbers the service computes for those images.
     manifest = load_manifest(tiny_bundle)
-    assert all(b.runtime.served == "litert" and b.runtime.parity.max_abs_diff < MAX_ABS_DIFF
-               for b in manifest.base_models)
-    assert all((tiny_bundle / f).is_file() and f in manifest.files for b in manifest.base_models
-               for f in b.runtime.files)
+    assert all(
+        b.runtime.served == "litert" and b.runtime.parity.max_abs_diff < MAX_ABS_DIFF for b in manifest.base_models
+    )
+    assert all(
+        (tiny_bundle / f).is_file() and f in manifest.files for b in manifest.base_models for f in b.runtime.files
+    )
     oof = load_oof(tiny_bundle)
     pixels = training_pixels(digits_dir, manifest, oof["ids"])
     served = Predictor(tiny_bundle).merged_views(pixels)
@@ -133,10 +135,14 @@ def test_a_bundle_without_exported_files_serves_through_tensorflow(bundle_copy, 
     predictor = Predictor(bundle_copy)
     assert set(predictor.runtimes.values()) == {"tf"}
     pixels = PIXELS.repeat(2, axis=1).repeat(2, axis=2)
-    np.testing.assert_array_equal(predictor.predict(pixels).probabilities,
-                                  Predictor(tiny_bundle, runtime="tf").predict(pixels).probabilities)
-    with pytest.raises(BundleError, match="--runtime litert: base model 'tiny_cnn' has no litert file: it was "
-                                          "fitted with --runtime tf or before exports existed"):
+    np.testing.assert_array_equal(
+        predictor.predict(pixels).probabilities, Predictor(tiny_bundle, runtime="tf").predict(pixels).probabilities
+    )
+    with pytest.raises(
+        BundleError,
+        match="--runtime litert: base model 'tiny_cnn' has no litert file: it was "
+        "fitted with --runtime tf or before exports existed",
+    ):
         Predictor(bundle_copy, runtime="litert")
 
 
@@ -145,23 +151,24 @@ def test_an_exported_file_outside_the_hashed_files_is_refused(bundle_copy):
     shutil.copyfile(bundle_copy / raw["base_models"][0]["runtime"]["files"][0], bundle_copy / "base" / "other.tflite")
     raw["base_models"][0]["runtime"]["files"] = ["base/other.tflite"]
     (bundle_copy / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="'tiny_cnn' names base/other.tflite, which is not among the "
-                                          "hashed files"):
+    with pytest.raises(BundleError, match="'tiny_cnn' names base/other.tflite, which is not among the hashed files"):
         Predictor(bundle_copy)
 
 
 def perturbed_export(name: str):
     """An exporter that changes ``name``'s weights before converting: a broken conversion, as parity must see it."""
+
     def export(model):
         if model.name == name:
             model.set_weights([w * 1.5 for w in model.get_weights()])
         return export_litert(model)
+
     return export
 
 
 @pytest.mark.slow
 def test_a_perturbed_export_is_refused_naming_the_model(digits_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("stacking.fit.export_litert", perturbed_export("tiny_cnn"))
+    monkeypatch.setattr("stacking.training.fit.export_litert", perturbed_export("tiny_cnn"))
     settings = {**TINY_FIT, "epochs": 1}
     lines: list[str] = []
     manifest = fit(digits_dir, tmp_path / "auto", load_config(None, settings), echo=lines.append)
@@ -172,8 +179,11 @@ def test_a_perturbed_export_is_refused_naming_the_model(digits_dir, tmp_path, mo
     assert mobile.runtime.served == "litert" and mobile.runtime.refused is None
     assert any(line.startswith("tiny_cnn: litert export refused (max |p| difference") for line in lines)
     assert Predictor(tmp_path / "auto").runtimes == {"tiny_cnn": "tf", "mini_mobilenet": "litert"}
-    with pytest.raises(BundleError, match="base model 'tiny_cnn' has no litert file: its export was refused at fit "
-                                          r"time \(max \|p\| difference"):
+    with pytest.raises(
+        BundleError,
+        match="base model 'tiny_cnn' has no litert file: its export was refused at fit "
+        r"time \(max \|p\| difference",
+    ):
         Predictor(tmp_path / "auto", runtime="litert")
     with pytest.raises(UserError, match="--runtime litert: base model 'tiny_cnn' could not be exported: max "):
         fit(digits_dir, tmp_path / "strict", load_config(None, {**settings, "runtime": "litert"}), echo=lines.append)
@@ -194,7 +204,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from stacking.errors import BundleError
-from stacking.predictor import Predictor
+from stacking.inference.predictor import Predictor
 from tests.waiting import wait_loaded
 
 bundle = sys.argv[1]
@@ -215,11 +225,18 @@ assert not any(m.split(".")[0] in ("tensorflow", "keras", "pandas") for m in sys
 
 
 def test_an_exported_bundle_serves_without_tensorflow_installed(tiny_bundle, tmp_path):
-    done = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, str(tiny_bundle), str(tmp_path / "p.npy")],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORFLOW, str(tiny_bundle), str(tmp_path / "p.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (f"refused: {tiny_bundle}: base model(s) tiny_cnn, mini_mobilenet run on TensorFlow (--runtime tf), "
-            "which this installation does not have (the serving-only install)") in done.stdout
+    assert (
+        f"refused: {tiny_bundle}: base model(s) tiny_cnn, mini_mobilenet run on TensorFlow (--runtime tf), "
+        "which this installation does not have (the serving-only install)"
+    ) in done.stdout
     assert "'runtime': 'litert', 'threads': {'num_threads':" in done.stdout  # /v1/model says what runs where
     pixels = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), Predictor(tiny_bundle).predict(pixels).probabilities)
@@ -258,11 +275,15 @@ def int8_tensors(path) -> int:
 def test_a_kept_int8_export_is_what_serves_and_what_the_meta_learner_learnt_from(digits_dir, tmp_path, monkeypatch):
     # On this machine (AVX2, no VNNI) INT8 is slower than float32, so auto would never serve it: the timing
     # is made to favour it, to check the INT8 path end to end where the verdict keeps it.
-    real = stacking.fit.time_runtimes
-    monkeypatch.setattr("stacking.fit.time_runtimes", lambda *a: {**real(*a), "litert_int8_ms": 0.001})
-    monkeypatch.setattr("stacking.export.INT8_LOG_LOSS_TOLERANCE", 10.0)  # an untrained model's INT8 file too
-    manifest = fit(digits_dir, tmp_path / "b", load_config(None, {**TINY_FIT, "epochs": 2, "quantize": "int8"}),
-                   echo=lambda _: None)
+    real = stacking.training.fit.time_runtimes
+    monkeypatch.setattr("stacking.training.fit.time_runtimes", lambda *a: {**real(*a), "litert_int8_ms": 0.001})
+    monkeypatch.setattr("stacking.training.export.INT8_LOG_LOSS_TOLERANCE", 10.0)  # an untrained model's INT8 file too
+    manifest = fit(
+        digits_dir,
+        tmp_path / "b",
+        load_config(None, {**TINY_FIT, "epochs": 2, "quantize": "int8"}),
+        echo=lambda _: None,
+    )
     for entry in manifest.base_models:
         verdict = entry.runtime.int8
         assert verdict.calibration_images == 200 and set(verdict.fp32) == set(verdict.int8) == {"accuracy", "log_loss"}

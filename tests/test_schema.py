@@ -9,7 +9,11 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.test_serving import metric
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import metric
 
 
 def test_no_generated_request_gets_a_server_error(server, tiny_bundle):
@@ -21,8 +25,9 @@ def test_no_generated_request_gets_a_server_error(server, tiny_bundle):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                  database=None)
+        @settings(
+            max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+        )
         def no_server_error(case) -> None:
             if "name" in (case.path_parameters or {}):  # the served model, so that bodies reach the model code
                 case.path_parameters["name"] = tiny_bundle.name
@@ -38,3 +43,22 @@ def test_no_generated_request_gets_a_server_error(server, tiny_bundle):
         no_server_error()
     sent = [metric(server, "stackserve_requests_total", route=r) - before for r, before in zip(routes, sent_before)]
     assert min(sent) >= 20, sent  # it really asked, and asked the model routes many different things
+
+
+def test_every_route_documents_its_answer_and_the_key_is_a_security_scheme(tmp_path):
+    """Clients generated from the schema get typed answers and know where the API key goes."""
+    schema = TestClient(create_app(Settings(bundle=tmp_path))).get("/openapi.json").json()  # nothing is loaded
+    assert schema["components"]["securitySchemes"]["APIKeyHeader"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "Needed by the model routes when the service has STACKSERVE_API_KEY set.",
+    }
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            content = operation["responses"]["200"].get("content", {})
+            assert content, f"{method.upper()} {path}: no documented answer"
+            if "application/json" in content and path != "/metrics":
+                assert "$ref" in content["application/json"]["schema"], f"{method.upper()} {path}: untyped answer"
+            keyed = path.startswith("/v1/") or (path.startswith("/v2/models/") and "ready" not in path)
+            assert (operation.get("security") == [{"APIKeyHeader": []}]) == keyed, f"{method.upper()} {path}"

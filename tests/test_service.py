@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -62,8 +61,9 @@ def test_predict_answers_each_file(server, digits_dir):
 def test_another_tta_policy_can_be_asked_for(server):
     body = post(server, [("files", ("a.png", png_bytes(), "image/png"))], tta=2, tta_policy="flip").json()
     assert body["predictions"][0]["tta"]["iterations"] == 2
-    assert_error(post(server, [("files", ("a.png", png_bytes(), "image/png"))], tta=3, tta_policy="flip"), 422,
-                 "at most 2")
+    assert_error(
+        post(server, [("files", ("a.png", png_bytes(), "image/png"))], tta=3, tta_policy="flip"), 422, "at most 2"
+    )
     assert_error(post(server, [("files", ("a.png", png_bytes(), "image/png"))], tta_policy="spin"), 422, "tta_policy")
 
 
@@ -119,8 +119,9 @@ def test_server_survives_bad_input(server):
 
 def test_same_image_same_answer(server):
     a = post(server, [("files", ("a.png", png_bytes(77), "image/png"))]).json()["predictions"][0]
-    b = post(server, [("files", ("b.png", png_bytes(77), "image/png")),
-                      ("files", ("c.png", png_bytes(200), "image/png"))]).json()["predictions"][0]
+    b = post(
+        server, [("files", ("b.png", png_bytes(77), "image/png")), ("files", ("c.png", png_bytes(200), "image/png"))]
+    ).json()["predictions"][0]
     np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-6)
 
 
@@ -182,8 +183,9 @@ def test_serve_hashes_each_bundle_file_once(tiny_bundle, monkeypatch):
     def run_in_process(app, **_) -> None:  # in place of the real server: start the app's lifespan, wait, ask
         with TestClient(app) as client:
             wait_loaded(client.app.state.serving.state)
-            served.append(client.post("/v1/predict", files=[("files", ("a.png", png_bytes(), "image/png"))])
-                          .status_code)
+            served.append(
+                client.post("/v1/predict", files=[("files", ("a.png", png_bytes(), "image/png"))]).status_code
+            )
 
     monkeypatch.setattr(uvicorn, "run", run_in_process)
     serve_bundle(tiny_bundle, warm_up_views=False)

@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import Server, metric, needs_chromium
-from tests.waiting import wait_loaded, wait_until
 from tests.test_service import assert_error, png_bytes
+from tests.waiting import wait_loaded, wait_until
 
 pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
 
@@ -31,8 +31,13 @@ def digit_files(digits_dir, n: int) -> list[tuple[str, bytes]]:
 
 
 def predict(server, files, headers=KEY, timeout=60, **params) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/predict", params=params, headers=headers, timeout=timeout,
-                      files=[("files", (name, data, "image/png")) for name, data in files])
+    return httpx.post(
+        f"{server.url}/v1/predict",
+        params=params,
+        headers=headers,
+        timeout=timeout,
+        files=[("files", (name, data, "image/png")) for name, data in files],
+    )
 
 
 def probabilities(response: httpx.Response) -> np.ndarray:
@@ -43,10 +48,18 @@ def probabilities(response: httpx.Response) -> np.ndarray:
 @pytest.fixture(scope="module")
 def batching(tiny_bundle):
     """Small batches, a real wait for stragglers, an API key and CORS for one origin."""
-    server = Server(tiny_bundle, {"STACKSERVE_MAX_BATCH": "8", "STACKSERVE_MAX_WAIT_MS": "30",
-                                  "STACKSERVE_API_KEY": "s3cret", "STACKSERVE_MAX_TTA": "4",
-                                  "STACKSERVE_CORS_ORIGINS": '["http://example.test"]',
-                                  "STACKSERVE_RUNTIME_THREADS": "1", "STACKSERVE_CALL_ROWS": "3"})
+    server = Server(
+        tiny_bundle,
+        {
+            "STACKSERVE_MAX_BATCH": "8",
+            "STACKSERVE_MAX_WAIT_MS": "30",
+            "STACKSERVE_API_KEY": "s3cret",
+            "STACKSERVE_MAX_TTA": "4",
+            "STACKSERVE_CORS_ORIGINS": '["http://example.test"]',
+            "STACKSERVE_RUNTIME_THREADS": "1",
+            "STACKSERVE_CALL_ROWS": "3",
+        },
+    )
     try:
         server.wait_ready()
         yield server
@@ -57,7 +70,10 @@ def batching(tiny_bundle):
 def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(batching, digits_dir):
     files = digit_files(digits_dir, 24)
     alone = [probabilities(predict(batching, [f])) for f in files]
-    batches_before, images_before = metric(batching, "stackserve_batch_images_count"), metric(batching, "stackserve_batch_images_sum")
+    batches_before, images_before = (
+        metric(batching, "stackserve_batch_images_count"),
+        metric(batching, "stackserve_batch_images_sum"),
+    )
     with ThreadPoolExecutor(24) as pool:
         together = list(pool.map(lambda f: probabilities(predict(batching, [f])), files))
     # One image (3 views) per call: an image's answer cannot depend on its companions, to the bit.
@@ -92,27 +108,43 @@ def test_api_key_guards_the_model_routes_only(batching, digits_dir):
     info = httpx.get(f"{batching.url}/v1/model", headers=KEY)
     assert info.status_code == 200
     litert = {"runtime": "litert", "threads": {"num_threads": 1}}  # the settings took
-    assert info.json()["runtime"] == {"requested": "auto", "call_rows": 3,
-                                      "base_models": {"tiny_cnn": litert, "mini_mobilenet": litert}}
+    assert info.json()["runtime"] == {
+        "requested": "auto",
+        "call_rows": 3,
+        "base_models": {"tiny_cnn": litert, "mini_mobilenet": litert},
+    }
     assert [b["runtime"]["served"] for b in info.json()["base_models"]] == ["litert", "litert"]
 
 
 def test_cors_allows_the_configured_origin_only(batching):
-    allowed = httpx.options(f"{batching.url}/v1/predict", headers={
-        "Origin": "http://example.test", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "x-api-key"})
+    allowed = httpx.options(
+        f"{batching.url}/v1/predict",
+        headers={
+            "Origin": "http://example.test",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-api-key",
+        },
+    )
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "http://example.test"
-    other = httpx.options(f"{batching.url}/v1/predict", headers={
-        "Origin": "http://evil.test", "Access-Control-Request-Method": "POST"})
+    other = httpx.options(
+        f"{batching.url}/v1/predict", headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in other.headers
 
 
 def test_metrics_cover_the_serving_path(batching, digits_dir):
     predict(batching, digit_files(digits_dir, 3), tta=2)
     text = httpx.get(f"{batching.url}/metrics").text
-    for name in ("stackserve_requests_total", "stackserve_request_seconds_bucket", "stackserve_queue_wait_seconds_bucket",
-                 "stackserve_batch_images_bucket", "stackserve_images_total", "stackserve_views_total",
-                 "stackserve_in_flight_requests", "stackserve_queue_jobs"):
+    for name in (
+        "stackserve_requests_total",
+        "stackserve_request_seconds_bucket",
+        "stackserve_queue_wait_seconds_bucket",
+        "stackserve_batch_images_bucket",
+        "stackserve_images_total",
+        "stackserve_views_total",
+        "stackserve_in_flight_requests",
+        "stackserve_queue_jobs",
+    ):
         assert f"\n{name}" in text, name
     assert re.search(r'stackserve_compute_seconds_count\{stage="forward"\} [1-9]', text)
     assert re.search(r'stackserve_compute_seconds_count\{stage="meta"\} [1-9]', text)
@@ -126,13 +158,18 @@ def test_a_maximal_v2_body_is_parsed_off_the_event_loop(batching):
     so nothing awaits after the parse), a /healthz sent after it is answered first: the loop is not blocked."""
     image = base64.b64encode(bytes(380_000)).decode()
     data = [image] * 63 + ["!not base64"]
-    body = gzip.compress(json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [64],
-                                                 "data": data}]}).encode())
+    body = gzip.compress(
+        json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [64], "data": data}]}).encode()
+    )
     done: list[str] = []
 
     def infer() -> None:
-        answer = httpx.post(f"{batching.url}/v2/models/tiny/infer", content=body, timeout=60,
-                            headers={**KEY, "Content-Encoding": "gzip"})
+        answer = httpx.post(
+            f"{batching.url}/v2/models/tiny/infer",
+            content=body,
+            timeout=60,
+            headers={**KEY, "Content-Encoding": "gzip"},
+        )
         assert answer.status_code == 400 and "inputs[0].data[63]: not base64" in answer.json()["error"]
         done.append("infer")
 
@@ -218,12 +255,16 @@ def test_page_asks_for_the_key_and_takes_a_dropped_image(batching, browser, digi
     page.fill("#apikey", "s3cret")
     page.dispatch_event("#apikey", "change")
     page.wait_for_function("document.getElementById('model').textContent.includes('stacked by')")
-    page.evaluate("""([b64, name]) => {
+    page.evaluate(
+        """([b64, name]) => {
         const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
         const dt = new DataTransfer();
         dt.items.add(new File([bytes], name, {type: "image/png"}));
-        document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
-    }""", [base64.b64encode(data).decode(), name])
+        document.getElementById("drop").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""",
+        [base64.b64encode(data).decode(), name],
+    )
     page.click("button[type=submit]")
     page.wait_for_selector(".label")
     assert page.inner_text(".label") == expected["label"]

@@ -17,18 +17,18 @@ from app.cli import main
 from stacking import bundle as bundle_io
 from stacking.bundle import load_manifest, write_manifest
 from stacking.bundle.manifest import StageEntry
-from stacking import cascade
-from stacking.cascade import NEVER, TOLERANCE, Costs, tune_cascade
-from stacking.datasets import load_pixels, read_evaluation_set
-from stacking.distill import distill
+from stacking.data.datasets import load_pixels, read_evaluation_set
 from stacking.errors import UserError
-from stacking.evaluate import evaluate_folder
-from stacking.meta import meta_cv_folds
-from stacking.predictor import Predictor
-from stacking.report import write_report
-from stacking.serving import pareto_front, resolve_serve_as
-from stacking.stack import refit_meta
-from stacking.tta import TTAPolicy
+from stacking.inference.options import pareto_front, resolve_serve_as
+from stacking.inference.predictor import Predictor
+from stacking.inference.tta import TTAPolicy
+from stacking.meta.learners import meta_cv_folds
+from stacking.reporting.evaluate import evaluate_folder
+from stacking.reporting.report import write_report
+from stacking.training import cascade
+from stacking.training.cascade import NEVER, TOLERANCE, Costs, tune_cascade
+from stacking.training.distill import distill
+from stacking.training.meta_step import refit_meta
 from tests.conftest import Server
 
 
@@ -39,6 +39,7 @@ def labelled_pixels(digits_dir) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- the cascade's tuning, on rows made to show it ---------------------------------------------------------
+
 
 def rows_with_a_sure_cheap_model(n: int = 600, seed: int = 0, sure_share: float = 0.7):
     """Model 0 is sure and right on ``sure_share`` of the rows and unsure (often wrong) elsewhere; the stack is right
@@ -62,8 +63,15 @@ COSTS = Costs(view_ms=np.array([1.0, 1.0]), stack_ms=10.0, stack_views=6.0)
 
 def test_the_cascade_reaches_the_stacks_accuracy_at_a_fraction_of_its_cost():
     per_view, stack, labels = rows_with_a_sure_cheap_model()
-    tuning = tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS,
-                          meta_cv_folds(labels, None, 5, 0))
+    tuning = tune_cascade(
+        per_view,
+        stack,
+        labels,
+        ["cheap", "other"],
+        TTAPolicy("shift", views=3),
+        COSTS,
+        meta_cv_folds(labels, None, 5, 0),
+    )
     first = tuning["stages"][0]
     assert first["model"] == "cheap" and first["views"] == 1 and 0.4 < first["threshold"] <= 0.94
     assert tuning["stages"][-1]["name"] == "stack"
@@ -77,8 +85,15 @@ def test_the_cascade_reaches_the_stacks_accuracy_at_a_fraction_of_its_cost():
 
 def test_without_a_sure_cheap_model_the_cascade_is_the_stack():
     per_view, stack, labels = rows_with_a_sure_cheap_model(sure_share=0.0)
-    tuning = tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS,
-                          meta_cv_folds(labels, None, 5, 0))
+    tuning = tune_cascade(
+        per_view,
+        stack,
+        labels,
+        ["cheap", "other"],
+        TTAPolicy("shift", views=3),
+        COSTS,
+        meta_cv_folds(labels, None, 5, 0),
+    )
     assert [s["name"] for s in tuning["stages"]] == ["stack"]
     assert tuning["cross_validated"]["accuracy"] == tuning["stack"]["accuracy"]
 
@@ -89,8 +104,15 @@ def test_the_thresholds_are_cross_validated_not_fitted_to_the_rows_they_score():
     per_view, stack, labels = rows_with_a_sure_cheap_model(sure_share=1.0)
     flip = np.random.default_rng(1).random(len(labels)) < 0.1
     per_view[0][:, flip] = np.roll(per_view[0][:, flip], 1, axis=-1)
-    tuning = tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS,
-                          meta_cv_folds(labels, None, 5, 0))
+    tuning = tune_cascade(
+        per_view,
+        stack,
+        labels,
+        ["cheap", "other"],
+        TTAPolicy("shift", views=3),
+        COSTS,
+        meta_cv_folds(labels, None, 5, 0),
+    )
     assert all(s["threshold"] >= NEVER or s["model"] is None for s in tuning["stages"])
     assert tuning["cross_validated"]["accuracy"] <= tuning["stack"]["accuracy"]
 
@@ -116,16 +138,26 @@ def test_pareto_front():
 
 # --- choosing the option that serves -----------------------------------------------------------------------
 
+
 def with_options(manifest, **changes):
     """The manifest with option (accuracy, ms) values replaced, as if measured so."""
-    options = [o.model_copy(update=dict(zip(("accuracy", "ms_per_image"), changes[o.name])))
-               if o.name in changes else o for o in manifest.serving.options]
+    options = [
+        o.model_copy(update=dict(zip(("accuracy", "ms_per_image"), changes[o.name]))) if o.name in changes else o
+        for o in manifest.serving.options
+    ]
     return manifest.model_copy(update={"serving": manifest.serving.model_copy(update={"options": options})})
 
 
-@pytest.mark.parametrize("budget, expected", [
-    (None, "stack"), (100.0, "stack"), (5.0, "cascade"), (1.5, "cascade"), (0.9, "error: the cheapest, cascade"),
-])
+@pytest.mark.parametrize(
+    "budget, expected",
+    [
+        (None, "stack"),
+        (100.0, "stack"),
+        (5.0, "cascade"),
+        (1.5, "cascade"),
+        (0.9, "error: the cheapest, cascade"),
+    ],
+)
 def test_latency_budget_picks_the_most_accurate_option_that_fits(tiny_bundle, budget, expected):
     manifest = with_options(load_manifest(tiny_bundle), stack=(0.95, 10.0), cascade=(0.94, 1.0))
     if expected.startswith("error"):
@@ -147,6 +179,7 @@ def test_serve_as_refuses_what_the_bundle_lacks_or_contradicts(tiny_bundle):
 
 # --- the cascade served --------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def cascade_bundle(bundle_copy, digits_dir) -> Path:
     """The tiny bundle with cascade stages set where about half the test images stop early (its own models are too
@@ -156,12 +189,15 @@ def cascade_bundle(bundle_copy, digits_dir) -> Path:
     sure = predictor.model_forward(0).folds(pixels, predictor.tta.view_list(16, 1))[0, 0, 0].max(axis=1)
     threshold = float(np.quantile(sure, 0.5))
     manifest = load_manifest(bundle_copy)
-    stages = [StageEntry(name="tiny_cnn@1", model="tiny_cnn", views=1, threshold=threshold),
-              StageEntry(name="tiny_cnn@3", model="tiny_cnn", views=3, threshold=threshold),
-              StageEntry(name="stack", model=None, views=0, threshold=0.0)]
+    stages = [
+        StageEntry(name="tiny_cnn@1", model="tiny_cnn", views=1, threshold=threshold),
+        StageEntry(name="tiny_cnn@3", model="tiny_cnn", views=3, threshold=threshold),
+        StageEntry(name="stack", model=None, views=0, threshold=0.0),
+    ]
     cascade = manifest.serving.cascade.model_copy(update={"stages": stages})
-    write_manifest(bundle_copy, manifest.model_copy(
-        update={"serving": manifest.serving.model_copy(update={"cascade": cascade})}))
+    write_manifest(
+        bundle_copy, manifest.model_copy(update={"serving": manifest.serving.model_copy(update={"cascade": cascade})})
+    )
     return bundle_copy
 
 
@@ -195,8 +231,21 @@ def test_cascade_thresholds_do_not_depend_on_test_labels(cascade_bundle, digits_
     shuffled.to_csv(tmp_path / "shuffled.csv", index=False)
     answers = []
     for labels in (digits_dir / "test_labels.csv", tmp_path / "shuffled.csv"):
-        assert main(["evaluate", str(cascade_bundle), "--data", str(digits_dir / "test"), "--labels", str(labels),
-                     "--serve-as", "cascade"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(cascade_bundle),
+                    "--data",
+                    str(digits_dir / "test"),
+                    "--labels",
+                    str(labels),
+                    "--serve-as",
+                    "cascade",
+                ]
+            )
+            == 0
+        )
         assert load_manifest(cascade_bundle).serving.cascade == before.cascade
         answers.append(Predictor(cascade_bundle, serve_as="cascade").predict(labelled_pixels(digits_dir)[0]))
     assert np.array_equal(answers[0].probabilities, answers[1].probabilities)
@@ -212,8 +261,10 @@ def test_the_fit_costs_every_option_and_tunes_the_cascade_on_its_oof_rows(tiny_b
     assert all(o.ms_per_image > 0 and o.rows == manifest.metrics["oof_rows"] for o in options.values())
     assert options["tiny_cnn"].cost_views == options["mini_mobilenet"].cost_views == 3  # one model, 3 views
     assert options["stack"].cost_views == 6
-    assert options["stack"].accuracy == next(r for r in manifest.meta_learner.oof_scores
-                                             if r["kind"] == "chosen")["accuracy"]
+    assert (
+        options["stack"].accuracy
+        == next(r for r in manifest.meta_learner.oof_scores if r["kind"] == "chosen")["accuracy"]
+    )
     assert options["cascade"].cost_views <= options["stack"].cost_views
     assert serving.cascade.stages[-1].name == "stack"
     oof = bundle_io.load_oof(tiny_bundle)
@@ -229,6 +280,7 @@ def test_a_new_meta_learner_gets_its_cascade_tuned_again(bundle_copy):
 
 
 # --- the student ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def distilled(tiny_bundle, digits_dir, tmp_path_factory) -> Path:
@@ -270,8 +322,9 @@ def test_student_targets_come_only_from_answers_on_unseen_images(distilled, digi
     assert from_oof.sum() == manifest.serving.student.targets["oof_rows"] < len(oof["ids"])  # a quarter held out
     pixels, _ = labelled_pixels(digits_dir)
     assert (~from_oof).sum() == len(pixels) == manifest.serving.student.targets["unlabelled"]
-    np.testing.assert_allclose(targets["probabilities"][~from_oof], Predictor(distilled).predict(pixels).probabilities,
-                               atol=1e-6)  # unlabelled images: the served stack's answers
+    np.testing.assert_allclose(
+        targets["probabilities"][~from_oof], Predictor(distilled).predict(pixels).probabilities, atol=1e-6
+    )  # unlabelled images: the served stack's answers
 
 
 def test_distill_refuses_what_it_cannot_train(bundle_copy, capsys):
@@ -284,8 +337,23 @@ def test_distill_refuses_what_it_cannot_train(bundle_copy, capsys):
 
 def test_evaluate_json_has_every_option_with_its_cost(distilled, digits_dir, tmp_path):
     out = tmp_path / "table.json"
-    assert main(["evaluate", str(distilled), "--data", str(digits_dir / "test"), "--labels",
-                 str(digits_dir / "test_labels.csv"), "--json", str(out), "--serve-as", "student"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(distilled),
+                "--data",
+                str(digits_dir / "test"),
+                "--labels",
+                str(digits_dir / "test_labels.csv"),
+                "--json",
+                str(out),
+                "--serve-as",
+                "student",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())
     by_name = {r["name"]: r for r in rows}
     assert by_name["cascade"]["kind"] == by_name["student"]["kind"] == "serving"
@@ -315,8 +383,19 @@ def test_the_report_draws_every_option_against_its_cost(distilled, digits_dir, t
     assert names == [o.name for o in load_manifest(bundle).serving.options]
     assert {"tiny_cnn", "mini_mobilenet", "stack", "cascade", "student"} <= set(names)
     assert (bundle / "report" / "cost.png").stat().st_size > 10_000
-    assert main(["evaluate", str(bundle), "--data", str(digits_dir / "test"), "--labels",
-                 str(digits_dir / "test_labels.csv")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(bundle),
+                "--data",
+                str(digits_dir / "test"),
+                "--labels",
+                str(digits_dir / "test_labels.csv"),
+            ]
+        )
+        == 0
+    )
     section, names = cost_section(bundle)  # then the test images', every candidate too
     rows = bundle_io.load_evaluation(bundle)["rows"]
     assert names == [r["name"] for r in rows] and {"cascade", "student", "logreg"} <= set(names)
@@ -339,19 +418,35 @@ def test_served_by_and_costs_over_http_and_v2(distilled, digits_dir):
     try:
         server.wait_ready()
         paths = sorted((digits_dir / "test").glob("*.png"))[:2]
-        body = httpx.post(f"{server.url}/v1/predict", files=[("files", (p.name, p.read_bytes(), "image/png"))
-                                                               for p in paths], params={"details": True},
-                          timeout=60).json()
+        body = httpx.post(
+            f"{server.url}/v1/predict",
+            files=[("files", (p.name, p.read_bytes(), "image/png")) for p in paths],
+            params={"details": True},
+            timeout=60,
+        ).json()
         assert [(e["served_by"], e["cost_views"], e["base_models"]) for e in body["predictions"]] == [
-            ("student", 1.0, {}), ("student", 1.0, {})]
+            ("student", 1.0, {}),
+            ("student", 1.0, {}),
+        ]
         info = httpx.get(f"{server.url}/v1/model").json()["serving"]
         assert info["served_as"] == "student"
         assert [o["name"] for o in info["options"]] == [o.name for o in load_manifest(distilled).serving.options]
         assert all({"accuracy", "log_loss", "cost_views", "ms_per_image"} <= set(o) for o in info["options"])
         assert info["cascade"][-1]["name"] == "stack"
-        v2 = httpx.post(f"{server.url}/v2/models/{distilled.name}/infer", timeout=60, json={
-            "inputs": [{"name": "images", "shape": [2], "datatype": "BYTES",
-                        "data": [base64.b64encode(p.read_bytes()).decode() for p in paths]}]}).json()
+        v2 = httpx.post(
+            f"{server.url}/v2/models/{distilled.name}/infer",
+            timeout=60,
+            json={
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [2],
+                        "datatype": "BYTES",
+                        "data": [base64.b64encode(p.read_bytes()).decode() for p in paths],
+                    }
+                ]
+            },
+        ).json()
         assert all(o["parameters"] == {"served_by": "student,student", "cost_views": "1,1"} for o in v2["outputs"])
         v1 = np.array([list(e["probabilities"].values()) for e in body["predictions"]])
         np.testing.assert_array_equal(np.array(v2["outputs"][0]["data"]).reshape(2, 10), v1)  # FP64: the same bits

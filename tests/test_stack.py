@@ -7,11 +7,11 @@ import pytest
 
 from app.cli import main
 from stacking import bundle as bundle_io
-from stacking.datasets import load_pixels, read_training_set
+from stacking.data.datasets import load_pixels, read_training_set
 from stacking.errors import UserError
-from stacking.meta import meta_features
-from stacking.predictor import Predictor
-from stacking.stack import MetaSettings, fit_meta
+from stacking.inference.predictor import Predictor
+from stacking.meta.learners import meta_features
+from stacking.training.meta_step import MetaSettings, fit_meta
 
 
 def test_oof_arrays_from_different_fold_assignments_are_refused(bundle_copy):

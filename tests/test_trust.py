@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -20,16 +21,16 @@ from app.main import create_app
 from app.settings import Settings
 from stacking.bundle import SIGNATURE, BundleError, Trust, load_manifest, sha256_file
 from stacking.bundle.estimators import load_estimators, save_estimators, untrusted_types
-from stacking.calibration import TemperatureScaled
 from stacking.choices import META_KINDS
-from stacking.config import load_config
-from stacking.fit import fit
-from stacking.meta import make_meta, single_threaded
-from stacking.predictor import Predictor
+from stacking.inference.predictor import Predictor
+from stacking.meta.calibration import TemperatureScaled
+from stacking.meta.learners import make_meta, single_threaded
+from stacking.training.config import load_config
+from stacking.training.fit import fit
 from tests.conftest import TINY_FIT, Server
 from tests.hostile import WritesOnSetState, pickled
-from tests.waiting import wait_loaded
 from tests.test_cli import one_line_error, run_cli
+from tests.waiting import wait_loaded
 
 PIXELS = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
 
@@ -38,10 +39,12 @@ def make_keys(folder: Path, name: str) -> tuple[Path, Path]:
     """An elliptic-curve key pair as PEM files, as ``openssl ecparam -genkey`` would write them."""
     key = ec.generate_private_key(ec.SECP256R1())
     private, public = folder / f"{name}.pem", folder / f"{name}.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return private, public
 
 
@@ -66,8 +69,9 @@ def commands(bundle: Path, digits: Path, out: Path) -> dict[str, list]:
 
 @pytest.mark.parametrize("command", ["serve", "predict", "evaluate", "meta", "report"])
 @pytest.mark.parametrize("file", ["meta/meta.skops", "meta/candidates.skops"])
-def test_a_pickle_in_place_of_a_meta_file_is_refused_and_never_loaded(bundle_copy, digits_dir, tmp_path, capsys,
-                                                                      command, file):
+def test_a_pickle_in_place_of_a_meta_file_is_refused_and_never_loaded(
+    bundle_copy, digits_dir, tmp_path, capsys, command, file
+):
     mark = tmp_path / "pwned"
     plant(bundle_copy, file, pickled(mark))
     code, _, err = run_cli(commands(bundle_copy, digits_dir, tmp_path)[command], capsys)
@@ -76,8 +80,7 @@ def test_a_pickle_in_place_of_a_meta_file_is_refused_and_never_loaded(bundle_cop
 
 
 @pytest.mark.parametrize("command", ["serve", "predict", "evaluate", "meta", "report"])
-def test_a_skops_file_naming_an_untrusted_type_is_refused_naming_it(bundle_copy, digits_dir, tmp_path, capsys,
-                                                                    command):
+def test_a_skops_file_naming_an_untrusted_type_is_refused_naming_it(bundle_copy, digits_dir, tmp_path, capsys, command):
     mark = tmp_path / "ran"
     plant(bundle_copy, "meta/meta.skops", sio.dumps(WritesOnSetState(mark)))
     code, _, err = run_cli(commands(bundle_copy, digits_dir, tmp_path)[command], capsys)
@@ -110,11 +113,34 @@ def test_every_meta_learner_round_trips_to_the_bit_without_pickle(tmp_path):
         np.testing.assert_array_equal(loaded[kind].predict_proba(X), estimator.predict_proba(X), err_msg=kind)
 
 
+def test_meta_files_written_before_the_stages_moved_still_load(tmp_path):
+    """Format-3 bundles name ``stacking.meta`` and ``stacking.calibration`` as our classes' modules; they load, with
+    the same answers, though the classes now live in ``stacking.meta.learners`` and ``stacking.meta.calibration``."""
+    rng = np.random.default_rng(0)
+    X, y = np.log(rng.dirichlet(np.ones(3), size=(60, 2)).reshape(60, 6)), rng.integers(0, 3, 60)
+    fitted = {"rf": single_threaded(make_meta("rf", 2, 3).fit(X, y)), "mean": make_meta("mean", 2, 3).fit(X, y)}
+    fitted["scaled"] = TemperatureScaled(fitted["mean"], 1.3)
+    save_estimators(tmp_path / "now.skops", fitted)
+    with zipfile.ZipFile(tmp_path / "now.skops") as now, zipfile.ZipFile(tmp_path / "old.skops", "w") as old:
+        for member in now.infolist():
+            content = now.read(member)
+            if member.filename == "schema.json":
+                content = content.replace(b'"stacking.meta.learners"', b'"stacking.meta"')
+                content = content.replace(b'"stacking.meta.calibration"', b'"stacking.calibration"')
+                assert b'"stacking.meta"' in content and b'"stacking.calibration"' in content
+            old.writestr(member, content)
+    assert not untrusted_types(tmp_path / "old.skops")
+    loaded = load_estimators(tmp_path / "old.skops")
+    for kind, estimator in fitted.items():
+        np.testing.assert_array_equal(loaded[kind].predict_proba(X), estimator.predict_proba(X), err_msg=kind)
+
+
 # --- custom code ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def custom_bundle(digits_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """A bundle with a base model from ``tests.marking_model:build``, signed at the end of its fit; and its public key."""
+    """A bundle with a base model from ``tests.marking_model:build``, signed at the end of its fit; its public key."""
     folder = tmp_path_factory.mktemp("custom")
     private, public = make_keys(folder, "owner")
     out = folder / "bundle"
@@ -127,8 +153,13 @@ def stacking(args: list, env: dict[str, str] | None = None) -> subprocess.Comple
     """The console script in a fresh process, as a newcomer runs it: nothing imported beforehand, no
     TF_CPP_MIN_LOG_LEVEL set."""
     clean = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, "-c", "from app.cli import run; run()", *map(str, args)],
-                          capture_output=True, text=True, env={**clean, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", "from app.cli import run; run()", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -139,7 +170,9 @@ def test_custom_code_is_imported_only_when_trusted(custom_bundle, digits_dir, tm
     predict = ["predict", bundle, digits_dir / "test", "--out", tmp_path / "s.csv"]
     refused = stacking(predict, {"STACKSERVE_TEST_IMPORT_MARK": str(mark)})
     assert refused.returncode == 2, refused.stderr
-    assert "custom code from module(s) tests.marking_model" in refused.stderr and "--trust-custom-code" in refused.stderr
+    assert (
+        "custom code from module(s) tests.marking_model" in refused.stderr and "--trust-custom-code" in refused.stderr
+    )
     assert not mark.exists() and not (tmp_path / "s.csv").exists()
     trusted = stacking([*predict, "--trust-custom-code"], {"STACKSERVE_TEST_IMPORT_MARK": str(mark)})
     assert trusted.returncode == 0, trusted.stderr
@@ -171,6 +204,7 @@ def test_custom_code_bundle_is_served_only_when_trusted(custom_bundle, digits_di
 
 # --- signatures -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_fit_signs_the_bundle_it_writes(custom_bundle):
     bundle, public = custom_bundle
@@ -185,7 +219,9 @@ def test_a_signed_bundle_is_accepted_then_refused_when_anything_changes(bundle_c
     assert "not signed (no signature.sig) and a verify key is set" in one_line_error(code, err)
     code, out, err = run_cli(["sign", bundle_copy, "--key", private], capsys)
     assert code == 0 and (bundle_copy / SIGNATURE).is_file(), err
-    assert run_cli(["report", bundle_copy, "--verify-key", public], capsys)[0] == 0  # the report is outside the signature
+    assert (
+        run_cli(["report", bundle_copy, "--verify-key", public], capsys)[0] == 0
+    )  # the report is outside the signature
     Predictor(bundle_copy, trust=Trust(verify_key=public))
     code, _, err = run_cli(["report", bundle_copy, "--verify-key", stranger], capsys)
     assert "signed with another key than --verify-key" in one_line_error(code, err)
@@ -224,13 +260,26 @@ def test_meta_step_removes_a_signature_it_invalidates(bundle_copy, tmp_path, cap
 
 def test_a_bad_signing_key_is_refused_before_any_training(digits_dir, tmp_path, capsys):
     (tmp_path / "key.pem").write_text("not a key")
-    code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--models", "tiny_cnn",
-                            "--sign-key", tmp_path / "key.pem"], capsys)
+    code, _, err = run_cli(
+        [
+            "fit",
+            "--data",
+            digits_dir,
+            "--out",
+            tmp_path / "b",
+            "--models",
+            "tiny_cnn",
+            "--sign-key",
+            tmp_path / "key.pem",
+        ],
+        capsys,
+    )
     assert "--sign-key" in one_line_error(code, err) and "key.pem" in err
     assert not (tmp_path / "b").exists() and not (tmp_path / ".b.partial").exists()
 
 
 # --- the manifest -----------------------------------------------------------------------------------------
+
 
 def edit_manifest(bundle: Path, change) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -238,13 +287,16 @@ def edit_manifest(bundle: Path, change) -> None:
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda m: m["base_models"][0].pop("files"), r"base_models\.0\.files: Field required"),
-    (lambda m: m.update(surprise=1), r"surprise: unknown field"),
-    (lambda m: m["meta_learner"].update(extra_file="x.pkl"), r"meta_learner\.extra_file: unknown field"),
-    (lambda m: m.update(image_size="big"), r"image_size: Input should be a valid integer"),
-    (lambda m: m["protocol"].update(name="bootstrap"), r"protocol\.name: Input should be 'holdout' or 'kfold'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m["base_models"][0].pop("files"), r"base_models\.0\.files: Field required"),
+        (lambda m: m.update(surprise=1), r"surprise: unknown field"),
+        (lambda m: m["meta_learner"].update(extra_file="x.pkl"), r"meta_learner\.extra_file: unknown field"),
+        (lambda m: m.update(image_size="big"), r"image_size: Input should be a valid integer"),
+        (lambda m: m["protocol"].update(name="bootstrap"), r"protocol\.name: Input should be 'holdout' or 'kfold'"),
+    ],
+)
 def test_manifest_errors_name_the_field(bundle_copy, change, message):
     edit_manifest(bundle_copy, change)
     with pytest.raises(BundleError, match=message):
@@ -297,11 +349,15 @@ def test_migrate_rewrites_a_format_2_bundle_without_pickle(tiny_bundle, bundle_c
 
 # --- the CLI's own cost and noise -------------------------------------------------------------------------
 
+
 def test_help_lists_every_choice_without_importing_tensorflow():
-    probe = ("import sys; from app.cli import main; main(['fit', '--help']); "
-             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "COLUMNS": "300"})
+    probe = (
+        "import sys; from app.cli import main; main(['fit', '--help']); "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"}
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False False"
     from stacking.choices import META, TTA_POLICY
@@ -315,7 +371,8 @@ def test_the_filter_drops_tensorflows_cuda_lines_and_keeps_real_warnings():
         "import os, warnings; from stacking.quiet import quiet_tensorflow; quiet_tensorflow(); "
         "os.write(2, b'E0000 00:00:1 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n'); "
         "os.write(2, b'I0000 00:00:1 1 cudart_stub.cc:31] Could not find cuda drivers on your machine\\n'); "
-        "os.write(2, b'E0000 00:00:1 1 meta_optimizer.cc:967] NodeDef mentions attribute use_unbounded_threadpool\\n'); "
+        "os.write(2, b'E0000 00:00:1 1 meta_optimizer.cc:967] NodeDef mentions attribute "
+        "use_unbounded_threadpool\\n'); "
         "os.write(2, b'W0000 00:00:1 1 some_op.cc:1] a real warning from C++\\n'); "
         "warnings.warn('a real warning from Python')"
     )
@@ -328,8 +385,23 @@ def test_the_filter_drops_tensorflows_cuda_lines_and_keeps_real_warnings():
 
 @pytest.mark.slow
 def test_a_fit_prints_no_cuda_or_nodedef_lines(digits_dir, tmp_path):
-    done = stacking(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--models", "tiny_cnn,mini_mobilenet",
-                     "--epochs", "1", "--image-size", "16", "--tta", "2"])
+    done = stacking(
+        [
+            "fit",
+            "--data",
+            digits_dir,
+            "--out",
+            tmp_path / "b",
+            "--models",
+            "tiny_cnn,mini_mobilenet",
+            "--epochs",
+            "1",
+            "--image-size",
+            "16",
+            "--tta",
+            "2",
+        ]
+    )
     assert done.returncode == 0, done.stderr
     predicted = stacking(["predict", tmp_path / "b", digits_dir / "test", "--out", tmp_path / "s.csv"])
     assert predicted.returncode == 0, predicted.stderr

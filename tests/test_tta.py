@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from stacking.inference.tta import TTAForward, TTAPolicy, View, make_views, merge_views, needs_more_views, run_tta
 from stacking.runtime import KerasRunner
-from stacking.tta import TTAForward, TTAPolicy, View, make_views, merge_views, needs_more_views, run_tta
 
 RNG = np.random.default_rng(1)
 PIXELS = RNG.integers(0, 256, size=(5, 8, 8, 3)).astype("uint8")
@@ -51,7 +51,9 @@ def tiny_model(seed: int) -> keras.Model:
 def test_forward_equals_per_view_predictions_and_is_deterministic():
     models = [tiny_model(0), tiny_model(1)]
     views = TTAPolicy("flip-shift", views=4).view_list(8)
-    forward = TTAForward([KerasRunner([m]) for m in models], image_size=8, rows_per_call=8)  # 2 images a call: several calls
+    forward = TTAForward(
+        [KerasRunner([m]) for m in models], image_size=8, rows_per_call=8
+    )  # 2 images a call: several calls
     per_view = forward(PIXELS, views)
     assert per_view.shape == (2, 4, 5, 3)
     stacked = make_views(PIXELS, views).reshape(4, 5, 8, 8, 3)

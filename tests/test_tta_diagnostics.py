@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from stacking.bundle import TTA_DIAGNOSTICS, load_manifest
-from stacking.tta import TTAPolicy
-from stacking.tta_diagnostics import tta_diagnostics, tune_and_measure
+from stacking.inference.tta import TTAPolicy
+from stacking.inference.tta_diagnostics import tta_diagnostics, tune_and_measure
 
 LABELS = np.array([0, 1, 0, 1])
 
@@ -58,15 +58,19 @@ def test_every_bundle_has_diagnostics_and_their_pictures(tiny_bundle):
 
 
 def test_tune_adaptive_finds_the_smallest_safe_margin():
-    from stacking.tta_diagnostics import tune_adaptive
+    from stacking.inference.tta_diagnostics import tune_adaptive
 
     # Image 0: confident and right from the first view. Image 1: first view narrowly wrong,
     # later views right. Adaptive TTA must send image 1 (margin 0.1) for more views.
-    per_view = np.array([[
-        [[0.95, 0.05], [0.55, 0.45]],
-        [[0.95, 0.05], [0.1, 0.9]],
-        [[0.95, 0.05], [0.1, 0.9]],
-    ]])
+    per_view = np.array(
+        [
+            [
+                [[0.95, 0.05], [0.55, 0.45]],
+                [[0.95, 0.05], [0.1, 0.9]],
+                [[0.95, 0.05], [0.1, 0.9]],
+            ]
+        ]
+    )
     labels = np.array([0, 1])
     tuned = tune_adaptive(per_view, labels, 3, TTAPolicy("shift", views=3, adaptive_views=1))
     assert tuned["full_accuracy"] == 1.0 and tuned["accuracy"] == 1.0
@@ -85,7 +89,7 @@ def test_identity_weight_is_tuned_to_the_lowest_log_loss():
 
 
 def test_diagnostics_use_a_fixed_bounded_sample_of_rows():
-    from stacking.tta_diagnostics import ROWS_CAP, diagnostic_rows
+    from stacking.inference.tta_diagnostics import ROWS_CAP, diagnostic_rows
 
     rows = np.arange(ROWS_CAP + 1000) * 2
     sample = diagnostic_rows(rows, seed=1)

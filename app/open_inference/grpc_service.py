@@ -26,10 +26,16 @@ from app.open_inference.tensors import raw_contents, unpack_bytes
 
 logger = logging.getLogger("stackserve")
 
-STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-          404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-          415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
-          499: grpc.StatusCode.CANCELLED, 503: grpc.StatusCode.UNAVAILABLE}
+STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    499: grpc.StatusCode.CANCELLED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
 DEADLINE = {"deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED}
 HEALTH_POLL_S = 0.2  # how often readiness is copied into the health service (it changes in the loading thread)
 
@@ -71,25 +77,30 @@ class InferenceService:
         return messages.ServerMetadataResponse(**protocol.server_metadata())
 
     async def ModelMetadata(self, request, context):
-        return messages.ModelMetadataResponse(**protocol.model_metadata(
-            protocol.served_model(self.serving.predictor(), request.name, request.version)))
+        return messages.ModelMetadataResponse(
+            **protocol.model_metadata(protocol.served_model(self.serving.predictor(), request.name, request.version))
+        )
 
     async def ModelInfer(self, request, context):
         model = protocol.served_model(self.serving.predictor(), request.model_name, request.model_version)
         protocol.check_inputs([(t.name, t.datatype, list(t.shape)) for t in request.inputs])
         if request.raw_input_contents:
             if len(request.raw_input_contents) != len(request.inputs):
-                raise ServiceError(400, f"raw_input_contents: {len(request.raw_input_contents)} entries for "
-                                        f"{len(request.inputs)} input(s)")
+                raise ServiceError(
+                    400,
+                    f"raw_input_contents: {len(request.raw_input_contents)} entries for {len(request.inputs)} input(s)",
+                )
             elements = unpack_bytes(request.raw_input_contents[0], "raw_input_contents[0]")
         else:
             elements = request.inputs[0].contents.bytes_contents
         images = protocol.image_files(elements)
         protocol.check_count(list(request.inputs[0].shape), len(images))
         names = protocol.requested_outputs([o.name for o in request.outputs])
-        classification = {o.name: protocol.read_classification(i, o.name, values["classification"], len(model.classes))
-                          for i, o in enumerate(request.outputs)
-                          if "classification" in (values := parameter_values(o.parameters))}
+        classification = {
+            o.name: protocol.read_classification(i, o.name, values["classification"], len(model.classes))
+            for i, o in enumerate(request.outputs)
+            if "classification" in (values := parameter_values(o.parameters))
+        }
         options = protocol.read_parameters(parameter_values(request.parameters))
         remaining = context.time_remaining()  # the client's gRPC deadline, if it set one
         if remaining is not None:
@@ -147,7 +158,8 @@ def inference_handler(serving: Serving) -> grpc.GenericRpcHandler:
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             _guarded(method.name, getattr(service, method.name), serving),
             request_deserializer=request_type.FromString,
-            response_serializer=lambda response: response.SerializeToString())
+            response_serializer=lambda response: response.SerializeToString(),
+        )
     return grpc.method_handlers_generic_handler(messages.SERVICE.full_name, handlers)
 
 
@@ -161,8 +173,11 @@ class GrpcServer:
     async def _follow_readiness(self) -> None:
         shown = None
         while True:
-            status = (health_pb2.HealthCheckResponse.SERVING if self.serving.state.ready
-                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if self.serving.state.ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
             if status != shown:
                 for service in ("", messages.SERVICE.full_name):
                     await self.health.set(service, status)
@@ -178,9 +193,13 @@ class GrpcServer:
 
 async def start_grpc_server(serving: Serving) -> GrpcServer:
     settings = serving.settings
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.max_body_bytes),
-                                      ("grpc.max_send_message_length", -1),
-                                      ("grpc.so_reuseport", 0)])  # a port in use is an error, not a shared port
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )  # a port in use is an error, not a shared port
     server.add_generic_rpc_handlers((inference_handler(serving),))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -20,7 +20,7 @@ import numpy as np
 from app.errors import ServiceError
 from app.inference import Served, Serving, Upload, serve_uploads
 from stacking.choices import POLICIES
-from stacking.predictor import Prediction, Predictor
+from stacking.inference.predictor import Prediction, Predictor
 
 SERVER = "stackserve"
 PLATFORM = "stackserve"
@@ -50,8 +50,9 @@ def served_model(predictor: Predictor, name: str, model_version: str = "") -> Pr
     if name != predictor.name:
         raise ServiceError(404, f"model {name!r} is not served here; this server serves {predictor.name!r}")
     if model_version and model_version != predictor.version:
-        raise ServiceError(404, f"model {name!r} has no version {model_version!r}; "
-                                f"this server serves version {predictor.version!r}")
+        raise ServiceError(
+            404, f"model {name!r} has no version {model_version!r}; this server serves version {predictor.version!r}"
+        )
     return predictor
 
 
@@ -61,9 +62,10 @@ def model_metadata(predictor: Predictor) -> dict:
         "versions": [predictor.version],
         "platform": PLATFORM,
         "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": "probabilities", "datatype": DATATYPES["probabilities"],
-                     "shape": [-1, len(predictor.classes)]},
-                    {"name": "label", "datatype": DATATYPES["label"], "shape": [-1]}],
+        "outputs": [
+            {"name": "probabilities", "datatype": DATATYPES["probabilities"], "shape": [-1, len(predictor.classes)]},
+            {"name": "label", "datatype": DATATYPES["label"], "shape": [-1]},
+        ],
     }
 
 
@@ -75,8 +77,11 @@ def check_inputs(inputs: Sequence[tuple[str, str, Sequence[int]]]) -> None:
     if name != INPUT:
         raise ServiceError(400, f"inputs[0].name: {name!r} is not an input of this model; it takes one, {INPUT!r}")
     if datatype != "BYTES":
-        raise ServiceError(400, f"inputs[0].datatype: {datatype!r}; input {INPUT!r} is BYTES, each element one "
-                                f"encoded image file (PNG, JPEG, ...)")
+        raise ServiceError(
+            400,
+            f"inputs[0].datatype: {datatype!r}; input {INPUT!r} is BYTES, each element one "
+            f"encoded image file (PNG, JPEG, ...)",
+        )
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or any(d < 0 for d in shape):
         raise ServiceError(400, f"inputs[0].shape: {list(shape)}; input {INPUT!r} is [N] or [N, 1] for N images")
 
@@ -131,11 +136,15 @@ def requested_outputs(names: Sequence[str]) -> list[str]:
 def read_classification(index: int, name: str, count: object, classes: int) -> int:
     """The classification extension's top-``count`` request on output ``index``."""
     if name != "probabilities":
-        raise ServiceError(400, f"outputs[{index}].parameters.classification: only 'probabilities' can be returned "
-                                f"as classifications, not {name!r}")
+        raise ServiceError(
+            400,
+            f"outputs[{index}].parameters.classification: only 'probabilities' can be returned "
+            f"as classifications, not {name!r}",
+        )
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= classes:
-        raise ServiceError(400, f"outputs[{index}].parameters.classification: {count!r}; ask for 1 to {classes} "
-                                f"classes")
+        raise ServiceError(
+            400, f"outputs[{index}].parameters.classification: {count!r}; ask for 1 to {classes} classes"
+        )
     return count
 
 
@@ -143,8 +152,9 @@ def classifications(probabilities: np.ndarray, classes: Sequence[str], count: in
     """Each image's ``count`` most probable classes as the extension writes them: ``b"<value>:<index>:<label>"``,
     most probable first (the lower index first on a tie)."""
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, :count]
-    return np.array([[f"{row[k]:f}:{k}:{classes[k]}".encode() for k in ks] for row, ks in zip(probabilities, top)],
-                    dtype=object).reshape(len(probabilities), count)
+    return np.array(
+        [[f"{row[k]:f}:{k}:{classes[k]}".encode() for k in ks] for row, ks in zip(probabilities, top)], dtype=object
+    ).reshape(len(probabilities), count)
 
 
 @dataclass
@@ -161,14 +171,17 @@ class Tensor:
         return list(self.values.shape)
 
 
-def output_tensors(predictor: Predictor, prediction: Prediction, names: Sequence[str],
-                   classification: Mapping[str, int] | None = None) -> list[Tensor]:
+def output_tensors(
+    predictor: Predictor, prediction: Prediction, names: Sequence[str], classification: Mapping[str, int] | None = None
+) -> list[Tensor]:
     """The outputs ``names``; those in ``classification`` as their top classes (BYTES, images x count)."""
     probabilities = np.asarray(prediction.probabilities, dtype=np.float64)
     labels = np.array([predictor.classes[int(k)].encode() for k in probabilities.argmax(axis=1)], dtype=object)
     # Parameters are scalars in the protocol: one entry per image, comma-separated, in the images' order.
-    how = {"served_by": ",".join(str(s) for s in prediction.served_by),
-           "cost_views": ",".join(f"{c:g}" for c in prediction.cost_views)}
+    how = {
+        "served_by": ",".join(str(s) for s in prediction.served_by),
+        "cost_views": ",".join(f"{c:g}" for c in prediction.cost_views),
+    }
     values = {"probabilities": probabilities, "label": labels}
     tensors = []
     for name in names:
@@ -180,8 +193,9 @@ def output_tensors(predictor: Predictor, prediction: Prediction, names: Sequence
     return tensors
 
 
-async def infer(serving: Serving, predictor: Predictor, images: list[bytes], options: Options,
-                gone: Awaitable[None] | None = None) -> Served:
+async def infer(
+    serving: Serving, predictor: Predictor, images: list[bytes], options: Options, gone: Awaitable[None] | None = None
+) -> Served:
     """Every image through the shared serving path (admission, decoding, the batcher); the first unusable one
     refuses the request."""
     uploads = [Upload(f"{INPUT}[{i}]", data) for i, data in enumerate(images)]

@@ -18,14 +18,18 @@ def unpack_bytes(raw: bytes, where: str) -> list[bytes]:
     items, offset, view = [], 0, memoryview(raw)
     while offset < len(raw):
         if offset + LENGTH.size > len(raw):
-            raise ServiceError(400, f"{where}: element {len(items)} is cut short: its 4-byte length needs "
-                                    f"{offset + LENGTH.size - len(raw)} more byte(s)")
+            raise ServiceError(
+                400,
+                f"{where}: element {len(items)} is cut short: its 4-byte length needs "
+                f"{offset + LENGTH.size - len(raw)} more byte(s)",
+            )
         (size,) = LENGTH.unpack_from(view, offset)
         offset += LENGTH.size
         if offset + size > len(raw):
-            raise ServiceError(400, f"{where}: element {len(items)} says {size} bytes but only "
-                                    f"{len(raw) - offset} are left")
-        items.append(bytes(view[offset:offset + size]))
+            raise ServiceError(
+                400, f"{where}: element {len(items)} says {size} bytes but only {len(raw) - offset} are left"
+            )
+        items.append(bytes(view[offset : offset + size]))
         offset += size
     return items
 

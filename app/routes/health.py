@@ -7,17 +7,18 @@ from fastapi import APIRouter, Response
 from app.deps import ModelStateDep
 from app.errors import error_response
 from app.metrics import render_metrics
+from app.schemas import AliveResponse, ErrorResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=AliveResponse)
 def healthz() -> dict:
     """200 while the process lives."""
     return {"status": "alive"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ErrorResponse}})
 def readyz(state: ModelStateDep):
     """200 once the bundle is verified, loaded and warmed up; 503 before, if loading failed, or while draining."""
     if state.ready:
@@ -28,7 +29,7 @@ def readyz(state: ModelStateDep):
     return error_response(503, message)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 def metrics() -> Response:
     body, content_type = render_metrics()
     return Response(body, media_type=content_type)

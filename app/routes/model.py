@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.deps import APIKey, PredictorDep
+from app.schemas import ErrorResponse, ModelInfoResponse
 
 router = APIRouter(prefix="/v1", tags=["model"], dependencies=[APIKey])
 
 
-@router.get("/model")
+@router.get("/model", response_model=ModelInfoResponse, responses={401: {"model": ErrorResponse}})
 def model_info(predictor: PredictorDep) -> dict:
     """Classes, base models, meta-learner, TTA policy, training metrics, the bundle's sha256, and every way it can
     answer (stack, cascade, student) with its accuracy, log-loss and cost."""
@@ -25,8 +26,11 @@ def model_info(predictor: PredictorDep) -> dict:
             b.model_dump(include={"name", "architecture", "preprocessing", "weights", "runtime"})
             for b in manifest.base_models
         ],
-        "meta_learner": {"kind": meta.kind, "reason": meta.selection["reason"],
-                         "leaderboard": meta.selection["leaderboard"]},
+        "meta_learner": {
+            "kind": meta.kind,
+            "reason": meta.selection["reason"],
+            "leaderboard": meta.selection["leaderboard"],
+        },
         "tta": {**manifest.tta.model_dump(), "max_views": predictor.max_views()},
         "protocol": manifest.protocol.model_dump(),
         "metrics": manifest.metrics,

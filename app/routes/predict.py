@@ -14,7 +14,7 @@ from app.errors import ServiceError
 from app.inference import Upload, serve_uploads
 from app.schemas import ErrorBody, ImagePrediction, ModelRef, PredictResponse, TTAInfo
 from stacking.choices import POLICIES
-from stacking.predictor import Prediction, Predictor
+from stacking.inference.predictor import Prediction, Predictor
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[APIKey])
 
@@ -33,8 +33,13 @@ def _entry(predictor: Predictor, result: Prediction, i: int, filename: str, deta
         confidence=float(probs[best]),
         probabilities=as_dict(probs),
         tta=TTAInfo(iterations=int(result.views[i]), agreement=float(result.agreement[i])),
-        base_models={n: as_dict(result.base_probabilities[m, i]) for m, n in enumerate(predictor.base_names)
-                     if result.base_ran[m, i]} if details else None,
+        base_models={
+            n: as_dict(result.base_probabilities[m, i])
+            for m, n in enumerate(predictor.base_names)
+            if result.base_ran[m, i]
+        }
+        if details
+        else None,
         served_by=str(result.served_by[i]),
         cost_views=float(result.cost_views[i]),
     )
@@ -61,7 +66,8 @@ async def predict(
     response.headers["Server-Timing"] = served.server_timing()
     entries = [
         ImagePrediction(filename=u.name, error=ErrorBody(code=row.code, message=row.message))
-        if isinstance(row, ServiceError) else _entry(predictor, served.prediction, row, u.name, details)
+        if isinstance(row, ServiceError)
+        else _entry(predictor, served.prediction, row, u.name, details)
         for u, row in zip(uploads, served.rows)
     ]
     return PredictResponse(model=ModelRef(name=predictor.name, version=predictor.version), predictions=entries)

@@ -30,7 +30,7 @@ from app.errors import ServiceError
 from app.inference import Serving
 from app.open_inference import protocol
 from app.open_inference.tensors import raw_contents, unpack_bytes
-from stacking.predictor import Predictor
+from stacking.inference.predictor import Predictor
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 HEADER_LENGTH = "inference-header-content-length"
@@ -52,10 +52,69 @@ class RequestOutput(BaseModel):
 
 class InferRequest(BaseModel):
     id: str | None = None
-    parameters: dict[str, Any] | None = Field(None, description="tta (views), tta_policy, timeout (microseconds), "
-                                                                "binary_data_output.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="tta (views), tta_policy, timeout (microseconds), binary_data_output."
+    )
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
+
+
+class ServerMetadataResponse(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadataResponse(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class LiveResponse(BaseModel):
+    live: bool
+
+
+class ServerReadyResponse(BaseModel):
+    ready: bool
+
+
+class ModelReadyResponse(BaseModel):
+    name: str
+    ready: bool
+
+
+class ProtocolErrorResponse(BaseModel):
+    error: str
+
+
+class ResponseOutput(TensorMetadata):
+    parameters: dict[str, Any] = Field(
+        description="binary_data_size when the output follows the JSON as binary; "
+        "served_by, cost_views per image (comma-separated)."
+    )
+    data: list[Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+ERRORS = {code: {"model": ProtocolErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
+NOT_READY = {503: {"model": ServerReadyResponse}}
+MODEL_NOT_READY = {503: {"model": ModelReadyResponse}, 404: {"model": ProtocolErrorResponse}}
+INFER_ANSWERS = {200: {"model": InferResponse, "content": {"application/octet-stream": {}}}, **ERRORS}
 
 
 def _inline_schema(model: type[BaseModel]) -> dict:
@@ -73,22 +132,28 @@ def _inline_schema(model: type[BaseModel]) -> dict:
     return resolve(schema)
 
 
-INFER_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": _inline_schema(InferRequest)},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inline_schema(InferRequest)},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
-@router.get("")
+@router.get("", response_model=ServerMetadataResponse)
 def server_metadata() -> dict:
     return protocol.server_metadata()
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_model=LiveResponse)
 def live() -> dict:
     return {"live": True}
 
 
-@router.get("/health/ready", response_model=None)
+@router.get("/health/ready", response_model=ServerReadyResponse, responses=NOT_READY)
 def ready(state: ModelStateDep):
     """200 ``{"ready": true}`` once loaded and warmed up; 503 ``{"ready": false}`` before and while draining
     (``/readyz`` says why)."""
@@ -99,12 +164,14 @@ def _metadata(predictor: Predictor, name: str, model_version: str = "") -> dict:
     return protocol.model_metadata(protocol.served_model(predictor, name, model_version))
 
 
-@router.get("/models/{name}", dependencies=[APIKey])
+@router.get("/models/{name}", response_model=ModelMetadataResponse, dependencies=[APIKey], responses=ERRORS)
 def model_metadata(name: str, predictor: PredictorDep) -> dict:
     return _metadata(predictor, name)
 
 
-@router.get("/models/{name}/versions/{version}", dependencies=[APIKey])
+@router.get(
+    "/models/{name}/versions/{version}", response_model=ModelMetadataResponse, dependencies=[APIKey], responses=ERRORS
+)
 def versioned_model_metadata(name: str, version: str, predictor: PredictorDep) -> dict:
     return _metadata(predictor, name, version)
 
@@ -114,12 +181,12 @@ def _model_ready(serving: Serving, name: str, model_version: str = "") -> JSONRe
     return JSONResponse({"name": name, "ready": serving.state.ready}, 200 if serving.state.ready else 503)
 
 
-@router.get("/models/{name}/ready", response_model=None)
+@router.get("/models/{name}/ready", response_model=ModelReadyResponse, responses=MODEL_NOT_READY)
 def model_ready(name: str, serving: ServingDep):
     return _model_ready(serving, name)
 
 
-@router.get("/models/{name}/versions/{version}/ready", response_model=None)
+@router.get("/models/{name}/versions/{version}/ready", response_model=ModelReadyResponse, responses=MODEL_NOT_READY)
 def versioned_model_ready(name: str, version: str, serving: ServingDep):
     return _model_ready(serving, name, version)
 
@@ -147,9 +214,11 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
     if not header_length.isdigit() or int(header_length) > len(body):
-        raise ServiceError(400, f"Inference-Header-Content-Length: {header_length!r} is not a byte count within "
-                                f"the {len(body)}-byte body")
-    return body[:int(header_length)], body[int(header_length):]
+        raise ServiceError(
+            400,
+            f"Inference-Header-Content-Length: {header_length!r} is not a byte count within the {len(body)}-byte body",
+        )
+    return body[: int(header_length)], body[int(header_length) :]
 
 
 def _parse(header: bytes) -> InferRequest:
@@ -175,8 +244,11 @@ def _images(tensor: RequestInput, binary: bytes) -> tuple[list[bytes], int]:
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
-            raise ServiceError(400, f"inputs[0].parameters.binary_data_size: {size!r}; the body has {len(binary)} "
-                                    f"bytes after its JSON header")
+            raise ServiceError(
+                400,
+                f"inputs[0].parameters.binary_data_size: {size!r}; the body has {len(binary)} "
+                f"bytes after its JSON header",
+            )
         if tensor.data is not None:
             raise ServiceError(400, "inputs[0]: both data and binary_data_size; send the images one way")
         return protocol.image_files(unpack_bytes(binary[:size], "inputs[0] (binary)")), size
@@ -189,8 +261,11 @@ def _images(tensor: RequestInput, binary: bytes) -> tuple[list[bytes], int]:
                 raise TypeError
             images.append(base64.b64decode(text, validate=True))
         except (TypeError, binascii.Error, ValueError):
-            raise ServiceError(400, f"inputs[0].data[{i}]: not base64 (in JSON each image file is a base64 "
-                                    f"string; send raw bytes with the binary tensor data extension)") from None
+            raise ServiceError(
+                400,
+                f"inputs[0].data[{i}]: not base64 (in JSON each image file is a base64 "
+                f"string; send raw bytes with the binary tensor data extension)",
+            ) from None
     return images, 0
 
 
@@ -237,8 +312,10 @@ def _read(raw: bytes, encoding: str | None, header_length: str | None, limit: in
     protocol.check_inputs([(t.name, t.datatype, t.shape) for t in body.inputs])
     images, used = _images(body.inputs[0], binary)
     if used != len(binary):
-        raise ServiceError(400, f"request body: {len(binary) - used} bytes after the JSON header that no input's "
-                                f"binary_data_size claims")
+        raise ServiceError(
+            400,
+            f"request body: {len(binary) - used} bytes after the JSON header that no input's binary_data_size claims",
+        )
     protocol.check_count(body.inputs[0].shape, len(images))
     outputs, classification = _requested(body, classes)
     return _Parsed(body, images, outputs, classification, protocol.read_parameters(body.parameters or {}))
@@ -246,8 +323,14 @@ def _read(raw: bytes, encoding: str | None, header_length: str | None, limit: in
 
 async def _infer(request: Request, serving: Serving, name: str, model_version: str = "") -> Response:
     model = protocol.served_model(serving.predictor(), name, model_version)
-    read = functools.partial(_read, await request.body(), request.headers.get("content-encoding"),
-                             request.headers.get(HEADER_LENGTH), serving.settings.max_body_bytes, len(model.classes))
+    read = functools.partial(
+        _read,
+        await request.body(),
+        request.headers.get("content-encoding"),
+        request.headers.get(HEADER_LENGTH),
+        serving.settings.max_body_bytes,
+        len(model.classes),
+    )
     parsed = await asyncio.get_running_loop().run_in_executor(serving.decoders, read)
     body, outputs = parsed.body, parsed.outputs
     served = await protocol.infer(serving, model, parsed.images, parsed.options, disconnected(request.receive))
@@ -257,8 +340,12 @@ async def _infer(request: Request, serving: Serving, name: str, model_version: s
         document["id"] = body.id
     document["outputs"], chunks = [], []
     for tensor, binary_out in zip(tensors, (b for _, b in outputs)):
-        entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape,
-                 "parameters": dict(tensor.parameters)}
+        entry = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": tensor.shape,
+            "parameters": dict(tensor.parameters),
+        }
         if binary_out:
             chunks.append(raw_contents(tensor.datatype, tensor.values))
             entry["parameters"]["binary_data_size"] = len(chunks[-1])
@@ -273,14 +360,25 @@ async def _infer(request: Request, serving: Serving, name: str, model_version: s
     return Response(text + b"".join(chunks), media_type="application/octet-stream", headers=headers)
 
 
-@router.post("/models/{name}/infer", response_model=None, dependencies=[APIKey], openapi_extra=INFER_BODY)
+@router.post(
+    "/models/{name}/infer",
+    response_model=None,
+    responses=INFER_ANSWERS,
+    dependencies=[APIKey],
+    openapi_extra=INFER_BODY,
+)
 async def infer(name: str, request: Request, serving: ServingDep) -> Response:
     """Classify the images of the ``images`` input (JSON, or binary tensors after a JSON header)."""
     return await _infer(request, serving, name)
 
 
-@router.post("/models/{name}/versions/{version}/infer", response_model=None, dependencies=[APIKey],
-             openapi_extra=INFER_BODY)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=None,
+    responses=INFER_ANSWERS,
+    dependencies=[APIKey],
+    openapi_extra=INFER_BODY,
+)
 async def versioned_infer(name: str, version: str, request: Request, serving: ServingDep) -> Response:
     """As ``/v2/models/{name}/infer``, for the version given (the served one)."""
     return await _infer(request, serving, name, version)

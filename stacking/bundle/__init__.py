@@ -10,7 +10,9 @@ and refuses the bundle before any of it is used.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import platform
@@ -66,6 +68,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 # --- base models -------------------------------------------------------------------------------------------
 
+
 def save_base_model(bundle: Path, name: str, fold: int | None, source: Path) -> str:
     """Put a trained ``.keras`` file in its place, ``base/<name>/model.keras`` or ``fold<k>.keras`` for one fold of a
     kfold fit (a hard link where possible); return that place, relative to the bundle."""
@@ -112,15 +115,25 @@ def runtime_of(entry: BaseModelEntry, requested: str) -> str:
     if requested == "auto":
         return entry.runtime.served if exported else TF
     if requested == EXPORTED and not exported:
-        why = (f"its export was refused at fit time ({entry.runtime.refused})" if entry.runtime is not None
-               else "it was fitted with --runtime tf or before exports existed")
-        raise BundleError(f"--runtime {requested}: base model {entry.name!r} has no {requested} file: {why}; "
-                          "use --runtime auto or tf")
+        why = (
+            f"its export was refused at fit time ({entry.runtime.refused})"
+            if entry.runtime is not None
+            else "it was fitted with --runtime tf or before exports existed"
+        )
+        raise BundleError(
+            f"--runtime {requested}: base model {entry.name!r} has no {requested} file: {why}; use --runtime auto or tf"
+        )
     return requested
 
 
-def load_base_models(bundle: Path, manifest: Manifest, trust: Trust, runtime: str = "auto",
-                     threads: int | None = None, only: tuple[int, int] | None = None) -> list:
+def load_base_models(
+    bundle: Path,
+    manifest: Manifest,
+    trust: Trust,
+    runtime: str = "auto",
+    threads: int | None = None,
+    only: tuple[int, int] | None = None,
+) -> list:
     """Each base model's runner (``stacking.runtime``): its exported files, or its Keras models loaded with
     ``safe_mode=True``. ``threads``: the exported runtime's threads (default: every core this process may use);
     ``only``: (model, fold): that one fold model alone, as the one runner."""
@@ -130,14 +143,18 @@ def load_base_models(bundle: Path, manifest: Manifest, trust: Trust, runtime: st
     entries = manifest.base_models
     if only is not None:
         entry, fold = entries[only[0]], only[1]
-        runtime_entry = entry.runtime and entry.runtime.model_copy(update={"files": entry.runtime.files[fold:fold + 1]})
+        runtime_entry = entry.runtime and entry.runtime.model_copy(
+            update={"files": entry.runtime.files[fold : fold + 1]}
+        )
         entries = [entry.model_copy(update={"files": entry.files[fold : fold + 1], "runtime": runtime_entry})]
     runtimes = [runtime_of(entry, runtime) for entry in entries]
     on_tf = [entry.name for entry, chosen in zip(entries, runtimes) if chosen == TF]
     if on_tf and not has_tensorflow():
-        raise BundleError(f"{bundle}: base model(s) {', '.join(on_tf)} run on TensorFlow (--runtime {runtime}), which "
-                          "this installation does not have (the serving-only install); serve the bundle from the full "
-                          "install or image, or refit it so that every model is exported (--runtime litert)")
+        raise BundleError(
+            f"{bundle}: base model(s) {', '.join(on_tf)} run on TensorFlow (--runtime {runtime}), which "
+            "this installation does not have (the serving-only install); serve the bundle from the full "
+            "install or image, or refit it so that every model is exported (--runtime litert)"
+        )
     runners = []
     for entry, chosen in zip(entries, runtimes):
         if chosen == TF:
@@ -150,8 +167,9 @@ def load_base_models(bundle: Path, manifest: Manifest, trust: Trust, runtime: st
 STUDENT_FOLDER = "student"
 
 
-def save_student(bundle: Path, source: Path, exported: bytes | None,
-                 targets: dict[str, np.ndarray]) -> tuple[str, str | None]:
+def save_student(
+    bundle: Path, source: Path, exported: bytes | None, targets: dict[str, np.ndarray]
+) -> tuple[str, str | None]:
     """The student's ``.keras`` file, its export (if any) and the soft targets it learnt from; return the
     two model files' places."""
     from stacking.runtime import SUFFIX
@@ -179,8 +197,15 @@ def load_student(bundle: Path, manifest: Manifest, runtime: str = "auto", thread
     student = manifest.serving.student if manifest.serving else None
     if student is None:
         raise BundleError(f"{bundle}: has no student; train one with: stacking distill {bundle} --student ARCH")
-    as_entry = BaseModelEntry(name="student", architecture=student.architecture, preprocessing="", weights=None,
-                              files=student.files, history=student.history, runtime=student.runtime)
+    as_entry = BaseModelEntry(
+        name="student",
+        architecture=student.architecture,
+        preprocessing="",
+        weights=None,
+        files=student.files,
+        history=student.history,
+        runtime=student.runtime,
+    )
     if runtime_of(as_entry, runtime) == TF:
         return KerasRunner(_load_keras(Path(bundle), as_entry))
     return LiteRTRunner([(Path(bundle) / f).read_bytes() for f in student.runtime.files], threads)
@@ -198,6 +223,7 @@ def _load_keras(bundle: Path, entry: BaseModelEntry) -> list:
 
 # --- training curves, folds, OOF arrays ---------------------------------------------------------------------
 
+
 def save_history(bundle: Path, name: str, folds: list[dict]) -> str:
     """One base model's training curves, a record per fold (and refit); return the file's place."""
     relative = f"history/{name}.json"
@@ -211,12 +237,12 @@ def load_history(bundle: Path, entry: BaseModelEntry) -> list[dict]:
 
 def save_folds(bundle: Path, ids: list[str], fold: np.ndarray, groups: np.ndarray | None) -> None:
     """The fold assignment of every training image (-1: trained on, never predicted), with its group."""
-    import pandas as pd  # here, not above: serving never writes a bundle, and the serving install has no pandas
-
-    table = pd.DataFrame({"Id": ids, "fold": fold})
-    if groups is not None:
-        table["group"] = groups
-    write_atomically(Path(bundle) / FOLDS_FILE, table.to_csv(index=False))
+    columns = {"Id": ids, "fold": fold, **({"group": groups} if groups is not None else {})}
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(zip(*columns.values()))
+    write_atomically(Path(bundle) / FOLDS_FILE, text.getvalue())
 
 
 def save_oof(bundle: Path, oof: dict[str, np.ndarray]) -> None:
@@ -239,14 +265,19 @@ def load_stack_oof(bundle: Path) -> dict[str, np.ndarray]:
 
 # --- meta-learners ------------------------------------------------------------------------------------------
 
-def save_meta(bundle: Path, meta, candidates: dict, cv_probabilities: dict[str, np.ndarray], cv_chosen: np.ndarray) -> None:
+
+def save_meta(
+    bundle: Path, meta, candidates: dict, cv_probabilities: dict[str, np.ndarray], cv_chosen: np.ndarray
+) -> None:
     """The chosen meta-learner, every candidate fitted on all OOF rows (for ``evaluate``), and the
     candidates' and the chosen one's cross-validated (N, C) answers on the OOF rows (for the report)."""
     save_estimators(Path(bundle) / META_FILE, meta)
     save_estimators(Path(bundle) / CANDIDATES_FILE, candidates)
     with atomic_path(Path(bundle) / STACK_OOF_FILE) as tmp:
         np.savez_compressed(
-            tmp, names=np.array(list(cv_probabilities)), probabilities=np.stack(list(cv_probabilities.values())),
+            tmp,
+            names=np.array(list(cv_probabilities)),
+            probabilities=np.stack(list(cv_probabilities.values())),
             chosen=cv_chosen,
         )
 
@@ -260,6 +291,7 @@ def load_candidates(bundle: Path, manifest: Manifest) -> dict:
 
 
 # --- diagnostics and evaluations ----------------------------------------------------------------------------
+
 
 def save_tta_diagnostics(bundle: Path, diagnostics: dict) -> None:
     write_json(Path(bundle) / TTA_DIAGNOSTICS, diagnostics)
@@ -283,25 +315,18 @@ def load_evaluation(bundle: Path) -> dict | None:
 
 
 def library_versions() -> dict[str, str]:
-    import keras
-    import pandas as pd
-    import PIL
-    import sklearn
-    import tensorflow
-
+    """The installed versions of what computed the bundle (read from the installs' metadata, importing nothing)."""
     return {
         "python": platform.python_version(),
-        "tensorflow": tensorflow.__version__,
-        "keras": keras.__version__,
-        "scikit-learn": sklearn.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "pillow": PIL.__version__,
-        "ai-edge-litert": metadata.version("ai-edge-litert"),
+        **{
+            name: metadata.version(name)
+            for name in ("tensorflow", "keras", "scikit-learn", "numpy", "pandas", "pillow", "ai-edge-litert")
+        },
     }
 
 
 # --- the manifest -------------------------------------------------------------------------------------------
+
 
 def write_manifest(bundle: Path, manifest: Manifest) -> Manifest:
     """Hash every file now in the bundle (but the report and signature) into ``files``; write the manifest last.
@@ -330,8 +355,10 @@ def _read_manifest(bundle: Path) -> dict:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if isinstance(version, int) and version < FORMAT_VERSION:
-        raise BundleError(f"{bundle}: bundle format {version}, which stores its meta-learner as a pickle (code run "
-                          f"on load); this version reads format {FORMAT_VERSION} only: {MIGRATE_HINT}")
+        raise BundleError(
+            f"{bundle}: bundle format {version}, which stores its meta-learner as a pickle (code run "
+            f"on load); this version reads format {FORMAT_VERSION} only: {MIGRATE_HINT}"
+        )
     if version != FORMAT_VERSION:
         raise BundleError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
     return raw
@@ -355,8 +382,10 @@ def load_manifest(bundle: Path, trust: Trust = Trust(), verify: bool = True) -> 
         for model, files, runtime in named:
             for name in [*files, *(runtime.files if runtime else [])]:
                 if name not in manifest.files:
-                    raise BundleError(f"{bundle / MANIFEST}: {model!r} names {name}, which is not among the hashed "
-                                      "files; refusing the bundle")
+                    raise BundleError(
+                        f"{bundle / MANIFEST}: {model!r} names {name}, which is not among the hashed "
+                        "files; refusing the bundle"
+                    )
         for name, expected in manifest.files.items():
             file = bundle / name
             if not file.is_file():

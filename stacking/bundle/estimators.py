@@ -9,12 +9,13 @@ naming the file and the type, before anything in it is built.
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
 # At import, skops lists the types it trusts by scanning every loaded module: 0.6 s in a fresh process, over 2 s
 # once TensorFlow's thousands of modules are loaded. So the bundle module, and with it this one, is imported
-# before TensorFlow wherever a bundle is loaded (``stacking.predictor``).
+# before TensorFlow wherever a bundle is loaded (``stacking.inference.predictor``).
 import skops.io as sio
 from skops.io.exceptions import UntrustedTypesFoundException
 
@@ -24,17 +25,37 @@ from stacking.files import atomic_path
 # The types our meta step saves beyond skops' defaults; each is a plain estimator whose state is arrays and numbers.
 TRUSTED_TYPES = (
     "sklearn.tree._tree.Tree",  # the random forest's trees
-    "stacking.calibration.TemperatureScaled",
-    "stacking.meta.ServingForest",
-    "stacking.meta.WeightedAverage",
+    "stacking.meta.calibration.TemperatureScaled",
+    "stacking.meta.learners.ServingForest",
+    "stacking.meta.learners.WeightedAverage",
 )
+# Where files written before the stages became subpackages name our classes' modules, and where they live now.
+MOVED_MODULES = {"stacking.meta": "stacking.meta.learners", "stacking.calibration": "stacking.meta.calibration"}
+
+
+def _current_bytes(path: Path) -> bytes:
+    """The file as skops reads it, with the module paths of ``MOVED_MODULES`` renamed in its schema (nothing else in
+    the file changes: its sha256 is checked on the file as written)."""
+    data = path.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as old:
+        schema = old.read("schema.json").decode()
+        renamed = schema
+        for before, now in MOVED_MODULES.items():
+            renamed = renamed.replace(f'"__module__": "{before}"', f'"__module__": "{now}"')
+        if renamed == schema:
+            return data
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
+            for member in old.infolist():
+                new.writestr(member, renamed if member.filename == "schema.json" else old.read(member))
+    return out.getvalue()
 
 
 def untrusted_types(path: Path) -> list[str]:
     """Types in ``path`` outside skops' defaults and ``TRUSTED_TYPES``; reads the schema only, builds nothing."""
     try:
-        found = sio.get_untrusted_types(file=path)
-    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        found = sio.get_untrusted_types(data=_current_bytes(path))
+    except (zipfile.BadZipFile, KeyError, ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not a skops file ({exc}); refusing it (a pickle is never loaded)") from None
     return [t for t in found if t not in TRUSTED_TYPES]
 
@@ -55,6 +76,6 @@ def load_estimators(path: Path):
     """The object in ``path``. ``load_manifest`` has checked its types, naming them; skops refuses any outside the
     trusted list again while it reads, so the file is not scanned twice."""
     try:
-        return sio.load(path, trusted=list(TRUSTED_TYPES))
+        return sio.loads(_current_bytes(path), trusted=list(TRUSTED_TYPES))
     except UntrustedTypesFoundException as exc:
         raise BundleError(f"{path}: holds type(s) outside the trusted list ({exc}); refusing it") from None

@@ -21,7 +21,7 @@ class Strict(BaseModel):
 
 
 class ParityEntry(Strict):
-    """How closely the exported files agree with Keras on their own OOF images (``stacking.export.Parity``)."""
+    """How closely the exported files agree with Keras on their own OOF images (``stacking.training.export.Parity``)."""
 
     rows: int
     max_abs_diff: float

@@ -33,8 +33,10 @@ def migrate_bundle(bundle: Path, trust_custom_code: bool) -> Manifest:
     if raw.get("format_version") != 2:
         raise BundleError(f"{path}: format_version {raw.get('format_version')!r}; migrate converts format 2 only")
     if not trust_custom_code:
-        raise UserError(f"{bundle}: migrating unpickles its meta-learner files, which runs any code they hold; "
-                        "add --trust-custom-code if you trust where this bundle came from")
+        raise UserError(
+            f"{bundle}: migrating unpickles its meta-learner files, which runs any code they hold; "
+            "add --trust-custom-code if you trust where this bundle came from"
+        )
     for name, expected in raw["files"].items():  # an accident is caught before anything is unpickled
         if not (bundle / name).is_file() or sha256_file(bundle / name) != expected:
             raise BundleError(f"{bundle / name}: missing or does not match the manifest's sha256; refusing to migrate")

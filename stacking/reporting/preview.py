@@ -8,9 +8,9 @@ import keras
 import numpy as np
 
 from models.training import Augmentation, make_augmenter
-from stacking.datasets import ImageSet, load_pixels, read_training_set
+from stacking.data.datasets import ImageSet, load_pixels, read_training_set
 from stacking.errors import UserError
-from stacking.plots import augmentation_grid
+from stacking.reporting.plots import augmentation_grid
 
 
 def _one_per_class(images: ImageSet, count: int) -> list[int]:
@@ -30,7 +30,12 @@ def is_identity(augmentation: Augmentation) -> bool:
 
 
 def preview_augmentation(
-    data_dir: Path, out: Path, augmentation: Augmentation, image_size: int, seed: int = 0, count: int = 8,
+    data_dir: Path,
+    out: Path,
+    augmentation: Augmentation,
+    image_size: int,
+    seed: int = 0,
+    count: int = 8,
     copies: int = 5,
 ) -> Path:
     """Write a grid: ``count`` training images (one per class in turn), each with ``copies`` augmented copies."""

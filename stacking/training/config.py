@@ -16,9 +16,9 @@ from models.registry import HEADS, get_spec, is_custom, load_custom_builder
 from models.training import CLASS_WEIGHTS, Augmentation, TrainConfig
 from stacking.choices import FINAL, ON_BAD_IMAGE, PROTOCOL, QUANTIZE, RUNTIME, TTA_MERGE, TTA_POLICY, WEIGHTS
 from stacking.errors import UserError
-from stacking.executors import ClusterConfig
-from stacking.stack import MetaSettings
-from stacking.tta import FLIPPING, TTAPolicy
+from stacking.inference.tta import FLIPPING, TTAPolicy
+from stacking.training.executors import ClusterConfig
+from stacking.training.meta_step import MetaSettings
 
 DEFAULT_MODELS = ("tiny_cnn", "small_resnet", "mini_mobilenet")
 
@@ -52,7 +52,7 @@ class FitConfig:
     # there unless TensorFlow is faster; "litert" fails the fit if a model cannot be exported; "tf" exports nothing.
     runtime: str = "auto"
     # "int8": also quantize each export (static, calibrated on training images); served only where, on the model's
-    # OOF rows, accuracy does not drop and log-loss rises by at most stacking.export.INT8_LOG_LOSS_TOLERANCE.
+    # OOF rows, accuracy does not drop and log-loss rises by at most stacking.training.export.INT8_LOG_LOSS_TOLERANCE.
     quantize: str = "none"
     tta_diagnostic_views: int = 10  # views measured for the TTA diagnostics (at most the policy's)
     tta: TTAPolicy = field(default_factory=TTAPolicy)
@@ -122,15 +122,27 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> FitConfig:
 
 def validate(cfg: FitConfig) -> None:
     """Refuse settings that cannot work, naming the option."""
-    for choice, value in ((PROTOCOL, cfg.protocol), (FINAL, cfg.final), (TTA_POLICY, cfg.tta.name),
-                          (TTA_MERGE, cfg.tta.merge), (ON_BAD_IMAGE, cfg.on_bad_image), (WEIGHTS, cfg.weights),
-                          (RUNTIME, cfg.runtime), (QUANTIZE, cfg.quantize)):
+    for choice, value in (
+        (PROTOCOL, cfg.protocol),
+        (FINAL, cfg.final),
+        (TTA_POLICY, cfg.tta.name),
+        (TTA_MERGE, cfg.tta.merge),
+        (ON_BAD_IMAGE, cfg.on_bad_image),
+        (WEIGHTS, cfg.weights),
+        (RUNTIME, cfg.runtime),
+        (QUANTIZE, cfg.quantize),
+    ):
         choice.check(value)
     checks = [
-        (cfg.quantize == "none" or cfg.runtime != "tf", "--quantize int8: quantizes the exported files, and "
-         "--runtime tf exports none; use --runtime auto or litert"),
-        (cfg.final == "fold-average" or cfg.protocol == "kfold", "--final refit: only with --protocol kfold (holdout "
-         "models are already the served ones)"),
+        (
+            cfg.quantize == "none" or cfg.runtime != "tf",
+            "--quantize int8: quantizes the exported files, and "
+            "--runtime tf exports none; use --runtime auto or litert",
+        ),
+        (
+            cfg.final == "fold-average" or cfg.protocol == "kfold",
+            "--final refit: only with --protocol kfold (holdout models are already the served ones)",
+        ),
         (cfg.tta.adaptive_views >= 0, f"[tta] adaptive_views {cfg.tta.adaptive_views}: must be 0 (off) or more"),
         (cfg.tta.views >= 0, f"--tta {cfg.tta.views}: must be 0 or more"),
         (cfg.tta_diagnostic_views >= 1, f"tta_diagnostic_views {cfg.tta_diagnostic_views}: must be at least 1"),
@@ -141,8 +153,14 @@ def validate(cfg: FitConfig) -> None:
         (len(cfg.models) >= 1, "--models: name at least one model"),
         (cfg.head in HEADS, f"head {cfg.head!r}: expected one of {', '.join(HEADS)}"),
         (0 <= cfg.dropout < 1, f"dropout {cfg.dropout}: must be in [0, 1)"),
-        (cfg.train.class_weight in CLASS_WEIGHTS, f"class_weight {cfg.train.class_weight!r}: expected none or balanced"),
-        (cfg.train.head_epochs >= 0 and cfg.train.fine_tune_blocks >= 0, "head_epochs and fine_tune_blocks: must be 0 or more"),
+        (
+            cfg.train.class_weight in CLASS_WEIGHTS,
+            f"class_weight {cfg.train.class_weight!r}: expected none or balanced",
+        ),
+        (
+            cfg.train.head_epochs >= 0 and cfg.train.fine_tune_blocks >= 0,
+            "head_epochs and fine_tune_blocks: must be 0 or more",
+        ),
         (
             cfg.train.reduce_lr_patience < cfg.train.early_stopping_patience,
             f"[train] reduce_lr_patience {cfg.train.reduce_lr_patience}: must be below early_stopping_patience "

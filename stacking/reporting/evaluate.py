@@ -6,16 +6,16 @@ that agree everywhere cannot help each other.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from stacking import bundle as bundle_io
-from stacking.datasets import load_pixels, read_evaluation_set
-from stacking.leaderboard import leaderboard, table_row
-from stacking.predictor import Predictor
-from stacking.serving import CASCADE, STACK, STUDENT, servable
+from stacking.data.datasets import load_pixels, read_evaluation_set
+from stacking.inference.options import CASCADE, STACK, STUDENT, servable
+from stacking.inference.predictor import Predictor
+from stacking.meta.leaderboard import leaderboard, table_row
 
 WARM_UP_IMAGES = 64
 
@@ -37,10 +37,13 @@ def compare(
     before = predictor.forward.seconds.copy()
     prediction = predictor.predict(pixels, views, policy, serve_as=STACK)
     model_ms = (predictor.forward.seconds - before) * 1000 / n
-    candidates = {name: predictor.stack(candidate, prediction.features) for name, candidate in predictor.candidates().items()}
+    candidates = {
+        name: predictor.stack(candidate, prediction.features) for name, candidate in predictor.candidates().items()
+    }
     selection = predictor.manifest.meta_learner.selection
-    rows = leaderboard(predictor.base_names, prediction.base_probabilities, candidates, prediction.probabilities,
-                       selection, labels)
+    rows = leaderboard(
+        predictor.base_names, prediction.base_probabilities, candidates, prediction.probabilities, selection, labels
+    )
     stack_cost = (float(prediction.cost_views.mean()), sum(prediction.seconds.values()) * 1000 / n)
     views_run = float(prediction.views.mean())
     costs = [(run.folds * views_run, float(ms)) for run, ms in zip(predictor.forward.runners, model_ms)]
@@ -50,36 +53,34 @@ def compare(
         rows.append(table_row(option, "serving", answer.probabilities, labels))
         costs.append((float(answer.cost_views.mean()), sum(answer.seconds.values()) * 1000 / n))
     for row, (views_cost, ms) in zip(rows, costs):
-        row.update(cost_views=round(views_cost, 3), ms_per_image=round(ms, 4),
-                   served=row["kind"] == "chosen" if predictor.serve_as == STACK else row["name"] == predictor.serve_as)
+        row.update(
+            cost_views=round(views_cost, 3),
+            ms_per_image=round(ms, 4),
+            served=row["kind"] == "chosen" if predictor.serve_as == STACK else row["name"] == predictor.serve_as,
+        )
     return rows
-
-
-def diversity(bundle: Path) -> tuple[list[str], np.ndarray]:
-    """Base model names and the (M, M) correlation of their flattened OOF probabilities."""
-    oof = bundle_io.load_oof(bundle)
-    probs = oof["probabilities"]
-    return [str(n) for n in oof["models"]], np.corrcoef(probs.reshape(len(probs), -1))
 
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table for the terminal."""
     width = max(len("model"), *(len(r["name"]) + 2 for r in rows))
-    lines = [f"{'model':<{width}}  {'kind':<9}  accuracy  95% interval     log_loss  ECE     passes  ms/image",
-             f"{'-' * width}  {'-' * 9}  --------  ---------------  --------  ------  ------  --------"]
-    lines += [f"{(r['name'] + (' *' if r.get('served') else '')):<{width}}  {r['kind']:<9}  {r['accuracy']:>8.4f}  "
-              f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]  {r['log_loss']:>8.4f}  {r['ece']:.4f}  "
-              f"{r['cost_views']:>6.3g}  {r['ms_per_image']:>8.3f}" for r in rows]
-    return "\n".join([*lines, "* the option served (--serve-as); passes: forward passes per image (image-views "
-                       "through networks, fold models counted); ms/image: the networks' time on these images"])
-
-
-def format_diversity(names: list[str], corr: np.ndarray) -> str:
-    width = max(len(n) for n in names)
-    lines = ["correlation of base models' OOF probabilities (diversity: lower means more to gain)",
-             " " * width + "  " + "  ".join(f"{n[:8]:>8}" for n in names)]
-    lines += [f"{n:<{width}}  " + "  ".join(f"{v:>8.4f}" for v in row) for n, row in zip(names, corr)]
-    return "\n".join(lines)
+    lines = [
+        f"{'model':<{width}}  {'kind':<9}  accuracy  95% interval     log_loss  ECE     passes  ms/image",
+        f"{'-' * width}  {'-' * 9}  --------  ---------------  --------  ------  ------  --------",
+    ]
+    lines += [
+        f"{(r['name'] + (' *' if r.get('served') else '')):<{width}}  {r['kind']:<9}  {r['accuracy']:>8.4f}  "
+        f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]  {r['log_loss']:>8.4f}  {r['ece']:.4f}  "
+        f"{r['cost_views']:>6.3g}  {r['ms_per_image']:>8.3f}"
+        for r in rows
+    ]
+    return "\n".join(
+        [
+            *lines,
+            "* the option served (--serve-as); passes: forward passes per image (image-views "
+            "through networks, fold models counted); ms/image: the networks' time on these images",
+        ]
+    )
 
 
 def evaluate_folder(
@@ -97,19 +98,25 @@ def evaluate_folder(
 
 
 def record_evaluation(
-    predictor: Predictor, rows: list[dict], data: Path, labels_csv: Path | None, count: int, skipped: list,
-    views: int | None = None, policy: str | None = None,
+    predictor: Predictor,
+    rows: list[dict],
+    data: Path,
+    labels_csv: Path | None,
+    count: int,
+    skipped: list,
+    views: int | None = None,
+    policy: str | None = None,
 ) -> Path | None:
     """Keep the table in the bundle's report folder and redraw the page; return its path (None: read-only bundle).
 
     The record names the bundle state it measured (manifest sha): after ``stacking meta``
     the report calls it out of date instead of showing another model's scores.
     """
-    from stacking.report import write_report  # the report shows this table; imported here to avoid a cycle
+    from stacking.reporting.report import write_report  # the report shows this table; imported here to avoid a cycle
 
     tta = predictor.manifest.tta
     record = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "bundle_sha": predictor.sha256,
         "data": str(Path(data).resolve()),
         "labels": str(Path(labels_csv).resolve()) if labels_csv else None,

@@ -1,7 +1,7 @@
 """``stacking fit``: train base models, make OOF predictions, select the meta-learner, write the bundle.
 
-A fit is a set of independent jobs, one per (base model, fold) (``stacking.jobs``),
-run by an executor (here, or on a Ray cluster: ``stacking.executors``), then the meta
+A fit is a set of independent jobs, one per (base model, fold) (``stacking.training.jobs``),
+run by an executor (here, or on a Ray cluster: ``stacking.training.executors``), then the meta
 step. Everything is built in a work folder beside ``out`` (``.OUT.partial``): each
 finished job is stored there as it ends, and the assembled bundle is moved into place
 only at the end. A fit that fails or is interrupted after some jobs keeps them, and
@@ -14,10 +14,11 @@ from __future__ import annotations
 import fcntl
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,11 +28,19 @@ from stacking import bundle as bundle_io
 from stacking.bundle import Trust
 from stacking.bundle.manifest import BaseModelEntry, Manifest, MetaLearnerEntry, RuntimeEntry
 from stacking.bundle.signing import check_signing_key, sign_bundle
-from stacking.config import FitConfig
-from stacking.datasets import ImageSet, load_pixels, read_groups, read_training_set
+from stacking.cluster import check_ray
+from stacking.data.datasets import ImageSet, load_pixels, read_groups, read_training_set
 from stacking.errors import UserError
-from stacking.executors import JobInputs, Progress, check_ray, run_jobs
-from stacking.export import (
+from stacking.files import default_mode
+from stacking.inference.tta import TTAPolicy, served_result
+from stacking.inference.tta_diagnostics import diagnostic_rows, tune_and_measure
+from stacking.meta.learners import score
+from stacking.reporting.report import write_report
+from stacking.runtime import EXPORTED, TF, export_litert
+from stacking.training.config import FitConfig
+from stacking.training.costing import add_serving
+from stacking.training.executors import JobInputs, Progress, run_jobs
+from stacking.training.export import (
     CALIBRATION_IMAGES,
     Parity,
     calibration_rows,
@@ -42,10 +51,9 @@ from stacking.export import (
     refuse,
     time_runtimes,
 )
-from stacking.files import default_mode
-from stacking.jobs import Job, JobResult, JobSettings, JobStore, data_fingerprint, set_numerics
-from stacking.meta import score
-from stacking.protocols import (
+from stacking.training.jobs import Job, JobResult, JobSettings, JobStore, data_fingerprint, set_numerics
+from stacking.training.meta_step import MetaSettings, describe, fit_meta
+from stacking.training.protocols import (
     Split,
     check_class_counts,
     fold_assignment,
@@ -54,12 +62,6 @@ from stacking.protocols import (
     minimum_per_class,
     refit_split,
 )
-from stacking.report import write_report
-from stacking.runtime import EXPORTED, TF, export_litert
-from stacking.serving import add_serving
-from stacking.stack import MetaSettings, describe, fit_meta
-from stacking.tta import TTAPolicy, served_result
-from stacking.tta_diagnostics import diagnostic_rows, tune_and_measure
 
 Echo = Callable[[str], None]
 
@@ -86,8 +88,10 @@ def _locked_work_folder(out: Path, resume: bool, echo: Echo) -> Iterator[Path]:
         store = JobStore(work / "jobs")
         finished = len(store.records())
         if finished and not resume:
-            raise UserError(f"--out {out}: an interrupted fit left {finished} finished job(s) in {work}; add --resume "
-                            "to continue it, or delete that folder to start over")
+            raise UserError(
+                f"--out {out}: an interrupted fit left {finished} finished job(s) in {work}; add --resume "
+                "to continue it, or delete that folder to start over"
+            )
         if resume and not finished:
             echo("--resume: no finished job to resume; running every job")
         try:
@@ -122,15 +126,19 @@ def _load_training_data(data_dir: Path, cfg: FitConfig, echo: Echo) -> TrainingD
         echo(f"skipped {reason}")
     check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
     groups = read_groups(data_dir, images, cfg.group_column) if cfg.group_column else None
-    echo(f"{len(images.labels)} images, {len(images.classes)} classes, protocol {cfg.protocol}, models "
-         f"{', '.join(cfg.models)}" + (f", grouped by {cfg.group_column} ({len(np.unique(groups))} groups)"
-                                       if groups is not None else ""))
+    echo(
+        f"{len(images.labels)} images, {len(images.classes)} classes, protocol {cfg.protocol}, models "
+        f"{', '.join(cfg.models)}"
+        + (f", grouped by {cfg.group_column} ({len(np.unique(groups))} groups)" if groups is not None else "")
+    )
     return TrainingData(images, pixels, bad, groups)
 
 
 def _summary_line(desc: str, history: dict, oof_accuracy: float | None) -> str:
-    line = (f"{desc}: best epoch {history['best_epoch'] + 1}/{len(history['loss'])}, "
-            f"val accuracy {history['best']['val_accuracy']:.4f}")
+    line = (
+        f"{desc}: best epoch {history['best_epoch'] + 1}/{len(history['loss'])}, "
+        f"val accuracy {history['best']['val_accuracy']:.4f}"
+    )
     return line + (f", OOF accuracy {oof_accuracy:.4f}" if oof_accuracy is not None else "")
 
 
@@ -152,8 +160,9 @@ def plan_jobs(cfg: FitConfig, splits: list[Split], refit: Split | None) -> list[
 
 def job_settings(cfg: FitConfig) -> JobSettings:
     views = cfg.tta.view_list(cfg.image_size, max(cfg.tta.views, cfg.tta_diagnostic_views))
-    return JobSettings(cfg.image_size, cfg.head, cfg.dropout, cfg.deterministic, cfg.mixed_precision, cfg.train,
-                       tuple(views))
+    return JobSettings(
+        cfg.image_size, cfg.head, cfg.dropout, cfg.deterministic, cfg.mixed_precision, cfg.train, tuple(views)
+    )
 
 
 def _job_summary(job: Job, result: JobResult, labels: np.ndarray, tta: TTAPolicy, served: int) -> str:
@@ -163,8 +172,9 @@ def _job_summary(job: Job, result: JobResult, labels: np.ndarray, tta: TTAPolicy
     return _summary_line(job.desc, result.history, score(merged, labels[job.split.oof])["accuracy"])
 
 
-def _run_jobs(jobs: list[Job], keys: dict[str, str], store: JobStore, inputs: JobInputs, cfg: FitConfig,
-              echo: Echo) -> None:
+def _run_jobs(
+    jobs: list[Job], keys: dict[str, str], store: JobStore, inputs: JobInputs, cfg: FitConfig, echo: Echo
+) -> None:
     """Run the jobs not finished yet, storing each as it ends; then raise the first failure, if any."""
     records = store.records()
     todo = [job for job in jobs if not store.finished(job, keys[job.id], records)]
@@ -173,12 +183,16 @@ def _run_jobs(jobs: list[Job], keys: dict[str, str], store: JobStore, inputs: Jo
     if not todo:
         return
     if cfg.cluster.executor == "ray":
-        echo(f"running {len(todo)} jobs on Ray, {cfg.cluster.cpus_per_job:g} CPU and {cfg.cluster.gpus_per_job:g} "
-             f"GPU each, up to {cfg.cluster.max_retries} retries when a worker dies")
+        echo(
+            f"running {len(todo)} jobs on Ray, {cfg.cluster.cpus_per_job:g} CPU and {cfg.cluster.gpus_per_job:g} "
+            f"GPU each, up to {cfg.cluster.max_retries} retries when a worker dies"
+        )
     redone = [job.id for job in todo if job.id in records]
     if redone:
-        echo(f"{len(redone)} finished job(s) were made with other settings, data or code, or their files changed; "
-             f"they run again: {', '.join(redone)}")
+        echo(
+            f"{len(redone)} finished job(s) were made with other settings, data or code, or their files changed; "
+            f"they run again: {', '.join(redone)}"
+        )
     progress = Progress(len(jobs), len(jobs) - len(todo), echo)
     served = len(cfg.tta.view_list(cfg.image_size))
     failure = None
@@ -206,14 +220,25 @@ class Plan(NamedTuple):
 
 def _plan(data: TrainingData, cfg: FitConfig) -> Plan:
     labels = data.images.labels
-    splits = make_splits(labels, cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed,
-                         data.groups, data.images.classes)
+    splits = make_splits(
+        labels,
+        cfg.protocol,
+        cfg.holdout_fraction,
+        cfg.validation_fraction,
+        cfg.folds,
+        cfg.seed,
+        data.groups,
+        data.images.classes,
+    )
     folds = fold_assignment(splits, len(labels))
     refit = cfg.protocol == "kfold" and cfg.final == "refit"
-    jobs = plan_jobs(cfg, splits, refit_split(labels, cfg.validation_fraction, cfg.seed, data.groups) if refit else None)
+    jobs = plan_jobs(
+        cfg, splits, refit_split(labels, cfg.validation_fraction, cfg.seed, data.groups) if refit else None
+    )
     settings, data_key = job_settings(cfg), data_fingerprint(data.images.ids, labels, data.pixels)
-    return Plan(splits, folds, fold_hash(data.images.ids, folds), jobs,
-                {job.id: job.key(settings, data_key) for job in jobs})
+    return Plan(
+        splits, folds, fold_hash(data.images.ids, folds), jobs, {job.id: job.key(settings, data_key) for job in jobs}
+    )
 
 
 class BaseModels(NamedTuple):
@@ -226,8 +251,9 @@ class BaseModels(NamedTuple):
     validation: dict[str, list[dict]]  # the best epoch's validation scores per fold
 
 
-def _assemble_base_models(plan: Plan, store: JobStore, work: Path, cfg: FitConfig, data: TrainingData,
-                          echo: Echo) -> BaseModels:
+def _assemble_base_models(
+    plan: Plan, store: JobStore, work: Path, cfg: FitConfig, data: TrainingData, echo: Echo
+) -> BaseModels:
     """Put the stored jobs' models (and their exports) and histories in the bundle; gather the served OOF rows."""
     n_images, n_classes = len(data.images.labels), len(data.images.classes)
     served = len(cfg.tta.view_list(cfg.image_size))
@@ -254,10 +280,17 @@ def _assemble_base_models(plan: Plan, store: JobStore, work: Path, cfg: FitConfi
             diag_views[m][:, np.searchsorted(diag, job.split.oof[kept])] = per_view[job.id][:, kept]
         histories = [{**stored[job.id][0], "refit": True} if job.refit else stored[job.id][0] for job in jobs]
         spec = get_spec(model)
-        entries.append(BaseModelEntry(
-            name=name, architecture=spec.name, preprocessing=spec.preprocessing, weights=cfg.weights_for(model),
-            files=[bundle_io.save_base_model(work, name, job.fold, store.model_file(job)) for job in served_jobs],
-            history=bundle_io.save_history(work, name, histories), runtime=runtime))
+        entries.append(
+            BaseModelEntry(
+                name=name,
+                architecture=spec.name,
+                preprocessing=spec.preprocessing,
+                weights=cfg.weights_for(model),
+                files=[bundle_io.save_base_model(work, name, job.fold, store.model_file(job)) for job in served_jobs],
+                history=bundle_io.save_history(work, name, histories),
+                runtime=runtime,
+            )
+        )
         validation[name] = [h["best"] for h in histories]
     return BaseModels(oof_views, diag, diag_views, entries, validation)
 
@@ -270,9 +303,18 @@ class Exports(NamedTuple):
     answers: dict[str, np.ndarray]  # fold jobs only (a refit has no OOF rows)
 
 
-def _export(model: str, jobs: list[Job], served_jobs: list[Job], store: JobStore, keras_views: dict[str, np.ndarray],
-            work: Path, cfg: FitConfig, data: TrainingData, diag: np.ndarray,
-            echo: Echo) -> tuple[RuntimeEntry, dict[str, np.ndarray]]:
+def _export(
+    model: str,
+    jobs: list[Job],
+    served_jobs: list[Job],
+    store: JobStore,
+    keras_views: dict[str, np.ndarray],
+    work: Path,
+    cfg: FitConfig,
+    data: TrainingData,
+    diag: np.ndarray,
+    echo: Echo,
+) -> tuple[RuntimeEntry, dict[str, np.ndarray]]:
     """Export each job's model, check it against Keras, quantize it if asked, time the runtimes, choose one.
 
     ``keras_views``: each fold job's own OOF answers (Keras'). Returns the manifest's entry and the served
@@ -289,33 +331,62 @@ def _export(model: str, jobs: list[Job], served_jobs: list[Job], store: JobStore
     if problem is not None:
         refuse(cfg.runtime, name, problem)
         echo(f"{name}: {EXPORTED} export refused ({problem}); served by TensorFlow")
-        return RuntimeEntry(name=EXPORTED, files=[], served=TF, parity=parity.as_dict(), timing=None,
-                            refused=problem), {}
+        return RuntimeEntry(
+            name=EXPORTED, files=[], served=TF, parity=parity.as_dict(), timing=None, refused=problem
+        ), {}
     int8, verdict = _quantize(jobs, fp32, cfg, data) if cfg.quantize == "int8" else (None, None)
     served_views = len(cfg.tta.view_list(cfg.image_size))
-    timing = time_runtimes([fp32.models[j.id] for j in served_jobs], [fp32.files[j.id] for j in served_jobs],
-                           cfg.image_size, served_views, int8 and [int8.files[j.id] for j in served_jobs])
+    timing = time_runtimes(
+        [fp32.models[j.id] for j in served_jobs],
+        [fp32.files[j.id] for j in served_jobs],
+        cfg.image_size,
+        served_views,
+        int8 and [int8.files[j.id] for j in served_jobs],
+    )
     runtime, precision = choose(cfg.runtime, timing, bool(verdict and verdict["kept"]))
     chosen = int8 if precision == "int8" else fp32
-    int8_note = "" if verdict is None else (
-        f"; INT8 {timing[f'{EXPORTED}_int8_ms']:.2f} ms, {'kept' if verdict['kept'] else 'not kept'}: "
-        f"{verdict['reason']}")
-    echo(f"{name}: {EXPORTED} {timing[f'{EXPORTED}_ms']:.2f} ms, TensorFlow {timing['tf_ms']:.2f} ms per call of "
-         f"{timing['call_rows']} image-views; max |p| difference {parity.max_abs_diff:.2g}{int8_note}; served by "
-         f"{'TensorFlow' if runtime == TF else f'{EXPORTED} {precision}'}")
+    int8_note = (
+        ""
+        if verdict is None
+        else (
+            f"; INT8 {timing[f'{EXPORTED}_int8_ms']:.2f} ms, {'kept' if verdict['kept'] else 'not kept'}: "
+            f"{verdict['reason']}"
+        )
+    )
+    echo(
+        f"{name}: {EXPORTED} {timing[f'{EXPORTED}_ms']:.2f} ms, TensorFlow {timing['tf_ms']:.2f} ms per call of "
+        f"{timing['call_rows']} image-views; max |p| difference {parity.max_abs_diff:.2g}{int8_note}; served by "
+        f"{'TensorFlow' if runtime == TF else f'{EXPORTED} {precision}'}"
+    )
     paths = [bundle_io.save_runtime_file(work, name, job.fold, chosen.files[job.id]) for job in served_jobs]
-    int8_entry = None if verdict is None else {"calibration_images": min(CALIBRATION_IMAGES, len(jobs[0].split.fit)),
-                                               **verdict}
-    return RuntimeEntry(name=EXPORTED, files=paths, served=runtime, parity=parity.as_dict(), timing=timing,
-                        refused=None, precision=precision, int8=int8_entry), chosen.answers
+    int8_entry = (
+        None if verdict is None else {"calibration_images": min(CALIBRATION_IMAGES, len(jobs[0].split.fit)), **verdict}
+    )
+    return RuntimeEntry(
+        name=EXPORTED,
+        files=paths,
+        served=runtime,
+        parity=parity.as_dict(),
+        timing=timing,
+        refused=None,
+        precision=precision,
+        int8=int8_entry,
+    ), chosen.answers
 
 
 class ExportFailed(Exception):
     """The converter could not export a model (an operator LiteRT lacks, say)."""
 
 
-def _convert(model: str, jobs: list[Job], store: JobStore, keras_views: dict[str, np.ndarray], cfg: FitConfig,
-             data: TrainingData, diag: np.ndarray) -> tuple[Exports, Parity]:
+def _convert(
+    model: str,
+    jobs: list[Job],
+    store: JobStore,
+    keras_views: dict[str, np.ndarray],
+    cfg: FitConfig,
+    data: TrainingData,
+    diag: np.ndarray,
+) -> tuple[Exports, Parity]:
     """Every job's model as a float32 file, and how closely the files agree with Keras.
 
     A fold job is compared on its own OOF images and views (Keras' answers: ``keras_views``,
@@ -338,8 +409,12 @@ def _convert(model: str, jobs: list[Job], store: JobStore, keras_views: dict[str
             raise ExportFailed(f"conversion failed: {text.splitlines()[-1] if text else type(exc).__name__}") from exc
         if job.refit:
             pixels, checked = data.pixels[diag], views[:1]
-            parity = parity.merge(Parity.of(keras_answers(trained, pixels, checked, cfg.image_size),
-                                            exported_answers(content, pixels, checked, cfg.image_size)))
+            parity = parity.merge(
+                Parity.of(
+                    keras_answers(trained, pixels, checked, cfg.image_size),
+                    exported_answers(content, pixels, checked, cfg.image_size),
+                )
+            )
         else:
             exports.answers[job.id] = exported_answers(content, data.pixels[job.split.oof], views, cfg.image_size)
             parity = parity.merge(Parity.of(keras_views[job.id], exports.answers[job.id]))
@@ -360,17 +435,20 @@ def _quantize(jobs: list[Job], fp32: Exports, cfg: FitConfig, data: TrainingData
         calibration = calibration_rows(data.pixels[job.split.fit], cfg.seed)
         int8.files[job.id] = export_litert(fp32.models[job.id], calibration)
         if not job.refit:
-            int8.answers[job.id] = exported_answers(int8.files[job.id], data.pixels[job.split.oof], views,
-                                                    cfg.image_size)
+            int8.answers[job.id] = exported_answers(
+                int8.files[job.id], data.pixels[job.split.oof], views, cfg.image_size
+            )
     folds = [job for job in jobs if not job.refit]
     labels = np.concatenate([data.images.labels[job.split.oof] for job in folds])
-    fp32_views, int8_views = (np.concatenate([e.answers[job.id][:served] for job in folds], axis=1)
-                              for e in (fp32, int8))
+    fp32_views, int8_views = (
+        np.concatenate([e.answers[job.id][:served] for job in folds], axis=1) for e in (fp32, int8)
+    )
     return int8, int8_verdict(labels, fp32_views, int8_views)
 
 
-def _served_oof(base: BaseModels, plan: Plan, data: TrainingData, cfg: FitConfig, work: Path,
-                echo: Echo) -> tuple[TTAPolicy, dict[str, np.ndarray]]:
+def _served_oof(
+    base: BaseModels, plan: Plan, data: TrainingData, cfg: FitConfig, work: Path, echo: Echo
+) -> tuple[TTAPolicy, dict[str, np.ndarray]]:
     """Tune the served TTA on the diagnostic rows; return it and the OOF arrays merged exactly as it serves."""
     names = [e.name for e in base.entries]
     served = base.oof_views.shape[1]
@@ -396,31 +474,51 @@ def _served_oof(base: BaseModels, plan: Plan, data: TrainingData, cfg: FitConfig
     return tta, oof
 
 
-def _manifest(data_dir: Path, cfg: FitConfig, data: TrainingData, plan: Plan, base: BaseModels, tta: TTAPolicy,
-              oof: dict[str, np.ndarray], meta: MetaLearnerEntry, job_runs: dict, seconds: float) -> Manifest:
+def _manifest(
+    data_dir: Path,
+    cfg: FitConfig,
+    data: TrainingData,
+    plan: Plan,
+    base: BaseModels,
+    tta: TTAPolicy,
+    oof: dict[str, np.ndarray],
+    meta: MetaLearnerEntry,
+    job_runs: dict,
+    seconds: float,
+) -> Manifest:
     """Everything the bundle says of itself; ``files`` is filled in when it is written."""
     labels, classes = data.images.labels, data.images.classes
     names = [e.name for e in base.entries]
     return Manifest(
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         classes=classes,
         image_size=cfg.image_size,
-        data={"source": str(Path(data_dir).resolve()), "images": int(len(labels)),
-              "per_class": dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist())),
-              "skipped": [str(p) for p, _ in data.skipped]},
+        data={
+            "source": str(Path(data_dir).resolve()),
+            "images": int(len(labels)),
+            "per_class": dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist())),
+            "skipped": [str(p) for p, _ in data.skipped],
+        },
         base_models=base.entries,
         meta_learner=meta,
         tta=tta.as_dict(),
-        protocol={"name": cfg.protocol, "holdout_fraction": cfg.holdout_fraction if cfg.protocol == "holdout" else None,
-                  "folds": cfg.folds if cfg.protocol == "kfold" else None,
-                  "validation_fraction": cfg.validation_fraction, "group_column": cfg.group_column or None,
-                  "fold_file": bundle_io.FOLDS_FILE, "fold_hash": plan.fold_hash,
-                  "final_models": "holdout-trained" if cfg.protocol == "holdout" else cfg.final},
+        protocol={
+            "name": cfg.protocol,
+            "holdout_fraction": cfg.holdout_fraction if cfg.protocol == "holdout" else None,
+            "folds": cfg.folds if cfg.protocol == "kfold" else None,
+            "validation_fraction": cfg.validation_fraction,
+            "group_column": cfg.group_column or None,
+            "fold_file": bundle_io.FOLDS_FILE,
+            "fold_hash": plan.fold_hash,
+            "final_models": "holdout-trained" if cfg.protocol == "holdout" else cfg.final,
+        },
         config=cfg.as_dict(),
         metrics={
             "oof_rows": int(len(oof["labels"])),
-            "oof": {**{name: score(oof["probabilities"][m], oof["labels"]) for m, name in enumerate(names)},
-                    "mean": score(oof["probabilities"].mean(axis=0), oof["labels"])},
+            "oof": {
+                **{name: score(oof["probabilities"][m], oof["labels"]) for m, name in enumerate(names)},
+                "mean": score(oof["probabilities"].mean(axis=0), oof["labels"]),
+            },
             "validation": base.validation,
             "fit_seconds": round(seconds, 1),
             "jobs": job_runs,  # where each job ran, for how long, on how many threads
@@ -438,8 +536,9 @@ def _move_into_place(work: Path, out: Path) -> None:
     work.rename(out)
 
 
-def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: bool = False,
-        sign_key: Path | None = None) -> Manifest:
+def fit(
+    data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: bool = False, sign_key: Path | None = None
+) -> Manifest:
     """Run the whole fit; return the manifest of the bundle written to ``out``.
 
     ``resume``: keep the finished jobs of an interrupted fit to ``out`` (those whose
@@ -467,8 +566,12 @@ def fit(data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: b
         tta, oof = _served_oof(base, plan, data, cfg, work, echo)
         meta = fit_meta(work, oof, MetaSettings.from_config(cfg.as_dict()), plan.fold_hash)
         echo(describe(meta))
-        manifest = bundle_io.write_manifest(work, _manifest(
-            data_dir, cfg, data, plan, base, tta, oof, meta, store.runs(plan.jobs), time.monotonic() - started))
+        manifest = bundle_io.write_manifest(
+            work,
+            _manifest(
+                data_dir, cfg, data, plan, base, tta, oof, meta, store.runs(plan.jobs), time.monotonic() - started
+            ),
+        )
         rows = np.sort(np.concatenate([s.oof for s in plan.splits]))
         manifest = add_serving(work, manifest, data.pixels[rows], cfg.seed, Trust(custom_code=True), echo)
         write_report(work, manifest)

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from stacking.choices import ON_BAD_IMAGE
+from stacking.data.images import is_image_file, load_images
 from stacking.errors import UserError
-from stacking.images import is_image_file, load_images
 
 
 @dataclass
@@ -32,7 +32,7 @@ class ImageSet:
     def ids(self) -> list[str]:
         return [p.name for p in self.paths]
 
-    def subset(self, keep: np.ndarray | list[int]) -> "ImageSet":
+    def subset(self, keep: np.ndarray | list[int]) -> ImageSet:
         keep = list(keep)
         labels = None if self.labels is None else self.labels[keep]
         return ImageSet([self.paths[i] for i in keep], self.classes, labels)
@@ -146,7 +146,9 @@ def read_groups(data_dir: Path, images: ImageSet, column: str) -> np.ndarray:
     data_dir = Path(data_dir)
     csv = next((p for p in (data_dir / "train.csv", data_dir / "groups.csv") if p.is_file()), None)
     if csv is None:
-        raise UserError(f"--group-column {column}: needs {data_dir}/train.csv or {data_dir}/groups.csv with Id,{column}")
+        raise UserError(
+            f"--group-column {column}: needs {data_dir}/train.csv or {data_dir}/groups.csv with Id,{column}"
+        )
     table = pd.read_csv(csv, dtype=str, keep_default_na=False)
     if column not in table.columns or "Id" not in table.columns:
         raise UserError(f"--group-column {column}: {csv} has columns {list(table.columns)}; expected Id and {column}")

@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from stacking.meta import score
-from stacking.tta import TTAPolicy, needs_more_views
+from stacking.inference.tta import TTAPolicy, needs_more_views
+from stacking.meta.learners import score
 
 HEATMAP_IMAGES = 50
 IDENTITY_WEIGHTS = (1.0, 1.5, 2.0, 3.0, 5.0)  # the identity view's weight, tried when tuning
@@ -51,7 +51,10 @@ def tta_diagnostics(
         curve[name] = [float((cumulative[i, k].argmax(axis=1) == labels).mean()) for k in range(views)]
         right_before = per_view[i, 0].argmax(axis=1) == labels
         right_after = cumulative[i, served_views - 1].argmax(axis=1) == labels
-        changes[name] = {"fixed": int((~right_before & right_after).sum()), "broken": int((right_before & ~right_after).sum())}
+        changes[name] = {
+            "fixed": int((~right_before & right_after).sum()),
+            "broken": int((right_before & ~right_after).sum()),
+        }
     # A fixed sample across classes (OOF rows come grouped by class), shown grouped by true class.
     sample = np.random.default_rng(0).permutation(per_view.shape[2])[:HEATMAP_IMAGES]
     shown = sample[np.argsort(labels[sample], kind="stable")]
@@ -126,7 +129,9 @@ def tune_and_measure(
         adaptive = tune_adaptive(per_view, labels, served, policy)
         policy = replace(policy, adaptive_margin=adaptive["margin"])
         diagnostics["adaptive"] = adaptive
-        summary.append(f"adaptive TTA: margin {adaptive['margin']}, {adaptive['passes_saved']:.0%} of view passes "
-                       f"saved on OOF images, accuracy {adaptive['accuracy']:.4f} vs {adaptive['full_accuracy']:.4f}")
+        summary.append(
+            f"adaptive TTA: margin {adaptive['margin']}, {adaptive['passes_saved']:.0%} of view passes "
+            f"saved on OOF images, accuracy {adaptive['accuracy']:.4f} vs {adaptive['full_accuracy']:.4f}"
+        )
     diagnostics["summary"] = summary
     return policy, diagnostics

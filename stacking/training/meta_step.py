@@ -8,9 +8,10 @@ the CNNs.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +20,9 @@ from stacking.bundle import Trust
 from stacking.bundle.manifest import Manifest, MetaFeatures, MetaLearnerEntry
 from stacking.choices import CALIBRATION, META, META_CRITERION
 from stacking.errors import UserError
-from stacking.leaderboard import leaderboard
-from stacking.meta import select_meta
-from stacking.serving import describe_cascade, plan_serving
+from stacking.meta.leaderboard import leaderboard
+from stacking.meta.learners import select_meta
+from stacking.training.costing import describe_cascade, plan_serving
 
 Echo = Callable[[str], None]
 FEATURE_LAYOUT = (
@@ -42,11 +43,15 @@ class MetaSettings:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "MetaSettings":
+    def from_config(cls, config: dict[str, Any]) -> MetaSettings:
         return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
 
     def check(self) -> None:
-        for choice, value in ((META, self.meta), (META_CRITERION, self.meta_criterion), (CALIBRATION, self.calibration)):
+        for choice, value in (
+            (META, self.meta),
+            (META_CRITERION, self.meta_criterion),
+            (CALIBRATION, self.calibration),
+        ):
             choice.check(value)
         if self.meta_folds < 2:
             raise UserError(f"meta_folds {self.meta_folds}: must be at least 2")
@@ -86,12 +91,17 @@ def fit_meta(bundle: Path, oof: dict[str, np.ndarray], settings: MetaSettings, f
         kind=found.record["kind"],
         file=bundle_io.META_FILE,
         candidates_file=bundle_io.CANDIDATES_FILE,
-        features=MetaFeatures(layout=FEATURE_LAYOUT, tta_features=settings.tta_features, base_models=names,
-                              n_classes=int(oof["probabilities"].shape[2])),
+        features=MetaFeatures(
+            layout=FEATURE_LAYOUT,
+            tta_features=settings.tta_features,
+            base_models=names,
+            n_classes=int(oof["probabilities"].shape[2]),
+        ),
         selection=found.record,
         # On the OOF rows: base models as they are, candidates and stack from the meta-folds that left each row out.
-        oof_scores=leaderboard(names, oof["probabilities"], found.cv_probabilities, found.cv_chosen, found.record,
-                               oof["labels"]),
+        oof_scores=leaderboard(
+            names, oof["probabilities"], found.cv_probabilities, found.cv_chosen, found.record, oof["labels"]
+        ),
     )
 
 
@@ -101,8 +111,10 @@ def describe(entry: MetaLearnerEntry) -> str:
     line = f"meta-learner: {selection['kind']} ({selection['reason']})"
     if selection["calibration"]:
         cal = selection["calibration"]
-        line += (f"; temperature {cal['temperature']:.3f}: CV log-loss {cal['before']['log_loss']:.4f} -> "
-                 f"{cal['after']['log_loss']:.4f}, ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}")
+        line += (
+            f"; temperature {cal['temperature']:.3f}: CV log-loss {cal['before']['log_loss']:.4f} -> "
+            f"{cal['after']['log_loss']:.4f}, ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}"
+        )
     return line
 
 
@@ -111,7 +123,7 @@ def refit_meta(bundle: Path, overrides: dict[str, Any], echo: Echo = print, trus
 
     The bundle changes, so a signature it had no longer holds: it is removed, and the user told.
     """
-    from stacking.report import write_report
+    from stacking.reporting.report import write_report
 
     bundle = Path(bundle)
     manifest = bundle_io.load_manifest(bundle, trust)
@@ -125,8 +137,10 @@ def refit_meta(bundle: Path, overrides: dict[str, Any], echo: Echo = print, trus
         manifest = manifest.model_copy(update={"serving": serving})
         echo(describe_cascade(serving))
         if serving.student is not None:
-            echo("the student keeps the soft targets of the stack it was distilled from; distill again to follow "
-                 "this one")
+            echo(
+                "the student keeps the soft targets of the stack it was distilled from; distill again to follow "
+                "this one"
+            )
     manifest = bundle_io.write_manifest(bundle, manifest)
     write_report(bundle, manifest)
     if signed:

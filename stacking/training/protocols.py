@@ -56,7 +56,7 @@ def check_class_counts(labels: np.ndarray, classes: list[str], need: int, what: 
 def _partition(
     index: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified (and, with groups, grouped) K-fold over ``index``: [(rest, part)] as indices into ``index``'s values."""
+    """Stratified (and, with groups, grouped) K-fold over ``index``: [(rest, part)], indices into ``index``'s values."""
     if groups is None:
         splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         parts = splitter.split(index, labels[index])
@@ -130,9 +130,7 @@ def make_splits(
     return splits
 
 
-def refit_split(
-    labels: np.ndarray, validation_fraction: float, seed: int, groups: np.ndarray | None = None
-) -> Split:
+def refit_split(labels: np.ndarray, validation_fraction: float, seed: int, groups: np.ndarray | None = None) -> Split:
     """``--final refit``: train on every image but an inner validation split that drives the callbacks."""
     fit, val = _carve(np.arange(len(labels)), labels, groups, validation_fraction, seed)
     return Split(np.sort(fit), np.sort(val), np.array([], dtype=np.int64))

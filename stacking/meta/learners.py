@@ -27,10 +27,10 @@ from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-from stacking.calibration import TemperatureScaled, apply_temperature, brier, ece, fit_temperature
 from stacking.choices import CALIBRATION, META, META_CRITERION, META_KINDS
 from stacking.choices import LEARNED_META as LEARNED
 from stacking.choices import SIMPLE_META as SIMPLE
+from stacking.meta.calibration import TemperatureScaled, apply_temperature, brier, ece, fit_temperature
 
 CARUANA_ROUNDS = 50
 EPS = 1e-7
@@ -69,7 +69,7 @@ class WeightedAverage(ClassifierMixin, BaseEstimator):
         self.n_classes = n_classes
         self.method = method
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "WeightedAverage":
+    def fit(self, X: np.ndarray, y: np.ndarray) -> WeightedAverage:
         self.classes_ = np.arange(self.n_classes)
         probs = _base_probabilities(X, self.n_models, self.n_classes)
         q = probs[:, np.arange(len(y)), y].T  # (N, M): each model's probability of the true class
@@ -277,12 +277,14 @@ def select_meta(
             pooled[candidate][test] = full_probabilities(model, X[test], n_classes)
             per_fold.append(score(pooled[candidate][test], y[test]))
         fitted[candidate] = make_meta(candidate, n_models, n_classes, seed).fit(X, y)
-        leaderboard.append({
-            "name": candidate,
-            "family": "simple" if candidate in SIMPLE else "learned",
-            **_summary(per_fold),
-            "model_weights": model_weights(fitted[candidate], n_models, n_classes),
-        })
+        leaderboard.append(
+            {
+                "name": candidate,
+                "family": "simple" if candidate in SIMPLE else "learned",
+                **_summary(per_fold),
+                "model_weights": model_weights(fitted[candidate], n_models, n_classes),
+            }
+        )
     sign = 1 if criterion == "log_loss" else -1  # lower log-loss is better, higher accuracy is better
     board = {row["name"]: row for row in leaderboard}
     best_simple = min(SIMPLE, key=lambda k: sign * board[k][criterion])
@@ -295,7 +297,9 @@ def select_meta(
     else:
         word = "lowest" if criterion == "log_loss" else "highest"
         others = ", ".join(described(k) for k in META_KINDS if k != chosen)
-        reason = f"{word} {len(folds)}-fold cross-validated {criterion} on the OOF rows: {described(chosen)} vs {others}"
+        reason = (
+            f"{word} {len(folds)}-fold cross-validated {criterion} on the OOF rows: {described(chosen)} vs {others}"
+        )
         if not stack_wins:
             reason += f"; the best learned stack ({best_learned}) does not beat the best simple candidate"
     meta, calibrated, cv_chosen = fitted[chosen], None, pooled[chosen]

@@ -20,7 +20,7 @@ import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
@@ -34,9 +34,9 @@ from models.training import TrainConfig, train_model
 from stacking import bundle as bundle_io
 from stacking.errors import UserError
 from stacking.files import atomic_path
-from stacking.protocols import Split
+from stacking.inference.tta import TTAForward, View
 from stacking.runtime import KerasRunner
-from stacking.tta import TTAForward, View
+from stacking.training.protocols import Split
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,9 @@ class Job:
 
     @property
     def desc(self) -> str:
-        return f"{self.name} refit" if self.refit else self.name if self.fold is None else f"{self.name} fold {self.fold}"
+        return (
+            f"{self.name} refit" if self.refit else self.name if self.fold is None else f"{self.name} fold {self.fold}"
+        )
 
     def key(self, settings: JobSettings, data: str) -> str:
         """What the job computes from: its identity, seed, rows, settings, the data's fingerprint and the code.
@@ -79,11 +81,21 @@ class Job:
         source. Not the thread count: a job run with other threads is as good, not the
         same to the bit (its record keeps the count).
         """
-        rows = {part: hashlib.sha256(np.asarray(getattr(self.split, part), np.int64).tobytes()).hexdigest()
-                for part in ("fit", "val", "oof")}
-        content = {"job": self.id, "model": self.model, "seed": self.seed, "weights": self.weights, "rows": rows,
-                   "settings": asdict(settings), "data": data, "versions": bundle_io.library_versions(),
-                   "source": _builder_source(self.model)}
+        rows = {
+            part: hashlib.sha256(np.asarray(getattr(self.split, part), np.int64).tobytes()).hexdigest()
+            for part in ("fit", "val", "oof")
+        }
+        content = {
+            "job": self.id,
+            "model": self.model,
+            "seed": self.seed,
+            "weights": self.weights,
+            "rows": rows,
+            "settings": asdict(settings),
+            "data": data,
+            "versions": bundle_io.library_versions(),
+            "source": _builder_source(self.model),
+        }
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -121,35 +133,13 @@ def set_numerics(deterministic: bool, mixed_precision: bool) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
 
 
-def job_threads(cpus: float) -> int:
-    """TensorFlow's thread count for a job (or actor) given ``cpus`` CPUs."""
-    return max(1, round(cpus))
-
-
-def size_worker(cpus: float, gpus: float) -> None:
-    """A cluster worker uses the cores it was given, and shares a GPU politely when given part of one.
-
-    TensorFlow would otherwise start one thread per core of the machine in every worker.
-    Once TensorFlow has started in a process its thread counts are fixed, so callers keep
-    workers of different counts apart (``executors.ray_jobs``).
-    """
-    threads = job_threads(cpus)
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-        if 0 < gpus < 1:
-            for gpu in tf.config.list_physical_devices("GPU"):
-                tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:
-        pass
-
-
 def _build_model(job: Job, n_classes: int, settings: JobSettings) -> keras.Model:
     """A freshly initialised base model; seeding first fixes its initial weights."""
     keras.utils.set_random_seed(job.seed)  # initial weights, dropout and augmentation
     try:
-        return create_model(job.model, n_classes, settings.image_size, weights=job.weights, head=settings.head,
-                            dropout=settings.dropout)
+        return create_model(
+            job.model, n_classes, settings.image_size, weights=job.weights, head=settings.head, dropout=settings.dropout
+        )
     except ValueError as exc:  # a custom builder that cannot be imported or returns the wrong shape
         raise UserError(f"--models: {exc}") from None
     except Exception as exc:  # keras raises plain Exceptions when the weights download fails
@@ -180,11 +170,21 @@ def run_job(job: Job, pixels: np.ndarray, labels: np.ndarray, n_classes: int, se
                 fine_tune=get_spec(job.model).block_pattern if job.weights else None,
                 on_epoch_end=lambda _, logs: (bar.update(), bar.set_postfix(val_acc=f"{logs['val_accuracy']:.3f}")),
             )
-        per_view = None if job.refit else TTAForward([KerasRunner([trained])], settings.image_size)(
-            pixels[job.split.oof], list(settings.views))[0]
-        return JobResult(path.read_bytes(), history, per_view, time.monotonic() - started,
-                         f"{socket.gethostname()}:{os.getpid()}", tf.config.threading.get_intra_op_parallelism_threads()
-                         or len(os.sched_getaffinity(0)))  # TensorFlow's default: the cores it may use
+        per_view = (
+            None
+            if job.refit
+            else TTAForward([KerasRunner([trained])], settings.image_size)(pixels[job.split.oof], list(settings.views))[
+                0
+            ]
+        )
+        return JobResult(
+            path.read_bytes(),
+            history,
+            per_view,
+            time.monotonic() - started,
+            f"{socket.gethostname()}:{os.getpid()}",
+            tf.config.threading.get_intra_op_parallelism_threads() or len(os.sched_getaffinity(0)),
+        )  # TensorFlow's default: the cores it may use
 
 
 class JobStore:
@@ -219,8 +219,10 @@ class JobStore:
         if record is None or record["key"] != key:
             return False
         files = {".keras": record["sha256"], **({} if job.refit else {".oof.npy": record["oof_sha256"]})}
-        return all(self._file(job.id, suffix).is_file() and bundle_io.sha256_file(self._file(job.id, suffix)) == sha
-                   for suffix, sha in files.items())
+        return all(
+            self._file(job.id, suffix).is_file() and bundle_io.sha256_file(self._file(job.id, suffix)) == sha
+            for suffix, sha in files.items()
+        )
 
     def save(self, job: Job, key: str, result: JobResult) -> None:
         with atomic_path(self._file(job.id, ".keras")) as tmp:
@@ -230,12 +232,24 @@ class JobStore:
             with atomic_path(self._file(job.id, ".oof.npy")) as tmp:
                 np.save(tmp, result.per_view)
             oof_sha256 = bundle_io.sha256_file(self._file(job.id, ".oof.npy"))
-        bundle_io.write_json(self._file(job.id, ".json"), {
-            "job": job.id, "key": key, "model": job.model, "fold": job.fold, "refit": job.refit, "seed": job.seed,
-            "sha256": hashlib.sha256(result.model).hexdigest(), "oof_sha256": oof_sha256, "history": result.history,
-            "seconds": round(result.seconds, 1), "worker": result.worker, "threads": result.threads,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
+        bundle_io.write_json(
+            self._file(job.id, ".json"),
+            {
+                "job": job.id,
+                "key": key,
+                "model": job.model,
+                "fold": job.fold,
+                "refit": job.refit,
+                "seed": job.seed,
+                "sha256": hashlib.sha256(result.model).hexdigest(),
+                "oof_sha256": oof_sha256,
+                "history": result.history,
+                "seconds": round(result.seconds, 1),
+                "worker": result.worker,
+                "threads": result.threads,
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
 
     def load(self, job: Job) -> tuple[dict, np.ndarray | None]:
         """A finished job's (history, per-view OOF probabilities)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stacking.meta import score
+from stacking.meta.learners import score
 
 BOOTSTRAP_SAMPLES = 1000
 
@@ -26,8 +26,15 @@ def bootstrap_interval(right: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed
 def table_row(name: str, kind: str, probs: np.ndarray, labels: np.ndarray) -> dict:
     scores = score(probs, labels)
     low, high = bootstrap_interval(np.asarray(probs).argmax(axis=1) == labels)
-    return {"name": name, "kind": kind, "accuracy": scores["accuracy"], "ci_low": low, "ci_high": high,
-            "log_loss": scores["log_loss"], "ece": scores["ece"]}
+    return {
+        "name": name,
+        "kind": kind,
+        "accuracy": scores["accuracy"],
+        "ci_low": low,
+        "ci_high": high,
+        "log_loss": scores["log_loss"],
+        "ece": scores["ece"],
+    }
 
 
 def stack_name(selection: dict) -> str:

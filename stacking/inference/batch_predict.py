@@ -16,10 +16,10 @@ import logging
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,12 +27,11 @@ from tqdm import tqdm
 
 from stacking.bundle import Trust
 from stacking.choices import EXECUTOR, ON_BAD_IMAGE
-from stacking.datasets import ImageSet, list_images, load_pixels
+from stacking.cluster import check_ray, check_request, job_threads, ray_cluster, size_worker
+from stacking.data.datasets import ImageSet, list_images, load_pixels
 from stacking.errors import UserError
-from stacking.executors import check_ray, check_request, ray_cluster
 from stacking.files import atomic_path, write_atomically
-from stacking.jobs import job_threads, size_worker
-from stacking.predictor import Predictor
+from stacking.inference.predictor import Predictor
 
 Echo = Callable[[str], None]
 
@@ -50,6 +49,7 @@ class PredictOptions:
     ray_address: str = ""  # the Ray cluster to join; empty: start a local one
     actors: int = 2  # Ray actors, each with its own copy of the bundle
     cpus_per_actor: float = 1.0  # each actor's Ray request; its TensorFlow threads follow it
+
 
 # Where the chunks run, not what they compute: a run may be resumed on another executor.
 WHERE_OPTIONS = ("resume", "executor", "ray_address", "actors", "cpus_per_actor")
@@ -113,12 +113,17 @@ def _open_checkpoint(folder: Path, state: dict, resume: bool, echo: Echo) -> Non
         before = json.loads(saved.read_text())
         changed = [k for k in state if before.get(k) != state[k]]
         if changed:
-            raise UserError(f"--resume: the interrupted run in {folder} differs in {', '.join(changed)}; "
-                            "run without --resume to start over")
+            raise UserError(
+                f"--resume: the interrupted run in {folder} differs in {', '.join(changed)}; "
+                "run without --resume to start over"
+            )
         return
     if folder.exists():
-        echo(f"discarding the checkpoint of an earlier run in {folder}" if not resume else
-             f"{folder} holds no usable checkpoint; starting over")
+        echo(
+            f"discarding the checkpoint of an earlier run in {folder}"
+            if not resume
+            else f"{folder} holds no usable checkpoint; starting over"
+        )
         shutil.rmtree(folder)
     elif resume:
         echo("nothing to resume; starting from the first image")
@@ -142,11 +147,19 @@ def predict_chunk(predictor: Predictor, decoded, options: PredictOptions) -> byt
     images share the same compiled calls, and the numbers are the same to the bit.
     """
     kept, pixels, bad = decoded
-    probs = (predictor.predict(pixels, options.views, options.policy).probabilities if kept.paths
-             else np.zeros((0, len(predictor.classes)), np.float32))
+    probs = (
+        predictor.predict(pixels, options.views, options.policy).probabilities
+        if kept.paths
+        else np.zeros((0, len(predictor.classes)), np.float32)
+    )
     buffer = io.BytesIO()
-    np.savez(buffer, ids=np.array(kept.ids, dtype=str), probabilities=probs.astype(np.float32),
-             bad_files=np.array([str(p) for p, _ in bad], dtype=str), bad_reasons=np.array([r for _, r in bad], dtype=str))
+    np.savez(
+        buffer,
+        ids=np.array(kept.ids, dtype=str),
+        probabilities=probs.astype(np.float32),
+        bad_files=np.array([str(p) for p, _ in bad], dtype=str),
+        bad_reasons=np.array([r for _, r in bad], dtype=str),
+    )
     return buffer.getvalue()
 
 
@@ -155,8 +168,9 @@ def save_chunk(folder: Path, k: int, content: bytes) -> None:
         tmp.write_bytes(content)
 
 
-def _run_chunks(predictor: Predictor, chunks: list[list[Path]], todo: list[int], folder: Path,
-                options: PredictOptions, bar: tqdm) -> None:
+def _run_chunks(
+    predictor: Predictor, chunks: list[list[Path]], todo: list[int], folder: Path, options: PredictOptions, bar: tqdm
+) -> None:
     """Predict chunks ``todo`` here, decoding the next one while the current one is predicted."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as ahead:
         upcoming = ahead.submit(decode_chunk, predictor, chunks[todo[0]], options)
@@ -171,14 +185,26 @@ def _run_chunks(predictor: Predictor, chunks: list[list[Path]], todo: list[int],
 class ChunkPredictor:
     """A Ray Data actor: loads the bundle once, then decodes and predicts whole chunks, a row each."""
 
-    def __init__(self, bundle: str, sha256: str, call_rows: int, options: PredictOptions, trust: Trust, runtime: str,
-                 serve_as: str):
+    def __init__(
+        self,
+        bundle: str,
+        sha256: str,
+        call_rows: int,
+        options: PredictOptions,
+        trust: Trust,
+        runtime: str,
+        serve_as: str,
+    ):
         size_worker(options.cpus_per_actor, 0)
-        self.predictor = Predictor(Path(bundle), call_rows, trust, runtime, job_threads(options.cpus_per_actor),
-                                   serve_as)
+        self.predictor = Predictor(
+            Path(bundle), call_rows, trust, runtime, job_threads(options.cpus_per_actor), serve_as
+        )
         self.options = options
-        self.error = "" if self.predictor.sha256 == sha256 else (
-            f"{bundle} on {socket.gethostname()} is another bundle than the one this run started with")
+        self.error = (
+            ""
+            if self.predictor.sha256 == sha256
+            else (f"{bundle} on {socket.gethostname()} is another bundle than the one this run started with")
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         files, errors = [], []
@@ -188,8 +214,10 @@ class ChunkPredictor:
                     raise UserError(self.error)
                 missing = [p for p in paths if not Path(p).is_file()]
                 if missing:  # not an unreadable image to skip: this node does not see the folder
-                    raise UserError(f"{missing[0]}: not found on {socket.gethostname()}; every Ray node must see "
-                                    "the images at the same path")
+                    raise UserError(
+                        f"{missing[0]}: not found on {socket.gethostname()}; every Ray node must see "
+                        "the images at the same path"
+                    )
                 decoded = decode_chunk(self.predictor, [Path(p) for p in paths], self.options)
                 files.append(predict_chunk(self.predictor, decoded, self.options))
                 errors.append("")
@@ -199,8 +227,9 @@ class ChunkPredictor:
         return {"chunk": batch["chunk"], "file": np.array(files, dtype=object), "error": np.array(errors)}
 
 
-def run_chunks_on_ray(predictor: Predictor, chunks: list[list[Path]], todo: list[int], folder: Path,
-                      options: PredictOptions, bar: tqdm) -> None:
+def run_chunks_on_ray(
+    predictor: Predictor, chunks: list[list[Path]], todo: list[int], folder: Path, options: PredictOptions, bar: tqdm
+) -> None:
     """Predict chunks ``todo`` through Ray Data: a row per chunk, ``map_batches`` over ``options.actors`` actors.
 
     A row is a whole chunk, not an image, so each chunk meets the models in the same
@@ -212,13 +241,23 @@ def run_chunks_on_ray(predictor: Predictor, chunks: list[list[Path]], todo: list
         check_request(ray, options.ray_address, {"--actors x --cpus-per-actor": ("CPU", total)})
         ray.data.DataContext.get_current().enable_progress_bars = False  # the run's own bar counts images
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per dataset execution
-        rows = ray.data.from_items([{"chunk": k, "paths": [str(p.resolve()) for p in chunks[k]]} for k in todo],
-                                   override_num_blocks=len(todo))
+        rows = ray.data.from_items(
+            [{"chunk": k, "paths": [str(p.resolve()) for p in chunks[k]]} for k in todo], override_num_blocks=len(todo)
+        )
         results = rows.map_batches(
-            ChunkPredictor, fn_constructor_args=(str(predictor.bundle.resolve()), predictor.sha256,
-                                                 predictor.forward.rows_per_call, options, predictor.trust,
-                                                 predictor.runtime, predictor.serve_as),
-            batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.actors), num_cpus=options.cpus_per_actor,
+            ChunkPredictor,
+            fn_constructor_args=(
+                str(predictor.bundle.resolve()),
+                predictor.sha256,
+                predictor.forward.rows_per_call,
+                options,
+                predictor.trust,
+                predictor.runtime,
+                predictor.serve_as,
+            ),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=options.actors),
+            num_cpus=options.cpus_per_actor,
         )
         for row in results.iter_rows():
             if row["error"]:
@@ -266,11 +305,15 @@ def predict_folder(
     if not paths:
         raise UserError(f"{images_dir}: no images")
     folder = checkpoint_dir(out)
-    state = {"bundle": predictor.sha256, "images": str(Path(images_dir).resolve()),
-             "files": [p.name for p in paths], "call_rows": predictor.forward.rows_per_call,  # the call shape sets the bits
-             "runtimes": predictor.runtimes,  # and so does the runtime
-             "serve_as": predictor.serve_as,  # and which option answers
-             **{k: v for k, v in asdict(options).items() if k not in WHERE_OPTIONS}}
+    state = {
+        "bundle": predictor.sha256,
+        "images": str(Path(images_dir).resolve()),
+        "files": [p.name for p in paths],
+        "call_rows": predictor.forward.rows_per_call,  # the call shape sets the bits
+        "runtimes": predictor.runtimes,  # and so does the runtime
+        "serve_as": predictor.serve_as,  # and which option answers
+        **{k: v for k, v in asdict(options).items() if k not in WHERE_OPTIONS},
+    }
     _open_checkpoint(folder, state, options.resume, echo)
     chunks = [paths[i : i + options.batch_size] for i in range(0, len(paths), options.batch_size)]
     todo = [k for k in range(len(chunks)) if not _chunk_file(folder, k).is_file()]
@@ -292,8 +335,10 @@ def predict_folder(
     sample = sample_submission or find_sample_submission(images_dir)
     if sample is not None:
         table = table.loc[order_by_sample(table.index.tolist(), sample, skipped_ids)]
-    labels = [options.fallback_class if np.isnan(row).any() else predictor.classes[int(np.argmax(row))]
-              for row in table.to_numpy()]
+    labels = [
+        options.fallback_class if np.isnan(row).any() else predictor.classes[int(np.argmax(row))]
+        for row in table.to_numpy()
+    ]
     submission = pd.DataFrame({"Id": table.index, "Category": labels})
     write_atomically(out, submission.to_csv(index=False))
     if probabilities_out is not None:

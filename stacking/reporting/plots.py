@@ -76,14 +76,22 @@ def plot_tta_curve(accuracy_by_views: dict[str, list[float]], path: Path, served
     return _save(fig, path)
 
 
-def plot_tta_heatmap(predicted: list[list[int]], labels: list[int], classes: list[str], path: Path,
-                     view_names: list[str]) -> Path:
+def plot_tta_heatmap(
+    predicted: list[list[int]], labels: list[int], classes: list[str], path: Path, view_names: list[str]
+) -> Path:
     """Predicted class per view (rows) and image (columns); the bottom row is the true class."""
     grid = np.array([*predicted, labels])
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * grid.shape[1] + 2), 0.35 * grid.shape[0] + 1.6),
-                           constrained_layout=True)
-    image = ax.imshow(grid, aspect="auto", cmap="tab20" if len(classes) > 10 else "tab10",
-                      vmin=-0.5, vmax=len(classes) - 0.5, interpolation="nearest")
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 0.18 * grid.shape[1] + 2), 0.35 * grid.shape[0] + 1.6), constrained_layout=True
+    )
+    image = ax.imshow(
+        grid,
+        aspect="auto",
+        cmap="tab20" if len(classes) > 10 else "tab10",
+        vmin=-0.5,
+        vmax=len(classes) - 0.5,
+        interpolation="nearest",
+    )
     ax.set_yticks(range(len(grid)), [*view_names, "true class"], fontsize=7)
     ax.set_xlabel("image")
     ax.axhline(len(predicted) - 0.5, color="white", linewidth=2)
@@ -121,7 +129,7 @@ def plot_reliability(curves: dict[str, dict[str, np.ndarray]], path: Path) -> Pa
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=(3, 1), sharex=True, constrained_layout=True)
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="perfect calibration")
     for name, bins in curves.items():
-        line, = ax.plot(bins["confidence"], bins["accuracy"], marker="o", label=name)
+        (line,) = ax.plot(bins["confidence"], bins["accuracy"], marker="o", label=name)
         hist.bar(bins["confidence"], bins["share"], width=0.02, alpha=0.6, color=line.get_color())
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
@@ -147,8 +155,9 @@ def plot_correlation(names: list[str], corr: np.ndarray, path: Path) -> Path:
 
 def plot_weights(weights: dict[str, list[float]], base_names: list[str], chosen: str, path: Path) -> Path:
     """How much each candidate relies on each base model: grouped bars, the chosen candidate in bold."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(weights) * len(base_names) * 0.4 + 3), 3.8),
-                           constrained_layout=True)
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 0.9 * len(weights) * len(base_names) * 0.4 + 3), 3.8), constrained_layout=True
+    )
     width = 0.8 / len(base_names)
     x = np.arange(len(weights))
     for m, name in enumerate(base_names):
@@ -186,12 +195,24 @@ def plot_frontier(rows: list[dict], fronts: dict[str, list[bool]], path: Path) -
     for ax, metric in zip(axes, ("accuracy", "log_loss")):
         values, front = np.array([r[metric] for r in rows]), fronts[metric]
         for r, x, y, on in zip(rows, ms, values, front):
-            ax.scatter(x, y, s=60 if on else 30, color=colours.get(r["kind"], "black"),
-                       edgecolors="black" if on else "none", zorder=3)
+            ax.scatter(
+                x,
+                y,
+                s=60 if on else 30,
+                color=colours.get(r["kind"], "black"),
+                edgecolors="black" if on else "none",
+                zorder=3,
+            )
             ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         order = [i for i in np.argsort(ms) if front[i]]
-        ax.plot(ms[order], values[order], color="black", linewidth=1, linestyle="--", label="the front: none cheaper "
-                "and better")
+        ax.plot(
+            ms[order],
+            values[order],
+            color="black",
+            linewidth=1,
+            linestyle="--",
+            label="the front: none cheaper and better",
+        )
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("ms per image (log scale)")

@@ -15,8 +15,8 @@ patience), exported and checked like them, and served on the identity view alone
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -24,11 +24,12 @@ from sklearn.model_selection import train_test_split
 from stacking import bundle as bundle_io
 from stacking.bundle import Trust
 from stacking.bundle.manifest import Manifest, RuntimeEntry, StudentEntry
-from stacking.datasets import list_images, load_pixels, read_training_set
+from stacking.data.datasets import list_images, load_pixels, read_training_set
+from stacking.data.images import load_images
 from stacking.errors import UserError
-from stacking.images import load_images
-from stacking.meta import score
-from stacking.serving import STACK, TIMING_IMAGES, median_seconds, with_student
+from stacking.inference.options import STACK
+from stacking.meta.learners import score
+from stacking.training.costing import TIMING_IMAGES, median_seconds, with_student
 
 Echo = Callable[[str], None]
 HELD_OUT = 0.25  # of the OOF rows: picks the student's best epoch and scores it
@@ -51,15 +52,18 @@ def _check_student(student: str, image_size: int) -> None:
     from models.registry import is_custom
 
     if is_custom(student):
-        raise UserError(f"--student {student}: a registered architecture, not your own module (a student is "
-                        "served without --trust-custom-code)")
+        raise UserError(
+            f"--student {student}: a registered architecture, not your own module (a student is "
+            "served without --trust-custom-code)"
+        )
     try:
         spec = get_spec(student)
     except KeyError as exc:
         raise UserError(f"--student: {exc.args[0]}") from None
     if image_size < spec.min_image_size:
-        raise UserError(f"--student {student}: needs images of at least {spec.min_image_size} px; the bundle's are "
-                        f"{image_size}")
+        raise UserError(
+            f"--student {student}: needs images of at least {spec.min_image_size} px; the bundle's are {image_size}"
+        )
 
 
 def oof_pixels(manifest: Manifest, ids: np.ndarray, data: Path | None) -> np.ndarray:
@@ -73,15 +77,17 @@ def oof_pixels(manifest: Manifest, ids: np.ndarray, data: Path | None) -> np.nda
     position = {name: i for i, name in enumerate(images.ids)}
     missing = [str(i) for i in ids if str(i) not in position]
     if missing:
-        raise UserError(f"{where} {source}: {len(missing)} of the bundle's OOF images are not there (first: "
-                        f"{missing[0]}); it must be the data the bundle was fitted on")
+        raise UserError(
+            f"{where} {source}: {len(missing)} of the bundle's OOF images are not there (first: "
+            f"{missing[0]}); it must be the data the bundle was fitted on"
+        )
     _, pixels, _ = load_pixels(images.subset([position[str(i)] for i in ids]), manifest.image_size)
     return pixels
 
 
 def _pseudo_labels(bundle: Path, folder: Path, trust: Trust, echo: Echo) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Every readable image of ``folder`` with the served stack's answer on it (unreadable ones reported, skipped)."""
-    from stacking.predictor import Predictor
+    from stacking.inference.predictor import Predictor
 
     paths = list_images(folder)
     if not paths:
@@ -107,33 +113,37 @@ def _split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _export(trained, pixels: np.ndarray, image_size: int, echo: Echo) -> tuple[bytes | None, RuntimeEntry]:
     """The student's LiteRT file if it converts and agrees with Keras on the held-out rows, and its record."""
-    from stacking.export import Parity, choose, exported_answers, keras_answers, time_runtimes
+    from stacking.inference.tta import View
     from stacking.runtime import EXPORTED, TF, export_litert
-    from stacking.tta import View
+    from stacking.training.export import Parity, choose, exported_answers, keras_answers, time_runtimes
 
     try:
         content = export_litert(trained)
     except Exception as exc:  # noqa: BLE001  the converter raises many types; any means "not exportable"
         echo(f"student: not exported to {EXPORTED} ({type(exc).__name__}); served by TensorFlow")
         return None, RuntimeEntry(name=EXPORTED, files=[], served=TF, parity=None, timing=None, refused=str(exc))
-    parity = Parity.of(keras_answers(trained, pixels, [View()], image_size),
-                       exported_answers(content, pixels, [View()], image_size))
+    parity = Parity.of(
+        keras_answers(trained, pixels, [View()], image_size), exported_answers(content, pixels, [View()], image_size)
+    )
     problem = parity.problem()
     if problem is not None:
         echo(f"student: {EXPORTED} export refused ({problem}); served by TensorFlow")
-        return None, RuntimeEntry(name=EXPORTED, files=[], served=TF, parity=parity.as_dict(), timing=None,
-                                  refused=problem)
+        return None, RuntimeEntry(
+            name=EXPORTED, files=[], served=TF, parity=parity.as_dict(), timing=None, refused=problem
+        )
     timing = time_runtimes([trained], [content], image_size, 1)
     runtime, _ = choose("auto", timing, False)
-    return content, RuntimeEntry(name=EXPORTED, files=[], served=runtime, parity=parity.as_dict(), timing=timing,
-                                 refused=None)
+    return content, RuntimeEntry(
+        name=EXPORTED, files=[], served=runtime, parity=parity.as_dict(), timing=timing, refused=None
+    )
 
 
-def _served_answers(trained, content: bytes | None, runtime: RuntimeEntry, pixels: np.ndarray,
-                    image_size: int) -> tuple[np.ndarray, float]:
+def _served_answers(
+    trained, content: bytes | None, runtime: RuntimeEntry, pixels: np.ndarray, image_size: int
+) -> tuple[np.ndarray, float]:
     """The student's answers on ``pixels`` as it will serve (its runner, one view), and its ms per image."""
+    from stacking.inference.tta import TTAForward, View
     from stacking.runtime import TF, KerasRunner, LiteRTRunner
-    from stacking.tta import TTAForward, View
 
     runner = KerasRunner([trained]) if runtime.served == TF or content is None else LiteRTRunner([content])
     forward = TTAForward([runner], image_size)
@@ -142,16 +152,25 @@ def _served_answers(trained, content: bytes | None, runtime: RuntimeEntry, pixel
     return forward.folds(pixels, [View()])[0, 0, 0], ms
 
 
-def _targets(bundle: Path, manifest: Manifest, pixels: np.ndarray, taught: np.ndarray, unlabelled: Path | None,
-             trust: Trust, echo: Echo) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def _targets(
+    bundle: Path,
+    manifest: Manifest,
+    pixels: np.ndarray,
+    taught: np.ndarray,
+    unlabelled: Path | None,
+    trust: Trust,
+    echo: Echo,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """The images the student learns from, their soft targets, and the record of both (ids and sources)."""
     oof, stack = bundle_io.load_oof(bundle), bundle_io.load_stack_oof(bundle)["chosen"]
     x, y = pixels[taught], stack[taught]  # the stack's answers from meta-folds that left each row out
     ids, sources = [str(i) for i in oof["ids"][taught]], ["oof"] * len(taught)
     if manifest.protocol.name == "holdout":
-        echo(f"holdout bundle: only its {len(oof['labels'])} held-out images have answers the base models did not "
-             f"train on; the student learns from {len(taught)} of them" + ("" if unlabelled else
-             " (add --unlabelled DIR to teach it on more images, labelled by the stack)"))
+        echo(
+            f"holdout bundle: only its {len(oof['labels'])} held-out images have answers the base models did not "
+            f"train on; the student learns from {len(taught)} of them"
+            + ("" if unlabelled else " (add --unlabelled DIR to teach it on more images, labelled by the stack)")
+        )
     if unlabelled is not None:
         extra_ids, extra_pixels, extra = _pseudo_labels(bundle, Path(unlabelled), trust, echo)
         x, y = np.concatenate([x, extra_pixels]), np.concatenate([y, extra])
@@ -165,27 +184,42 @@ def _scores(bundle: Path, manifest: Manifest, held: np.ndarray, answers: np.ndar
     """The student, the stack and the best base model (by OOF accuracy) on the same held-out OOF rows."""
     oof, stack = bundle_io.load_oof(bundle), bundle_io.load_stack_oof(bundle)["chosen"]
     labels, names = oof["labels"][held], [str(n) for n in oof["models"]]
-    m = max(range(len(names)), key=lambda k: (manifest.metrics["oof"][names[k]]["accuracy"],
-                                              -manifest.metrics["oof"][names[k]]["log_loss"]))
-    return {"rows": len(held), "scored_on": f"{len(held)} held-out OOF rows (the student never trained on them)",
-            "student": score(answers, labels), "stack": score(stack[held], labels),
-            "best_base": {"name": names[m], **score(oof["probabilities"][m][held], labels)}}
+    m = max(
+        range(len(names)),
+        key=lambda k: (manifest.metrics["oof"][names[k]]["accuracy"], -manifest.metrics["oof"][names[k]]["log_loss"]),
+    )
+    return {
+        "rows": len(held),
+        "scored_on": f"{len(held)} held-out OOF rows (the student never trained on them)",
+        "student": score(answers, labels),
+        "stack": score(stack[held], labels),
+        "best_base": {"name": names[m], **score(oof["probabilities"][m][held], labels)},
+    }
 
 
-def distill(bundle: Path, student: str, unlabelled: Path | None = None, epochs: int | None = None,
-            data: Path | None = None, trust: Trust = Trust(), echo: Echo = print) -> Manifest:
+def distill(
+    bundle: Path,
+    student: str,
+    unlabelled: Path | None = None,
+    epochs: int | None = None,
+    data: Path | None = None,
+    trust: Trust = Trust(),
+    echo: Echo = print,
+) -> Manifest:
     """Train ``student`` on the stack's honest soft targets; store it in ``bundle``; return the new manifest."""
     import keras
 
     from models import create_model
     from models.training import train_model
-    from stacking.report import write_report
+    from stacking.reporting.report import write_report
 
     bundle = Path(bundle)
     manifest = bundle_io.load_manifest(bundle, trust)
     if manifest.serving is None:
-        raise UserError(f"{bundle}: fitted before serving options existed (no costs, no per-view OOF answers); "
-                        "refit it with this version first")
+        raise UserError(
+            f"{bundle}: fitted before serving options existed (no costs, no per-view OOF answers); "
+            "refit it with this version first"
+        )
     _check_student(student, manifest.image_size)
     train_cfg = _train_config(manifest.config, epochs)
     if unlabelled is not None and not Path(unlabelled).is_dir():
@@ -198,8 +232,9 @@ def distill(bundle: Path, student: str, unlabelled: Path | None = None, epochs: 
     taught, held = _split(labels, seed)
     x, y, targets = _targets(bundle, manifest, pixels, taught, unlabelled, trust, echo)
     keras.utils.set_random_seed(seed)
-    model = create_model(student, n_classes, manifest.image_size, weights=None, head=config["head"],
-                         dropout=config["dropout"])
+    model = create_model(
+        student, n_classes, manifest.image_size, weights=None, head=config["head"], dropout=config["dropout"]
+    )
     with tempfile.TemporaryDirectory(prefix="stackserve-student-") as tmp:
         checkpoint = Path(tmp) / "student.keras"
         truth = np.eye(n_classes, dtype=np.float32)[labels[held]]  # the best epoch is picked on true labels
@@ -209,21 +244,30 @@ def distill(bundle: Path, student: str, unlabelled: Path | None = None, epochs: 
         keras_file, exported_file = bundle_io.save_student(bundle, checkpoint, content, targets)
     scores = _scores(bundle, manifest, held, answers)
     entry = StudentEntry(
-        architecture=student, files=[keras_file],
+        architecture=student,
+        files=[keras_file],
         runtime=runtime.model_copy(update={"files": [exported_file] if exported_file else []}),
         history=bundle_io.save_history(bundle, "student", [history]),
-        targets={"oof_rows": len(taught), "unlabelled": len(y) - len(taught),
-                 "source": "the stack's cross-validated answers on OOF rows"
-                           + (f", and its answers on {unlabelled}" if unlabelled else ""),
-                 "file": f"{bundle_io.STUDENT_FOLDER}/targets.npz"},
-        scores=scores, ms_per_image=round(ms, 4))
-    manifest = bundle_io.write_manifest(bundle, manifest.model_copy(
-        update={"serving": with_student(manifest.serving, entry)}))
+        targets={
+            "oof_rows": len(taught),
+            "unlabelled": len(y) - len(taught),
+            "source": "the stack's cross-validated answers on OOF rows"
+            + (f", and its answers on {unlabelled}" if unlabelled else ""),
+            "file": f"{bundle_io.STUDENT_FOLDER}/targets.npz",
+        },
+        scores=scores,
+        ms_per_image=round(ms, 4),
+    )
+    manifest = bundle_io.write_manifest(
+        bundle, manifest.model_copy(update={"serving": with_student(manifest.serving, entry)})
+    )
     write_report(bundle, manifest)
     best = scores["best_base"]
-    echo(f"student {student}: accuracy {scores['student']['accuracy']:.4f} on {len(held)} held-out OOF rows "
-         f"(stack {scores['stack']['accuracy']:.4f}, best base model {best['name']} {best['accuracy']:.4f}), "
-         f"{ms:.3g} ms per image on one view, best epoch {history['best_epoch'] + 1}/{len(history['loss'])}")
+    echo(
+        f"student {student}: accuracy {scores['student']['accuracy']:.4f} on {len(held)} held-out OOF rows "
+        f"(stack {scores['stack']['accuracy']:.4f}, best base model {best['name']} {best['accuracy']:.4f}), "
+        f"{ms:.3g} ms per image on one view, best epoch {history['best_epoch'] + 1}/{len(history['loss'])}"
+    )
     if signed:
         echo(f"{bundle} changed, so its signature was removed: sign it again with stacking sign {bundle} --key KEY")
     return manifest

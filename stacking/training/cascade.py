@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stacking.meta import EPS, score
-from stacking.tta import TTAPolicy
+from stacking.inference.tta import TTAPolicy
+from stacking.meta.learners import EPS, score
 
 NEVER = 2.0  # a threshold no probability reaches: the stage is skipped
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, NEVER)
@@ -55,8 +55,11 @@ class Candidate:
         ``networks``: what each base model's early stages run, by name (``tiny_cnn``, ``tiny_cnn/fold0``).
         """
         counts = [1, views][: len(self.thresholds)]
-        stages = [{"name": f"{networks[self.model]}@{v}", "model": names[self.model], "views": v, "threshold": t}
-                  for v, t in zip(counts, self.thresholds) if t < NEVER]
+        stages = [
+            {"name": f"{networks[self.model]}@{v}", "model": names[self.model], "views": v, "threshold": t}
+            for v, t in zip(counts, self.thresholds)
+            if t < NEVER
+        ]
         return [*stages, {"name": "stack", "model": None, "views": 0, "threshold": 0.0}]
 
 
@@ -75,8 +78,9 @@ def stage_probabilities(per_view: np.ndarray, m: int, views: int, policy: TTAPol
     return policy.merge_views(per_view[m : m + 1, :views])[0]
 
 
-def run_candidate(candidate: Candidate, early: list[tuple[int, np.ndarray]], stack: np.ndarray,
-                  costs: Costs) -> Outcome:
+def run_candidate(
+    candidate: Candidate, early: list[tuple[int, np.ndarray]], stack: np.ndarray, costs: Costs
+) -> Outcome:
     """A candidate on rows whose early answers (``(views, (N, C))`` per early stage) and stack answers are known.
 
     A row pays for each stage it reaches: the views of model m not yet run, then the stack.
@@ -106,8 +110,12 @@ def run_candidate(candidate: Candidate, early: list[tuple[int, np.ndarray]], sta
 def _candidates(models: int, early_stages: int) -> list[Candidate]:
     grids = [THRESHOLDS] * early_stages
     combos = np.stack(np.meshgrid(*grids, indexing="ij"), axis=-1).reshape(-1, early_stages)
-    return [Candidate(m, tuple(float(t) for t in combo)) for m in range(models) for combo in combos
-            if not (m > 0 and (combo >= NEVER).all())]  # the plain stack once, not once per model
+    return [
+        Candidate(m, tuple(float(t) for t in combo))
+        for m in range(models)
+        for combo in combos
+        if not (m > 0 and (combo >= NEVER).all())
+    ]  # the plain stack once, not once per model
 
 
 def _accuracy_and_log_loss(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -117,8 +125,14 @@ def _accuracy_and_log_loss(probs: np.ndarray, labels: np.ndarray) -> tuple[float
     return float((probs.argmax(axis=1) == labels).mean()), float(-np.log(picked).mean())
 
 
-def _best(candidates: list[Candidate], early: list[list[tuple[int, np.ndarray]]], stack: np.ndarray,
-          labels: np.ndarray, costs: Costs, rows: np.ndarray) -> Candidate:
+def _best(
+    candidates: list[Candidate],
+    early: list[list[tuple[int, np.ndarray]]],
+    stack: np.ndarray,
+    labels: np.ndarray,
+    costs: Costs,
+    rows: np.ndarray,
+) -> Candidate:
     """The cheapest candidate on ``rows`` within the tolerances of the stack's accuracy and log-loss there (ties: the
     more accurate)."""
     target_accuracy, target_log_loss = _accuracy_and_log_loss(stack[rows], labels[rows])
@@ -127,8 +141,9 @@ def _best(candidates: list[Candidate], early: list[list[tuple[int, np.ndarray]]]
         outcome = run_candidate(c, [(v, p[rows]) for v, p in early[c.model]], stack[rows], costs)
         accuracy, loss = _accuracy_and_log_loss(outcome.probabilities, labels[rows])
         key = (float(outcome.ms.mean()), -accuracy)
-        holds = (accuracy >= target_accuracy - TOLERANCE - 1e-12 and loss <= target_log_loss + LOG_LOSS_TOLERANCE
-                 + 1e-12) or all(t >= NEVER for t in c.thresholds)  # the plain stack is always allowed
+        holds = (
+            accuracy >= target_accuracy - TOLERANCE - 1e-12 and loss <= target_log_loss + LOG_LOSS_TOLERANCE + 1e-12
+        ) or all(t >= NEVER for t in c.thresholds)  # the plain stack is always allowed
         if holds and (best_key is None or key < best_key):
             best, best_key = c, key
     return best
@@ -136,13 +151,26 @@ def _best(candidates: list[Candidate], early: list[list[tuple[int, np.ndarray]]]
 
 def _summary(outcome: Outcome, labels: np.ndarray, stage_names: list[str]) -> dict:
     scores = score(outcome.probabilities, labels)
-    return {"accuracy": scores["accuracy"], "log_loss": scores["log_loss"], "ms_per_image": float(outcome.ms.mean()),
-            "cost_views": float(outcome.views.mean()), "rows": int(len(labels)),
-            "answered_by": {name: float((outcome.stage == i).mean()) for i, name in enumerate(stage_names)}}
+    return {
+        "accuracy": scores["accuracy"],
+        "log_loss": scores["log_loss"],
+        "ms_per_image": float(outcome.ms.mean()),
+        "cost_views": float(outcome.views.mean()),
+        "rows": int(len(labels)),
+        "answered_by": {name: float((outcome.stage == i).mean()) for i, name in enumerate(stage_names)},
+    }
 
 
-def tune_cascade(per_view: np.ndarray, stack: np.ndarray, labels: np.ndarray, names: list[str], policy: TTAPolicy,
-                 costs: Costs, folds: list[tuple[np.ndarray, np.ndarray]], networks: list[str] | None = None) -> dict:
+def tune_cascade(
+    per_view: np.ndarray,
+    stack: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    policy: TTAPolicy,
+    costs: Costs,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    networks: list[str] | None = None,
+) -> dict:
     """Stages and thresholds from (M, T, N, C) OOF served views and the stack's (N, C) cross-validated answers.
 
     ``folds``: the meta step's (train, test) rows (``meta_cv_folds``), grouped when the fit was: the stack's answers
@@ -168,17 +196,28 @@ def tune_cascade(per_view: np.ndarray, stack: np.ndarray, labels: np.ndarray, na
         outcome = run_candidate(pick, [(v, p[held]) for v, p in early[pick.model]], stack[held], costs)
         probabilities[held], ms[held], passes[held] = outcome.probabilities, outcome.ms, outcome.views
         stage_rows[held] = outcome.stage == len(pick.stages(names, views, networks)) - 1  # 1 where the stack answered
-        picks.append([s["name"] + (f">={s['threshold']:g}" if s["model"] else "")
-                      for s in pick.stages(names, views, networks)])
+        picks.append(
+            [s["name"] + (f">={s['threshold']:g}" if s["model"] else "") for s in pick.stages(names, views, networks)]
+        )
     cv = score(probabilities, labels)
     stack_scores = score(stack, labels)
     return {
         "stages": stages,
         "on_oof": on_oof,
-        "cross_validated": {"accuracy": cv["accuracy"], "log_loss": cv["log_loss"], "ms_per_image": float(ms.mean()),
-                            "cost_views": float(passes.mean()), "escalated_to_stack": float(stage_rows.mean()),
-                            "folds": len(folds), "choices": picks},
-        "stack": {"accuracy": stack_scores["accuracy"], "log_loss": stack_scores["log_loss"],
-                  "ms_per_image": costs.stack_ms, "cost_views": costs.stack_views},
+        "cross_validated": {
+            "accuracy": cv["accuracy"],
+            "log_loss": cv["log_loss"],
+            "ms_per_image": float(ms.mean()),
+            "cost_views": float(passes.mean()),
+            "escalated_to_stack": float(stage_rows.mean()),
+            "folds": len(folds),
+            "choices": picks,
+        },
+        "stack": {
+            "accuracy": stack_scores["accuracy"],
+            "log_loss": stack_scores["log_loss"],
+            "ms_per_image": costs.stack_ms,
+            "cost_views": costs.stack_views,
+        },
         "candidates_tried": len(candidates),
     }

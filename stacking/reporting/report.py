@@ -26,13 +26,15 @@ from sklearn.metrics import confusion_matrix
 from models.training import Augmentation
 from stacking import bundle as bundle_io
 from stacking.bundle.manifest import Manifest, ProtocolEntry
-from stacking.calibration import reliability_bins
-from stacking.datasets import read_training_set
+from stacking.data.datasets import read_training_set
 from stacking.errors import UserError
-from stacking.evaluate import diversity
 from stacking.files import write_atomically
-from stacking.leaderboard import stack_name
-from stacking.plots import (
+from stacking.inference.options import pareto_front
+from stacking.inference.tta import TTAPolicy
+from stacking.meta.calibration import reliability_bins
+from stacking.meta.leaderboard import stack_name
+from stacking.reporting.diversity import diversity
+from stacking.reporting.plots import (
     image_grid,
     plot_confusion,
     plot_correlation,
@@ -43,9 +45,7 @@ from stacking.plots import (
     plot_tta_heatmap,
     plot_weights,
 )
-from stacking.preview import is_identity, preview_augmentation
-from stacking.serving import pareto_front
-from stacking.tta import TTAPolicy
+from stacking.reporting.preview import is_identity, preview_augmentation
 
 SECTIONS = {
     "summary": "Summary",
@@ -120,8 +120,17 @@ def _missing(text: str) -> str:
 
 
 def _score_rows(rows: list[dict]) -> tuple[list[list[str]], set[int]]:
-    cells = [[r["name"], r["kind"], f"{r['accuracy']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
-              f"{r['log_loss']:.4f}", f"{r['ece']:.4f}"] for r in rows]
+    cells = [
+        [
+            r["name"],
+            r["kind"],
+            f"{r['accuracy']:.4f}",
+            f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
+            f"{r['log_loss']:.4f}",
+            f"{r['ece']:.4f}",
+        ]
+        for r in rows
+    ]
     return cells, {i for i, r in enumerate(rows) if r["kind"] == "chosen"}
 
 
@@ -135,13 +144,20 @@ def _best_base(rows: list[dict]) -> dict:
 
 def _protocol_text(protocol: ProtocolEntry) -> str:
     if protocol.name == "holdout":
-        text = (f"<b>holdout</b>: {protocol.holdout_fraction:.0%} of the images held out; the base models trained "
-                "on the rest and predicted the held-out part, which the meta-learner was fitted on")
+        text = (
+            f"<b>holdout</b>: {protocol.holdout_fraction:.0%} of the images held out; the base models trained "
+            "on the rest and predicted the held-out part, which the meta-learner was fitted on"
+        )
     else:
-        served = ("the K fold models, the meta-learner applied to each and the answers averaged"
-                  if protocol.final_models == "fold-average" else "one model per architecture refitted on all images")
-        text = (f"<b>kfold</b> with {protocol.folds} folds: every image predicted by models that never trained on it; "
-                f"served: {served}")
+        served = (
+            "the K fold models, the meta-learner applied to each and the answers averaged"
+            if protocol.final_models == "fold-average"
+            else "one model per architecture refitted on all images"
+        )
+        text = (
+            f"<b>kfold</b> with {protocol.folds} folds: every image predicted by models that never trained on it; "
+            f"served: {served}"
+        )
     if protocol.group_column:
         text += f"; images grouped by <code>{_esc(protocol.group_column)}</code>, each group on one side of every split"
     return text + f"; {protocol.validation_fraction:.0%} of each training part watched for early stopping."
@@ -165,13 +181,23 @@ def _summary(b: _Bundle) -> str:
     metrics, meta = m.metrics, m.meta_learner
     base = _table(
         ["base model", "architecture", "weights", "preprocessing", "model files", "OOF accuracy", "OOF log-loss"],
-        [[e.name, e.architecture, e.weights or "none (from scratch)", e.preprocessing, str(len(e.files)),
-          f"{metrics['oof'][e.name]['accuracy']:.4f}", f"{metrics['oof'][e.name]['log_loss']:.4f}"]
-         for e in m.base_models],
+        [
+            [
+                e.name,
+                e.architecture,
+                e.weights or "none (from scratch)",
+                e.preprocessing,
+                str(len(e.files)),
+                f"{metrics['oof'][e.name]['accuracy']:.4f}",
+                f"{metrics['oof'][e.name]['log_loss']:.4f}",
+            ]
+            for e in m.base_models
+        ],
     )
     selection = meta.selection
-    features = "log-probabilities" + (" plus each model's TTA entropy and view disagreement"
-                                      if meta.features.tta_features else "")
+    features = "log-probabilities" + (
+        " plus each model's TTA entropy and view disagreement" if meta.features.tta_features else ""
+    )
     parts = [
         f"<p>{len(b.classes)} classes, {m.data.images} training images from <code>{_esc(m.data.source)}"
         f"</code> at {m.image_size} px; TTA policy <b>{_esc(m.tta.policy)}</b> with {m.tta.views} "
@@ -194,8 +220,11 @@ def _headline(b: _Bundle) -> str:
     if b.evaluation:
         tables.append(("test", b.evaluation["rows"], f"{b.evaluation['images']} test images"))
     header, rows = ["", *[f"{t} {metric}" for t, _, _ in tables for metric in ("accuracy", "log-loss")]], []
-    picks = [("best base model", _best_base(oof_rows)["name"]), ("plain mean", "mean"),
-             ("chosen stack", stack_name(b.manifest.meta_learner.selection))]
+    picks = [
+        ("best base model", _best_base(oof_rows)["name"]),
+        ("plain mean", "mean"),
+        ("chosen stack", stack_name(b.manifest.meta_learner.selection)),
+    ]
     for label, name in picks:
         cells = []
         for _, table_rows, _ in tables:
@@ -204,14 +233,20 @@ def _headline(b: _Bundle) -> str:
         rows.append([f"{label}: {name}", *cells])
     where = " and ".join(text for _, _, text in tables)
     note = "" if b.evaluation else " " + _no_test(b)
-    return f"<p>Scores on {where}, accuracy with its bootstrap 95% interval.{_esc(note)}</p>" + _table(header, rows, {2})
+    return f"<p>Scores on {where}, accuracy with its bootstrap 95% interval.{_esc(note)}</p>" + _table(
+        header, rows, {2}
+    )
 
 
 def _no_test(b: _Bundle) -> str:
     if b.stale_evaluation:
-        return ("The last `stacking evaluate` was of an earlier state of this bundle (its meta step was rerun since): "
-                "run it again to see test scores here.")
-    return "No labelled test set evaluated yet: `stacking evaluate BUNDLE --data DIR [--labels CSV]` adds its scores here."
+        return (
+            "The last `stacking evaluate` was of an earlier state of this bundle (its meta step was rerun since): "
+            "run it again to see test scores here."
+        )
+    return (
+        "No labelled test set evaluated yet: `stacking evaluate BUNDLE --data DIR [--labels CSV]` adds its scores here."
+    )
 
 
 def _by_name(rows: list[dict], name: str) -> dict:
@@ -221,37 +256,55 @@ def _by_name(rows: list[dict], name: str) -> dict:
 def _leaderboard(b: _Bundle) -> str:
     meta = b.manifest.meta_learner
     selection = meta.selection
-    parts = [f"<h3>Out-of-fold ({b.manifest.metrics['oof_rows']} images no base model trained on)</h3>",
-             "<p>Base models as they predicted the OOF rows; each candidate and the stack scored on answers from the "
-             "meta-learner folds that left the row out (fitting and scoring on the same rows would flatter them).</p>",
-             _table(SCORE_HEADER, *_score_rows(meta.oof_scores))]
+    parts = [
+        f"<h3>Out-of-fold ({b.manifest.metrics['oof_rows']} images no base model trained on)</h3>",
+        "<p>Base models as they predicted the OOF rows; each candidate and the stack scored on answers from the "
+        "meta-learner folds that left the row out (fitting and scoring on the same rows would flatter them).</p>",
+        _table(SCORE_HEADER, *_score_rows(meta.oof_scores)),
+    ]
     parts.append("<h3>Test</h3>")
     if b.evaluation:
         e = b.evaluation
         labels = f" (labels {_esc(e['labels'])})" if e.get("labels") else ""
-        parts.append(f"<p>{e['images']} labelled images in <code>{_esc(e['data'])}</code>{labels}, {e['views']} "
-                     f"TTA view(s) ({_esc(e['policy'])}), evaluated {_esc(e['created'])}.</p>")
+        parts.append(
+            f"<p>{e['images']} labelled images in <code>{_esc(e['data'])}</code>{labels}, {e['views']} "
+            f"TTA view(s) ({_esc(e['policy'])}), evaluated {_esc(e['created'])}.</p>"
+        )
         parts.append(_table(SCORE_HEADER, *_score_rows(e["rows"])))
     else:
         parts.append(_missing(_no_test(b)))
     parts.append(f"<h3>Meta-learner selection ({selection['cv_folds']}-fold cross-validation on the OOF rows)</h3>")
-    parts.append(f"<p>Ranked by mean {_esc(selection['criterion'])} over the folds (± its spread); a learned stack "
-                 f"must beat every averaging candidate. Reliance per base model in the order "
-                 f"{_esc(', '.join(meta.features.base_models))}.</p>")
+    parts.append(
+        f"<p>Ranked by mean {_esc(selection['criterion'])} over the folds (± its spread); a learned stack "
+        f"must beat every averaging candidate. Reliance per base model in the order "
+        f"{_esc(', '.join(meta.features.base_models))}.</p>"
+    )
     board = selection["leaderboard"]
-    parts.append(_table(
-        ["candidate", "family", "CV accuracy", "CV log-loss", "Brier", "ECE", "reliance per base model"],
-        [[row["name"], row["family"], f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}",
-          f"{row['log_loss']:.4f} ± {row['log_loss_std']:.4f}", f"{row['brier']:.4f}", f"{row['ece']:.4f}",
-          " / ".join(f"{w:.2f}" for w in row["model_weights"])] for row in board],
-        {i for i, row in enumerate(board) if row["name"] == selection["kind"]},
-    ))
+    parts.append(
+        _table(
+            ["candidate", "family", "CV accuracy", "CV log-loss", "Brier", "ECE", "reliance per base model"],
+            [
+                [
+                    row["name"],
+                    row["family"],
+                    f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}",
+                    f"{row['log_loss']:.4f} ± {row['log_loss_std']:.4f}",
+                    f"{row['brier']:.4f}",
+                    f"{row['ece']:.4f}",
+                    " / ".join(f"{w:.2f}" for w in row["model_weights"]),
+                ]
+                for row in board
+            ],
+            {i for i, row in enumerate(board) if row["name"] == selection["kind"]},
+        )
+    )
     calibration = selection["calibration"]
     if calibration:
         parts.append(
             f"<p>Temperature scaling (fitted on OOF rows): T = {calibration['temperature']:.3f}; cross-validated "
             f"log-loss {calibration['before']['log_loss']:.4f} → {calibration['after']['log_loss']:.4f}, "
-            f"ECE {calibration['before']['ece']:.4f} → {calibration['after']['ece']:.4f}.</p>")
+            f"ECE {calibration['before']['ece']:.4f} → {calibration['after']['ece']:.4f}.</p>"
+        )
     return "\n".join(parts)
 
 
@@ -261,16 +314,24 @@ def _tta(b: _Bundle) -> str:
     columns = list(next(iter(diag["table"].values())))
     table = _table(
         ["model", *[f"{c} acc / log-loss" for c in columns], "fixed", "broken"],
-        [[name, *[f"{row[c]['accuracy']:.4f} / {row[c]['log_loss']:.4f}" for c in columns],
-          str(diag["fixed_broken"][name]["fixed"]), str(diag["fixed_broken"][name]["broken"])]
-         for name, row in diag["table"].items()],
+        [
+            [
+                name,
+                *[f"{row[c]['accuracy']:.4f} / {row[c]['log_loss']:.4f}" for c in columns],
+                str(diag["fixed_broken"][name]["fixed"]),
+                str(diag["fixed_broken"][name]["broken"]),
+            ]
+            for name, row in diag["table"].items()
+        ],
     )
     adaptive = diag.get("adaptive")
     parts = [
         f"<p>Adaptive TTA: {adaptive['first_views']} views first, all {adaptive['served_views']} for images whose "
         f"views disagree or whose margin is below {adaptive['margin']}: {adaptive['share_extra']:.1%} of images got "
         f"extra views, {adaptive['passes_saved']:.1%} of view passes saved, accuracy {adaptive['accuracy']:.4f} "
-        f"against {adaptive['full_accuracy']:.4f} with full TTA.</p>" if adaptive else "<p>Adaptive TTA is off.</p>",
+        f"against {adaptive['full_accuracy']:.4f} with full TTA.</p>"
+        if adaptive
+        else "<p>Adaptive TTA is off.</p>",
         f"<p>Measured on {diag['rows']} out-of-fold images. Fixed: wrong with the identity view alone, right "
         f"with the served {diag['served_views']} views; broken: the reverse.</p>",
         table,
@@ -278,14 +339,19 @@ def _tta(b: _Bundle) -> str:
     if diag["views"] < 2:
         return "\n".join([*parts, _missing("Only the identity view was measured: no curve or per-view map to draw.")])
     plot_tta_curve(diag["accuracy_by_views"], b.out / "tta_curve.png", diag["served_views"])
-    names = [v.name for v in TTAPolicy.from_dict(b.manifest.tta.model_dump()).view_list(b.manifest.image_size, diag["views"])]
+    names = [
+        v.name for v in TTAPolicy.from_dict(b.manifest.tta.model_dump()).view_list(b.manifest.image_size, diag["views"])
+    ]
     heat = diag["heatmap"]
     plot_tta_heatmap(heat["predicted"], heat["labels"], b.classes, b.out / "tta_heatmap.png", names)
     parts += [
         _figure("tta_curve.png", "accuracy against the number of TTA views"),
-        _figure("tta_heatmap.png", "predicted class per view and image",
-                f"Ensemble's predicted class per view for {len(heat['labels'])} images, grouped by true class (bottom "
-                "row); a column that changes colour is an image the views disagree on."),
+        _figure(
+            "tta_heatmap.png",
+            "predicted class per view and image",
+            f"Ensemble's predicted class per view for {len(heat['labels'])} images, grouped by true class (bottom "
+            "row); a column that changes colour is an image the views disagree on.",
+        ),
     ]
     return "\n".join(parts)
 
@@ -302,11 +368,14 @@ def _curves(b: _Bundle) -> str:
                 suffix, tag = ("", "") if len(folds) == 1 else (f" fold {k}", f"_fold{k}")
             file = f"curves_{entry.name}{tag}.png"
             plot_history(history, b.out / file, f"{entry.name}{suffix}")
-            parts.append(_figure(
-                file, f"training curves of {entry.name}{suffix}",
-                f"{entry.name}{suffix}: best epoch {history['best_epoch'] + 1} of {len(history['loss'])} kept, "
-                f"validation accuracy {history['best']['val_accuracy']:.4f}",
-            ))
+            parts.append(
+                _figure(
+                    file,
+                    f"training curves of {entry.name}{suffix}",
+                    f"{entry.name}{suffix}: best epoch {history['best_epoch'] + 1} of {len(history['loss'])} kept, "
+                    f"validation accuracy {history['best']['val_accuracy']:.4f}",
+                )
+            )
     return "\n".join(parts)
 
 
@@ -328,14 +397,18 @@ def _augmentation(b: _Bundle) -> str:
         return f"<p>Training used no augmentation ({_esc(settings)}).</p>"
     file, source = "augmentation.png", Path(b.manifest.data.source)
     try:
-        preview_augmentation(source, b.out / file, augmentation, b.manifest.image_size, cfg["seed"],
-                             count=min(8, len(b.classes)))
+        preview_augmentation(
+            source, b.out / file, augmentation, b.manifest.image_size, cfg["seed"], count=min(8, len(b.classes))
+        )
     except UserError:
         if not (b.out / file).is_file():
             return _missing(f"The training images are no longer at {source}: no augmentation preview.")
-    return _figure(file, "training images and augmented copies",
-                   f"Left: a training image at {b.manifest.image_size} px; right: copies as training saw them "
-                   f"({settings}). A copy that no longer shows its class means the augmentation is too strong.")
+    return _figure(
+        file,
+        "training images and augmented copies",
+        f"Left: a training image at {b.manifest.image_size} px; right: copies as training saw them "
+        f"({settings}). A copy that no longer shows its class means the augmentation is too strong.",
+    )
 
 
 def _errors(b: _Bundle) -> str:
@@ -344,17 +417,27 @@ def _errors(b: _Bundle) -> str:
     counts = confusion_matrix(labels, chosen.argmax(axis=1), labels=np.arange(len(b.classes)))
     plot_confusion(counts, b.classes, b.out / "confusion.png", f"{name} on {len(labels)} OOF images")
     best = _best_base(b.manifest.meta_learner.oof_scores)["name"]
-    curves = {f"best base model ({best})": reliability_bins(b.oof["probabilities"][b.base_names.index(best)], labels),
-              name: reliability_bins(chosen, labels)}
+    curves = {
+        f"best base model ({best})": reliability_bins(b.oof["probabilities"][b.base_names.index(best)], labels),
+        name: reliability_bins(chosen, labels),
+    }
     plot_reliability(curves, b.out / "reliability.png")
-    return "\n".join([
-        _figure("confusion.png", "confusion matrix of the chosen stack",
+    return "\n".join(
+        [
+            _figure(
+                "confusion.png",
+                "confusion matrix of the chosen stack",
                 f"{name}, cross-validated answers on the OOF rows: counts of true (rows) against predicted class; "
-                f"{int(np.trace(counts))} of {len(labels)} right."),
-        _figure("reliability.png", "reliability diagram",
+                f"{int(np.trace(counts))} of {len(labels)} right.",
+            ),
+            _figure(
+                "reliability.png",
+                "reliability diagram",
                 "Accuracy against confidence in equal-width confidence bins; on the diagonal a model is as sure as it "
-                "is right. Below: how many images fall in each bin."),
-    ])
+                "is right. Below: how many images fall in each bin.",
+            ),
+        ]
+    )
 
 
 def _diversity(b: _Bundle) -> str:
@@ -367,18 +450,38 @@ def _diversity(b: _Bundle) -> str:
         plot_correlation(names, corr, b.out / "diversity.png")
         predicted = b.oof["probabilities"].argmax(axis=2)
         wrong = predicted != b.oof["labels"]
-        pairs = [[f"{names[i]} / {names[j]}", f"{corr[i, j]:.4f}", f"{(predicted[i] != predicted[j]).mean():.4f}",
-                  f"{(wrong[i] & wrong[j]).mean():.4f}"] for i in range(len(names)) for j in range(i + 1, len(names))]
+        pairs = [
+            [
+                f"{names[i]} / {names[j]}",
+                f"{corr[i, j]:.4f}",
+                f"{(predicted[i] != predicted[j]).mean():.4f}",
+                f"{(wrong[i] & wrong[j]).mean():.4f}",
+            ]
+            for i in range(len(names))
+            for j in range(i + 1, len(names))
+        ]
         parts += [
-            _figure("diversity.png", "correlation of base models' OOF probabilities",
-                    "Lower correlation means more for the ensemble to gain."),
+            _figure(
+                "diversity.png",
+                "correlation of base models' OOF probabilities",
+                "Lower correlation means more for the ensemble to gain.",
+            ),
             _table(["pair", "correlation", "disagree on label", "both wrong"], pairs),
         ]
-    plot_weights({row["name"]: row["model_weights"] for row in selection["leaderboard"]}, names, selection["kind"],
-                 b.out / "weights.png")
-    parts.append(_figure("weights.png", "reliance of each candidate on each base model",
-                         "Averages: their weights; logistic regression: mean absolute coefficient per model; random "
-                         f"forest: summed feature importance per model. Chosen: {selection['kind']}."))
+    plot_weights(
+        {row["name"]: row["model_weights"] for row in selection["leaderboard"]},
+        names,
+        selection["kind"],
+        b.out / "weights.png",
+    )
+    parts.append(
+        _figure(
+            "weights.png",
+            "reliance of each candidate on each base model",
+            "Averages: their weights; logistic regression: mean absolute coefficient per model; random "
+            f"forest: summed feature importance per model. Chosen: {selection['kind']}.",
+        )
+    )
     return "\n".join(parts)
 
 
@@ -400,8 +503,10 @@ def _mistakes(b: _Bundle) -> str:
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
     files = _training_images(b)
     if files is None:
-        return _missing(f"{len(wrong)} OOF images are wrong, but the training images are no longer at "
-                        f"{b.manifest.data.source} to show them.")
+        return _missing(
+            f"{len(wrong)} OOF images are wrong, but the training images are no longer at "
+            f"{b.manifest.data.source} to show them."
+        )
     shown, captions, rows = [], [], []
     for i in wrong:
         image_id, label = str(b.oof["ids"][i]), int(labels[i])
@@ -409,21 +514,23 @@ def _mistakes(b: _Bundle) -> str:
         if pixels is None:
             continue
         shown.append(pixels)
-        captions.append(f"{image_id}\ntrue {b.classes[label]}, predicted {b.classes[predicted[i]]} "
-                        f"({confidence[i]:.0%})")
+        captions.append(
+            f"{image_id}\ntrue {b.classes[label]}, predicted {b.classes[predicted[i]]} ({confidence[i]:.0%})"
+        )
         rows.append([image_id, b.classes[label], b.classes[predicted[i]], f"{confidence[i]:.4f}"])
         if len(shown) == MISTAKES_SHOWN:
             break
     if not shown:
-        return _missing(f"{len(wrong)} OOF images are wrong, but none of them is readable in "
-                        f"{b.manifest.data.source}.")
+        return _missing(f"{len(wrong)} OOF images are wrong, but none of them is readable in {b.manifest.data.source}.")
     image_grid(shown, captions, b.out / "mistakes.png")
-    return "\n".join([
-        f"<p>{len(wrong)} of {len(labels)} OOF images are wrong (cross-validated stack answers); the "
-        f"{len(shown)} it was surest about:</p>",
-        _figure("mistakes.png", "the stack's most confident mistakes"),
-        _table(["image", "true class", "predicted", "confidence"], rows),
-    ])
+    return "\n".join(
+        [
+            f"<p>{len(wrong)} of {len(labels)} OOF images are wrong (cross-validated stack answers); the "
+            f"{len(shown)} it was surest about:</p>",
+            _figure("mistakes.png", "the stack's most confident mistakes"),
+            _table(["image", "true class", "predicted", "confidence"], rows),
+        ]
+    )
 
 
 def _cost_rows(b: _Bundle) -> tuple[list[dict], str] | None:
@@ -433,7 +540,7 @@ def _cost_rows(b: _Bundle) -> tuple[list[dict], str] | None:
     if b.manifest.serving is None:
         return None
     rows = [o.model_dump() for o in b.manifest.serving.options if o.ms_per_image is not None]
-    return rows, "rows no option trained on (each row's \"scored on\"), costs timed when the bundle was made"
+    return rows, 'rows no option trained on (each row\'s "scored on"), costs timed when the bundle was made'
 
 
 def _cost(b: _Bundle) -> str:
@@ -444,25 +551,49 @@ def _cost(b: _Bundle) -> str:
     rows, where = found
     ms = [r["ms_per_image"] for r in rows]
     front = pareto_front(ms, [r["accuracy"] for r in rows])
-    plot_frontier(rows, {"accuracy": front, "log_loss": pareto_front(ms, [-r["log_loss"] for r in rows])},
-                  b.out / "cost.png")
+    plot_frontier(
+        rows, {"accuracy": front, "log_loss": pareto_front(ms, [-r["log_loss"] for r in rows])}, b.out / "cost.png"
+    )
     serving = b.manifest.serving
-    stages = ", ".join(f"{s.name} (answers when p >= {s.threshold:g})" if s.model else s.name
-                       for s in serving.cascade.stages) if serving and serving.cascade else "none"
-    table = _table(["option", "kind", "accuracy", "log-loss", "forward passes", "ms per image", "on the accuracy front"],
-                   [[r["name"], r["kind"], f"{r['accuracy']:.4f}", f"{r['log_loss']:.4f}", f"{r['cost_views']:.3g}",
-                     f"{r['ms_per_image']:.3f}", "yes" if on else ""] for r, on in zip(rows, front)],
-                   {i for i, on in enumerate(front) if on})
-    return "\n".join([
-        f"<p>Each way this bundle can answer, scored on {_esc(where)}. Forward passes: image-views through networks "
-        "per image, fold models counted. An option is on the front when none other is both as cheap and as accurate. "
-        f"Serve one with <code>--serve-as</code>, or let <code>--latency-budget-ms</code> pick. Cascade stages: "
-        f"{_esc(stages)}.</p>",
-        _figure("cost.png", "accuracy and log-loss against milliseconds per image",
+    stages = (
+        ", ".join(
+            f"{s.name} (answers when p >= {s.threshold:g})" if s.model else s.name for s in serving.cascade.stages
+        )
+        if serving and serving.cascade
+        else "none"
+    )
+    table = _table(
+        ["option", "kind", "accuracy", "log-loss", "forward passes", "ms per image", "on the accuracy front"],
+        [
+            [
+                r["name"],
+                r["kind"],
+                f"{r['accuracy']:.4f}",
+                f"{r['log_loss']:.4f}",
+                f"{r['cost_views']:.3g}",
+                f"{r['ms_per_image']:.3f}",
+                "yes" if on else "",
+            ]
+            for r, on in zip(rows, front)
+        ],
+        {i for i, on in enumerate(front) if on},
+    )
+    return "\n".join(
+        [
+            f"<p>Each way this bundle can answer, scored on {_esc(where)}. Forward passes: image-views through "
+            "networks per image, fold models counted. An option is on the front when none other is both as cheap "
+            "and as accurate. "
+            f"Serve one with <code>--serve-as</code>, or let <code>--latency-budget-ms</code> pick. Cascade stages: "
+            f"{_esc(stages)}.</p>",
+            _figure(
+                "cost.png",
+                "accuracy and log-loss against milliseconds per image",
                 "Accuracy (left) and log-loss (right) against ms per image, log scale; ringed and joined: the "
-                "options no other beats on both cost and that score."),
-        table,
-    ])
+                "options no other beats on both cost and that score.",
+            ),
+            table,
+        ]
+    )
 
 
 def write_report(bundle: Path, manifest: Manifest) -> Path:
@@ -471,14 +602,30 @@ def write_report(bundle: Path, manifest: Manifest) -> Path:
     bundle = Path(bundle)
     evaluation = bundle_io.load_evaluation(bundle)
     stale = evaluation is not None and evaluation.get("bundle_sha") != bundle_io.manifest_sha(bundle)
-    b = _Bundle(bundle, manifest, bundle_io.load_oof(bundle),
-                bundle_io.load_stack_oof(bundle), None if stale else evaluation, stale)
+    b = _Bundle(
+        bundle,
+        manifest,
+        bundle_io.load_oof(bundle),
+        bundle_io.load_stack_oof(bundle),
+        None if stale else evaluation,
+        stale,
+    )
     b.out.mkdir(parents=True, exist_ok=True)
-    builders = {"summary": _summary, "leaderboard": _leaderboard, "tta": _tta, "curves": _curves,
-                "augmentation": _augmentation, "errors": _errors, "diversity": _diversity, "mistakes": _mistakes,
-                "cost": _cost}
-    body = "\n".join(f"<section id={key}><h2>{n}. {SECTIONS[key]}</h2>\n{builders[key](b)}\n</section>"
-                     for n, key in enumerate(SECTIONS, 1))
+    builders = {
+        "summary": _summary,
+        "leaderboard": _leaderboard,
+        "tta": _tta,
+        "curves": _curves,
+        "augmentation": _augmentation,
+        "errors": _errors,
+        "diversity": _diversity,
+        "mistakes": _mistakes,
+        "cost": _cost,
+    }
+    body = "\n".join(
+        f"<section id={key}><h2>{n}. {SECTIONS[key]}</h2>\n{builders[key](b)}\n</section>"
+        for n, key in enumerate(SECTIONS, 1)
+    )
     contents = "".join(f"<li><a href='#{key}'>{title}</a></li>" for key, title in SECTIONS.items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

@@ -74,9 +74,7 @@ def load_image(path: Path, image_size: int) -> np.ndarray:
         raise ImageDecodeError(f"{path}: cannot read file ({exc.strerror or exc})") from None
 
 
-def load_images(
-    paths: list[Path], image_size: int, workers: int = 4
-) -> tuple[np.ndarray, list[tuple[Path, str]]]:
+def load_images(paths: list[Path], image_size: int, workers: int = 4) -> tuple[np.ndarray, list[tuple[Path, str]]]:
     """Decode ``paths`` in parallel; return (images of the good ones, [(path, reason)] of the bad).
 
     The caller decides whether a bad image fails the run or is skipped; order of

@@ -14,8 +14,9 @@ one), so TTA sees nothing the models were not taught to handle.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -66,16 +67,28 @@ class TTAPolicy:
         if self.name not in POLICIES:
             raise ValueError(f"unknown TTA policy {self.name!r}; expected one of {', '.join(POLICIES)}")
         s = max(1, round(self.shift * image_size))
-        shifts = [View(dx=s), View(dx=-s), View(dy=s), View(dy=-s), View(dx=s, dy=s), View(dx=-s, dy=-s),
-                  View(dx=s, dy=-s), View(dx=-s, dy=s)]
+        shifts = [
+            View(dx=s),
+            View(dx=-s),
+            View(dy=s),
+            View(dy=-s),
+            View(dx=s, dy=s),
+            View(dx=-s, dy=-s),
+            View(dx=s, dy=-s),
+            View(dx=-s, dy=s),
+        ]
         z = 1 + self.zoom
         candidates = {
             "none": [View()],
             "flip": [View(), View(flip=True)],
             "shift": [View(), *shifts],
             "flip-shift": [View(), View(flip=True), *[v for sh in shifts for v in (sh, View(True, sh.dx, sh.dy))]],
-            "zoom": [View(), View(zoom=1 + self.zoom / 2), View(zoom=z),
-                     *[View(dx=v.dx, dy=v.dy, zoom=z) for v in shifts[4:]]],
+            "zoom": [
+                View(),
+                View(zoom=1 + self.zoom / 2),
+                View(zoom=z),
+                *[View(dx=v.dx, dy=v.dy, zoom=z) for v in shifts[4:]],
+            ],
             "random": [View(), *self._random_views(image_size)],
         }[self.name]
         n = self.views if views is None else views
@@ -95,16 +108,25 @@ class TTAPolicy:
 
     def as_dict(self) -> dict:
         """The manifest's ``tta`` entry."""
-        return {"policy": self.name, "views": self.views, "shift": self.shift, "zoom": self.zoom, "seed": self.seed,
-                "allow_flip": self.allow_flip, "merge": self.merge, "identity_weight": self.identity_weight,
-                "adaptive_views": self.adaptive_views, "adaptive_margin": self.adaptive_margin}
+        return {
+            "policy": self.name,
+            "views": self.views,
+            "shift": self.shift,
+            "zoom": self.zoom,
+            "seed": self.seed,
+            "allow_flip": self.allow_flip,
+            "merge": self.merge,
+            "identity_weight": self.identity_weight,
+            "adaptive_views": self.adaptive_views,
+            "adaptive_margin": self.adaptive_margin,
+        }
 
     def merge_views(self, per_view: np.ndarray) -> np.ndarray:
         """(M, T, N, C) -> (M, N, C), merged as this policy serves."""
         return merge_views(per_view, self.merge, self.identity_weight)
 
     @classmethod
-    def from_dict(cls, entry: dict) -> "TTAPolicy":
+    def from_dict(cls, entry: dict) -> TTAPolicy:
         return cls(name=entry["policy"], **{k: v for k, v in entry.items() if k != "policy"})
 
 
@@ -307,8 +329,11 @@ def run_tta(forward: TTAForward, pixels: np.ndarray, views: list[View], policy: 
     """All ``views``; or, with adaptive TTA, the first ones everywhere and the rest where needed."""
     k = adaptive_views(policy, len(views))
     first = forward.folds(pixels, views[:k])
-    unsure = (needs_more_views(first.mean(axis=0), policy, policy.adaptive_margin) if k < len(views)
-              else np.zeros(len(pixels), bool))
+    unsure = (
+        needs_more_views(first.mean(axis=0), policy, policy.adaptive_margin)
+        if k < len(views)
+        else np.zeros(len(pixels), bool)
+    )
     per_view = np.zeros((*first.shape[:2], len(views), *first.shape[3:]), first.dtype)
     per_view[:, :, :k] = first
     if unsure.any():

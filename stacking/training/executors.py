@@ -8,16 +8,16 @@ optional extra (``pip install "stackserve[ray]"``), imported only when asked for
 
 from __future__ import annotations
 
-import socket
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
 from stacking.choices import EXECUTOR
+from stacking.cluster import check_request, job_threads, ray_cluster, size_worker
 from stacking.errors import UserError
-from stacking.jobs import Job, JobResult, JobSettings, job_threads, run_job, size_worker
+from stacking.training.jobs import Job, JobResult, JobSettings, run_job
 
 Echo = Callable[[str], None]
 
@@ -59,7 +59,9 @@ class Progress:
         self.attempts: dict[str, int] = {}
 
     def _say(self, message: str) -> None:
-        self.echo(f"[jobs: {self.done}/{self.total} done, {len(self.running)} running, {self.failures} failed] {message}")
+        self.echo(
+            f"[jobs: {self.done}/{self.total} done, {len(self.running)} running, {self.failures} failed] {message}"
+        )
 
     def started(self, job: Job) -> None:
         self.attempts[job.id] = self.attempts.get(job.id, 0) + 1
@@ -90,70 +92,15 @@ def local_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress) -> Iterat
             yield job, result
 
 
-def import_ray(option: str):
-    try:
-        import ray
-    except ImportError:
-        raise UserError(f"{option}: Ray is not installed; pip install \"stackserve[ray]\"") from None
-    return ray
-
-
-def _check_answers(address: str) -> None:
-    """Ray waits minutes for a head where nothing answers: a host:port that refuses is an error at once."""
-    host, colon, port = address.removeprefix("ray://").rpartition(":")
-    if not colon or not port.isdigit():
-        return  # "auto", or empty (a local cluster): Ray finds it or says so itself
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as exc:
-        raise UserError(f"--ray-address {address}: nothing answers there ({exc})") from None
-
-
-def check_ray(address: str, option: str = "--executor ray") -> None:
-    """Ray is installed and ``address`` answers: said before any slow work starts."""
-    import_ray(option)
-    _check_answers(address)
-
-
-def check_request(ray, address: str, request: dict[str, tuple[str, float]]) -> None:
-    """On a local cluster (no autoscaler to add nodes), a request beyond the machine would wait forever.
-
-    ``request``: option -> (Ray resource, amount), e.g. {"[cluster] cpus_per_job": ("CPU", 2)}.
-    """
-    if address:
-        return  # a real cluster may grow to fit
-    have = ray.cluster_resources()
-    for option, (resource, amount) in request.items():
-        if amount > have.get(resource, 0):
-            raise UserError(f"{option} {amount:g}: the local Ray cluster has {have.get(resource, 0):g} {resource}; "
-                            "that would wait forever")
-
-
-@contextmanager
-def ray_cluster(address: str, option: str = "--executor ray"):
-    """Ray, connected: to ``address``, or a local cluster started here and stopped after.
-
-    A caller that connected already (a notebook, a test) keeps its connection.
-    """
-    ray = import_ray(option)
-    if ray.is_initialized():
-        yield ray
-        return
-    check_ray(address, option)
-    try:
-        where = {"address": address} if address else {"address": "local", "include_dashboard": False}
-        # Workers' own output stays in Ray's session logs; a job's error comes back with its remote traceback.
-        ray.init(**where, logging_level="WARNING", log_to_driver=False)
-    except (ConnectionError, ValueError) as exc:
-        raise UserError(f"--ray-address {address}: cannot join the Ray cluster ({exc})") from None
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def _ray_job(job: Job, pixels: np.ndarray, labels: np.ndarray, n_classes: int, settings: JobSettings,
-             cluster: ClusterConfig, board) -> JobResult:
+def _ray_job(
+    job: Job,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    settings: JobSettings,
+    cluster: ClusterConfig,
+    board,
+) -> JobResult:
     """One job in a Ray worker: says it started (again, if its last worker died), then runs."""
     board.put(job.id)  # waited for: a worker that dies next must not take the note with it
     size_worker(cluster.cpus_per_job, cluster.gpus_per_job)
@@ -178,8 +125,9 @@ def _outcome(ray, ref, job: Job, retries: int) -> JobResult | Exception:
         return RuntimeError(f"{job.desc}: {type(exc).__name__} after {retries} retries: {exc}")
 
 
-def ray_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress,
-             cluster: ClusterConfig) -> Iterator[tuple[Job, JobResult | Exception]]:
+def ray_jobs(
+    jobs: list[Job], inputs: JobInputs, progress: Progress, cluster: ClusterConfig
+) -> Iterator[tuple[Job, JobResult | Exception]]:
     """Each job a Ray task with its resource request, run again up to ``max_retries`` times if its worker dies.
 
     A job that raises is not retried (the same seed would raise again); its error is
@@ -188,20 +136,30 @@ def ray_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress,
     with ray_cluster(cluster.address) as ray:
         from ray.util.queue import Queue
 
-        check_request(ray, cluster.address, {"[cluster] cpus_per_job": ("CPU", cluster.cpus_per_job),
-                                             "[cluster] gpus_per_job": ("GPU", cluster.gpus_per_job)})
+        check_request(
+            ray,
+            cluster.address,
+            {
+                "[cluster] cpus_per_job": ("CPU", cluster.cpus_per_job),
+                "[cluster] gpus_per_job": ("GPU", cluster.gpus_per_job),
+            },
+        )
         board = Queue(actor_options={"num_cpus": 0})  # the tasks' "started" notes: running, not just queued
         pixels, labels = ray.put(inputs.pixels), ray.put(inputs.labels)  # stored once, shared by every job
         threads = str(job_threads(cluster.cpus_per_job))
         task = ray.remote(_ray_job).options(
-            num_cpus=cluster.cpus_per_job, num_gpus=cluster.gpus_per_job, max_retries=cluster.max_retries,
-            retry_exceptions=False, name="stackserve-job",
+            num_cpus=cluster.cpus_per_job,
+            num_gpus=cluster.gpus_per_job,
+            max_retries=cluster.max_retries,
+            retry_exceptions=False,
+            name="stackserve-job",
             # Workers of another thread count are never reused for these jobs: TensorFlow fixes its count at start.
             runtime_env={"env_vars": {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads}},
         )
         by_id = {job.id: job for job in jobs}
-        pending = {task.remote(job, pixels, labels, inputs.n_classes, inputs.settings, cluster, board): job
-                   for job in jobs}
+        pending = {
+            task.remote(job, pixels, labels, inputs.n_classes, inputs.settings, cluster, board): job for job in jobs
+        }
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)  # all that end within 1 s
@@ -218,8 +176,9 @@ def ray_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress,
                 board.shutdown(force=True)
 
 
-def run_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress,
-             cluster: ClusterConfig) -> Iterator[tuple[Job, JobResult | Exception]]:
+def run_jobs(
+    jobs: list[Job], inputs: JobInputs, progress: Progress, cluster: ClusterConfig
+) -> Iterator[tuple[Job, JobResult | Exception]]:
     if cluster.executor == "ray":
         return ray_jobs(jobs, inputs, progress, cluster)
     return local_jobs(jobs, inputs, progress)

@@ -17,9 +17,9 @@ from stacking.bundle import Trust
 from stacking.bundle.manifest import Manifest
 from stacking.choices import RUNTIME, TTA_POLICY
 from stacking.errors import UserError
-from stacking.meta import full_probabilities, meta_features, single_threaded
-from stacking.serving import CASCADE, STACK, STUDENT, resolve_serve_as
-from stacking.tta import CALL_ROWS, TTAForward, TTAPolicy, TTAResult, View, adaptive_views, run_tta
+from stacking.inference.options import CASCADE, STACK, STUDENT, resolve_serve_as
+from stacking.inference.tta import CALL_ROWS, TTAForward, TTAPolicy, TTAResult, View, adaptive_views, run_tta
+from stacking.meta.learners import full_probabilities, meta_features, single_threaded
 
 
 @dataclass
@@ -36,16 +36,22 @@ class Prediction:
     base_ran: np.ndarray  # (M, N) whether base model m ran on image n
     seconds: dict[str, float] = field(default_factory=dict)  # "forward" (networks, all views) and "meta"
 
-    def rows(self, start: int, stop: int) -> "Prediction":
+    def rows(self, start: int, stop: int) -> Prediction:
         """Images ``start:stop`` of this prediction (a batch split back into its requests)."""
-        return Prediction(self.probabilities[start:stop], self.base_probabilities[:, start:stop],
-                          self.agreement[start:stop], self.views[start:stop],
-                          None if self.features is None else self.features[:, start:stop],
-                          self.served_by[start:stop], self.cost_views[start:stop], self.base_ran[:, start:stop],
-                          dict(self.seconds))
+        return Prediction(
+            self.probabilities[start:stop],
+            self.base_probabilities[:, start:stop],
+            self.agreement[start:stop],
+            self.views[start:stop],
+            None if self.features is None else self.features[:, start:stop],
+            self.served_by[start:stop],
+            self.cost_views[start:stop],
+            self.base_ran[:, start:stop],
+            dict(self.seconds),
+        )
 
     @staticmethod
-    def concat(parts: list["Prediction"]) -> "Prediction":
+    def concat(parts: list[Prediction]) -> Prediction:
         """One prediction from parts over consecutive images (a request split into batches)."""
         features = [p.features for p in parts]
         return Prediction(
@@ -64,15 +70,23 @@ class Prediction:
 class Predictor:
     """Everything needed to predict, from one bundle folder."""
 
-    def __init__(self, bundle: Path, call_rows: int = CALL_ROWS, trust: Trust = Trust(), runtime: str = "auto",
-                 threads: int | None = None, serve_as: str = "stack", latency_budget_ms: float | None = None,
-                 verified: Manifest | None = None):
+    def __init__(
+        self,
+        bundle: Path,
+        call_rows: int = CALL_ROWS,
+        trust: Trust = Trust(),
+        runtime: str = "auto",
+        threads: int | None = None,
+        serve_as: str = "stack",
+        latency_budget_ms: float | None = None,
+        verified: Manifest | None = None,
+    ):
         """``call_rows``: image-views per call at most (TensorFlow: every call padded to it; see ``TTAForward``);
         ``trust``: whether custom code may be imported, and whose signature the bundle must carry;
         ``runtime``: where the base models run (``auto``: as the fit chose per model, ``tf``, ``litert``);
         ``threads``: the exported runtime's threads (default: every core this process may use);
         ``serve_as``: the option that answers (stack, cascade, student), or with ``latency_budget_ms`` the most
-        accurate one whose measured cost fits (``stacking.serving``);
+        accurate one whose measured cost fits (``stacking.training.costing``);
         ``verified``: the manifest a pre-flight (``stacking serve``) has just loaded with every check, so the files
         are not hashed twice."""
         if call_rows < 1:
@@ -87,8 +101,9 @@ class Predictor:
         self.image_size: int = self.manifest.image_size
         self.base_names = [b.name for b in self.manifest.base_models]
         self.tta = TTAPolicy.from_dict(self.manifest.tta.model_dump())
-        self.forward = TTAForward(bundle_io.load_base_models(self.bundle, self.manifest, trust, runtime, threads),
-                                  self.image_size, call_rows)
+        self.forward = TTAForward(
+            bundle_io.load_base_models(self.bundle, self.manifest, trust, runtime, threads), self.image_size, call_rows
+        )
         self.meta = single_threaded(bundle_io.load_meta(self.bundle, self.manifest))
         self.tta_features: bool = self.manifest.meta_learner.features.tta_features
         self.threads = threads
@@ -111,8 +126,9 @@ class Predictor:
         if self.forward.runners[m].folds == 1:
             return self.model_forward(m)
         if m not in self._first_folds:
-            runner = bundle_io.load_base_models(self.bundle, self.manifest, self.trust, self.runtime, self.threads,
-                                                only=(m, 0))[0]
+            runner = bundle_io.load_base_models(
+                self.bundle, self.manifest, self.trust, self.runtime, self.threads, only=(m, 0)
+            )[0]
             self._first_folds[m] = TTAForward([runner], self.image_size, self.forward.rows_per_call)
         return self._first_folds[m]
 
@@ -126,9 +142,12 @@ class Predictor:
     def serving_info(self) -> dict:
         """The option serving, why, and every option with its scores and cost (for ``/v1/model``)."""
         serving = self.manifest.serving
-        return {"served_as": self.serve_as, "latency_budget_ms": self.latency_budget_ms,
-                "options": [o.model_dump() for o in serving.options] if serving else [],
-                "cascade": [s.model_dump() for s in serving.cascade.stages] if serving and serving.cascade else None}
+        return {
+            "served_as": self.serve_as,
+            "latency_budget_ms": self.latency_budget_ms,
+            "options": [o.model_dump() for o in serving.options] if serving else [],
+            "cascade": [s.model_dump() for s in serving.cascade.stages] if serving and serving.cascade else None,
+        }
 
     @property
     def runtimes(self) -> dict[str, str]:
@@ -137,9 +156,14 @@ class Predictor:
 
     def runtime_info(self) -> dict:
         """What runs where, with which threads, so an operator can check the settings took."""
-        return {"requested": self.runtime, "call_rows": self.forward.rows_per_call,
-                "base_models": {name: {"runtime": run.runtime, "threads": run.threads()}
-                                for name, run in zip(self.base_names, self.forward.runners)}}
+        return {
+            "requested": self.runtime,
+            "call_rows": self.forward.rows_per_call,
+            "base_models": {
+                name: {"runtime": run.runtime, "threads": run.threads()}
+                for name, run in zip(self.base_names, self.forward.runners)
+            },
+        }
 
     def policy(self, name: str | None = None) -> TTAPolicy:
         """The bundle's validated TTA policy, or another named one with the same shift and merge."""
@@ -162,8 +186,9 @@ class Predictor:
         chosen = self.policy(policy)
         return run_tta(self.forward, pixels, chosen.view_list(self.image_size, views), chosen)
 
-    def predict(self, pixels: np.ndarray, views: int | None = None, policy: str | None = None,
-                serve_as: str | None = None) -> Prediction:
+    def predict(
+        self, pixels: np.ndarray, views: int | None = None, policy: str | None = None, serve_as: str | None = None
+    ) -> Prediction:
         """The served answer for uint8 (N, size, size, 3) pixels: the stack's with ``views`` views of ``policy``,
         the cascade's (those settings apply where the stack answers) or the student's (one view).
 
@@ -180,17 +205,27 @@ class Predictor:
         started = time.perf_counter()
         result = self.merged_views(pixels, views, policy)
         forwarded = time.perf_counter()
-        features = np.stack([
-            meta_features(merged, disagreement if self.tta_features else None)
-            for merged, disagreement in zip(result.fold_merged, result.fold_disagreement)
-        ])
+        features = np.stack(
+            [
+                meta_features(merged, disagreement if self.tta_features else None)
+                for merged, disagreement in zip(result.fold_merged, result.fold_disagreement)
+            ]
+        )
         probs = self.stack(self.meta, features)
         seconds = {"forward": forwarded - started, "meta": time.perf_counter() - forwarded}
         agrees = (result.view_labels == probs.argmax(axis=1)[None, :]).sum(axis=0)
         n, folds = len(pixels), sum(run.folds for run in self.forward.runners)
-        return Prediction(probs, result.merged, agrees / result.views_used, result.views_used, features,
-                          np.full(n, STACK, object), result.views_used * float(folds),
-                          np.ones((len(self.base_names), n), bool), seconds)
+        return Prediction(
+            probs,
+            result.merged,
+            agrees / result.views_used,
+            result.views_used,
+            features,
+            np.full(n, STACK, object),
+            result.views_used * float(folds),
+            np.ones((len(self.base_names), n), bool),
+            seconds,
+        )
 
     def _cascade(self, pixels: np.ndarray, views: int | None, policy: str | None) -> Prediction:
         """Each image from the first stage sure enough of it; the rest from the stack, exactly as it answers alone."""
@@ -234,10 +269,17 @@ class Predictor:
         forward = self.student_forward()
         probs = forward.folds(pixels, [View()])[:, 0, 0].mean(axis=0)
         n = len(pixels)
-        return Prediction(probs, np.zeros((len(self.base_names), *probs.shape), np.float32), np.ones(n),
-                          np.ones(n, int), None, np.full(n, STUDENT, object),
-                          np.full(n, float(forward.runners[0].folds)), np.zeros((len(self.base_names), n), bool),
-                          {"forward": time.perf_counter() - started})
+        return Prediction(
+            probs,
+            np.zeros((len(self.base_names), *probs.shape), np.float32),
+            np.ones(n),
+            np.ones(n, int),
+            None,
+            np.full(n, STUDENT, object),
+            np.full(n, float(forward.runners[0].folds)),
+            np.zeros((len(self.base_names), n), bool),
+            {"forward": time.perf_counter() - started},
+        )
 
     def stack(self, meta, features: np.ndarray) -> np.ndarray:
         """A meta-learner's (N, C) answer: applied to each fold's (N, F) features, the K answers averaged.

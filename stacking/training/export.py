@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from stacking.errors import UserError
-from stacking.meta import score
+from stacking.inference.tta import CALL_ROWS, TTAForward, View, make_views
+from stacking.meta.learners import score
 from stacking.runtime import EXPORTED, TF, KerasRunner, LiteRTRunner
-from stacking.tta import CALL_ROWS, TTAForward, View, make_views
 
 MAX_ABS_DIFF = 1e-4  # float32 exports agree to ~3e-8 here; more means the conversion changed the model
 TF_MUST_WIN_BY = 1.05  # auto keeps TensorFlow only when the export is this much slower: timings are noisy
@@ -38,7 +38,7 @@ class Parity:
     label_changes: int  # where Keras' top-2 margin exceeded MAX_ABS_DIFF and the export's label differs
 
     @staticmethod
-    def of(keras_answers: np.ndarray, exported: np.ndarray) -> "Parity":
+    def of(keras_answers: np.ndarray, exported: np.ndarray) -> Parity:
         """(..., C) answers of both on the same view rows."""
         keras_answers = keras_answers.reshape(-1, keras_answers.shape[-1])
         exported = exported.reshape(keras_answers.shape)
@@ -48,10 +48,13 @@ class Parity:
         diff = float(np.abs(keras_answers - exported).max()) if keras_answers.size else 0.0  # NaN stays NaN
         return Parity(len(keras_answers), diff, int((changed & sure).sum()))
 
-    def merge(self, other: "Parity") -> "Parity":
+    def merge(self, other: Parity) -> Parity:
         # np.maximum, not max(): a NaN on either side must survive the merge
-        return Parity(self.rows + other.rows, float(np.maximum(self.max_abs_diff, other.max_abs_diff)),
-                      self.label_changes + other.label_changes)
+        return Parity(
+            self.rows + other.rows,
+            float(np.maximum(self.max_abs_diff, other.max_abs_diff)),
+            self.label_changes + other.label_changes,
+        )
 
     def problem(self) -> str | None:
         """Why the export is refused, or None."""
@@ -62,8 +65,12 @@ class Parity:
         return None
 
     def as_dict(self) -> dict:
-        return {"rows": self.rows, "max_abs_diff": self.max_abs_diff, "label_changes": self.label_changes,
-                "max_abs_limit": MAX_ABS_DIFF}
+        return {
+            "rows": self.rows,
+            "max_abs_diff": self.max_abs_diff,
+            "label_changes": self.label_changes,
+            "max_abs_limit": MAX_ABS_DIFF,
+        }
 
 
 def exported_answers(content: bytes, pixels: np.ndarray, views: list[View], image_size: int) -> np.ndarray:
@@ -95,16 +102,18 @@ def int8_verdict(labels: np.ndarray, fp32_views: np.ndarray, int8_views: np.ndar
     if int8["accuracy"] < fp32["accuracy"]:
         reason = f"OOF accuracy {int8['accuracy']:.4f} below float32's {fp32['accuracy']:.4f}"
     elif rise > INT8_LOG_LOSS_TOLERANCE:
-        reason = (f"OOF log-loss {int8['log_loss']:.4f}, {rise:.4f} above float32's "
-                  f"(tolerance {INT8_LOG_LOSS_TOLERANCE})")
+        reason = (
+            f"OOF log-loss {int8['log_loss']:.4f}, {rise:.4f} above float32's (tolerance {INT8_LOG_LOSS_TOLERANCE})"
+        )
     else:
         reason = f"OOF accuracy {int8['accuracy']:.4f} (float32 {fp32['accuracy']:.4f}), log-loss {rise:+.4f}"
     kept = int8["accuracy"] >= fp32["accuracy"] and rise <= INT8_LOG_LOSS_TOLERANCE
     return {"fp32": fp32, "int8": int8, "log_loss_tolerance": INT8_LOG_LOSS_TOLERANCE, "kept": kept, "reason": reason}
 
 
-def time_runtimes(models: list, files: list[bytes], image_size: int, views: int,
-                  int8_files: list[bytes] | None = None) -> dict:
+def time_runtimes(
+    models: list, files: list[bytes], image_size: int, views: int, int8_files: list[bytes] | None = None
+) -> dict:
     """Milliseconds per call of the whole base model (every fold) under each runtime, measured in turn, medians."""
     rows = np.random.default_rng(0).uniform(0, 255, (served_rows(views), image_size, image_size, 3)).astype(np.float32)
     runners = {TF: KerasRunner(models), EXPORTED: LiteRTRunner(files)}

@@ -1,0 +1,1 @@
+"""Images in: listing a data set, decoding, the bundled digits."""

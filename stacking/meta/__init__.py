@@ -1,0 +1,1 @@
+"""The meta-learners over OOF probabilities, their calibration and their leaderboard."""
