@@ -23,25 +23,27 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements requirements
 COPY app app
 COPY models models
 COPY stacking stacking
 RUN python3 -m venv /venv && /venv/bin/pip install --no-cache-dir --upgrade pip
 
-# Serving only: the package without its dependencies, then exactly pyproject's "serve" extra; pip and
-# setuptools go too, as nothing is installed at run time.
+# Serving only: exactly the serve extra's locked versions (requirements/serve.txt, every wheel checked against its
+# sha256), then the package without its dependencies; pip and setuptools go too, as nothing is installed at run time.
 FROM source AS build-slim
 ARG PIP_CERT
-RUN /venv/bin/pip install --no-cache-dir --no-deps . \
-    && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['serve']))" > /tmp/serve.txt \
-    && /venv/bin/pip install --no-cache-dir -r /tmp/serve.txt \
+RUN /venv/bin/pip install --no-cache-dir --require-hashes -r requirements/serve.txt \
+    && /venv/bin/pip install --no-cache-dir --no-deps . \
     && /venv/bin/pip uninstall --yes --quiet pip setuptools \
     && /venv/bin/python -m compileall -q /venv/lib
 
-# Everything: a plain (non-editable) install into a venv that the runtime stage copies whole.
+# Everything, at the locked versions (requirements/full.txt, hashes required): a plain (non-editable) install into a
+# venv that the runtime stage copies whole.
 FROM source AS build
 ARG PIP_CERT
-RUN /venv/bin/pip install --no-cache-dir . \
+RUN /venv/bin/pip install --no-cache-dir --require-hashes -r requirements/full.txt \
+    && /venv/bin/pip install --no-cache-dir --no-deps . \
     && /venv/bin/python -m compileall -q /venv/lib
 
 FROM debian:bookworm-slim AS runtime

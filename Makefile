@@ -4,12 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-container bench lint browser protos clean
+.PHONY: install demo test test-fast test-container bench lint lock browser protos clean
 
-$(STAMP): pyproject.toml
+# Exactly the locked versions, every wheel checked against its sha256 (requirements/test.txt, made by make lock),
+# then this package itself, editable, adding nothing.
+$(STAMP): pyproject.toml requirements/test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --require-hashes -r requirements/test.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +25,17 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Resolve pyproject.toml's ranges again, to the newest versions they allow, into the three locks with hashes:
+# test.txt (make install, CI: everything and the test tools), full.txt (the full image), serve.txt (the slim
+# image: the serve extra alone). The last two take test.txt's versions. tests/test_lock.py checks they agree.
+LOCK := --quiet --generate-hashes --universal --python-version 3.11
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra test --upgrade -c requirements/constraints.txt $(LOCK) \
+	  -o requirements/test.txt
+	$(BIN)/uv pip compile pyproject.toml -c requirements/test.txt $(LOCK) -o requirements/full.txt
+	$(BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['serve']))" \
+	  | $(BIN)/uv pip compile - -c requirements/test.txt $(LOCK) -o requirements/serve.txt
 
 # The gRPC messages the server loads, compiled from their .proto (tests/test_open_inference.py checks they match).
 protos: $(STAMP)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 
-from stacking.bundle.manifest import OptionEntry, ProtocolEntry, RuntimeEntry, StageEntry, TTAEntry
+from stacking.bundle.manifest import (
+    CandidateRow,
+    Metrics,
+    OptionEntry,
+    ProtocolEntry,
+    RuntimeEntry,
+    StageEntry,
+    TTAEntry,
+)
 
 
 class ModelRef(BaseModel):
@@ -64,7 +72,7 @@ class BaseModelInfo(BaseModel):
 class MetaLearnerInfo(BaseModel):
     kind: str
     reason: str
-    leaderboard: list[dict[str, Any]]  # each candidate's cross-validated scores on the OOF rows
+    leaderboard: list[CandidateRow]  # each candidate's cross-validated scores on the OOF rows
 
 
 class ServedTTA(TTAEntry):
@@ -99,7 +107,7 @@ class ModelInfoResponse(BaseModel):
     meta_learner: MetaLearnerInfo
     tta: ServedTTA
     protocol: ProtocolEntry
-    metrics: dict[str, Any]
+    metrics: Metrics
     custom_modules: list[str]
     signature_verified: bool
     runtime: RuntimeInfo

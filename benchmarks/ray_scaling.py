@@ -131,8 +131,8 @@ def main() -> None:
         runs[name] = {
             "seconds": round(seconds, 1),
             "meta": manifest.meta_learner.kind,
-            "oof_accuracy": {k: round(v["accuracy"], 4) for k, v in manifest.metrics["oof"].items()},
-            "worker_processes": len({r["worker"] for r in manifest.metrics["jobs"].values()}),
+            "oof_accuracy": {k: round(v.accuracy, 4) for k, v in manifest.metrics.oof.items()},
+            "worker_processes": len({r.worker for r in manifest.metrics.jobs.values()}),
             **({} if name == "local" else compare(args.workdir / "local", out)),
         }
 

@@ -66,8 +66,8 @@ def main() -> None:
             "rows": rows,
             "fit_seconds": seconds,
             "test_images": count,
-            "oof_rows": manifest.metrics["oof_rows"],
-            "chosen_reason": manifest.meta_learner.selection["reason"],
+            "oof_rows": manifest.metrics.oof_rows,
+            "chosen_reason": manifest.meta_learner.selection.reason,
             **verdict(rows),
         }
     print(

@@ -47,7 +47,7 @@ def test_manifest_describes_the_bundle(tiny_bundle):
 def test_oof_rows_are_the_held_out_images_only(tiny_bundle):
     manifest = load_manifest(tiny_bundle)
     oof = load_oof(tiny_bundle)
-    assert oof["probabilities"].shape == (2, manifest.metrics["oof_rows"], 10)
+    assert oof["probabilities"].shape == (2, manifest.metrics.oof_rows, 10)
     np.testing.assert_allclose(oof["probabilities"].sum(axis=2), 1.0, rtol=1e-4)
     assert len(set(oof["ids"].tolist())) == len(oof["ids"])
     # holdout: 20 % of the training images, never seen by a base model

@@ -28,12 +28,11 @@ def test_same_seed_same_weights_and_out_of_fold_predictions(digits_dir, tmp_path
 
 def assert_same_choice(a, b) -> None:
     sa, sb = (load_manifest(x).meta_learner.selection for x in (a, b))
-    assert sa["kind"] == sb["kind"]
-    for row_a, row_b in zip(sa["leaderboard"], sb["leaderboard"], strict=True):
-        assert row_a["name"] == row_b["name"]
-        for key, value in row_a.items():  # random-forest trees may sum in another order
-            if key not in ("name", "family"):
-                assert value == pytest.approx(row_b[key], rel=1e-9), (row_a["name"], key)
+    assert sa.kind == sb.kind
+    for row_a, row_b in zip(sa.leaderboard, sb.leaderboard, strict=True):
+        assert row_a.name == row_b.name
+        for key, value in row_a.model_dump(exclude={"name", "family"}).items():  # forest trees may sum in any order
+            assert value == pytest.approx(getattr(row_b, key), rel=1e-9), (row_a.name, key)
 
 
 def test_kfold_same_seed_same_oof_arrays_and_choice(digits_dir, tmp_path):

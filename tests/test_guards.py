@@ -65,7 +65,7 @@ def memoriser_bundle(digits_dir, tmp_path_factory) -> Path:
 
 def test_an_overfitting_model_is_judged_on_images_it_never_saw(memoriser_bundle, digits_dir):
     manifest = load_manifest(memoriser_bundle)
-    oof = manifest.metrics["oof"]["tests.memoriser.build"]["accuracy"]
+    oof = manifest.metrics.oof["tests.memoriser.build"].accuracy
     rows, _, _ = evaluate_folder(
         Predictor(memoriser_bundle, trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv"
     )
@@ -78,10 +78,10 @@ def test_an_overfitting_model_is_judged_on_images_it_never_saw(memoriser_bundle,
 
 def test_the_meta_learner_does_not_trust_the_memoriser(memoriser_bundle, digits_dir):
     selection = load_manifest(memoriser_bundle).meta_learner.selection
-    board = {row["name"]: row for row in selection["leaderboard"]}
-    chosen_weights = board[selection["kind"]]["model_weights"]  # order: tiny_cnn, memoriser
+    board = {row.name: row for row in selection.leaderboard}
+    chosen_weights = board[selection.kind].model_weights  # order: tiny_cnn, memoriser
     assert chosen_weights[1] < chosen_weights[0], selection
-    assert board["weighted"]["model_weights"][1] < 0.5
+    assert board["weighted"].model_weights[1] < 0.5
     rows, _, _ = evaluate_folder(
         Predictor(memoriser_bundle, trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv"
     )
@@ -99,13 +99,13 @@ def test_shuffled_labels_score_at_chance(digits_dir, tmp_path):
         (data / "train" / images.classes[label]).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, data / "train" / images.classes[label] / path.name)
     manifest = guarded_fit(data, tmp_path / "bundle", tmp_path)
-    chance, n_oof = 1 / len(images.classes), manifest.metrics["oof_rows"]
+    chance, n_oof = 1 / len(images.classes), manifest.metrics.oof_rows
     ceiling = chance + 3 * np.sqrt(chance * (1 - chance) / n_oof)  # three standard errors above chance
     assert in_sample_accuracy(tmp_path / "bundle", data) >= 0.9  # the memoriser learnt the noise by heart
-    for name, scores in manifest.metrics["oof"].items():
-        assert scores["accuracy"] <= ceiling, (name, scores)
-    for row in manifest.meta_learner.selection["leaderboard"]:
-        assert row["accuracy"] <= ceiling, row
+    for name, scores in manifest.metrics.oof.items():
+        assert scores.accuracy <= ceiling, (name, scores)
+    for row in manifest.meta_learner.selection.leaderboard:
+        assert row.accuracy <= ceiling, row
     rows, count, _ = evaluate_folder(
         Predictor(tmp_path / "bundle", trust=TRUSTED), digits_dir / "test", digits_dir / "test_labels.csv"
     )

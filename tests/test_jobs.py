@@ -106,9 +106,9 @@ def test_ray_fit_equals_a_local_fit_interrupted_and_resumed(ray_cluster, digits_
     manifest = fit(digits_dir, tmp_path / "ray", on_ray(KFOLD, cpus_per_job=CORES), echo=lines.append)
     assert_same_bundle(local, tmp_path / "ray")
     assert any(line.startswith("[jobs: 4/4 done, 0 running, 0 failed]") for line in lines), lines
-    runs = manifest.metrics["jobs"]
+    runs = manifest.metrics.jobs
     assert len(runs) == 4 and all(
-        r["threads"] == CORES and not r["worker"].endswith(f":{os.getpid()}") for r in runs.values()
+        r.threads == CORES and not r.worker.endswith(f":{os.getpid()}") for r in runs.values()
     )  # in Ray's workers, with the threads they asked for
 
 

@@ -65,8 +65,8 @@ def test_every_section_is_there_and_every_picture_is_drawn(bundle_copy):
 def test_leaderboard_shows_the_bundles_scores_which_are_honest(bundle_copy):
     page = write_report(bundle_copy, load_manifest(bundle_copy)).read_text()
     manifest, oof, stack = load_manifest(bundle_copy), load_oof(bundle_copy), load_stack_oof(bundle_copy)
-    rows = manifest.meta_learner.oof_scores
-    header, *cells = table_after(page, f"Out-of-fold ({manifest.metrics['oof_rows']} images no base model trained on)")
+    rows = [r.model_dump() for r in manifest.meta_learner.oof_scores]
+    header, *cells = table_after(page, f"Out-of-fold ({manifest.metrics.oof_rows} images no base model trained on)")
     assert header == ["model", "kind", "accuracy", "95% interval", "log-loss", "ECE"]
     assert cells == [
         [
@@ -83,7 +83,7 @@ def test_leaderboard_shows_the_bundles_scores_which_are_honest(bundle_copy):
     by_name = {r["name"]: r for r in rows}
     labels = oof["labels"]
     for m, name in enumerate(oof["models"]):
-        assert by_name[str(name)]["log_loss"] == pytest.approx(manifest.metrics["oof"][str(name)]["log_loss"])
+        assert by_name[str(name)]["log_loss"] == pytest.approx(manifest.metrics.oof[str(name)].log_loss)
         assert by_name[str(name)]["accuracy"] == pytest.approx(score(oof["probabilities"][m], labels)["accuracy"])
     for name, probs in zip(stack["names"], stack["probabilities"]):
         assert by_name[str(name)]["log_loss"] == pytest.approx(score(probs, labels)["log_loss"])
@@ -100,7 +100,7 @@ def test_leaderboard_shows_the_bundles_scores_which_are_honest(bundle_copy):
     assert rows[-1]["log_loss"] > in_sample
     # The summary's headline repeats them.
     summary = table_after(page, "1. Summary")  # the first table: base models
-    assert [row[-2] for row in summary[1:]] == [f"{manifest.metrics['oof'][n]['accuracy']:.4f}" for n in oof["models"]]
+    assert [row[-2] for row in summary[1:]] == [f"{manifest.metrics.oof[n].accuracy:.4f}" for n in oof["models"]]
     assert f"chosen stack: stack ({chosen})" in section(page, "summary")
 
 
@@ -113,7 +113,7 @@ def test_data_section_counts_every_class_and_the_held_out_part(bundle_copy):
     for i, (name, images, predicted) in enumerate(rows[:-1]):
         assert name == manifest.classes[i]
         assert int(images) == manifest.data.per_class[name] and int(predicted) == held_out[i]
-    assert rows[-1] == ["all", str(manifest.data.images), str(manifest.metrics["oof_rows"])]
+    assert rows[-1] == ["all", str(manifest.data.images), str(manifest.metrics.oof_rows)]
 
 
 def test_mistakes_are_the_stacks_surest_wrong_answers(bundle_copy):

@@ -286,8 +286,8 @@ def test_a_kept_int8_export_is_what_serves_and_what_the_meta_learner_learnt_from
     )
     for entry in manifest.base_models:
         verdict = entry.runtime.int8
-        assert verdict.calibration_images == 200 and set(verdict.fp32) == set(verdict.int8) == {"accuracy", "log_loss"}
-        assert verdict.kept == (verdict.int8["accuracy"] >= verdict.fp32["accuracy"])
+        assert verdict.calibration_images == 200
+        assert verdict.kept == (verdict.int8.accuracy >= verdict.fp32.accuracy)
         assert entry.runtime.precision == ("int8" if verdict.kept else "fp32")
         assert (int8_tensors(tmp_path / "b" / entry.runtime.files[0]) > 0) == verdict.kept
     assert any(e.runtime.precision == "int8" for e in manifest.base_models), "no model's INT8 file was kept"

@@ -7,9 +7,8 @@ schemathesis' pytest plugin, which does not work with pytest 9.2.
 from __future__ import annotations
 
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
 
 from app.main import create_app
 from app.settings import Settings

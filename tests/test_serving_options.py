@@ -258,25 +258,22 @@ def test_the_fit_costs_every_option_and_tunes_the_cascade_on_its_oof_rows(tiny_b
     options = {o.name: o for o in serving.options}
     assert list(options) == ["tiny_cnn", "mini_mobilenet", "mean", "stack", "cascade"]
     assert {n for n, o in options.items() if o.servable} == {"stack", "cascade"}
-    assert all(o.ms_per_image > 0 and o.rows == manifest.metrics["oof_rows"] for o in options.values())
+    assert all(o.ms_per_image > 0 and o.rows == manifest.metrics.oof_rows for o in options.values())
     assert options["tiny_cnn"].cost_views == options["mini_mobilenet"].cost_views == 3  # one model, 3 views
     assert options["stack"].cost_views == 6
-    assert (
-        options["stack"].accuracy
-        == next(r for r in manifest.meta_learner.oof_scores if r["kind"] == "chosen")["accuracy"]
-    )
+    assert options["stack"].accuracy == next(r for r in manifest.meta_learner.oof_scores if r.kind == "chosen").accuracy
     assert options["cascade"].cost_views <= options["stack"].cost_views
     assert serving.cascade.stages[-1].name == "stack"
     oof = bundle_io.load_oof(tiny_bundle)
-    assert oof["views"].shape == (2, 3, manifest.metrics["oof_rows"], 10)  # what the cascade was tuned on
+    assert oof["views"].shape == (2, 3, manifest.metrics.oof_rows, 10)  # what the cascade was tuned on
 
 
 def test_a_new_meta_learner_gets_its_cascade_tuned_again(bundle_copy):
     manifest = refit_meta(bundle_copy, {"meta": "mean"}, echo=lambda _: None)
     options = {o.name: o for o in manifest.serving.options}
-    chosen = next(r for r in manifest.meta_learner.oof_scores if r["kind"] == "chosen")
-    assert manifest.meta_learner.kind == "mean" and options["stack"].accuracy == chosen["accuracy"]
-    assert manifest.serving.cascade.tuning["stack"]["accuracy"] == pytest.approx(chosen["accuracy"])
+    chosen = next(r for r in manifest.meta_learner.oof_scores if r.kind == "chosen")
+    assert manifest.meta_learner.kind == "mean" and options["stack"].accuracy == chosen.accuracy
+    assert manifest.serving.cascade.tuning.stack.accuracy == pytest.approx(chosen.accuracy)
 
 
 # --- the student ---------------------------------------------------------------------------------------------
@@ -299,7 +296,7 @@ def test_the_student_is_stored_hashed_and_answers_on_one_view(distilled, digits_
     option = next(o for o in manifest.serving.options if o.name == "student")
     assert option.servable and option.kind == "serving" and option.cost_views == 1 and option.ms_per_image > 0
     held = student.scores
-    assert held["rows"] == option.rows and held["student"]["accuracy"] == option.accuracy
+    assert held.rows == option.rows and held.student.accuracy == option.accuracy
     pixels, _ = labelled_pixels(digits_dir)
     answer = Predictor(distilled, serve_as="student").predict(pixels)
     assert set(answer.served_by) == {"student"} and (answer.cost_views == 1).all() and (answer.views == 1).all()
@@ -319,9 +316,9 @@ def test_student_targets_come_only_from_answers_on_unseen_images(distilled, digi
     folds = pd.read_csv(distilled / "folds.csv").set_index("Id")["fold"]
     assert (folds.loc[targets["ids"][from_oof]] >= 0).all()  # never an image the base models trained on
     manifest = load_manifest(distilled)
-    assert from_oof.sum() == manifest.serving.student.targets["oof_rows"] < len(oof["ids"])  # a quarter held out
+    assert from_oof.sum() == manifest.serving.student.targets.oof_rows < len(oof["ids"])  # a quarter held out
     pixels, _ = labelled_pixels(digits_dir)
-    assert (~from_oof).sum() == len(pixels) == manifest.serving.student.targets["unlabelled"]
+    assert (~from_oof).sum() == len(pixels) == manifest.serving.student.targets.unlabelled
     np.testing.assert_allclose(
         targets["probabilities"][~from_oof], Predictor(distilled).predict(pixels).probabilities, atol=1e-6
     )  # unlabelled images: the served stack's answers

@@ -28,7 +28,7 @@ def test_meta_command_refits_only_the_meta_learner(bundle_copy, capsys):
     assert "meta-learner: rf (asked for with --meta rf); temperature" in capsys.readouterr().out
     after = bundle_io.load_manifest(bundle_copy, verify=True)  # every sha256 rewritten and valid
     selection = after.meta_learner.selection
-    assert after.meta_learner.kind == "rf" and selection["calibration"]["temperature"] > 0
+    assert after.meta_learner.kind == "rf" and selection.calibration.temperature > 0
     assert after.config["meta"] == "rf" and after.config["calibration"] == "temperature"
     for name in [f for f in before.files if f.startswith(("base/", "history/")) or f == bundle_io.OOF_FILE]:
         assert after.files[name] == before.files[name]  # no CNN was retrained

@@ -48,7 +48,7 @@ def test_every_bundle_has_diagnostics_and_their_pictures(tiny_bundle):
     assert TTA_DIAGNOSTICS in manifest.files
     diag = json.loads((tiny_bundle / TTA_DIAGNOSTICS).read_text())
     assert diag["served_views"] == 3 and diag["views"] == 9  # shift policy: 9 views measured, 3 served
-    assert diag["rows"] == manifest.metrics["oof_rows"]
+    assert diag["rows"] == manifest.metrics.oof_rows
     page = (tiny_bundle / "report" / "index.html").read_text()
     for picture in ("tta_curve.png", "tta_heatmap.png"):
         assert picture in page

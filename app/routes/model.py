@@ -28,8 +28,8 @@ def model_info(predictor: PredictorDep) -> dict:
         ],
         "meta_learner": {
             "kind": meta.kind,
-            "reason": meta.selection["reason"],
-            "leaderboard": meta.selection["leaderboard"],
+            "reason": meta.selection.reason,
+            "leaderboard": meta.selection.leaderboard,
         },
         "tta": {**manifest.tta.model_dump(), "max_views": predictor.max_views()},
         "protocol": manifest.protocol.model_dump(),

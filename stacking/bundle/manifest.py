@@ -1,8 +1,9 @@
 """The bundle's ``manifest.json`` as types: validated on load, so a missing or unknown field is a clear error.
 
-Structure is typed field by field (an attacker or a typo cannot slip in a key the code
-would ignore); the free-form records inside (scores, the fit's settings, the meta
-selection's leaderboard) are kept as JSON objects.
+Typed all the way down (an attacker or a typo cannot slip in a key the code would ignore,
+and a renamed field fails here, at load, not in some reader later): scores, the meta
+selection, the cascade's tuning, the costs' timing and the student's record are models
+too. What stays a mapping is keyed by data (base model names, Keras' metric names).
 """
 
 from __future__ import annotations
@@ -18,6 +19,96 @@ class Strict(BaseModel):
     """Unknown keys are refused, every field without a default is required."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class Scores(Strict):
+    """Accuracy, log-loss, Brier score and expected calibration error of probabilities (``meta.learners.score``)."""
+
+    accuracy: float
+    log_loss: float
+    brier: float
+    ece: float
+
+
+class NamedScores(Scores):
+    name: str
+
+
+class ScoreRow(Strict):
+    """A leaderboard row (``meta.leaderboard.table_row``): accuracy with its bootstrap 95% interval."""
+
+    name: str
+    kind: Literal["base", "candidate", "chosen"]
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    log_loss: float
+    ece: float
+
+
+class CandidateRow(Strict):
+    """A meta-learner candidate's cross-validated scores over the meta-folds: mean and spread of each."""
+
+    name: str
+    family: Literal["simple", "learned"]
+    accuracy: float
+    accuracy_std: float
+    log_loss: float
+    log_loss_std: float
+    brier: float
+    brier_std: float
+    ece: float
+    ece_std: float
+    model_weights: list[float]  # each base model's share of the candidate's answer
+
+
+class CalibrationScores(Strict):
+    log_loss: float
+    brier: float
+    ece: float
+
+
+class CalibrationRecord(Strict):
+    """Temperature scaling of the chosen stack, its effect cross-validated over the meta-folds."""
+
+    method: Literal["temperature"]
+    temperature: float
+    before: CalibrationScores
+    after: CalibrationScores
+
+
+class Selection(Strict):
+    """How the meta-learner was chosen: every candidate's cross-validated scores, the choice and its reason."""
+
+    kind: str
+    criterion: str
+    cv_folds: int
+    reason: str
+    leaderboard: list[CandidateRow]
+    calibration: CalibrationRecord | None
+
+
+class JobRun(Strict):
+    """Where one fit job ran and for how long."""
+
+    seconds: float
+    worker: str
+    threads: int
+
+
+class Metrics(Strict):
+    """The fit's scores and timings."""
+
+    oof_rows: int
+    oof: dict[str, Scores]  # each base model's and the plain mean's scores on the OOF rows
+    validation: dict[str, list[dict[str, float]]]  # per base model, per fold: the best epoch's val_* (Keras' names)
+    fit_seconds: float
+    jobs: dict[str, JobRun]
+
+
+class Seeds(Strict):
+    seed: int
+    per_model: str  # how each base model's seed follows from it
 
 
 class ParityEntry(Strict):
@@ -38,12 +129,17 @@ class TimingEntry(Strict):
     litert_int8_ms: float | None = None  # with --quantize int8
 
 
+class AccuracyLogLoss(Strict):
+    accuracy: float
+    log_loss: float
+
+
 class Int8Entry(Strict):
     """The INT8 export's scores against the float32 export's on the model's OOF rows, and the verdict."""
 
     calibration_images: int
-    fp32: dict[str, float]  # accuracy and log-loss of the served views' mean
-    int8: dict[str, float]
+    fp32: AccuracyLogLoss  # of the served views' mean
+    int8: AccuracyLogLoss
     log_loss_tolerance: float
     kept: bool  # scores held: INT8 may serve
     reason: str
@@ -100,10 +196,56 @@ class StageEntry(Strict):
     threshold: float
 
 
+class CostedScores(Strict):
+    accuracy: float
+    log_loss: float
+    ms_per_image: float
+    cost_views: float  # forward passes per image
+
+
+class CascadeOnOOF(CostedScores):
+    """The chosen stages on every OOF row (optimistic: chosen there)."""
+
+    rows: int
+    answered_by: dict[str, float]  # share of the rows each stage answered
+
+
+class CascadeCrossValidated(CostedScores):
+    """Each meta-fold's rows answered by the stages chosen on the other folds: the honest estimate."""
+
+    escalated_to_stack: float
+    folds: int
+    choices: list[list[str]]  # each fold's stages, as chosen on the others
+
+
+class CascadeTuning(Strict):
+    on_oof: CascadeOnOOF
+    cross_validated: CascadeCrossValidated
+    stack: CostedScores
+    candidates_tried: int
+
+
 class CascadeEntry(Strict):
     stages: list[StageEntry]
     tolerance: float  # the cascade's OOF accuracy may be this far below the stack's
-    tuning: dict[str, Any]  # the choice on all OOF rows, its cross-validated estimate, the candidates tried
+    tuning: CascadeTuning
+
+
+class StudentTargets(Strict):
+    oof_rows: int
+    unlabelled: int
+    source: str
+    file: str
+
+
+class StudentScores(Strict):
+    """On OOF rows held out from the student: the student, the stack and the best base model alike."""
+
+    rows: int
+    scored_on: str
+    student: Scores
+    stack: Scores
+    best_base: NamedScores
 
 
 class StudentEntry(Strict):
@@ -113,16 +255,27 @@ class StudentEntry(Strict):
     files: list[str]  # the .keras file
     runtime: RuntimeEntry | None  # its exported file, as for base models
     history: str
-    targets: dict[str, Any]  # where the soft targets came from and how many
-    scores: dict[str, Any]  # on held-out OOF rows: the student, the stack and the best base model alike
+    targets: StudentTargets  # where the soft targets came from and how many
+    scores: StudentScores
     ms_per_image: float  # measured through the student's runner, one view
+
+
+class ServingTiming(Strict):
+    """What the costs were measured on (``training.costing.measure_costs``), per image."""
+
+    images: int
+    served_views: int
+    runtimes: dict[str, str]  # each base model's runtime when timed
+    base_ms: dict[str, float]  # each base model on its served views, every fold model
+    view_ms: dict[str, float]  # one view through its first (or only) fold model: the cascade's early stages
+    stack_ms: float
 
 
 class ServingEntry(Strict):
     """Every way this bundle can answer, with its cost; and the cascade's and the student's own records."""
 
     options: list[OptionEntry]
-    timing: dict[str, Any]  # what the costs were measured on: images, ms per image-view of each base model
+    timing: ServingTiming
     cascade: CascadeEntry | None
     student: StudentEntry | None = None
 
@@ -172,8 +325,8 @@ class MetaLearnerEntry(Strict):
     file: str
     candidates_file: str
     features: MetaFeatures
-    selection: dict[str, Any]  # leaderboard over the meta-folds, the choice and its reason
-    oof_scores: list[dict[str, Any]]  # base models, candidates and stack on the OOF rows
+    selection: Selection
+    oof_scores: list[ScoreRow]  # base models, candidates and stack on the OOF rows
 
 
 class Manifest(Strict):
@@ -187,8 +340,8 @@ class Manifest(Strict):
     tta: TTAEntry
     protocol: ProtocolEntry
     config: dict[str, Any]  # every fit setting, as FitConfig.as_dict() wrote it
-    metrics: dict[str, Any]  # OOF and validation scores, fit seconds, where each job ran
-    seeds: dict[str, Any]
+    metrics: Metrics
+    seeds: Seeds
     versions: dict[str, str]
     custom_modules: list[str]  # modules the base models need imported: only with --trust-custom-code
     files: dict[str, str]  # every file of the bundle but the report and the signature, with its sha256

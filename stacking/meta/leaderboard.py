@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from stacking.bundle.manifest import Selection
 from stacking.meta.learners import score
 
 BOOTSTRAP_SAMPLES = 1000
@@ -37,9 +38,9 @@ def table_row(name: str, kind: str, probs: np.ndarray, labels: np.ndarray) -> di
     }
 
 
-def stack_name(selection: dict) -> str:
+def stack_name(selection: Selection) -> str:
     """How the chosen stack is named in tables: ``stack (logreg)``, ``stack (mean + temperature)``."""
-    return f"stack ({selection['kind']}{' + temperature' if selection['calibration'] else ''})"
+    return f"stack ({selection.kind}{' + temperature' if selection.calibration else ''})"
 
 
 def leaderboard(
@@ -47,7 +48,7 @@ def leaderboard(
     base_probs: np.ndarray,
     candidates: dict[str, np.ndarray],
     chosen: np.ndarray,
-    selection: dict,
+    selection: Selection,
     labels: np.ndarray,
 ) -> list[dict]:
     """Rows for (M, N, C) base probabilities, each candidate's (N, C) and the chosen stack's (N, C)."""

@@ -95,6 +95,11 @@ class _Bundle:
     def base_names(self) -> list[str]:
         return [str(n) for n in self.oof["models"]]
 
+    @property
+    def oof_scores(self) -> list[dict]:
+        """The OOF leaderboard as rows like an evaluation's (the tables show both alike)."""
+        return [row.model_dump() for row in self.manifest.meta_learner.oof_scores]
+
 
 def _esc(value: object) -> str:
     return html.escape(str(value))
@@ -188,8 +193,8 @@ def _summary(b: _Bundle) -> str:
                 e.weights or "none (from scratch)",
                 e.preprocessing,
                 str(len(e.files)),
-                f"{metrics['oof'][e.name]['accuracy']:.4f}",
-                f"{metrics['oof'][e.name]['log_loss']:.4f}",
+                f"{metrics.oof[e.name].accuracy:.4f}",
+                f"{metrics.oof[e.name].log_loss:.4f}",
             ]
             for e in m.base_models
         ],
@@ -201,11 +206,11 @@ def _summary(b: _Bundle) -> str:
     parts = [
         f"<p>{len(b.classes)} classes, {m.data.images} training images from <code>{_esc(m.data.source)}"
         f"</code> at {m.image_size} px; TTA policy <b>{_esc(m.tta.policy)}</b> with {m.tta.views} "
-        f"view(s); fitted {_esc(m.created)} in {metrics['fit_seconds']:.0f} s.</p>",
+        f"view(s); fitted {_esc(m.created)} in {metrics.fit_seconds:.0f} s.</p>",
         f"<p>Protocol: {_protocol_text(m.protocol)}</p>",
         base,
         f"<p>Meta-learner: <b>{_esc(stack_name(selection))}</b> on {features}, chosen because: "
-        f"{_esc(selection['reason'])}.</p>",
+        f"{_esc(selection.reason)}.</p>",
         _headline(b),
         "<h3>Data</h3>",
         _data_table(b),
@@ -215,8 +220,8 @@ def _summary(b: _Bundle) -> str:
 
 def _headline(b: _Bundle) -> str:
     """The stack against the best base model and the plain mean: OOF scores, and test scores when evaluated."""
-    oof_rows = b.manifest.meta_learner.oof_scores
-    tables = [("OOF", oof_rows, f"{b.manifest.metrics['oof_rows']} OOF images")]
+    oof_rows = b.oof_scores
+    tables = [("OOF", oof_rows, f"{b.manifest.metrics.oof_rows} OOF images")]
     if b.evaluation:
         tables.append(("test", b.evaluation["rows"], f"{b.evaluation['images']} test images"))
     header, rows = ["", *[f"{t} {metric}" for t, _, _ in tables for metric in ("accuracy", "log-loss")]], []
@@ -257,10 +262,10 @@ def _leaderboard(b: _Bundle) -> str:
     meta = b.manifest.meta_learner
     selection = meta.selection
     parts = [
-        f"<h3>Out-of-fold ({b.manifest.metrics['oof_rows']} images no base model trained on)</h3>",
+        f"<h3>Out-of-fold ({b.manifest.metrics.oof_rows} images no base model trained on)</h3>",
         "<p>Base models as they predicted the OOF rows; each candidate and the stack scored on answers from the "
         "meta-learner folds that left the row out (fitting and scoring on the same rows would flatter them).</p>",
-        _table(SCORE_HEADER, *_score_rows(meta.oof_scores)),
+        _table(SCORE_HEADER, *_score_rows(b.oof_scores)),
     ]
     parts.append("<h3>Test</h3>")
     if b.evaluation:
@@ -273,37 +278,37 @@ def _leaderboard(b: _Bundle) -> str:
         parts.append(_table(SCORE_HEADER, *_score_rows(e["rows"])))
     else:
         parts.append(_missing(_no_test(b)))
-    parts.append(f"<h3>Meta-learner selection ({selection['cv_folds']}-fold cross-validation on the OOF rows)</h3>")
+    parts.append(f"<h3>Meta-learner selection ({selection.cv_folds}-fold cross-validation on the OOF rows)</h3>")
     parts.append(
-        f"<p>Ranked by mean {_esc(selection['criterion'])} over the folds (± its spread); a learned stack "
+        f"<p>Ranked by mean {_esc(selection.criterion)} over the folds (± its spread); a learned stack "
         f"must beat every averaging candidate. Reliance per base model in the order "
         f"{_esc(', '.join(meta.features.base_models))}.</p>"
     )
-    board = selection["leaderboard"]
+    board = selection.leaderboard
     parts.append(
         _table(
             ["candidate", "family", "CV accuracy", "CV log-loss", "Brier", "ECE", "reliance per base model"],
             [
                 [
-                    row["name"],
-                    row["family"],
-                    f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}",
-                    f"{row['log_loss']:.4f} ± {row['log_loss_std']:.4f}",
-                    f"{row['brier']:.4f}",
-                    f"{row['ece']:.4f}",
-                    " / ".join(f"{w:.2f}" for w in row["model_weights"]),
+                    row.name,
+                    row.family,
+                    f"{row.accuracy:.4f} ± {row.accuracy_std:.4f}",
+                    f"{row.log_loss:.4f} ± {row.log_loss_std:.4f}",
+                    f"{row.brier:.4f}",
+                    f"{row.ece:.4f}",
+                    " / ".join(f"{w:.2f}" for w in row.model_weights),
                 ]
                 for row in board
             ],
-            {i for i, row in enumerate(board) if row["name"] == selection["kind"]},
+            {i for i, row in enumerate(board) if row.name == selection.kind},
         )
     )
-    calibration = selection["calibration"]
+    calibration = selection.calibration
     if calibration:
         parts.append(
-            f"<p>Temperature scaling (fitted on OOF rows): T = {calibration['temperature']:.3f}; cross-validated "
-            f"log-loss {calibration['before']['log_loss']:.4f} → {calibration['after']['log_loss']:.4f}, "
-            f"ECE {calibration['before']['ece']:.4f} → {calibration['after']['ece']:.4f}.</p>"
+            f"<p>Temperature scaling (fitted on OOF rows): T = {calibration.temperature:.3f}; cross-validated "
+            f"log-loss {calibration.before.log_loss:.4f} → {calibration.after.log_loss:.4f}, "
+            f"ECE {calibration.before.ece:.4f} → {calibration.after.ece:.4f}.</p>"
         )
     return "\n".join(parts)
 
@@ -416,7 +421,7 @@ def _errors(b: _Bundle) -> str:
     name = stack_name(b.manifest.meta_learner.selection)
     counts = confusion_matrix(labels, chosen.argmax(axis=1), labels=np.arange(len(b.classes)))
     plot_confusion(counts, b.classes, b.out / "confusion.png", f"{name} on {len(labels)} OOF images")
-    best = _best_base(b.manifest.meta_learner.oof_scores)["name"]
+    best = _best_base(b.oof_scores)["name"]
     curves = {
         f"best base model ({best})": reliability_bins(b.oof["probabilities"][b.base_names.index(best)], labels),
         name: reliability_bins(chosen, labels),
@@ -469,9 +474,9 @@ def _diversity(b: _Bundle) -> str:
             _table(["pair", "correlation", "disagree on label", "both wrong"], pairs),
         ]
     plot_weights(
-        {row["name"]: row["model_weights"] for row in selection["leaderboard"]},
+        {row.name: row.model_weights for row in selection.leaderboard},
         names,
-        selection["kind"],
+        selection.kind,
         b.out / "weights.png",
     )
     parts.append(
@@ -479,7 +484,7 @@ def _diversity(b: _Bundle) -> str:
             "weights.png",
             "reliance of each candidate on each base model",
             "Averages: their weights; logistic regression: mean absolute coefficient per model; random "
-            f"forest: summed feature importance per model. Chosen: {selection['kind']}.",
+            f"forest: summed feature importance per model. Chosen: {selection.kind}.",
         )
     )
     return "\n".join(parts)

@@ -19,7 +19,19 @@ import numpy as np
 
 from stacking import bundle as bundle_io
 from stacking.bundle import Trust
-from stacking.bundle.manifest import CascadeEntry, Manifest, OptionEntry, ServingEntry, StageEntry, StudentEntry
+from stacking.bundle.manifest import (
+    CascadeEntry,
+    CascadeTuning,
+    CostedScores,
+    Manifest,
+    OptionEntry,
+    ScoreRow,
+    Scores,
+    ServingEntry,
+    ServingTiming,
+    StageEntry,
+    StudentEntry,
+)
 from stacking.inference.options import CASCADE, STACK, STUDENT
 from stacking.inference.predictor import Predictor
 from stacking.inference.tta import TTAPolicy
@@ -42,7 +54,7 @@ def median_seconds(call: Callable[[], object], repeats: int = TIMING_REPEATS) ->
     return float(np.median(times))
 
 
-def measure_costs(predictor: Predictor, pixels: np.ndarray) -> dict:
+def measure_costs(predictor: Predictor, pixels: np.ndarray) -> ServingTiming:
     """Milliseconds per image on ``pixels``: each base model on its served views (every fold model), one view of
     its first fold model (the cascade's early stages), and the whole stack."""
     n = len(pixels)
@@ -57,14 +69,14 @@ def measure_costs(predictor: Predictor, pixels: np.ndarray) -> dict:
             else median_seconds(lambda single=single: single.folds(pixels, views)) * 1000 / n / len(views)
         )
     stack_ms = median_seconds(lambda: predictor.predict(pixels, serve_as=STACK)) * 1000 / n
-    return {
-        "images": n,
-        "served_views": len(views),
-        "runtimes": predictor.runtimes,
-        "base_ms": base_ms,
-        "view_ms": view_ms,
-        "stack_ms": stack_ms,
-    }
+    return ServingTiming(
+        images=n,
+        served_views=len(views),
+        runtimes=predictor.runtimes,
+        base_ms=base_ms,
+        view_ms=view_ms,
+        stack_ms=stack_ms,
+    )
 
 
 def fold_counts(manifest: Manifest) -> np.ndarray:
@@ -75,7 +87,7 @@ def fold_counts(manifest: Manifest) -> np.ndarray:
 def _option(
     name: str,
     kind: str,
-    scores: dict,
+    scores: Scores | ScoreRow | CostedScores,
     rows: int,
     scored_on: str,
     views: float,
@@ -86,8 +98,8 @@ def _option(
         name=name,
         kind=kind,
         servable=servable,
-        accuracy=scores["accuracy"],
-        log_loss=scores["log_loss"],
+        accuracy=scores.accuracy,
+        log_loss=scores.log_loss,
         rows=rows,
         scored_on=scored_on,
         cost_views=round(views, 3),
@@ -98,11 +110,11 @@ def _option(
 def student_option(student: StudentEntry) -> OptionEntry:
     held = student.scores
     return _option(
-        STUDENT, "serving", held["student"], held["rows"], held["scored_on"], 1.0, student.ms_per_image, servable=True
+        STUDENT, "serving", held.student, held.rows, held.scored_on, 1.0, student.ms_per_image, servable=True
     )
 
 
-def plan_serving(bundle: Path, manifest: Manifest, timing: dict, seed: int) -> ServingEntry | None:
+def plan_serving(bundle: Path, manifest: Manifest, timing: ServingTiming, seed: int) -> ServingEntry | None:
     """The options of a fitted (or re-stacked) bundle: the cascade tuned on its OOF rows, everything costed.
 
     ``timing``: from :func:`measure_costs` (or the bundle's own, when only the meta step changed).
@@ -116,21 +128,22 @@ def plan_serving(bundle: Path, manifest: Manifest, timing: dict, seed: int) -> S
     views_used = float(oof["views_used"].mean())  # adaptive TTA: fewer views where the first ones agree
     stack_views = float(folds.sum() * views_used)
     stack = bundle_io.load_stack_oof(bundle)["chosen"]
-    costs = Costs(np.array([timing["view_ms"][n] for n in names]), timing["stack_ms"], stack_views)
+    costs = Costs(np.array([timing.view_ms[n] for n in names]), timing.stack_ms, stack_views)
     networks = [n if k == 1 else f"{n}/fold0" for n, k in zip(names, folds)]  # kfold: the first fold model alone
     meta_folds = meta_cv_folds(labels, oof.get("groups"), int(manifest.config.get("meta_folds", 5)), seed)
-    tuning = tune_cascade(
+    tuned = tune_cascade(
         oof["views"], stack, labels, names, TTAPolicy.from_dict(manifest.tta.model_dump()), costs, meta_folds, networks
     )
+    tuning = CascadeTuning.model_validate({k: v for k, v in tuned.items() if k != "stages"})
     rows, where = len(labels), "OOF rows"
-    scores = {r["name"]: r for r in manifest.meta_learner.oof_scores}
+    scores = {r.name: r for r in manifest.meta_learner.oof_scores}
     options = [
-        _option(n, "base", manifest.metrics["oof"][n], rows, where, folds[m] * views_used, timing["base_ms"][n])
+        _option(n, "base", manifest.metrics.oof[n], rows, where, folds[m] * views_used, timing.base_ms[n])
         for m, n in enumerate(names)
     ]
     if "mean" in scores:
         options.append(
-            _option("mean", "candidate", scores["mean"], rows, f"{where} (meta-folds)", stack_views, timing["stack_ms"])
+            _option("mean", "candidate", scores["mean"], rows, f"{where} (meta-folds)", stack_views, timing.stack_ms)
         )
     options.append(
         _option(
@@ -140,11 +153,11 @@ def plan_serving(bundle: Path, manifest: Manifest, timing: dict, seed: int) -> S
             rows,
             f"{where} (meta-folds)",
             stack_views,
-            timing["stack_ms"],
+            timing.stack_ms,
             servable=True,
         )
     )
-    cv = tuning["cross_validated"]
+    cv = tuning.cross_validated
     options.append(
         _option(
             CASCADE,
@@ -152,8 +165,8 @@ def plan_serving(bundle: Path, manifest: Manifest, timing: dict, seed: int) -> S
             cv,
             rows,
             f"{where}, thresholds cross-validated",
-            cv["cost_views"],
-            cv["ms_per_image"],
+            cv.cost_views,
+            cv.ms_per_image,
             servable=True,
         )
     )
@@ -161,9 +174,9 @@ def plan_serving(bundle: Path, manifest: Manifest, timing: dict, seed: int) -> S
     if student is not None:
         options.append(student_option(student))
     cascade = CascadeEntry(
-        stages=[StageEntry(**s) for s in tuning["stages"]],
+        stages=[StageEntry(**s) for s in tuned["stages"]],
         tolerance=TOLERANCE,
-        tuning={k: v for k, v in tuning.items() if k != "stages"},
+        tuning=tuning,
     )
     return ServingEntry(options=options, timing=timing, cascade=cascade, student=student)
 
@@ -176,15 +189,12 @@ def with_student(serving: ServingEntry, student: StudentEntry) -> ServingEntry:
 
 def describe_cascade(serving: ServingEntry) -> str:
     """One line on the cascade, for the log."""
-    tuning = serving.cascade.tuning
-    cv, stack = tuning["cross_validated"], tuning["stack"]
+    cv, stack = serving.cascade.tuning.cross_validated, serving.cascade.tuning.stack
     stages = ", ".join(f"{s.name} (p >= {s.threshold:g})" if s.model else s.name for s in serving.cascade.stages)
     return (
-        f"cascade: {stages}; cross-validated on the OOF rows: accuracy {cv['accuracy']:.4f} against the stack's "
-        f"{stack['accuracy']:.4f}, {cv['cost_views']:.3g} forward passes per image against "
-        f"{stack['cost_views']:.3g}"
-        f", {cv['ms_per_image']:.3g} ms against {stack['ms_per_image']:.3g}; {cv['escalated_to_stack']:.0%} "
-        "escalated to the stack"
+        f"cascade: {stages}; cross-validated on the OOF rows: accuracy {cv.accuracy:.4f} against the stack's "
+        f"{stack.accuracy:.4f}, {cv.cost_views:.3g} forward passes per image against {stack.cost_views:.3g}, "
+        f"{cv.ms_per_image:.3g} ms against {stack.ms_per_image:.3g}; {cv.escalated_to_stack:.0%} escalated to the stack"
     )
 
 

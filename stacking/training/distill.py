@@ -186,7 +186,7 @@ def _scores(bundle: Path, manifest: Manifest, held: np.ndarray, answers: np.ndar
     labels, names = oof["labels"][held], [str(n) for n in oof["models"]]
     m = max(
         range(len(names)),
-        key=lambda k: (manifest.metrics["oof"][names[k]]["accuracy"], -manifest.metrics["oof"][names[k]]["log_loss"]),
+        key=lambda k: (manifest.metrics.oof[names[k]].accuracy, -manifest.metrics.oof[names[k]].log_loss),
     )
     return {
         "rows": len(held),

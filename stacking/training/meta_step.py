@@ -17,7 +17,7 @@ import numpy as np
 
 from stacking import bundle as bundle_io
 from stacking.bundle import Trust
-from stacking.bundle.manifest import Manifest, MetaFeatures, MetaLearnerEntry
+from stacking.bundle.manifest import Manifest, MetaFeatures, MetaLearnerEntry, Selection
 from stacking.choices import CALIBRATION, META, META_CRITERION
 from stacking.errors import UserError
 from stacking.meta.leaderboard import leaderboard
@@ -87,8 +87,9 @@ def fit_meta(bundle: Path, oof: dict[str, np.ndarray], settings: MetaSettings, f
     except ValueError as exc:
         raise UserError(f"meta-learner: {exc}") from None
     bundle_io.save_meta(bundle, found.meta, found.candidates, found.cv_probabilities, found.cv_chosen)
+    selection = Selection.model_validate(found.record)
     return MetaLearnerEntry(
-        kind=found.record["kind"],
+        kind=selection.kind,
         file=bundle_io.META_FILE,
         candidates_file=bundle_io.CANDIDATES_FILE,
         features=MetaFeatures(
@@ -97,10 +98,10 @@ def fit_meta(bundle: Path, oof: dict[str, np.ndarray], settings: MetaSettings, f
             base_models=names,
             n_classes=int(oof["probabilities"].shape[2]),
         ),
-        selection=found.record,
+        selection=selection,
         # On the OOF rows: base models as they are, candidates and stack from the meta-folds that left each row out.
         oof_scores=leaderboard(
-            names, oof["probabilities"], found.cv_probabilities, found.cv_chosen, found.record, oof["labels"]
+            names, oof["probabilities"], found.cv_probabilities, found.cv_chosen, selection, oof["labels"]
         ),
     )
 
@@ -108,12 +109,12 @@ def fit_meta(bundle: Path, oof: dict[str, np.ndarray], settings: MetaSettings, f
 def describe(entry: MetaLearnerEntry) -> str:
     """One line on the choice, for the log."""
     selection = entry.selection
-    line = f"meta-learner: {selection['kind']} ({selection['reason']})"
-    if selection["calibration"]:
-        cal = selection["calibration"]
+    line = f"meta-learner: {selection.kind} ({selection.reason})"
+    cal = selection.calibration
+    if cal:
         line += (
-            f"; temperature {cal['temperature']:.3f}: CV log-loss {cal['before']['log_loss']:.4f} -> "
-            f"{cal['after']['log_loss']:.4f}, ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}"
+            f"; temperature {cal.temperature:.3f}: CV log-loss {cal.before.log_loss:.4f} -> "
+            f"{cal.after.log_loss:.4f}, ECE {cal.before.ece:.4f} -> {cal.after.ece:.4f}"
         )
     return line
 
