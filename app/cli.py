@@ -28,7 +28,6 @@ def serve_bundle(bundle: Path, **overrides) -> None:
     from app.main import create_app
     from app.settings import Settings
     from stacking.bundle import check_custom_code, load_manifest, runtime_of
-    from stacking.choices import RUNTIME
     from stacking.errors import UserError
     from stacking.inference.options import resolve_serve_as
 
@@ -39,7 +38,6 @@ def serve_bundle(bundle: Path, **overrides) -> None:
         raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     manifest = load_manifest(bundle, settings.trust)
     check_custom_code(bundle, manifest, settings.trust)
-    RUNTIME.check(settings.runtime)
     for entry in manifest.base_models:
         runtime_of(entry, settings.runtime)  # a runtime some base model lacks: refused before any port opens
     served = resolve_serve_as(manifest, settings.serve_as, settings.latency_budget_ms)  # likewise an absent option

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stacking.bundle import Trust
+from stacking.choices import AUTO, RUNTIME, ServeAs
 
 
 class Settings(BaseSettings):
@@ -31,9 +33,9 @@ class Settings(BaseSettings):
     api_key: str = ""  # when set, /v1 and /v2 model routes need header X-API-Key (health, metrics, page stay open)
     cors_origins: list[str] = []  # origins allowed to call the API from a browser; empty: CORS off
     decode_threads: int = Field(0, ge=0)  # threads decoding uploads (0: one per core)
-    serve_as: str = "stack"  # stack, cascade or student (stacking.training.costing)
+    serve_as: ServeAs = ServeAs.STACK  # how the bundle answers (stacking.inference.options)
     latency_budget_ms: float | None = Field(None, gt=0)  # instead: the most accurate option whose cost fits
-    runtime: str = "auto"  # where the base models run: auto (as the fit chose per model), tf, litert
+    runtime: Literal[RUNTIME.allowed] = AUTO  # where the base models run: auto (as the fit chose per model), tf, litert
     runtime_threads: int = Field(0, ge=0)  # the exported runtime's threads per call (0: one per core)
     intra_op_threads: int = Field(0, ge=0)  # TensorFlow threads inside one op (0: TensorFlow's default)
     inter_op_threads: int = Field(0, ge=0)  # TensorFlow ops run side by side (0: TensorFlow's default)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from models import create_model
+from models.registry import create_model
 from stacking.runtime import LiteRTRunner, cores, export_litert
 
 MODELS = ("mobilenetv3small", "efficientnetb0", "resnet50v2", "mini_mobilenet", "small_resnet", "tiny_cnn")

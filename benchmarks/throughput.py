@@ -282,7 +282,7 @@ def kfold_fit_ratio(digits: Path, workdir: Path, epochs: int) -> dict:
     """
     import keras
 
-    from models import create_model
+    from models.registry import create_model
     from stacking.data.datasets import load_pixels, read_training_set
     from stacking.training.config import load_config
     from stacking.training.fit import fit

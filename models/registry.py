@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from models.choices import Head
 from models.preprocessing import apply_preprocessing
 
 Backbone = Callable[[keras.KerasTensor, str | None], keras.KerasTensor]
 BACKBONE = "backbone"  # the name of a keras.applications backbone inside a built model
-HEADS = ("gap", "gap-dense")
 
 
 @dataclass(frozen=True)
@@ -128,13 +128,13 @@ def create_model(
         raise ValueError(f"model {name!r} needs image_size >= {spec.min_image_size}, got {image_size}")
     if spec.builtin and weights is not None:
         raise ValueError(f"model {name!r} is a built-in architecture and has no {weights!r} weights")
-    if head not in HEADS:
-        raise ValueError(f"head {head!r}: expected one of {', '.join(HEADS)}")
+    if head not in tuple(Head):
+        raise ValueError(f"head {head!r}: expected one of {', '.join(Head)}")
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = apply_preprocessing(inputs, spec.preprocessing)
     x = spec.build_backbone(x, weights)
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
-    if head == "gap-dense":
+    if head == Head.GAP_DENSE:
         x = layers.Dense(head_units, use_bias=False, name="head_dense")(x)
         x = layers.BatchNormalization(name="head_bn")(x)
         x = layers.Activation("relu", name="head_relu")(x)

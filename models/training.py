@@ -22,9 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models.choices import ClassWeight
 from models.registry import BACKBONE, block_ids
-
-CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass(frozen=True)
@@ -105,10 +104,10 @@ def make_augmenter(aug: Augmentation, seed: int) -> keras.Sequential:
 
 def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:
     """Keras ``class_weight``: None, or n / (classes x count) per class for ``balanced``."""
-    if mode == "none":
+    if mode == ClassWeight.NONE:
         return None
-    if mode != "balanced":
-        raise ValueError(f"class_weight {mode!r}: expected one of {', '.join(CLASS_WEIGHTS)}")
+    if mode != ClassWeight.BALANCED:
+        raise ValueError(f"class_weight {mode!r}: expected one of {', '.join(ClassWeight)}")
     counts = np.bincount(labels, minlength=n_classes)
     return {c: float(len(labels) / (n_classes * n)) for c, n in enumerate(counts) if n > 0}
 

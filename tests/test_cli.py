@@ -116,6 +116,16 @@ def test_changed_bundle_is_refused_by_every_command(bundle_copy, digits_dir, tmp
     assert not (tmp_path / "s.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "allowed"),
+    [("--serve-as", "everything", "'stack', 'cascade' or 'student'"), ("--runtime", "gpu", "'auto', 'tf' or 'litert'")],
+)
+def test_serve_refuses_a_value_outside_its_choice_before_any_port_opens(tiny_bundle, capsys, flag, value, allowed):
+    """The service's settings take their values from the same enums as the rest (stacking.choices)."""
+    code, _, err = run_cli(["serve", tiny_bundle, flag, value, "--port", "1"], capsys)
+    assert f"{flag}: Input should be {allowed}" in one_line_error(code, err)
+
+
 def test_predict_and_evaluate_bad_options(tiny_bundle, digits_dir, tmp_path, capsys):
     code, _, err = run_cli(
         ["predict", tiny_bundle, digits_dir / "test", "--out", tmp_path / "s.csv", "--tta", "50"], capsys

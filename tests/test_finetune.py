@@ -6,8 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from models import create_model, get_spec
-from models.registry import BACKBONE, block_ids
+from models.registry import BACKBONE, block_ids, create_model, get_spec
 from models.training import DiscriminativeAdam, TrainConfig, class_weights, train_model, unfreeze_top_blocks
 
 pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast

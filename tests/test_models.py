@@ -6,8 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from models import create_model, get_spec, list_models
-from models.registry import _APPLICATIONS, BACKBONE
+from models.registry import _APPLICATIONS, BACKBONE, create_model, get_spec, list_models
 from models.training import TrainConfig, train_model
 
 RNG = np.random.default_rng(0)

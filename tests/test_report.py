@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stacking.bundle import load_manifest, load_oof, load_stack_oof
+from stacking.bundle import load_manifest, load_meta_oof, load_oof
 from stacking.meta.learners import score
 from stacking.reporting.report import SECTIONS, write_report
 from tests.conftest import needs_chromium
@@ -64,7 +64,7 @@ def test_every_section_is_there_and_every_picture_is_drawn(bundle_copy):
 
 def test_leaderboard_shows_the_bundles_scores_which_are_honest(bundle_copy):
     page = write_report(bundle_copy, load_manifest(bundle_copy)).read_text()
-    manifest, oof, stack = load_manifest(bundle_copy), load_oof(bundle_copy), load_stack_oof(bundle_copy)
+    manifest, oof, stack = load_manifest(bundle_copy), load_oof(bundle_copy), load_meta_oof(bundle_copy)
     rows = [r.model_dump() for r in manifest.meta_learner.oof_scores]
     header, *cells = table_after(page, f"Out-of-fold ({manifest.metrics.oof_rows} images no base model trained on)")
     assert header == ["model", "kind", "accuracy", "95% interval", "log-loss", "ECE"]
@@ -118,7 +118,7 @@ def test_data_section_counts_every_class_and_the_held_out_part(bundle_copy):
 
 def test_mistakes_are_the_stacks_surest_wrong_answers(bundle_copy):
     page = write_report(bundle_copy, load_manifest(bundle_copy)).read_text()
-    manifest, oof, stack = load_manifest(bundle_copy), load_oof(bundle_copy), load_stack_oof(bundle_copy)
+    manifest, oof, stack = load_manifest(bundle_copy), load_oof(bundle_copy), load_meta_oof(bundle_copy)
     predicted, confidence = stack["chosen"].argmax(axis=1), stack["chosen"].max(axis=1)
     wrong = np.flatnonzero(predicted != oof["labels"])
     surest = wrong[np.argsort(-confidence[wrong], kind="stable")][:16]

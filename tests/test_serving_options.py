@@ -308,7 +308,7 @@ def test_the_student_is_stored_hashed_and_answers_on_one_view(distilled, digits_
 
 def test_student_targets_come_only_from_answers_on_unseen_images(distilled, digits_dir):
     targets = bundle_io.load_student_targets(distilled)
-    oof, stack = bundle_io.load_oof(distilled), bundle_io.load_stack_oof(distilled)["chosen"]
+    oof, stack = bundle_io.load_oof(distilled), bundle_io.load_meta_oof(distilled)["chosen"]
     from_oof = targets["source"] == "oof"
     row = {str(i): k for k, i in enumerate(oof["ids"])}
     rows = [row[str(i)] for i in targets["ids"][from_oof]]  # every one an OOF row: KeyError otherwise

@@ -35,7 +35,7 @@ def test_meta_command_refits_only_the_meta_learner(bundle_copy, capsys):
     predictor = Predictor(bundle_copy)
     pixels = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
     prediction = predictor.predict(pixels)
-    raw = predictor.stack(predictor.candidates()["rf"], prediction.features)
+    raw = predictor.meta_answer(predictor.candidates()["rf"], prediction.features)
     assert (prediction.probabilities.argmax(axis=1) == raw.argmax(axis=1)).all()
     assert not np.allclose(prediction.probabilities, raw)  # the temperature is applied when serving
 

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from stacking.bundle.estimators import check_estimator_file, load_estimators, save_estimators
 from stacking.bundle.manifest import FORMAT_VERSION, BaseModelEntry, Manifest, validation_message
 from stacking.bundle.signing import SIGNATURE, UNSIGNED, verify_signature
+from stacking.choices import AUTO
 from stacking.errors import BundleError
 from stacking.files import atomic_path, write_atomically
 
@@ -36,7 +37,7 @@ META_FILE = "meta/meta.skops"
 CANDIDATES_FILE = "meta/candidates.skops"
 FOLDS_FILE = "folds.csv"
 OOF_FILE = "oof.npz"
-STACK_OOF_FILE = "stack_oof.npz"  # the meta candidates' cross-validated answers on the OOF rows
+META_OOF_FILE = "stack_oof.npz"  # the meta candidates' cross-validated answers on the OOF rows
 TTA_DIAGNOSTICS = "tta_diagnostics.json"
 REPORT = "report"  # the page and its pictures; outside the hashed files, so it can be rewritten
 EVALUATION_FILE = f"{REPORT}/evaluation.json"  # the last ``stacking evaluate`` table, shown by the report
@@ -112,7 +113,7 @@ def runtime_of(entry: BaseModelEntry, requested: str) -> str:
     from stacking.runtime import EXPORTED, TF
 
     exported = entry.runtime is not None and bool(entry.runtime.files)
-    if requested == "auto":
+    if requested == AUTO:
         return entry.runtime.served if exported else TF
     if requested == EXPORTED and not exported:
         why = (
@@ -258,9 +259,9 @@ def load_oof(bundle: Path) -> dict[str, np.ndarray]:
     return _read_npz(Path(bundle) / OOF_FILE)
 
 
-def load_stack_oof(bundle: Path) -> dict[str, np.ndarray]:
+def load_meta_oof(bundle: Path) -> dict[str, np.ndarray]:
     """``names``, ``probabilities`` (candidates x rows x classes) and ``chosen``: the meta step's CV answers."""
-    return _read_npz(Path(bundle) / STACK_OOF_FILE)
+    return _read_npz(Path(bundle) / META_OOF_FILE)
 
 
 # --- meta-learners ------------------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ def save_meta(
     candidates' and the chosen one's cross-validated (N, C) answers on the OOF rows (for the report)."""
     save_estimators(Path(bundle) / META_FILE, meta)
     save_estimators(Path(bundle) / CANDIDATES_FILE, candidates)
-    with atomic_path(Path(bundle) / STACK_OOF_FILE) as tmp:
+    with atomic_path(Path(bundle) / META_OOF_FILE) as tmp:
         np.savez_compressed(
             tmp,
             names=np.array(list(cv_probabilities)),

@@ -26,7 +26,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stacking.bundle import Trust
-from stacking.choices import EXECUTOR, ON_BAD_IMAGE
+from stacking.choices import EXECUTOR, ON_BAD_IMAGE, Executor, OnBadImage
 from stacking.cluster import check_ray, check_request, job_threads, ray_cluster, size_worker
 from stacking.data.datasets import ImageSet, list_images, load_pixels
 from stacking.errors import UserError
@@ -95,7 +95,7 @@ def checkpoint_dir(out: Path) -> Path:
 def _check_options(predictor: Predictor, options: PredictOptions) -> None:
     ON_BAD_IMAGE.check(options.on_bad_image)
     if options.fallback_class is not None:
-        if options.on_bad_image != "skip":
+        if options.on_bad_image != OnBadImage.SKIP:
             raise UserError("--fallback-class: only with --on-bad-image skip")
         if options.fallback_class not in predictor.classes:
             raise UserError(f"--fallback-class {options.fallback_class!r}: not one of the classes {predictor.classes}")
@@ -299,7 +299,7 @@ def predict_folder(
     started = time.monotonic()
     _check_options(predictor, options)
     predictor.check_views(options.views, options.policy)
-    if options.executor == "ray":
+    if options.executor == Executor.RAY:
         check_ray(options.ray_address)
     paths = list_images(images_dir)
     if not paths:
@@ -321,7 +321,7 @@ def predict_folder(
     if done:
         echo(f"resuming: {done} of {len(paths)} images already predicted")
     if todo:
-        run = _run_chunks if options.executor == "local" else run_chunks_on_ray
+        run = _run_chunks if options.executor == Executor.LOCAL else run_chunks_on_ray
         with tqdm(total=len(paths), initial=done, desc="predict", unit="img", disable=None) as bar:
             run(predictor, chunks, todo, folder, options, bar)
     ids, probs, bad = _collect(folder, len(chunks))

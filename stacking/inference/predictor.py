@@ -211,7 +211,7 @@ class Predictor:
                 for merged, disagreement in zip(result.fold_merged, result.fold_disagreement)
             ]
         )
-        probs = self.stack(self.meta, features)
+        probs = self.meta_answer(self.meta, features)
         seconds = {"forward": forwarded - started, "meta": time.perf_counter() - forwarded}
         agrees = (result.view_labels == probs.argmax(axis=1)[None, :]).sum(axis=0)
         n, folds = len(pixels), sum(run.folds for run in self.forward.runners)
@@ -281,7 +281,7 @@ class Predictor:
             {"forward": time.perf_counter() - started},
         )
 
-    def stack(self, meta, features: np.ndarray) -> np.ndarray:
+    def meta_answer(self, meta, features: np.ndarray) -> np.ndarray:
         """A meta-learner's (N, C) answer: applied to each fold's (N, F) features, the K answers averaged.
 
         It learnt from single fold models' OOF answers; fed the average of K fold

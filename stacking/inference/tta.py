@@ -20,9 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-from stacking.choices import MERGES, POLICIES
+from stacking.choices import MERGES, POLICIES, TTAMerge, TTAPolicyName
 
-FLIPPING = ("flip", "flip-shift")  # policies whose views mirror images
 RANDOM_VIEWS = 32  # views the random policy can draw
 EPS = 1e-7
 CALL_ROWS = 64  # image-views per compiled call, by default
@@ -79,17 +78,21 @@ class TTAPolicy:
         ]
         z = 1 + self.zoom
         candidates = {
-            "none": [View()],
-            "flip": [View(), View(flip=True)],
-            "shift": [View(), *shifts],
-            "flip-shift": [View(), View(flip=True), *[v for sh in shifts for v in (sh, View(True, sh.dx, sh.dy))]],
-            "zoom": [
+            TTAPolicyName.NONE: [View()],
+            TTAPolicyName.FLIP: [View(), View(flip=True)],
+            TTAPolicyName.SHIFT: [View(), *shifts],
+            TTAPolicyName.FLIP_SHIFT: [
+                View(),
+                View(flip=True),
+                *[v for sh in shifts for v in (sh, View(True, sh.dx, sh.dy))],
+            ],
+            TTAPolicyName.ZOOM: [
                 View(),
                 View(zoom=1 + self.zoom / 2),
                 View(zoom=z),
                 *[View(dx=v.dx, dy=v.dy, zoom=z) for v in shifts[4:]],
             ],
-            "random": [View(), *self._random_views(image_size)],
+            TTAPolicyName.RANDOM: [View(), *self._random_views(image_size)],
         }[self.name]
         n = self.views if views is None else views
         return candidates[: max(1, min(n, len(candidates)))]
@@ -261,9 +264,9 @@ def merge_views(per_view: np.ndarray, method: str = "mean", identity_weight: flo
     weights = np.ones(per_view.shape[1])
     weights[0] = identity_weight
     weights = (weights / weights.sum())[None, :, None, None]
-    if method == "mean":
+    if method == TTAMerge.MEAN:
         return (per_view * weights).sum(axis=1)
-    if method == "geometric":
+    if method == TTAMerge.GEOMETRIC:
         merged = np.exp((np.log(np.clip(per_view, EPS, 1.0)) * weights).sum(axis=1))
         return merged / merged.sum(axis=-1, keepdims=True)
     raise ValueError(f"unknown TTA merge {method!r}; expected one of {', '.join(MERGES)}")

@@ -1,4 +1,4 @@
-"""The meta step: candidates that combine base models, compared by cross-validation on OOF rows.
+"""The meta-learners: candidates that combine base models, compared by cross-validation on OOF rows.
 
 Features (``meta_features``): the log-probabilities of every base model side by side
 (column ``m * C + c`` is model m's log-probability of class c), optionally followed
@@ -27,7 +27,7 @@ from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-from stacking.choices import CALIBRATION, META, META_CRITERION, META_KINDS
+from stacking.choices import AUTO, CALIBRATION, META, META_CRITERION, META_KINDS, Calibration, MetaCriterion, MetaKind
 from stacking.choices import LEARNED_META as LEARNED
 from stacking.choices import SIMPLE_META as SIMPLE
 from stacking.meta.calibration import TemperatureScaled, apply_temperature, brier, ece, fit_temperature
@@ -73,16 +73,17 @@ class WeightedAverage(ClassifierMixin, BaseEstimator):
         self.classes_ = np.arange(self.n_classes)
         probs = _base_probabilities(X, self.n_models, self.n_classes)
         q = probs[:, np.arange(len(y)), y].T  # (N, M): each model's probability of the true class
-        if self.method == "mean":
+        method = MetaKind(self.method)  # the one check: an unknown name raises ValueError naming it
+        if method == MetaKind.MEAN:
             weights = np.ones(self.n_models)
-        elif self.method == "best-single":
+        elif method == MetaKind.BEST_SINGLE:
             weights = np.eye(self.n_models)[np.argmin(-np.log(np.clip(q, EPS, None)).mean(axis=0))]
-        elif self.method == "weighted":
+        elif method == MetaKind.WEIGHTED:
             weights = self._optimal_weights(q)
-        elif self.method == "caruana":
+        elif method == MetaKind.CARUANA:
             weights = self._greedy_weights(q)
         else:
-            raise ValueError(f"unknown averaging method {self.method!r}")
+            raise ValueError(f"{self.method!r} learns a stack; WeightedAverage takes one of {', '.join(SIMPLE)}")
         self.weights_ = weights / weights.sum()
         return self
 
@@ -131,14 +132,13 @@ class ServingForest(RandomForestClassifier):
 
 
 def make_meta(kind: str, n_models: int, n_classes: int, seed: int = 0) -> BaseEstimator:
-    """An unfitted candidate of ``kind``."""
-    if kind in SIMPLE:
-        return WeightedAverage(n_models, n_classes, kind)
-    if kind == "logreg":
+    """An unfitted candidate of ``kind`` (a ``MetaKind``)."""
+    kind = MetaKind(kind)
+    if not kind.learned:
+        return WeightedAverage(n_models, n_classes, kind.value)
+    if kind == MetaKind.LOGREG:
         return LogisticRegression(C=0.5, max_iter=5000)
-    if kind == "rf":
-        return ServingForest(n_estimators=300, min_samples_leaf=2, random_state=seed, n_jobs=-1)
-    raise ValueError(f"unknown meta-learner {kind!r}; expected auto or one of {', '.join(META_KINDS)}")
+    return ServingForest(n_estimators=300, min_samples_leaf=2, random_state=seed, n_jobs=-1)
 
 
 def single_threaded(estimator: BaseEstimator) -> BaseEstimator:
@@ -229,7 +229,7 @@ def _calibrate(
     temperature = fit_temperature(pooled, y)
     before, after = score(pooled, y), score(calibrated, y)
     record = {
-        "method": "temperature",
+        "method": Calibration.TEMPERATURE.value,
         "temperature": temperature,
         "before": {k: before[k] for k in ("log_loss", "brier", "ece")},
         "after": {k: after[k] for k in ("log_loss", "brier", "ece")},
@@ -250,13 +250,13 @@ class MetaSelection(NamedTuple):
 def select_meta(
     base_probs: np.ndarray,
     y: np.ndarray,
-    kind: str = "auto",
+    kind: str = AUTO,
     seed: int = 0,
     cv: int = 5,
-    criterion: str = "log_loss",
+    criterion: str = MetaCriterion.LOG_LOSS,
     disagreement: np.ndarray | None = None,
     groups: np.ndarray | None = None,
-    calibration: str = "none",
+    calibration: str = Calibration.NONE,
 ) -> MetaSelection:
     """Cross-validate every candidate on the OOF rows and fit each on all of them.
 
@@ -285,17 +285,17 @@ def select_meta(
                 "model_weights": model_weights(fitted[candidate], n_models, n_classes),
             }
         )
-    sign = 1 if criterion == "log_loss" else -1  # lower log-loss is better, higher accuracy is better
+    sign = 1 if criterion == MetaCriterion.LOG_LOSS else -1  # lower log-loss is better, higher accuracy is better
     board = {row["name"]: row for row in leaderboard}
     best_simple = min(SIMPLE, key=lambda k: sign * board[k][criterion])
     best_learned = min(LEARNED, key=lambda k: sign * board[k][criterion])
     stack_wins = sign * board[best_learned][criterion] < sign * board[best_simple][criterion]
-    chosen = (best_learned if stack_wins else best_simple) if kind == "auto" else kind
+    chosen = (best_learned if stack_wins else best_simple) if kind == AUTO else kind
     described = lambda k: f"{k} {board[k][criterion]:.4f} ± {board[k][criterion + '_std']:.4f}"  # noqa: E731
-    if kind != "auto":
+    if kind != AUTO:
         reason = f"asked for with --meta {kind}"
     else:
-        word = "lowest" if criterion == "log_loss" else "highest"
+        word = "lowest" if criterion == MetaCriterion.LOG_LOSS else "highest"
         others = ", ".join(described(k) for k in META_KINDS if k != chosen)
         reason = (
             f"{word} {len(folds)}-fold cross-validated {criterion} on the OOF rows: {described(chosen)} vs {others}"
@@ -303,7 +303,7 @@ def select_meta(
         if not stack_wins:
             reason += f"; the best learned stack ({best_learned}) does not beat the best simple candidate"
     meta, calibrated, cv_chosen = fitted[chosen], None, pooled[chosen]
-    if calibration == "temperature":
+    if calibration == Calibration.TEMPERATURE:
         meta, calibrated, cv_chosen = _calibrate(fitted[chosen], pooled[chosen], y, folds)
     record = {
         "kind": chosen,

@@ -38,7 +38,8 @@ def compare(
     prediction = predictor.predict(pixels, views, policy, serve_as=STACK)
     model_ms = (predictor.forward.seconds - before) * 1000 / n
     candidates = {
-        name: predictor.stack(candidate, prediction.features) for name, candidate in predictor.candidates().items()
+        name: predictor.meta_answer(candidate, prediction.features)
+        for name, candidate in predictor.candidates().items()
     }
     selection = predictor.manifest.meta_learner.selection
     rows = leaderboard(

@@ -26,6 +26,7 @@ from sklearn.metrics import confusion_matrix
 from models.training import Augmentation
 from stacking import bundle as bundle_io
 from stacking.bundle.manifest import Manifest, ProtocolEntry
+from stacking.choices import Final, Protocol
 from stacking.data.datasets import read_training_set
 from stacking.errors import UserError
 from stacking.files import write_atomically
@@ -79,7 +80,7 @@ class _Bundle:
     path: Path
     manifest: Manifest
     oof: dict[str, np.ndarray]
-    stack_oof: dict[str, np.ndarray]
+    meta_oof: dict[str, np.ndarray]
     evaluation: dict | None  # the last ``stacking evaluate`` of this very bundle (None: none, or of an older one)
     stale_evaluation: bool = False
 
@@ -148,7 +149,7 @@ def _best_base(rows: list[dict]) -> dict:
 
 
 def _protocol_text(protocol: ProtocolEntry) -> str:
-    if protocol.name == "holdout":
+    if protocol.name == Protocol.HOLDOUT:
         text = (
             f"<b>holdout</b>: {protocol.holdout_fraction:.0%} of the images held out; the base models trained "
             "on the rest and predicted the held-out part, which the meta-learner was fitted on"
@@ -156,7 +157,7 @@ def _protocol_text(protocol: ProtocolEntry) -> str:
     else:
         served = (
             "the K fold models, the meta-learner applied to each and the answers averaged"
-            if protocol.final_models == "fold-average"
+            if protocol.final_models == Final.FOLD_AVERAGE
             else "one model per architecture refitted on all images"
         )
         text = (
@@ -172,7 +173,7 @@ def _data_table(b: _Bundle) -> str:
     """Images per class: in all, and in each predicted part (the folds, or the held-out part)."""
     per_class = b.manifest.data.per_class
     parts = sorted(set(b.oof["folds"].tolist()))
-    names = ["held out"] if b.manifest.protocol.name == "holdout" else [f"fold {k}" for k in parts]
+    names = ["held out"] if b.manifest.protocol.name == Protocol.HOLDOUT else [f"fold {k}" for k in parts]
     counts = [np.bincount(b.oof["labels"][b.oof["folds"] == k], minlength=len(b.classes)) for k in parts]
     rows = [[name, str(per_class[name]), *[str(c[i]) for c in counts]] for i, name in enumerate(b.classes)]
     rows.append(["all", str(b.manifest.data.images), *[str(c.sum()) for c in counts]])
@@ -417,7 +418,7 @@ def _augmentation(b: _Bundle) -> str:
 
 
 def _errors(b: _Bundle) -> str:
-    labels, chosen = b.oof["labels"], b.stack_oof["chosen"]
+    labels, chosen = b.oof["labels"], b.meta_oof["chosen"]
     name = stack_name(b.manifest.meta_learner.selection)
     counts = confusion_matrix(labels, chosen.argmax(axis=1), labels=np.arange(len(b.classes)))
     plot_confusion(counts, b.classes, b.out / "confusion.png", f"{name} on {len(labels)} OOF images")
@@ -500,7 +501,7 @@ def _thumbnail(path: Path) -> np.ndarray | None:
 
 
 def _mistakes(b: _Bundle) -> str:
-    labels, chosen = b.oof["labels"], b.stack_oof["chosen"]
+    labels, chosen = b.oof["labels"], b.meta_oof["chosen"]
     predicted, confidence = chosen.argmax(axis=1), chosen.max(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     if len(wrong) == 0:
@@ -611,7 +612,7 @@ def write_report(bundle: Path, manifest: Manifest) -> Path:
         bundle,
         manifest,
         bundle_io.load_oof(bundle),
-        bundle_io.load_stack_oof(bundle),
+        bundle_io.load_meta_oof(bundle),
         None if stale else evaluation,
         stale,
     )

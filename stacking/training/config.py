@@ -12,11 +12,27 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from models.registry import HEADS, get_spec, is_custom, load_custom_builder
-from models.training import CLASS_WEIGHTS, Augmentation, TrainConfig
-from stacking.choices import FINAL, ON_BAD_IMAGE, PROTOCOL, QUANTIZE, RUNTIME, TTA_MERGE, TTA_POLICY, WEIGHTS
+from models.registry import get_spec, is_custom, load_custom_builder
+from models.training import Augmentation, TrainConfig
+from stacking.choices import (
+    CLASS_WEIGHT,
+    FINAL,
+    HEAD,
+    ON_BAD_IMAGE,
+    PROTOCOL,
+    QUANTIZE,
+    RUNTIME,
+    TTA_MERGE,
+    TTA_POLICY,
+    WEIGHTS,
+    Final,
+    Protocol,
+    Quantize,
+    Runtime,
+    TTAPolicyName,
+)
 from stacking.errors import UserError
-from stacking.inference.tta import FLIPPING, TTAPolicy
+from stacking.inference.tta import TTAPolicy
 from stacking.training.executors import ClusterConfig
 from stacking.training.meta_step import MetaSettings
 
@@ -131,16 +147,18 @@ def validate(cfg: FitConfig) -> None:
         (WEIGHTS, cfg.weights),
         (RUNTIME, cfg.runtime),
         (QUANTIZE, cfg.quantize),
+        (HEAD, cfg.head),
+        (CLASS_WEIGHT, cfg.train.class_weight),
     ):
         choice.check(value)
     checks = [
         (
-            cfg.quantize == "none" or cfg.runtime != "tf",
+            cfg.quantize == Quantize.NONE or cfg.runtime != Runtime.TF,
             "--quantize int8: quantizes the exported files, and "
             "--runtime tf exports none; use --runtime auto or litert",
         ),
         (
-            cfg.final == "fold-average" or cfg.protocol == "kfold",
+            cfg.final == Final.FOLD_AVERAGE or cfg.protocol == Protocol.KFOLD,
             "--final refit: only with --protocol kfold (holdout models are already the served ones)",
         ),
         (cfg.tta.adaptive_views >= 0, f"[tta] adaptive_views {cfg.tta.adaptive_views}: must be 0 (off) or more"),
@@ -151,12 +169,7 @@ def validate(cfg: FitConfig) -> None:
         (0 < cfg.validation_fraction < 1, f"validation_fraction {cfg.validation_fraction}: must be between 0 and 1"),
         (cfg.train.epochs >= 1, f"--epochs {cfg.train.epochs}: must be at least 1"),
         (len(cfg.models) >= 1, "--models: name at least one model"),
-        (cfg.head in HEADS, f"head {cfg.head!r}: expected one of {', '.join(HEADS)}"),
         (0 <= cfg.dropout < 1, f"dropout {cfg.dropout}: must be in [0, 1)"),
-        (
-            cfg.train.class_weight in CLASS_WEIGHTS,
-            f"class_weight {cfg.train.class_weight!r}: expected none or balanced",
-        ),
         (
             cfg.train.head_epochs >= 0 and cfg.train.fine_tune_blocks >= 0,
             "head_epochs and fine_tune_blocks: must be 0 or more",
@@ -193,14 +206,15 @@ def validate(cfg: FitConfig) -> None:
 
 def _check_tta_within_augmentation(tta: TTAPolicy, aug: Augmentation) -> None:
     """TTA views the models were never trained on hurt more than help: refuse them."""
-    if tta.name in FLIPPING and not aug.flip:
+    policy = TTAPolicyName(tta.name)
+    if policy.flips and not aug.flip:
         raise UserError(
             f"--tta-policy {tta.name}: its views mirror images, but [augmentation] flip = false (mirroring changes "
             "the class, or the models never saw it); use shift, zoom or random"
         )
-    if tta.name in ("shift", "flip-shift", "zoom", "random") and tta.shift > aug.shift:
+    if policy.shifts and tta.shift > aug.shift:
         raise UserError(f"[tta] shift {tta.shift}: larger than the training augmentation's shift {aug.shift}")
-    if tta.name in ("zoom", "random") and tta.zoom > aug.zoom:
+    if policy.zooms and tta.zoom > aug.zoom:
         raise UserError(f"[tta] zoom {tta.zoom}: larger than the training augmentation's zoom {aug.zoom}")
     if tta.identity_weight <= 0:
         raise UserError(f"[tta] identity_weight {tta.identity_weight}: must be above 0")

@@ -127,7 +127,7 @@ def plan_serving(bundle: Path, manifest: Manifest, timing: ServingTiming, seed: 
     folds = fold_counts(manifest)
     views_used = float(oof["views_used"].mean())  # adaptive TTA: fewer views where the first ones agree
     stack_views = float(folds.sum() * views_used)
-    stack = bundle_io.load_stack_oof(bundle)["chosen"]
+    stack = bundle_io.load_meta_oof(bundle)["chosen"]
     costs = Costs(np.array([timing.view_ms[n] for n in names]), timing.stack_ms, stack_views)
     networks = [n if k == 1 else f"{n}/fold0" for n, k in zip(names, folds)]  # kfold: the first fold model alone
     meta_folds = meta_cv_folds(labels, oof.get("groups"), int(manifest.config.get("meta_folds", 5)), seed)

@@ -24,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from stacking import bundle as bundle_io
 from stacking.bundle import Trust
 from stacking.bundle.manifest import Manifest, RuntimeEntry, StudentEntry
+from stacking.choices import Protocol
 from stacking.data.datasets import list_images, load_pixels, read_training_set
 from stacking.data.images import load_images
 from stacking.errors import UserError
@@ -48,8 +49,7 @@ def _train_config(config: dict, epochs: int | None):
 
 
 def _check_student(student: str, image_size: int) -> None:
-    from models import get_spec
-    from models.registry import is_custom
+    from models.registry import get_spec, is_custom
 
     if is_custom(student):
         raise UserError(
@@ -162,10 +162,10 @@ def _targets(
     echo: Echo,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """The images the student learns from, their soft targets, and the record of both (ids and sources)."""
-    oof, stack = bundle_io.load_oof(bundle), bundle_io.load_stack_oof(bundle)["chosen"]
+    oof, stack = bundle_io.load_oof(bundle), bundle_io.load_meta_oof(bundle)["chosen"]
     x, y = pixels[taught], stack[taught]  # the stack's answers from meta-folds that left each row out
     ids, sources = [str(i) for i in oof["ids"][taught]], ["oof"] * len(taught)
-    if manifest.protocol.name == "holdout":
+    if manifest.protocol.name == Protocol.HOLDOUT:
         echo(
             f"holdout bundle: only its {len(oof['labels'])} held-out images have answers the base models did not "
             f"train on; the student learns from {len(taught)} of them"
@@ -182,7 +182,7 @@ def _targets(
 
 def _scores(bundle: Path, manifest: Manifest, held: np.ndarray, answers: np.ndarray) -> dict:
     """The student, the stack and the best base model (by OOF accuracy) on the same held-out OOF rows."""
-    oof, stack = bundle_io.load_oof(bundle), bundle_io.load_stack_oof(bundle)["chosen"]
+    oof, stack = bundle_io.load_oof(bundle), bundle_io.load_meta_oof(bundle)["chosen"]
     labels, names = oof["labels"][held], [str(n) for n in oof["models"]]
     m = max(
         range(len(names)),
@@ -209,7 +209,7 @@ def distill(
     """Train ``student`` on the stack's honest soft targets; store it in ``bundle``; return the new manifest."""
     import keras
 
-    from models import create_model
+    from models.registry import create_model
     from models.training import train_model
     from stacking.reporting.report import write_report
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stacking.choices import EXECUTOR
+from stacking.choices import EXECUTOR, Executor
 from stacking.cluster import check_request, job_threads, ray_cluster, size_worker
 from stacking.errors import UserError
 from stacking.training.jobs import Job, JobResult, JobSettings, run_job
@@ -179,6 +179,6 @@ def ray_jobs(
 def run_jobs(
     jobs: list[Job], inputs: JobInputs, progress: Progress, cluster: ClusterConfig
 ) -> Iterator[tuple[Job, JobResult | Exception]]:
-    if cluster.executor == "ray":
+    if cluster.executor == Executor.RAY:
         return ray_jobs(jobs, inputs, progress, cluster)
     return local_jobs(jobs, inputs, progress)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stacking.choices import AUTO, Precision
 from stacking.errors import UserError
 from stacking.inference.tta import CALL_ROWS, TTAForward, View, make_views
 from stacking.meta.learners import score
@@ -133,10 +134,12 @@ def time_runtimes(
 def choose(requested: str, timing: dict, int8_kept: bool) -> tuple[str, str]:
     """(runtime, precision) serving a base model whose export passed: the faster export (INT8 only if kept),
     unless ``auto`` saw TensorFlow clearly win."""
-    precision = "int8" if int8_kept and timing[f"{EXPORTED}_int8_ms"] < timing[f"{EXPORTED}_ms"] else "fp32"
-    exported_ms = timing[f"{EXPORTED}_int8_ms" if precision == "int8" else f"{EXPORTED}_ms"]
-    if requested == "auto" and exported_ms > TF_MUST_WIN_BY * timing["tf_ms"]:
-        return TF, "fp32"
+    precision = (
+        Precision.INT8 if int8_kept and timing[f"{EXPORTED}_int8_ms"] < timing[f"{EXPORTED}_ms"] else Precision.FP32
+    )
+    exported_ms = timing[f"{EXPORTED}_int8_ms" if precision == Precision.INT8 else f"{EXPORTED}_ms"]
+    if requested == AUTO and exported_ms > TF_MUST_WIN_BY * timing["tf_ms"]:
+        return TF, Precision.FP32
     return EXPORTED, precision
 
 

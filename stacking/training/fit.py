@@ -22,12 +22,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from models import get_spec
-from models.registry import is_custom
+from models.registry import get_spec, is_custom
 from stacking import bundle as bundle_io
 from stacking.bundle import Trust
 from stacking.bundle.manifest import BaseModelEntry, Manifest, MetaLearnerEntry, RuntimeEntry
 from stacking.bundle.signing import check_signing_key, sign_bundle
+from stacking.choices import Executor, Final, Precision, Protocol, Quantize
 from stacking.cluster import check_ray
 from stacking.data.datasets import ImageSet, load_pixels, read_groups, read_training_set
 from stacking.errors import UserError
@@ -152,7 +152,7 @@ def plan_jobs(cfg: FitConfig, splits: list[Split], refit: Split | None) -> list[
     for m, model in enumerate(cfg.models):
         name, weights, seed = base_name(model), cfg.weights_for(model), cfg.seed + 1000 * m
         for k, split in enumerate(splits):
-            jobs.append(Job(model, name, seed + k, split, weights, None if cfg.protocol == "holdout" else k))
+            jobs.append(Job(model, name, seed + k, split, weights, None if cfg.protocol == Protocol.HOLDOUT else k))
         if refit is not None:
             jobs.append(Job(model, name, seed + len(splits), refit, weights, refit=True))
     return jobs
@@ -182,7 +182,7 @@ def _run_jobs(
         echo(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} jobs already done")
     if not todo:
         return
-    if cfg.cluster.executor == "ray":
+    if cfg.cluster.executor == Executor.RAY:
         echo(
             f"running {len(todo)} jobs on Ray, {cfg.cluster.cpus_per_job:g} CPU and {cfg.cluster.gpus_per_job:g} "
             f"GPU each, up to {cfg.cluster.max_retries} retries when a worker dies"
@@ -231,7 +231,7 @@ def _plan(data: TrainingData, cfg: FitConfig) -> Plan:
         data.images.classes,
     )
     folds = fold_assignment(splits, len(labels))
-    refit = cfg.protocol == "kfold" and cfg.final == "refit"
+    refit = cfg.protocol == Protocol.KFOLD and cfg.final == Final.REFIT
     jobs = plan_jobs(
         cfg, splits, refit_split(labels, cfg.validation_fraction, cfg.seed, data.groups) if refit else None
     )
@@ -334,7 +334,7 @@ def _export(
         return RuntimeEntry(
             name=EXPORTED, files=[], served=TF, parity=parity.as_dict(), timing=None, refused=problem
         ), {}
-    int8, verdict = _quantize(jobs, fp32, cfg, data) if cfg.quantize == "int8" else (None, None)
+    int8, verdict = _quantize(jobs, fp32, cfg, data) if cfg.quantize == Quantize.INT8 else (None, None)
     served_views = len(cfg.tta.view_list(cfg.image_size))
     timing = time_runtimes(
         [fp32.models[j.id] for j in served_jobs],
@@ -344,7 +344,7 @@ def _export(
         int8 and [int8.files[j.id] for j in served_jobs],
     )
     runtime, precision = choose(cfg.runtime, timing, bool(verdict and verdict["kept"]))
-    chosen = int8 if precision == "int8" else fp32
+    chosen = int8 if precision == Precision.INT8 else fp32
     int8_note = (
         ""
         if verdict is None
@@ -504,13 +504,13 @@ def _manifest(
         tta=tta.as_dict(),
         protocol={
             "name": cfg.protocol,
-            "holdout_fraction": cfg.holdout_fraction if cfg.protocol == "holdout" else None,
-            "folds": cfg.folds if cfg.protocol == "kfold" else None,
+            "holdout_fraction": cfg.holdout_fraction if cfg.protocol == Protocol.HOLDOUT else None,
+            "folds": cfg.folds if cfg.protocol == Protocol.KFOLD else None,
             "validation_fraction": cfg.validation_fraction,
             "group_column": cfg.group_column or None,
             "fold_file": bundle_io.FOLDS_FILE,
             "fold_hash": plan.fold_hash,
-            "final_models": "holdout-trained" if cfg.protocol == "holdout" else cfg.final,
+            "final_models": "holdout-trained" if cfg.protocol == Protocol.HOLDOUT else cfg.final,
         },
         config=cfg.as_dict(),
         metrics={
@@ -546,7 +546,7 @@ def fit(
     ``sign_key``: sign the bundle at the end with this private key (checked first).
     """
     started, out = time.monotonic(), Path(out)
-    if cfg.cluster.executor == "ray":
+    if cfg.cluster.executor == Executor.RAY:
         check_ray(cfg.cluster.address)  # before minutes of decoding images
     if sign_key is not None:
         check_signing_key(sign_key)  # before hours of training

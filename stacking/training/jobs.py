@@ -28,8 +28,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from models import create_model, get_spec
-from models.registry import is_custom
+from models.registry import create_model, get_spec, is_custom
 from models.training import TrainConfig, train_model
 from stacking import bundle as bundle_io
 from stacking.errors import UserError

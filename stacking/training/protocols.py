@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
-from stacking.choices import PROTOCOL
+from stacking.choices import PROTOCOL, Protocol
 from stacking.errors import UserError
 
 
@@ -37,12 +37,12 @@ class Split:
 
 def minimum_per_class(protocol: str, holdout_fraction: float, validation_fraction: float, folds: int) -> int:
     """The fewest images a class may have for the protocol's stratified splits."""
-    predicted_share = holdout_fraction if protocol == "holdout" else 1 / folds
+    predicted_share = holdout_fraction if protocol == Protocol.HOLDOUT else 1 / folds
     # Two rows per class in the predicted part (the meta-learner cross-validates on them)
     # and two in the training part (its stratified inner validation split needs them).
     need_oof = math.ceil(2 / predicted_share)
     need_train = math.ceil(2 / (1 - predicted_share))
-    return max(need_oof, need_train, folds if protocol == "kfold" else 2)
+    return max(need_oof, need_train, folds if protocol == Protocol.KFOLD else 2)
 
 
 def check_class_counts(labels: np.ndarray, classes: list[str], need: int, what: str) -> None:
@@ -105,10 +105,10 @@ def make_splits(
     """
     classes = classes or [str(c) for c in range(int(labels.max()) + 1)]
     index = np.arange(len(labels))
-    if protocol == "holdout":
+    if protocol == Protocol.HOLDOUT:
         train, oof = _carve(index, labels, groups, holdout_fraction, seed)
         outer = [(train, oof)]
-    elif protocol == "kfold":
+    elif protocol == Protocol.KFOLD:
         if groups is not None and len(np.unique(groups)) < folds:
             raise UserError(f"--folds {folds}: only {len(np.unique(groups))} groups to spread over the folds")
         outer = _partition(index, labels, groups, folds, seed)
@@ -122,7 +122,7 @@ def make_splits(
                 f"validation_fraction {validation_fraction}: {n_val} validation images for {n_classes} classes; "
                 "raise it or add images"
             )
-        where = "the held-out part" if protocol == "holdout" else f"fold {k}"
+        where = "the held-out part" if protocol == Protocol.HOLDOUT else f"fold {k}"
         _check_every_class(labels, oof, classes, where)
         fit, val = _carve(train, labels, groups, validation_fraction, seed)
         _check_every_class(labels, val, classes, f"the inner validation split of {where}")
