@@ -15,45 +15,54 @@ model is that file reloaded, so whatever predicts next is exactly what was saved
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
-from models.choices import ClassWeight
+from models.choices import STRICT, ClassWeight
 from models.registry import BACKBONE, block_ids
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class Augmentation:
     """Training-time augmentation by name and strength; TTA views should stay within it."""
 
     flip: bool = True  # horizontal flips: off for data where mirroring changes the class (digits, text)
-    shift: float = 0.1  # translation, as a fraction of the image side
-    rotate: float = 0.0  # rotation, as a fraction of a full turn (0.05 = up to 18 degrees)
-    zoom: float = 0.1  # zoom in or out by up to this fraction
-    contrast: float = 0.0  # contrast changed by up to this fraction
+    shift: float = Field(0.1, ge=0, lt=1)  # translation, as a fraction of the image side
+    rotate: float = Field(0.0, ge=0, le=0.5)  # rotation, as a fraction of a full turn (0.05 = up to 18 degrees)
+    zoom: float = Field(0.1, ge=0, lt=1)  # zoom in or out by up to this fraction
+    contrast: float = Field(0.0, ge=0, le=1)  # contrast changed by up to this fraction
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class TrainConfig:
     """Optimisation settings shared by every base model of a fit."""
 
-    epochs: int = 30  # all epochs, both phases together
-    batch_size: int = 32
-    learning_rate: float = 1e-3  # from scratch, or phase 1 (head on a frozen backbone)
-    early_stopping_patience: int = 6
-    reduce_lr_patience: int = 3  # below the early-stopping patience, so the LR drops before training stops
-    reduce_lr_factor: float = 0.3
-    head_epochs: int = 5  # phase 1 of fine-tuning a pretrained backbone
-    fine_tune_blocks: int = 2  # phase 2 unfreezes this many top blocks of the backbone (0: head only)
-    fine_tune_learning_rate: float = 1e-4
-    backbone_lr_factor: float = 1.0  # phase 2 backbone rate = this x the head's (e.g. 0.1); 1: one rate
-    class_weight: str = "none"  # "balanced" weighs each class by n / (classes x its count)
+    epochs: int = Field(30, ge=1)  # all epochs, both phases together
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)  # from scratch, or phase 1 (head on a frozen backbone)
+    early_stopping_patience: int = Field(6, ge=1)
+    reduce_lr_patience: int = Field(3, ge=0)  # below the early-stopping patience: the LR drops before it stops
+    reduce_lr_factor: float = Field(0.3, gt=0, lt=1)
+    head_epochs: int = Field(5, ge=0)  # phase 1 of fine-tuning a pretrained backbone
+    fine_tune_blocks: int = Field(2, ge=0)  # phase 2 unfreezes this many top blocks of the backbone (0: head only)
+    fine_tune_learning_rate: float = Field(1e-4, gt=0)
+    backbone_lr_factor: float = Field(1.0, gt=0)  # phase 2 backbone rate = this x the head's (e.g. 0.1); 1: one rate
+    class_weight: ClassWeight = ClassWeight.NONE  # "balanced" weighs each class by n / (classes x its count)
     jit_compile: bool = False  # XLA, for GPU users; off on CPU
     augmentation: Augmentation = Augmentation()
+
+    def __post_init__(self) -> None:
+        if self.reduce_lr_patience >= self.early_stopping_patience:
+            raise ValueError(
+                f"reduce_lr_patience {self.reduce_lr_patience}: must be below early_stopping_patience "
+                f"{self.early_stopping_patience}, or training stops before the learning rate ever drops"
+            )
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -11,23 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from models.choices import ClassWeight, Head
+from models.choices import ClassWeight, Head, Named
 from stacking.errors import UserError
 
 
-class Protocol(StrEnum):
+class Protocol(Named):
     HOLDOUT = "holdout"
     KFOLD = "kfold"
 
 
-class Final(StrEnum):
+class Final(Named):
     """kfold's served models: the K fold models (stacked per fold, averaged), or one refit on every image."""
 
     FOLD_AVERAGE = "fold-average"
     REFIT = "refit"
 
 
-class TTAPolicyName(StrEnum):
+class TTAPolicyName(Named):
     NONE = "none"
     FLIP = "flip"
     SHIFT = "shift"
@@ -49,12 +49,12 @@ class TTAPolicyName(StrEnum):
         return self in (TTAPolicyName.ZOOM, TTAPolicyName.RANDOM)
 
 
-class TTAMerge(StrEnum):
+class TTAMerge(Named):
     MEAN = "mean"  # of probabilities
     GEOMETRIC = "geometric"  # mean of log-probabilities
 
 
-class MetaKind(StrEnum):
+class MetaKind(Named):
     """Candidates, simplest first: the first four average base models, the last two learn a stack."""
 
     BEST_SINGLE = "best-single"
@@ -72,44 +72,44 @@ class MetaKind(StrEnum):
 AUTO = "auto"  # --meta and --runtime: let the fit's measurements choose
 
 
-class MetaCriterion(StrEnum):
+class MetaCriterion(Named):
     LOG_LOSS = "log_loss"  # lower is better
     ACCURACY = "accuracy"  # higher is better
 
 
-class Calibration(StrEnum):
+class Calibration(Named):
     NONE = "none"
     TEMPERATURE = "temperature"
 
 
-class Executor(StrEnum):
+class Executor(Named):
     LOCAL = "local"
     RAY = "ray"
 
 
-class OnBadImage(StrEnum):
+class OnBadImage(Named):
     ERROR = "error"
     SKIP = "skip"
 
 
-class Weights(StrEnum):
+class Weights(Named):
     IMAGENET = "imagenet"
     NONE = "none"
 
 
-class Quantize(StrEnum):
+class Quantize(Named):
     NONE = "none"
     INT8 = "int8"  # post-training static, kept only where OOF scores hold
 
 
-class Precision(StrEnum):
+class Precision(Named):
     """What an exported base model's files hold (``--quantize int8`` adds INT8 files where they hold)."""
 
     FP32 = "fp32"
     INT8 = "int8"
 
 
-class ServeAs(StrEnum):
+class ServeAs(Named):
     """How a bundle answers (``stacking.inference.options``)."""
 
     STACK = "stack"
@@ -117,7 +117,7 @@ class ServeAs(StrEnum):
     STUDENT = "student"
 
 
-class Runtime(StrEnum):
+class Runtime(Named):
     """Where base models run (``stacking.runtime``)."""
 
     TF = "tf"

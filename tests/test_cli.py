@@ -513,7 +513,7 @@ def test_grouped_kfold_keeps_each_group_in_one_fold(digits_dir, tmp_path, capsys
 @pytest.mark.slow
 def test_executor_options_are_checked(tiny_bundle, digits_dir, tmp_path, capsys):
     code, _, err = run_cli(["fit", "--data", digits_dir, "--out", tmp_path / "b", "--executor", "spark"], capsys)
-    assert "--executor 'spark': expected one of local, ray" in one_line_error(code, err)
+    assert "--executor 'spark': Input should be 'local' or 'ray'" in one_line_error(code, err)
     address = f"127.0.0.1:{free_port()}"  # nothing listens there: said at once, not after Ray's minutes of retries
     code, _, err = run_cli(
         [

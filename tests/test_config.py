@@ -36,6 +36,37 @@ def test_command_line_overrides_the_file(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"folds": 1}, "--folds 1: Input should be greater than or equal to 2"),
+        ({"tta_views": -1}, "--tta -1: Input should be greater than or equal to 0"),
+        ({"tta_policy": "spin"}, "--tta-policy 'spin': Input should be 'none', 'flip', 'shift'"),
+        ({"executor": "spark"}, "--executor 'spark': Input should be 'local' or 'ray'"),
+        ({"meta": "svm"}, "--meta 'svm': Input should be 'auto', 'best-single'"),
+        ({"epochs": 0}, "--epochs 0: Input should be greater than or equal to 1"),
+        ({"models": ()}, "--models (): Tuple should have at least 1 item"),
+    ],
+)
+def test_bad_options_are_named_by_their_flag(overrides, message):
+    """The same setting from the command line is named by its flag, from a file by its table and key."""
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(None, overrides)
+
+
+def test_a_file_setting_is_named_by_its_table_and_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('folds = 1\n[tta]\npolicy = "spin"\n')
+    with pytest.raises(UserError, match=re.escape("folds 1: Input should be greater than or equal to 2")):
+        load_config(path, {})
+    path.write_text('[tta]\npolicy = "spin"\n[cluster]\ncpus_per_job = 0\n')
+    with pytest.raises(UserError, match=re.escape("[tta] policy 'spin': Input should be")):
+        load_config(path, {})
+    path.write_text("[augmentation]\nzoom = 2\n")
+    with pytest.raises(UserError, match=re.escape("[augmentation] zoom 2: Input should be less than 1")):
+        load_config(path, {})
+
+
+@pytest.mark.parametrize(
     "text, message",
     [
         ('head = "mlp"\n', "head 'mlp'"),

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from pydantic import Field
+from pydantic.dataclasses import dataclass as settings_dataclass
 
-from stacking.choices import MERGES, POLICIES, TTAMerge, TTAPolicyName
+from models.choices import STRICT
+from stacking.choices import MERGES, TTAMerge, TTAPolicyName
 
 RANDOM_VIEWS = 32  # views the random policy can draw
 EPS = 1e-7
@@ -43,28 +46,26 @@ class View:
         return "+".join(parts) or "identity"
 
 
-@dataclass(frozen=True)
+@settings_dataclass(frozen=True, config=STRICT)
 class TTAPolicy:
     """A named, ordered view list; stored in the bundle manifest so serving matches validation."""
 
-    name: str = "flip"
-    views: int = 2  # the number of views used by default
-    shift: float = 0.06  # shift views move by (random: up to) this fraction of the image side
-    zoom: float = 0.1  # zoom views crop the centre by (random: up to) this fraction
+    name: TTAPolicyName = TTAPolicyName.FLIP
+    views: int = Field(2, ge=0)  # the number of views used by default
+    shift: float = Field(0.06, ge=0, lt=1)  # shift views move by (random: up to) this fraction of the image side
+    zoom: float = Field(0.1, ge=0, lt=1)  # zoom views crop the centre by (random: up to) this fraction
     seed: int = 0  # draws the random policy's views
     allow_flip: bool = True  # random views may mirror; set from the training augmentation
-    identity_weight: float = 1.0  # the identity view's weight when merging; tuned by the fit
-    merge: str = "mean"  # mean of probabilities, or "geometric" (mean of log-probabilities)
+    identity_weight: float = Field(1.0, gt=0)  # the identity view's weight when merging; tuned by the fit
+    merge: TTAMerge = TTAMerge.MEAN  # mean of probabilities, or geometric (mean of log-probabilities)
     # Adaptive TTA: run this many views first (0: off), the rest only on images whose views
     # disagree or whose margin (top-1 minus top-2 probability) is below adaptive_margin,
     # which the fit tunes on out-of-fold images.
-    adaptive_views: int = 0
-    adaptive_margin: float = 0.0
+    adaptive_views: int = Field(0, ge=0)
+    adaptive_margin: float = Field(0.0, ge=0)
 
     def view_list(self, image_size: int, views: int | None = None) -> list[View]:
         """The first ``views`` (default: the policy's count) views; at least the identity."""
-        if self.name not in POLICIES:
-            raise ValueError(f"unknown TTA policy {self.name!r}; expected one of {', '.join(POLICIES)}")
         s = max(1, round(self.shift * image_size))
         shifts = [
             View(dx=s),
@@ -112,13 +113,13 @@ class TTAPolicy:
     def as_dict(self) -> dict:
         """The manifest's ``tta`` entry."""
         return {
-            "policy": self.name,
+            "policy": self.name.value,
             "views": self.views,
             "shift": self.shift,
             "zoom": self.zoom,
             "seed": self.seed,
             "allow_flip": self.allow_flip,
-            "merge": self.merge,
+            "merge": self.merge.value,
             "identity_weight": self.identity_weight,
             "adaptive_views": self.adaptive_views,
             "adaptive_margin": self.adaptive_margin,

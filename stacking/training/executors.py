@@ -13,8 +13,11 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import Field
+from pydantic.dataclasses import dataclass as settings_dataclass
 
-from stacking.choices import EXECUTOR, Executor
+from models.choices import STRICT
+from stacking.choices import Executor
 from stacking.cluster import check_request, job_threads, ray_cluster, size_worker
 from stacking.errors import UserError
 from stacking.training.jobs import Job, JobResult, JobSettings, run_job
@@ -22,22 +25,15 @@ from stacking.training.jobs import Job, JobResult, JobSettings, run_job
 Echo = Callable[[str], None]
 
 
-@dataclass(frozen=True)
+@settings_dataclass(frozen=True, config=STRICT)
 class ClusterConfig:
     """How a fit's jobs are run. None of it changes what a job computes, except the thread count (see jobs)."""
 
-    executor: str = "local"  # "local": one after another in this process; "ray": tasks on a Ray cluster
+    executor: Executor = Executor.LOCAL  # local: one after another in this process; ray: tasks on a Ray cluster
     address: str = ""  # the Ray cluster to join ("auto", "ray://head:10001"); empty: start a local one
-    cpus_per_job: float = 1.0  # each job's Ray request; its TensorFlow threads follow it
-    gpus_per_job: float = 0.0  # 1 on GPU nodes; a fraction shares a GPU (memory growth is switched on)
-    max_retries: int = 2  # times a job is run again when its worker process dies
-
-    def check(self) -> None:
-        EXECUTOR.check(self.executor)
-        if self.cpus_per_job <= 0 or self.gpus_per_job < 0:
-            raise UserError("[cluster] cpus_per_job must be above 0 and gpus_per_job 0 or more")
-        if self.max_retries < 0:
-            raise UserError(f"[cluster] max_retries {self.max_retries}: must be 0 or more")
+    cpus_per_job: float = Field(1.0, gt=0)  # each job's Ray request; its TensorFlow threads follow it
+    gpus_per_job: float = Field(0.0, ge=0)  # 1 on GPU nodes; a fraction shares a GPU (memory growth is switched on)
+    max_retries: int = Field(2, ge=0)  # times a job is run again when its worker process dies
 
 
 @dataclass(frozen=True)
