@@ -71,7 +71,8 @@ def test_a_file_setting_is_named_by_its_table_and_key(tmp_path):
     [
         ('head = "mlp"\n', "head 'mlp'"),
         ('[train]\nclass_weight = "auto"\n', "class_weight 'auto'"),
-        ("[augmentation]\nblur = 0.1\n", "[augmentation]: unknown setting(s) ['blur']"),
+        ("[augmentation]\nblur = 0.1\n", "[augmentation]: unknown setting(s) ['blur']; known: flip, shift, rotate"),
+        ('[tta]\nname = "flip"\n', "[tta]: unknown setting(s) ['name']; known: policy, views"),
         ("protocol = \n", "not valid TOML"),
         ("[train]\nreduce_lr_patience = 6\n", "reduce_lr_patience 6: must be below early_stopping_patience 6"),
         # TTA views must stay within what the training augmentation taught the models.

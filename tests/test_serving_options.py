@@ -61,17 +61,15 @@ def rows_with_a_sure_cheap_model(n: int = 600, seed: int = 0, sure_share: float 
 COSTS = Costs(view_ms=np.array([1.0, 1.0]), stack_ms=10.0, stack_views=6.0)
 
 
+def tune(per_view, stack, labels, folds=None) -> dict:
+    """The cascade tuned on these rows, cross-validated on the meta step's (ungrouped) folds unless given."""
+    folds = meta_cv_folds(labels, None, 5, 0) if folds is None else folds
+    return tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS, folds)
+
+
 def test_the_cascade_reaches_the_stacks_accuracy_at_a_fraction_of_its_cost():
     per_view, stack, labels = rows_with_a_sure_cheap_model()
-    tuning = tune_cascade(
-        per_view,
-        stack,
-        labels,
-        ["cheap", "other"],
-        TTAPolicy("shift", views=3),
-        COSTS,
-        meta_cv_folds(labels, None, 5, 0),
-    )
+    tuning = tune(per_view, stack, labels)
     first = tuning["stages"][0]
     assert first["model"] == "cheap" and first["views"] == 1 and 0.4 < first["threshold"] <= 0.94
     assert tuning["stages"][-1]["name"] == "stack"
@@ -85,15 +83,7 @@ def test_the_cascade_reaches_the_stacks_accuracy_at_a_fraction_of_its_cost():
 
 def test_without_a_sure_cheap_model_the_cascade_is_the_stack():
     per_view, stack, labels = rows_with_a_sure_cheap_model(sure_share=0.0)
-    tuning = tune_cascade(
-        per_view,
-        stack,
-        labels,
-        ["cheap", "other"],
-        TTAPolicy("shift", views=3),
-        COSTS,
-        meta_cv_folds(labels, None, 5, 0),
-    )
+    tuning = tune(per_view, stack, labels)
     assert [s["name"] for s in tuning["stages"]] == ["stack"]
     assert tuning["cross_validated"]["accuracy"] == tuning["stack"]["accuracy"]
 
@@ -104,15 +94,7 @@ def test_the_thresholds_are_cross_validated_not_fitted_to_the_rows_they_score():
     per_view, stack, labels = rows_with_a_sure_cheap_model(sure_share=1.0)
     flip = np.random.default_rng(1).random(len(labels)) < 0.1
     per_view[0][:, flip] = np.roll(per_view[0][:, flip], 1, axis=-1)
-    tuning = tune_cascade(
-        per_view,
-        stack,
-        labels,
-        ["cheap", "other"],
-        TTAPolicy("shift", views=3),
-        COSTS,
-        meta_cv_folds(labels, None, 5, 0),
-    )
+    tuning = tune(per_view, stack, labels)
     assert all(s["threshold"] >= NEVER or s["model"] is None for s in tuning["stages"])
     assert tuning["cross_validated"]["accuracy"] <= tuning["stack"]["accuracy"]
 
@@ -125,7 +107,7 @@ def test_the_cascade_is_cross_validated_on_the_meta_steps_grouped_folds(monkeypa
     tuned_on: list[np.ndarray] = []
     best = cascade._best
     monkeypatch.setattr(cascade, "_best", lambda *args: tuned_on.append(args[-1]) or best(*args))
-    tuning = tune_cascade(per_view, stack, labels, ["cheap", "other"], TTAPolicy("shift", views=3), COSTS, folds)
+    tuning = tune(per_view, stack, labels, folds)
     assert tuning["cross_validated"]["folds"] == len(folds) and len(tuned_on) == 1 + len(folds)
     for rows, (train, held) in zip(tuned_on[1:], folds):
         np.testing.assert_array_equal(rows, train)

@@ -9,6 +9,7 @@ cannot say (one setting against another) is checked after, in :func:`validate`.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -110,13 +111,15 @@ def _read_toml(path: Path | None) -> dict[str, Any]:
         raise UserError(f"--config {path}: not valid TOML ({exc})") from None
 
 
-def _nest(raw: dict[str, Any], overrides: dict[str, Any]) -> tuple[dict[str, Any], set[tuple[str, ...]]]:
+def _nest(raw: dict[str, Any], overrides: dict[str, Any], where: str) -> tuple[dict[str, Any], set[tuple[str, ...]]]:
     """The file's tables as the model nests them ([augmentation] inside [train], [tta] policy as the policy's
     name), with the command line's values on top; and the places the command line set."""
     values = dict(raw)
     tta = dict(values.pop("tta", {}))
     if "allow_flip" in tta:
         raise UserError("[tta] allow_flip follows [augmentation] flip; set that instead")
+    if "name" in tta:  # the policy's field in the model, not a key of the file
+        raise UserError(f"{where} [tta]: unknown setting(s) ['name']; known: {', '.join(_known(('tta',)))}")
     if "policy" in tta:
         tta["name"] = tta.pop("policy")
     train = dict(values.pop("train", {}))
@@ -147,6 +150,20 @@ def _name(place: tuple[str, ...], flagged: set[tuple[str, ...]]) -> str:
     return TOML_NAMES.get(place, f"[{place[0]}] {'.'.join(place[1:])}")
 
 
+def _known(table: tuple[str, ...]) -> list[str]:
+    """The keys a TOML table takes (its nested tables are tables of their own; the TTA policy's name is ``policy``,
+    its flip follows [augmentation])."""
+    cls = {
+        (): FitConfig,
+        ("tta",): TTAPolicy,
+        ("train",): TrainConfig,
+        ("train", "augmentation"): Augmentation,
+        ("cluster",): ClusterConfig,
+    }[table]
+    nested = {"tta", "train", "cluster", "augmentation", "allow_flip"}
+    return ["policy" if f.name == "name" else f.name for f in dataclasses.fields(cls) if f.name not in nested]
+
+
 def _user_error(exc: ValidationError, flagged: set[tuple[str, ...]], where: str) -> UserError:
     """The first problem, named as the user wrote it; unknown keys listed by table."""
     errors = exc.errors()
@@ -155,7 +172,7 @@ def _user_error(exc: ValidationError, flagged: set[tuple[str, ...]], where: str)
         table = tuple(str(p) for p in unknown[0]["loc"][:-1])
         keys = sorted(str(e["loc"][-1]) for e in unknown if tuple(str(p) for p in e["loc"][:-1]) == table)
         named = f" {TOML_NAMES.get(table, f'[{table[0]}]')}" if table else ""
-        return UserError(f"{where}{named}: unknown setting(s) {keys}")
+        return UserError(f"{where}{named}: unknown setting(s) {keys}; known: {', '.join(_known(table))}")
     first = errors[0]
     place = tuple(str(p) for p in first["loc"] if not isinstance(p, int))
     message = first["msg"].removeprefix("Value error, ")
@@ -166,11 +183,12 @@ def _user_error(exc: ValidationError, flagged: set[tuple[str, ...]], where: str)
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> FitConfig:
     """Defaults <- TOML file <- ``overrides`` (command-line values that are not None)."""
-    values, flagged = _nest(_read_toml(path), overrides)
+    where = f"--config {path}" if path else "settings"
+    values, flagged = _nest(_read_toml(path), overrides, where)
     try:
         cfg = FitConfig(**values)
     except ValidationError as exc:
-        raise _user_error(exc, flagged, f"--config {path}" if path else "settings") from None
+        raise _user_error(exc, flagged, where) from None
     validate(cfg)
     return cfg
 
