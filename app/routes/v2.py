@@ -141,6 +141,13 @@ INFER_BODY = {
         },
     }
 }
+# Both infer routes (plain and versioned): the answer is JSON or binary, so no response model validates it.
+INFER_ROUTE = {
+    "response_model": None,
+    "responses": INFER_ANSWERS,
+    "dependencies": [APIKey],
+    "openapi_extra": INFER_BODY,
+}
 
 
 @router.get("", response_model=ServerMetadataResponse)
@@ -360,25 +367,13 @@ async def _infer(request: Request, serving: Serving, name: str, model_version: s
     return Response(text + b"".join(chunks), media_type="application/octet-stream", headers=headers)
 
 
-@router.post(
-    "/models/{name}/infer",
-    response_model=None,
-    responses=INFER_ANSWERS,
-    dependencies=[APIKey],
-    openapi_extra=INFER_BODY,
-)
+@router.post("/models/{name}/infer", **INFER_ROUTE)
 async def infer(name: str, request: Request, serving: ServingDep) -> Response:
     """Classify the images of the ``images`` input (JSON, or binary tensors after a JSON header)."""
     return await _infer(request, serving, name)
 
 
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_model=None,
-    responses=INFER_ANSWERS,
-    dependencies=[APIKey],
-    openapi_extra=INFER_BODY,
-)
+@router.post("/models/{name}/versions/{version}/infer", **INFER_ROUTE)
 async def versioned_infer(name: str, version: str, request: Request, serving: ServingDep) -> Response:
     """As ``/v2/models/{name}/infer``, for the version given (the served one)."""
     return await _infer(request, serving, name, version)
