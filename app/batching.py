@@ -21,11 +21,10 @@ from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from app import metrics
 from app.errors import ServiceError
 from app.state import ModelState
+from stacking.data.images import Pixels
 from stacking.inference.predictor import Prediction
 
 Key = tuple[int | None, str | None]  # (TTA views, TTA policy): jobs merge only with equal keys
@@ -33,7 +32,7 @@ Key = tuple[int | None, str | None]  # (TTA views, TTA policy): jobs merge only 
 
 @dataclass
 class Job:
-    pixels: np.ndarray  # (n, size, size, 3) uint8
+    pixels: Pixels  # n images at each size the predictor takes
     key: Key
     deadline: float  # time.monotonic() after which the answer is no longer wanted
     future: asyncio.Future
@@ -79,9 +78,7 @@ class Batcher:
                 headers={"Retry-After": str(self.retry_after)},
             )
 
-    def submit(
-        self, pixels: np.ndarray, views: int | None, policy: str | None, deadline: float
-    ) -> list[asyncio.Future]:
+    def submit(self, pixels: Pixels, views: int | None, policy: str | None, deadline: float) -> list[asyncio.Future]:
         """Queue ``pixels`` in jobs of at most ``max_batch`` images; one future per job, in order."""
         loop = asyncio.get_running_loop()
         futures = []
@@ -156,7 +153,7 @@ class Batcher:
             started = time.monotonic()
             for job in batch:
                 metrics.QUEUE_WAIT.observe(started - job.queued_at)
-            pixels = np.concatenate([job.pixels for job in batch])
+            pixels = Pixels.concat([job.pixels for job in batch])
             views, policy = batch[0].key
             try:
                 result = await loop.run_in_executor(self._executor, self.state.predictor.predict, pixels, views, policy)

@@ -13,13 +13,11 @@ from collections.abc import Awaitable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from app.batching import Batcher, wait_for_jobs
 from app.errors import ServiceError
 from app.settings import Settings
 from app.state import ModelState
-from stacking.data.images import ImageDecodeError, decode_image
+from stacking.data.images import ImageDecodeError, Pixels, decode_image
 from stacking.inference.predictor import Prediction, Predictor
 
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
@@ -70,14 +68,14 @@ class Served:
         return ", ".join(f"{name};dur={ms:.1f}" for name, ms in self.timings_ms.items())
 
 
-def _decode(upload: Upload, image_size: int, max_pixels: int) -> np.ndarray | ServiceError:
-    """The upload's pixels, or the error that names why it cannot be used."""
+def _decode(upload: Upload, sizes: list[int], max_pixels: int) -> Pixels | ServiceError:
+    """The upload's pixels, decoded once, at each size; or the error that names why it cannot be used."""
     if upload.content_type and not upload.content_type.startswith(ACCEPTED_TYPES):
         return ServiceError(415, f"{upload.name}: unsupported content type {upload.content_type!r}; send an image")
     if not upload.data:
         return ServiceError(400, f"{upload.name}: empty file")
     try:
-        return decode_image(upload.data, image_size, max_pixels)
+        return decode_image(upload.data, sizes, max_pixels)
     except ImageDecodeError as exc:
         return ServiceError(400, f"{upload.name}: {exc}")
 
@@ -111,16 +109,16 @@ async def serve_uploads(
     batcher.incoming += 1
     try:
         decoded = await asyncio.get_running_loop().run_in_executor(
-            serving.decoders, lambda: [_decode(u, predictor.image_size, settings.max_pixels) for u in uploads]
+            serving.decoders, lambda: [_decode(u, predictor.sizes, settings.max_pixels) for u in uploads]
         )
     finally:
         batcher.incoming -= 1
-    good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+    good = [i for i, d in enumerate(decoded) if isinstance(d, Pixels)]
     if not good:
         raise decoded[0]
     decoded_at = time.monotonic()
     timeout = min(settings.request_timeout_s, timeout_s if timeout_s is not None else float("inf"))
-    futures = batcher.submit(np.stack([decoded[i] for i in good]), tta, policy, arrived + timeout)
+    futures = batcher.submit(Pixels.concat([decoded[i] for i in good]), tta, policy, arrived + timeout)
     prediction = await wait_for_jobs(futures, gone)
     done = time.monotonic()
     row = {i: k for k, i in enumerate(good)}

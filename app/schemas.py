@@ -64,8 +64,10 @@ class ReadyResponse(BaseModel):
 class BaseModelInfo(BaseModel):
     name: str
     architecture: str
+    image_size: int  # its input side: each upload is resized to it
     preprocessing: str
-    weights: str | None
+    weights: str | None  # where its training started: "imagenet", a weights file's name, or None (from scratch)
+    weights_sha256: str | None  # of that weights file
     runtime: RuntimeEntry | None
 
 
@@ -102,7 +104,7 @@ class ModelInfoResponse(BaseModel):
     version: str
     bundle_sha256: str
     classes: list[str]
-    image_size: int
+    image_sizes: list[int]  # every size an upload is resized to (the base models', or the student's alone)
     base_models: list[BaseModelInfo]
     meta_learner: MetaLearnerInfo
     tta: ServedTTA

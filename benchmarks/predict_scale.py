@@ -87,7 +87,7 @@ def run_predict(bundle: Path, folder: Path, out: Path) -> dict:
 def forward_speed(bundle: Path, folder: Path, images: int = 2000) -> float:
     """Images/s of the base models alone, served TTA (adaptive included), on the same images already decoded."""
     predictor = Predictor(bundle)
-    _, pixels, _ = load_pixels(ImageSet(sorted(folder.glob("*.png"))[:images], predictor.classes), predictor.image_size)
+    _, pixels, _ = load_pixels(ImageSet(sorted(folder.glob("*.png"))[:images], predictor.classes), predictor.sizes)
     predictor.merged_views(pixels[:64])  # compile
     started = time.perf_counter()
     predictor.merged_views(pixels)

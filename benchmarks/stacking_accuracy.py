@@ -72,7 +72,7 @@ def main() -> None:
         }
     print(
         f"digits: {counts['train']} training scans, {counts['test']} test scans; models "
-        f"{', '.join(load_config(config, {}).models)}"
+        f"{', '.join(m.spec for m in load_config(config, {}).models)}"
     )
     for protocol, result in results.items():
         print(

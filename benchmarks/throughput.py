@@ -47,6 +47,7 @@ import numpy as np
 from load import Service, request_bytes, run_level, test_images
 from predict_scale import write_folder
 
+from stacking.data.images import Pixels
 from stacking.inference.predictor import Predictor
 from stacking.inference.tta import TTAForward, make_views
 
@@ -151,33 +152,33 @@ def multiply_adds(model) -> int:
 
 def per_model_speedup(tf_predictor: Predictor, served: Predictor, repeats: int = 15) -> dict[str, float]:
     """Each base model alone at the service's call shape (one image's views): TF ms / served runtime ms, medians."""
-    views = served.tta.view_list(served.image_size)
-    rows = make_views(
-        np.random.default_rng(0).integers(0, 255, (1, served.image_size, served.image_size, 3), dtype=np.uint8), views
-    )
     ratios = {}
-    for name, tf_run, run in zip(served.base_names, tf_predictor.forward.runners, served.forward.runners):
+    for name, size, tf_run, run in zip(
+        served.base_names, served.base_sizes, tf_predictor.forward.runners, served.forward.runners
+    ):
+        image = np.random.default_rng(0).integers(0, 255, (1, size, size, 3), dtype=np.uint8)
+        rows = make_views(image, served.views().at(size))
         tf_run(rows), run(rows)
         tf_ms, ms = [], []
         for _ in range(repeats):  # in turn, so both see the same machine
-            tf_ms.append(timed(lambda tf_run=tf_run: tf_run(rows)))
-            ms.append(timed(lambda run=run: run(rows)))
+            tf_ms.append(timed(lambda tf_run=tf_run, rows=rows: tf_run(rows)))
+            ms.append(timed(lambda run=run, rows=rows: run(rows)))
         ratios[name] = float(np.median(tf_ms) / np.median(ms))
     return ratios
 
 
-def limit_by_call_size(predictor: Predictor, pixels: np.ndarray) -> dict[int, float]:
+def limit_by_call_size(predictor: Predictor, pixels: Pixels) -> dict[int, float]:
     """Images/s of the forward over every served view, per images per call."""
-    views = predictor.tta.view_list(predictor.image_size)
+    views = predictor.views()
     rates = {}
     for images in CALL_IMAGES:
-        forward = TTAForward(predictor.forward.runners, predictor.image_size, rows_per_call=images * len(views))
+        forward = TTAForward(predictor.forward.runners, predictor.base_sizes, rows_per_call=images * len(views))
         forward.folds(pixels[:images], views)  # trace, and make this size's kernels
         rates[images] = len(pixels) / timed(lambda f=forward: f.folds(pixels, views), repeats=2)
     return rates
 
 
-def call_size_effect(served: Predictor, offline: Predictor, pixels: np.ndarray) -> dict:
+def call_size_effect(served: Predictor, offline: Predictor, pixels: Pixels) -> dict:
     """How far the stacked probabilities move between the service's and the offline run's call shapes."""
     a, b = served.predict(pixels).probabilities, offline.predict(pixels).probabilities
     differs = np.abs(a - b).max(axis=1)
@@ -189,29 +190,29 @@ def call_size_effect(served: Predictor, offline: Predictor, pixels: np.ndarray) 
     }
 
 
-def naive_ips(predictor: Predictor, pixels: np.ndarray) -> float:
+def naive_ips(predictor: Predictor, pixels: Pixels) -> float:
     """``model.predict`` on one view of one image at a time, for every model and view."""
-    views = predictor.tta.view_list(predictor.image_size)
-    models = [m for run in predictor.forward.runners for m in run.models]  # a TF predictor's Keras models
-    models[0].predict(pixels[:1].astype("float32"), verbose=0)  # first-call overhead out of the timing
+    views = predictor.views()
+    models = [(m, size) for run, size in zip(predictor.forward.runners, predictor.base_sizes) for m in run.models]
+    models[0][0].predict(pixels.at(models[0][1])[:1].astype("float32"), verbose=0)  # first-call overhead out
 
     def run() -> None:
-        for image in pixels:
-            batch = make_views(image[None], views)
-            for view in range(len(views)):
-                for model in models:
+        for i in range(len(pixels)):
+            for model, size in models:
+                batch = make_views(pixels.at(size)[i : i + 1], views.at(size))
+                for view in range(len(views)):
                     model.predict(batch[view : view + 1], verbose=0)
 
     return len(pixels) / timed(run)
 
 
-def single_image(predictor: Predictor, pixels: np.ndarray, repeats: int = 30) -> tuple[float, float]:
+def single_image(predictor: Predictor, pixels: Pixels, repeats: int = 30) -> tuple[float, float]:
     """(p50 ms of Predictor.predict on one image, p50 ms of the forward over that image's views alone)."""
-    views = predictor.tta.view_list(predictor.image_size)
-    alone = TTAForward(predictor.forward.runners, predictor.image_size, rows_per_call=len(views))
+    views = predictor.views()
+    alone = TTAForward(predictor.forward.runners, predictor.base_sizes, rows_per_call=len(views))
     alone.folds(pixels[:1], views)
     predictor.predict(pixels[:1])
-    images = [pixels[i % len(pixels)][None] for i in range(repeats)]
+    images = [pixels[[i % len(pixels)]] for i in range(repeats)]
     served = [timed(lambda image=image: predictor.predict(image)) for image in images]
     forward = [timed(lambda image=image: alone.folds(image, views)) for image in images]
     return float(np.median(served) * 1000), float(np.median(forward) * 1000)
@@ -302,26 +303,31 @@ def kfold_fit_ratio(digits: Path, workdir: Path, epochs: int) -> dict:
             "tta_diagnostic_views": 4,
         },
     )
-    images, pixels, _ = load_pixels(read_training_set(digits), cfg.image_size, "error")
+    images, pixels, _ = load_pixels(read_training_set(digits), cfg.sizes, "error")
     labels, classes = images.labels, images.classes
     splits = make_splits(
         labels, "kfold", cfg.holdout_fraction, cfg.validation_fraction, cfg.folds, cfg.seed, None, classes
     )
     bare = 0.0
-    for model in cfg.models:
+    for member in cfg.models:
+        x = pixels.at(member.image_size)
         for split in splits:
             keras.utils.set_random_seed(cfg.seed)
-            net = create_model(model, len(classes), cfg.image_size, weights=None, head=cfg.head, dropout=cfg.dropout)
+            net = create_model(
+                member.architecture, len(classes), member.image_size, head=member.head, dropout=member.dropout
+            )
             net.compile(
-                keras.optimizers.Adam(cfg.train.learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"]
+                keras.optimizers.Adam(member.train.learning_rate),
+                "sparse_categorical_crossentropy",
+                metrics=["accuracy"],
             )
             started = time.perf_counter()
             net.fit(
-                pixels[split.fit].astype("float32"),
+                x[split.fit].astype("float32"),
                 labels[split.fit],
-                batch_size=cfg.train.batch_size,
-                epochs=cfg.train.epochs,
-                validation_data=(pixels[split.val].astype("float32"), labels[split.val]),
+                batch_size=member.train.batch_size,
+                epochs=member.train.epochs,
+                validation_data=(x[split.val].astype("float32"), labels[split.val]),
                 verbose=0,
             )
             bare += time.perf_counter() - started
@@ -359,8 +365,9 @@ def main() -> None:
         parser.error(f"{folder}: no PNG folder to predict (give --folder, or put digits/ beside the bundle)")
     predictors = {runtime: Predictor(bundle, runtime=runtime) for runtime in RUNTIMES}
     served = predictors["auto"]
-    size, views = served.image_size, len(served.tta.view_list(served.image_size))
-    pixels = np.random.default_rng(0).integers(0, 255, (args.images, size, size, 3), dtype=np.uint8)
+    views = len(served.views())
+    rng = np.random.default_rng(0)
+    pixels = Pixels({s: rng.integers(0, 255, (args.images, s, s, 3), dtype=np.uint8) for s in served.sizes})
     matmul = matmul_gflops()
     result: dict = {
         "bundle": str(bundle),

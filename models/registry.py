@@ -257,6 +257,11 @@ _APPLICATIONS: dict[str, tuple[str, str, int, str]] = {
 }
 
 
+def application_name(name: str) -> str:
+    """The keras.applications class behind a registered name (``mobilenetv3small`` -> ``MobileNetV3Small``)."""
+    return _APPLICATIONS[name][0] if name in _APPLICATIONS else name
+
+
 def _application_backbone(attribute: str) -> Backbone:
     def build(x, weights):
         # ``weights="imagenet"`` downloads once into ~/.keras/models; tests use None.

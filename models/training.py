@@ -5,6 +5,10 @@
   frozen backbone; then the top N whole blocks unfrozen, every BatchNormalization
   layer kept frozen (and in inference mode), at a lower learning rate, optionally
   smaller still for the backbone than for the head (``DiscriminativeAdam``).
+- Every BatchNormalization layer that trains forgets its initial moving statistics within
+  one epoch (``match_batchnorm_momentum``): keras.applications builders use momentum 0.99
+  or 0.999, which after a few hundred steps leaves the inference-mode network (the one
+  validated, checkpointed and served) far from the trained one, at chance accuracy.
 - One ``ModelCheckpoint`` across both phases keeps the best epoch by validation
   accuracy; ``ReduceLROnPlateau`` acts before ``EarlyStopping`` gives up.
 
@@ -151,6 +155,39 @@ def unfreeze_top_blocks(backbone: keras.Model, block_pattern: str, n: int) -> No
         layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
 
 
+# Share of the initial moving statistics a training BatchNormalization layer may still hold after one epoch.
+BN_FORGET_WITHIN_EPOCH = 0.01
+
+
+def batchnorm_momentum(steps_per_epoch: int) -> float:
+    """The momentum whose moving statistics keep at most ``BN_FORGET_WITHIN_EPOCH`` of their start after one epoch."""
+    return BN_FORGET_WITHIN_EPOCH ** (1 / max(1, steps_per_epoch))
+
+
+def match_batchnorm_momentum(model: keras.Model, steps_per_epoch: int) -> int:
+    """Lower the momentum of every BatchNormalization layer above :func:`batchnorm_momentum`; return how many.
+
+    Frozen layers keep theirs too (they do not update), so a later phase that trains them
+    finds the matched value. Saved with the model's config, so a reloaded model keeps it.
+    """
+    most, changed = batchnorm_momentum(steps_per_epoch), 0
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.momentum > most:
+            layer.momentum = most
+            changed += 1
+    return changed
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer, nested models' layers included."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(_all_layers(layer))
+    return found
+
+
 def _schedule(cfg: TrainConfig) -> list[keras.callbacks.Callback]:
     """Per-phase callbacks: the LR drops first, training stops later, best weights restored."""
     return [
@@ -190,6 +227,7 @@ def train_model(
     )  # one instance across both phases, so "best" spans them
     extra = [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)] if on_epoch_end else []
     data = _training_dataset(*train, cfg, seed)
+    match_batchnorm_momentum(model, -(-len(train[0]) // cfg.batch_size))
     soft = train[1].ndim == 2  # (N, C) soft targets (a distilled student) instead of (N,) labels
     weights = class_weights(train[1].argmax(axis=1) if soft else train[1], model.output_shape[-1], cfg.class_weight)
     loss = "categorical_crossentropy" if soft else "sparse_categorical_crossentropy"

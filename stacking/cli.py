@@ -122,11 +122,14 @@ def make_trust(trust_custom_code: bool, verify_key: Path | None):
 def data_digits(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the data set into.")],
     limit: Annotated[Optional[int], typer.Option(help="Keep a stratified subset of this many scans.")] = None,
+    train_scans: Annotated[
+        Optional[int], typer.Option(help="Keep this many training scans (stratified); the test split is untouched.")
+    ] = None,
 ) -> None:
     """scikit-learn's 1,797 handwritten digit scans as PNGs, with a labelled test split."""
     from stacking.data.digits import write_digits
 
-    counts = write_digits(out, limit=limit)
+    counts = write_digits(out, limit=limit, train_scans=train_scans)
     typer.echo(f"wrote {counts['train']} training and {counts['test']} test images to {out}")
 
 
@@ -156,7 +159,12 @@ def fit_command(
     data: Annotated[Path, typer.Option("--data", help="Class folders or train.csv + train/.")],
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write.")],
     config: Annotated[Optional[Path], typer.Option(help="TOML settings file.")] = None,
-    models: Annotated[Optional[str], typer.Option(help="Comma-separated architectures.")] = None,
+    models: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Comma-separated ARCH or ARCH@SIZE (each a base model with the defaults; replaces [[model]])."
+        ),
+    ] = None,
     protocol: Annotated[Optional[str], typer.Option(help=choices.PROTOCOL.help("How OOF rows are made."))] = None,
     folds: Annotated[Optional[int], typer.Option(help="K for --protocol kfold.")] = None,
     tta: TTAOption = None,
@@ -172,10 +180,24 @@ def fit_command(
     final: Annotated[Optional[str], typer.Option(help=choices.FINAL.help("kfold's served models."))] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs per base model.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for splits, training and the meta-learner.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square side.")] = None,
-    weights: Annotated[
-        Optional[str], typer.Option(help=choices.WEIGHTS.help("Starting weights of keras.applications models."))
+    image_size: Annotated[
+        Optional[int], typer.Option(help="Every base model's input side (a [[model]] table's own size is replaced).")
     ] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Starting weights of keras.applications models: imagenet, none, or a Keras weights file of the "
+            "backbone without its top."
+        ),
+    ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            envvar="STACKSERVE_OFFLINE",
+            help="No downloads: ImageNet weights missing from Keras' cache are an error naming the file, before any "
+            "work.",
+        ),
+    ] = False,
     on_bad_image: Annotated[
         Optional[str],
         typer.Option(
@@ -238,7 +260,8 @@ def fit_command(
         "runtime": runtime,
         "quantize": quantize,
     }
-    fit(data, out, load_config(config, overrides), echo=typer.echo, resume=resume, sign_key=sign_key)
+    cfg = load_config(config, overrides)
+    fit(data, out, cfg, echo=typer.echo, resume=resume, sign_key=sign_key, offline=offline)
     typer.echo(f"bundle written to {out}; report: {out / 'report' / 'index.html'}")
 
 

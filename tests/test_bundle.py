@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from app.main import create_app
+from app.settings import Settings
 from stacking.bundle import BundleError, load_manifest, load_oof, sha256_file
-from stacking.data.images import load_images
+from stacking.bundle.manifest import FORMAT_VERSION
+from stacking.data.datasets import load_pixels, read_labels_csv
+from stacking.data.digits import write_digits
+from stacking.data.images import Pixels, load_images
 from stacking.inference.predictor import Predictor
 from stacking.meta.learners import META_KINDS
+from tests.waiting import wait_loaded
 
 
 def test_manifest_describes_the_bundle(tiny_bundle):
     manifest = load_manifest(tiny_bundle)
-    assert manifest.format_version == 3
+    assert manifest.format_version == FORMAT_VERSION == 4
     assert manifest.classes == [str(d) for d in range(10)]
     assert [b.name for b in manifest.base_models] == ["tiny_cnn", "mini_mobilenet"]
     for entry in manifest.base_models:
@@ -83,7 +91,7 @@ def test_saved_models_reproduce_the_oof_predictions(tiny_bundle, digits_dir):
     predictor = Predictor(tiny_bundle)
     oof = load_oof(tiny_bundle)
     files = {p.name: p for p in (digits_dir / "train").rglob("*.png")}
-    pixels, bad = load_images([files[i] for i in oof["ids"][:40]], predictor.image_size)
+    pixels, bad = load_images([files[i] for i in oof["ids"][:40]], predictor.sizes)
     assert not bad
     base = predictor.merged_views(pixels).merged
     np.testing.assert_allclose(base, oof["probabilities"][:, :40], atol=1e-5)
@@ -99,12 +107,37 @@ def test_warm_up_prepares_every_call_shape_of_adaptive_tta(bundle_copy):
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))  # the manifest is not self-hashed
     predictor = Predictor(bundle_copy)
     predictor.warm_up()
-    views = predictor.tta.view_list(predictor.image_size)
+    views = predictor.views()
     forward = predictor.forward
     shapes = {images * len(v) for v in (views[:1], views[1:]) for images in forward.call_sizes(len(v))}
     assert {1, 2, 4, 64} <= set(forward.call_sizes(1))  # a short chunk pads to a power of two images
     for runner in predictor.forward.runners:
         assert runner.runtime == "litert" and set(runner._by_rows) >= shapes
     prepared = [set(runner._by_rows) for runner in predictor.forward.runners]
-    predictor.predict(np.random.default_rng(0).integers(0, 255, (9, 16, 16, 3), dtype=np.uint8))
+    predictor.predict(Pixels({16: np.random.default_rng(0).integers(0, 255, (9, 16, 16, 3), dtype=np.uint8)}))
     assert [set(runner._by_rows) for runner in predictor.forward.runners] == prepared  # nothing new made
+
+
+FORMAT_3 = Path(__file__).parent / "data" / "format3"
+
+
+def test_a_bundle_written_before_per_model_sizes_serves_the_same_bits(tmp_path):
+    """A format 3 bundle (every model at the manifest's one size), made by the code before issue 27 (make.py there)."""
+    manifest = load_manifest(FORMAT_3 / "bundle")
+    assert manifest.format_version == 3 and manifest.sizes == [12] and manifest.base_models[0].image_size == 12
+    expected = np.load(FORMAT_3 / "answers.npz")
+    write_digits(tmp_path, limit=200)
+    test = read_labels_csv(tmp_path / "test_labels.csv", tmp_path / "test", manifest.classes).subset(range(20))
+    assert test.ids == expected["ids"].tolist()
+    predictor = Predictor(FORMAT_3 / "bundle")
+    _, pixels, _ = load_pixels(test, predictor.sizes)
+    answer = predictor.predict(pixels)
+    np.testing.assert_array_equal(answer.probabilities, expected["probabilities"])
+    np.testing.assert_array_equal(answer.base_probabilities, expected["base"])
+    with TestClient(create_app(Settings(bundle=str(FORMAT_3 / "bundle")))) as client:
+        wait_loaded(client.app.state.serving.state)
+        assert client.get("/v1/model").json()["image_sizes"] == [12]
+        files = [("files", (p.name, p.read_bytes(), "image/png")) for p in test.paths[:3]]
+        served = client.post("/v1/predict", files=files).json()["predictions"]
+    got = np.array([[row["probabilities"][c] for c in manifest.classes] for row in served])
+    np.testing.assert_array_equal(got, expected["probabilities"][:3])

@@ -17,8 +17,9 @@ from app.cli import main
 from stacking.bundle import Trust, load_manifest, load_oof, write_manifest
 from stacking.bundle.manifest import StageEntry
 from stacking.data.datasets import load_pixels, read_evaluation_set, read_training_set
+from stacking.data.images import Pixels
 from stacking.inference.predictor import Predictor
-from stacking.inference.tta import TTAForward, View
+from stacking.inference.tta import TTAForward, ViewSet
 from stacking.meta.learners import META_KINDS, meta_features
 from stacking.runtime import KerasRunner
 from stacking.training import cascade
@@ -62,7 +63,11 @@ def one_line_error(code: int, err: str) -> str:
             [],
             "class 'b' has 3 image(s); --protocol holdout needs at least 10",
         ),
-        (lambda d: make_images(d, {"a": 12, "b": 12}), ["--models", "tiny_cnn,nope"], "--models: unknown model 'nope'"),
+        (
+            lambda d: make_images(d, {"a": 12, "b": 12}),
+            ["--models", "tiny_cnn,nope"],
+            "--models nope: unknown model 'nope'",
+        ),
         (lambda d: make_images(d, {"a": 12, "b": 12}), ["--protocol", "loo"], "--protocol 'loo'"),
         (lambda d: make_images(d, {"a": 12, "b": 12}), ["--meta", "svm"], "--meta 'svm'"),
         (lambda d: make_images(d, {"a": 12, "b": 12}), ["--epochs", "zero"], "Invalid value for '--epochs'"),
@@ -197,21 +202,24 @@ def test_kfold_fit_predicts_every_image_out_of_fold(digits_dir, tmp_path, capsys
     predictor = Predictor(bundle)
     assert manifest.base_models[0].runtime.files == [f"base/tiny_cnn/fold{k}.tflite" for k in range(3)]
     assert predictor.runtimes == {"tiny_cnn": manifest.base_models[0].runtime.served}
-    pixels = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    pixels = Pixels({16: np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)})
     prediction = predictor.predict(pixels)
     assert prediction.features.shape[0] == 3
+    identity = ViewSet.identity([16])
     per_fold = [
         predictor.meta.predict_proba(
-            meta_features(TTAForward([KerasRunner([keras.models.load_model(bundle / f)])], 16)(pixels, [View()])[:, 0])
+            meta_features(
+                TTAForward([KerasRunner([keras.models.load_model(bundle / f)])], [16])(pixels, identity)[:, 0]
+            )
         )
         for f in manifest.base_models[0].files
     ]
     np.testing.assert_allclose(prediction.probabilities, np.mean(per_fold, axis=0), atol=1e-5)
     assert "fold 2" in out
     # The cascade's early stages run the first fold model alone (what an OOF row holds): one pass a view.
-    single = predictor.first_fold_forward(0).folds(pixels, [View()])[0, 0, 0]
+    single = predictor.first_fold_forward(0).folds(pixels, identity)[0, 0, 0]
     fold0 = keras.models.load_model(bundle / manifest.base_models[0].files[0])
-    np.testing.assert_allclose(single, TTAForward([KerasRunner([fold0])], 16)(pixels, [View()])[0, 0], atol=1e-5)
+    np.testing.assert_allclose(single, TTAForward([KerasRunner([fold0])], [16])(pixels, identity)[0, 0], atol=1e-5)
     cascade = manifest.serving.cascade
     first = StageEntry(name="tiny_cnn/fold0@1", model="tiny_cnn", views=1, threshold=0.0)  # answers everything
     write_manifest(
@@ -315,15 +323,24 @@ def test_evaluate_writes_the_comparison_table(bundle_copy, digits_dir, tmp_path,
             "cost_views",
             "ms_per_image",
             "served",
-        }
+        } | ({"paired"} if row is stack else set())
         assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and 0 <= row["ece"] <= 1
         assert f"{row['accuracy']:.4f}  [{row['ci_low']:.4f}, {row['ci_high']:.4f}]" in out
     # The base rows are the predictor's own per-model answers on the same 80 images.
     images = read_evaluation_set(digits_dir / "test", digits_dir / "test_labels.csv", manifest.classes)
-    _, pixels, _ = load_pixels(images, 16)
+    _, pixels, _ = load_pixels(images, [16])
     base = Predictor(tiny_bundle).predict(pixels).base_probabilities
     assert rows[0]["accuracy"] == pytest.approx((base[0].argmax(axis=1) == images.labels).mean())
     assert "correlation of base models' OOF probabilities" in out and "80 labelled images" in out
+    # The served stack against its best member (by OOF accuracy) and the plain mean, paired image by image.
+    best = max(manifest.metrics.oof, key=lambda n: manifest.metrics.oof[n].accuracy if n != "mean" else -1)
+    paired = {p["against"]: p for p in stack["paired"]}
+    assert set(paired) == {f"best member ({best})", "plain mean"}
+    member = rows[[r["name"] for r in rows].index(best)]
+    versus = paired[f"best member ({best})"]
+    assert versus["difference"] == pytest.approx(stack["accuracy"] - member["accuracy"])
+    assert versus["ci_low"] <= versus["difference"] <= versus["ci_high"]
+    assert f"{stack['name']} against the best member ({best}): {versus['difference']:+.4f} accuracy" in out
     # The report now shows the same table, and calls it out of date once the meta step is rerun.
     page = (tiny_bundle / "report" / "index.html").read_text()
     test_table = page.split("<h3>Test</h3>", 1)[1].split("</table>", 1)[0]
@@ -341,6 +358,14 @@ def test_data_digits_command(tmp_path, capsys):
     code, out, _ = run_cli(["data", "digits", "--out", tmp_path / "d", "--limit", "100"], capsys)
     assert code == 0 and "80 training and 20 test" in out
     assert (tmp_path / "d" / "sample_submission.csv").is_file()
+    code, out, _ = run_cli(["data", "digits", "--out", tmp_path / "e", "--limit", "100", "--train-scans", "30"], capsys)
+    assert code == 0 and "30 training and 20 test" in out  # fewer training scans, the very same test split
+    assert sorted(p.name for p in (tmp_path / "e" / "test").iterdir()) == sorted(
+        p.name for p in (tmp_path / "d" / "test").iterdir()
+    )
+    assert {p.name for p in (tmp_path / "e" / "train").rglob("*.png")} < {
+        p.name for p in (tmp_path / "d" / "train").rglob("*.png")
+    }
 
 
 def test_report_command_rewrites_the_page(bundle_copy, capsys):
@@ -375,7 +400,8 @@ def test_imagenet_weights_that_cannot_be_fetched_are_a_clear_error(digits_dir, t
         capsys,
     )
     line = one_line_error(code, err)
-    assert "--weights imagenet: could not load them for 'mobilenetv3small'" in line and "--weights none" in line
+    assert "model 'mobilenetv3small' weights 'imagenet': could not get ImageNet weights for mobilenetv3small" in line
+    assert "put Keras' file in its cache (~/.keras/models) or start from a weights file" in line
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial*"))
 
 
@@ -414,7 +440,7 @@ def test_your_own_model_is_trained_bundled_and_served(digits_dir, tmp_path, caps
     assert manifest.custom_modules == ["tests.custom_model"]
     predictor = Predictor(bundle, trust=Trust(custom_code=True))
     assert predictor.base_names == ["tests.custom_model.build", "tiny_cnn"]
-    assert predictor.predict(np.zeros((1, 16, 16, 3), np.uint8)).base_probabilities.shape == (2, 1, 10)
+    assert predictor.predict(Pixels.zeros(1, [16])).base_probabilities.shape == (2, 1, 10)
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ def test_command_line_overrides_the_file(tmp_path):
         ({"executor": "spark"}, "--executor 'spark': Input should be 'local' or 'ray'"),
         ({"meta": "svm"}, "--meta 'svm': Input should be 'auto', 'best-single'"),
         ({"epochs": 0}, "--epochs 0: Input should be greater than or equal to 1"),
-        ({"models": ()}, "--models (): Tuple should have at least 1 item"),
+        ({"models": ()}, "--models: no base model given"),
     ],
 )
 def test_bad_options_are_named_by_their_flag(overrides, message):

@@ -97,10 +97,10 @@ def test_bad_image_fails_or_is_skipped(tmp_path):
     (tmp_path / "y" / "corrupt.png").write_bytes(b"garbage")
     images = read_training_set(tmp_path)
     with pytest.raises(UserError, match="corrupt.png"):
-        load_pixels(images, 8, "error")
-    kept, pixels, bad = load_pixels(images, 8, "skip")
+        load_pixels(images, [8], "error")
+    kept, pixels, bad = load_pixels(images, [8], "skip")
     assert [p.name for p in kept.paths] == ["good.png", "good2.png"]
-    assert pixels.shape == (2, 8, 8, 3) and kept.labels.tolist() == [0, 1]
+    assert pixels.at(8).shape == (2, 8, 8, 3) and kept.labels.tolist() == [0, 1]
     assert [p.name for p, _ in bad] == ["corrupt.png"]
 
 
@@ -126,5 +126,5 @@ def test_digits_are_deterministic_and_complete(tmp_path):
     assert sorted(sample["Id"]) == sorted(p.name for p in test.paths)
     with Image.open(test.paths[0]) as img:
         assert img.mode == "RGB"
-    kept, pixels, _ = load_pixels(test, 16)
-    assert pixels.max() > 200 and np.bincount(test.labels, minlength=10).min() >= 3
+    kept, pixels, _ = load_pixels(test, [16])
+    assert pixels.at(16).max() > 200 and np.bincount(test.labels, minlength=10).min() >= 3

@@ -29,14 +29,14 @@ def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
     ids=["grayscale", "rgb", "rgba-opaque", "rgba-transparent", "palette"],
 )
 def test_modes_become_rgb(img, expected):
-    out = decode_image(encode(img), 4)
+    out = decode_image(encode(img), [4]).at(4)[0]
     assert out.shape == (4, 4, 3) and out.dtype == np.uint8
     assert tuple(out[0, 0]) == expected
 
 
 def test_cmyk_jpeg_becomes_rgb():
     cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red in CMYK
-    out = decode_image(encode(cmyk, "JPEG", quality=95), 8)
+    out = decode_image(encode(cmyk, "JPEG", quality=95), [8]).at(8)[0]
     r, g, b = out[4, 4].astype(int)
     assert r > 200 and g < 60 and b < 60
 
@@ -50,21 +50,36 @@ def test_exif_orientation_is_applied():
     raw = encode(img, "PNG", exif=exif.tobytes())
     with Image.open(io.BytesIO(raw)) as check:
         assert check.getexif()[0x0112] == 6
-    out = decode_image(raw, 2)
+    out = decode_image(raw, [2]).at(2)[0]
     # Displayed upright it is 1 wide and 2 tall with white on top; resized to 2x2 the top row is white.
     assert out[0].mean() > 200 and out[1].mean() < 60
 
 
 def test_resize_to_square():
-    out = decode_image(encode(Image.new("RGB", (40, 10), (5, 5, 5))), 16)
-    assert out.shape == (16, 16, 3)
+    out = decode_image(encode(Image.new("RGB", (40, 10), (5, 5, 5))), [16]).at(16)
+    assert out.shape == (1, 16, 16, 3)
+
+
+def test_an_image_is_decoded_once_and_resized_once_per_size(monkeypatch):
+    """A stack of models at three sizes costs one decode per image; each size equals that size decoded alone."""
+    data = encode(Image.effect_noise((64, 48), 60).convert("RGB"), "JPEG")
+    alone = {size: decode_image(data, [size]).at(size) for size in (16, 24, 40)}
+    opened, resized = [], []
+    real_open, real_resize = Image.open, Image.Image.resize
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: resized.append(a[0]) or real_resize(self, *a, **k))
+    together = decode_image(data, [16, 24, 40])
+    assert len(opened) == 1 and sorted(resized) == [(16, 16), (24, 24), (40, 40)]
+    assert together.sizes == [16, 24, 40] and len(together) == 1
+    for size, pixels in alone.items():
+        np.testing.assert_array_equal(together.at(size), pixels)
 
 
 def test_corrupt_file_is_named(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(ImageDecodeError, match="broken.png"):
-        load_image(bad, 8)
+        load_image(bad, [8])
 
 
 def test_truncated_image_is_an_error(tmp_path):
@@ -72,13 +87,13 @@ def test_truncated_image_is_an_error(tmp_path):
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageDecodeError, match="cut.jpg"):
-        load_image(cut, 8)
+        load_image(cut, [8])
 
 
 def test_pixel_limit_refuses_bombs():
     data = encode(Image.new("L", (300, 300)))
     with pytest.raises(ImageDecodeError, match="exceeds the limit"):
-        decode_image(data, 8, max_pixels=300 * 300 - 1)
+        decode_image(data, [8], max_pixels=300 * 300 - 1)
 
 
 def test_load_images_separates_bad_ones(tmp_path):
@@ -86,6 +101,6 @@ def test_load_images_separates_bad_ones(tmp_path):
     good.write_bytes(encode(Image.new("RGB", (4, 4), (1, 2, 3))))
     bad = tmp_path / "b.png"
     bad.write_bytes(b"nope")
-    pixels, failed = load_images([good, bad, good], 4)
-    assert pixels.shape == (2, 4, 4, 3)
+    pixels, failed = load_images([good, bad, good], [4])
+    assert pixels.at(4).shape == (2, 4, 4, 3)
     assert [p for p, _ in failed] == [bad] and "b.png" in failed[0][1]

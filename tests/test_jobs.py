@@ -18,8 +18,7 @@ import ray
 
 from stacking.bundle import load_manifest, load_oof
 from stacking.errors import UserError
-from stacking.training.config import load_config
-from stacking.training.executors import ClusterConfig
+from stacking.training.config import ClusterConfig, load_config
 from stacking.training.fit import fit, job_settings, plan_jobs, work_folder
 from stacking.training.jobs import data_fingerprint
 from stacking.training.protocols import make_splits

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from models.registry import _APPLICATIONS, BACKBONE, create_model, get_spec, list_models
-from models.training import TrainConfig, train_model
+from models.training import TrainConfig, match_batchnorm_momentum, train_model
+from stacking.data.datasets import load_pixels, read_training_set
+from stacking.data.digits import write_digits
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, size=(2, 32, 32, 3)).astype("float32")
@@ -100,3 +102,41 @@ def test_training_keeps_the_best_epoch(tmp_path):
     saved = keras.models.load_model(tmp_path / "best.keras")
     accuracy = (saved.predict(x[48:].astype("float32"), verbose=0).argmax(1) == y[48:]).mean()
     assert accuracy == pytest.approx(history["best"]["val_accuracy"])
+
+
+def _batchnorms(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += _batchnorms(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+    return found
+
+
+def test_batchnorm_momentum_is_matched_to_the_schedule():
+    """keras.applications builds BatchNorm with momentum 0.999: lowered so one epoch forgets the start."""
+    model = create_model("mobilenetv3small", 3, 32, weights=None)
+    layers = _batchnorms(model)
+    assert {layer.momentum for layer in layers} == {0.999}
+    assert match_batchnorm_momentum(model, steps_per_epoch=10) == len(layers) > 30
+    assert all(layer.momentum == pytest.approx(0.01**0.1) for layer in layers)
+    builtin = create_model("tiny_cnn", 3, 16)
+    assert match_batchnorm_momentum(builtin, steps_per_epoch=1000) == 0  # 0.9 forgets within 1000 steps already
+    assert {layer.momentum for layer in _batchnorms(builtin)} == {0.9}
+
+
+@pytest.mark.slow
+def test_an_applications_model_trained_from_scratch_validates_above_chance(tmp_path):
+    """Issue 27's defect: with the builders' momentum such a model trained to 0.8 and validated at 0.10."""
+    write_digits(tmp_path / "digits")
+    images, pixels, _ = load_pixels(read_training_set(tmp_path / "digits"), [32])
+    x, y = pixels.at(32), images.labels
+    order = np.random.default_rng(0).permutation(len(y))
+    fit, val = order[:1100], order[1100:]
+    keras.utils.set_random_seed(0)
+    model = create_model("mobilenetv3small", 10, 32, weights=None)
+    cfg = TrainConfig(epochs=6, early_stopping_patience=6)
+    saved, history = train_model(model, (x[fit], y[fit]), (x[val], y[val]), cfg, tmp_path / "m.keras", seed=0)
+    assert history["best"]["val_accuracy"] > 0.6, history["val_accuracy"]
+    assert all(layer.momentum < 0.9 for layer in _batchnorms(saved))  # the served model keeps the matched momentum

@@ -58,7 +58,7 @@ def test_chunks_give_the_same_answers_as_one_batch(tiny_bundle, digits_dir, imag
     sample = pd.read_csv(tmp_path / "sample_submission.csv", dtype=str)
     assert submission["Id"].tolist() == sample["Id"].tolist()
     labelled = read_labels_csv(digits_dir / "test_labels.csv", images, [str(d) for d in range(10)])
-    _, pixels, _ = load_pixels(labelled, 16)
+    _, pixels, _ = load_pixels(labelled, [16])
     direct = Predictor(tiny_bundle).predict(pixels).probabilities  # all 80 in one call
     probs = pd.read_parquet(tmp_path / "a.parquet").set_index("Id").loc[[p.name for p in labelled.paths]]
     np.testing.assert_allclose(probs.to_numpy(), direct, atol=1e-5)
@@ -301,7 +301,7 @@ def test_call_rows_set_the_one_call_shape(tiny_bundle, digits_dir, images, tmp_p
     )
     assert code == 0, err
     labelled = read_labels_csv(digits_dir / "test_labels.csv", images, [str(d) for d in range(10)])
-    _, pixels, _ = load_pixels(labelled, 16)
+    _, pixels, _ = load_pixels(labelled, [16])
     # 3 image-views = one image of 3 views per call: each image alone gives the CLI's answer. With 64
     # (21 images a call) the forest meta-learner answers some images differently, so this tells them apart.
     alone = Predictor(tiny_bundle, call_rows=3)

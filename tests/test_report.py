@@ -13,6 +13,7 @@ from PIL import Image
 from stacking.bundle import load_manifest, load_meta_oof, load_oof
 from stacking.meta.learners import score
 from stacking.reporting.report import SECTIONS, write_report
+from stacking.training.fit import chance_warnings
 from tests.conftest import needs_chromium
 
 
@@ -177,3 +178,19 @@ def test_page_loads_every_picture_without_errors_in_chromium(bundle_copy, browse
     assert page.eval_on_selector("nav", "n => getComputedStyle(n).display") == "none"
     assert page.eval_on_selector("figure", "f => getComputedStyle(f).breakInside") == "avoid"
     page.close()
+
+
+def test_a_member_at_chance_is_flagged_on_the_page(bundle_copy):
+    oof = load_oof(bundle_copy)
+    rng = np.random.default_rng(0)
+    chance = rng.dirichlet(np.ones(10), size=len(oof["labels"]))  # answers that know nothing of the labels
+    answers = {"models": np.array(["good", "guess"]), "labels": oof["labels"]}
+    answers["probabilities"] = np.stack([oof["probabilities"][0], chance])
+    warnings = chance_warnings(answers)
+    assert len(warnings) == 1 and warnings[0].startswith("base model 'guess' answers at chance on its OOF rows")
+    manifest = load_manifest(bundle_copy)
+    write_report(
+        bundle_copy, manifest.model_copy(update={"metrics": manifest.metrics.model_copy(update={"warnings": warnings})})
+    )
+    page = (bundle_copy / "report" / "index.html").read_text()
+    assert '<p class="warning"><b>Warning:</b> base model &#x27;guess&#x27; answers at chance' in page

@@ -17,6 +17,7 @@ from stacking import bundle as bundle_io
 from stacking.bundle import BundleError, load_manifest, load_oof
 from stacking.bundle.manifest import Manifest
 from stacking.data.datasets import load_pixels, read_training_set
+from stacking.data.images import Pixels
 from stacking.errors import UserError
 from stacking.inference.predictor import Predictor
 from stacking.inference.tta import TTAForward, TTAPolicy
@@ -26,8 +27,8 @@ from stacking.training.export import INT8_LOG_LOSS_TOLERANCE, MAX_ABS_DIFF, Pari
 from stacking.training.fit import fit
 from tests.conftest import TINY_FIT
 
-PIXELS = np.random.default_rng(2).integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
-VIEWS = TTAPolicy("flip-shift", views=4).view_list(8)
+PIXELS = Pixels({8: np.random.default_rng(2).integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)})
+VIEWS = TTAPolicy("flip-shift", views=4).views_at([8])
 
 
 def small_model(seed: int = 0) -> keras.Model:
@@ -44,10 +45,10 @@ def small_model(seed: int = 0) -> keras.Model:
 
 def test_litert_export_agrees_with_keras_in_every_view():
     models = [small_model(0), small_model(1)]
-    keras_views = TTAForward([KerasRunner(models)], 8, rows_per_call=8).folds(PIXELS, VIEWS)
+    keras_views = TTAForward([KerasRunner(models)], [8], rows_per_call=8).folds(PIXELS, VIEWS)
     litert = LiteRTRunner([export_litert(m) for m in models])
     assert (litert.folds, litert.classes) == (2, 4)
-    litert_views = TTAForward([litert], 8, rows_per_call=8).folds(PIXELS, VIEWS)
+    litert_views = TTAForward([litert], [8], rows_per_call=8).folds(PIXELS, VIEWS)
     assert litert_views.shape == keras_views.shape == (2, 1, 4, 7, 4)
     assert np.abs(litert_views - keras_views).max() < MAX_ABS_DIFF
     assert Parity.of(keras_views, litert_views).problem() is None
@@ -55,21 +56,21 @@ def test_litert_export_agrees_with_keras_in_every_view():
 
 def test_litert_answers_an_image_with_the_same_bits_whatever_its_companions_and_call_shape():
     runner = LiteRTRunner([export_litert(small_model(3))])
-    alone = TTAForward([runner], 8, rows_per_call=len(VIEWS))(PIXELS[3:4], VIEWS)
+    alone = TTAForward([runner], [8], rows_per_call=len(VIEWS))(PIXELS[3:4], VIEWS)
     for rows in (len(VIEWS), 8, 64):
-        batch = TTAForward([runner], 8, rows_per_call=rows)(PIXELS[[5, 3, 0]], VIEWS)
+        batch = TTAForward([runner], [8], rows_per_call=rows)(PIXELS[[5, 3, 0]], VIEWS)
         np.testing.assert_array_equal(batch[:, :, 1:2], alone)
 
 
 def test_a_lone_image_pays_for_its_own_views_only_on_litert():
     runner = LiteRTRunner([export_litert(small_model(4))])
-    forward = TTAForward([runner], 8, rows_per_call=64)  # 16 images of 4 views a call at most
+    forward = TTAForward([runner], [8], rows_per_call=64)  # 16 images of 4 views a call at most
     assert forward.call_sizes(4) == [1, 2, 4, 8, 16]
     forward(PIXELS[:1], VIEWS)
     assert set(runner._by_rows) == {1, 4}  # 1: made on loading, to read the class count
     forward(PIXELS[:3], VIEWS)
     assert set(runner._by_rows) == {1, 4, 16}  # 3 images padded to 4
-    assert TTAForward([KerasRunner([small_model(4)])], 8, rows_per_call=64).call_sizes(4) == [16]  # one shape
+    assert TTAForward([KerasRunner([small_model(4)])], [8], rows_per_call=64).call_sizes(4) == [16]  # one shape
 
 
 def test_parity_refuses_nan_large_differences_and_changed_labels():
@@ -84,9 +85,9 @@ def test_parity_refuses_nan_large_differences_and_changed_labels():
     assert Parity.of(tie, tie[:, ::-1]).label_changes == 0
 
 
-def training_pixels(digits_dir, manifest: Manifest, ids) -> np.ndarray:
+def training_pixels(digits_dir, manifest: Manifest, ids) -> Pixels:
     images = read_training_set(digits_dir)
-    images, pixels, _ = load_pixels(images, manifest.image_size, "error")
+    images, pixels, _ = load_pixels(images, manifest.sizes, "error")
     where = {image_id: i for i, image_id in enumerate(images.ids)}
     return pixels[[where[i] for i in ids]]
 
@@ -109,7 +110,7 @@ def test_oof_rows_are_the_served_answers_of_the_exported_files(tiny_bundle, digi
 
 
 def test_runtime_tf_still_serves_an_exported_bundle(tiny_bundle):
-    pixels = PIXELS.repeat(2, axis=1).repeat(2, axis=2)  # 16 px
+    pixels = Pixels({16: PIXELS.at(8).repeat(2, axis=1).repeat(2, axis=2)})
     auto, tf = Predictor(tiny_bundle), Predictor(tiny_bundle, runtime="tf")
     assert set(auto.runtimes.values()) == {"litert"} and set(tf.runtimes.values()) == {"tf"}
     assert tf.runtime_info()["base_models"]["tiny_cnn"] == {"runtime": "tf", "threads": KerasRunner.threads()}
@@ -134,7 +135,7 @@ def test_a_bundle_without_exported_files_serves_through_tensorflow(bundle_copy, 
     without_exports(bundle_copy)
     predictor = Predictor(bundle_copy)
     assert set(predictor.runtimes.values()) == {"tf"}
-    pixels = PIXELS.repeat(2, axis=1).repeat(2, axis=2)
+    pixels = Pixels({16: PIXELS.at(8).repeat(2, axis=1).repeat(2, axis=2)})
     np.testing.assert_array_equal(
         predictor.predict(pixels).probabilities, Predictor(tiny_bundle, runtime="tf").predict(pixels).probabilities
     )
@@ -203,6 +204,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
+from stacking.data.images import Pixels
 from stacking.errors import BundleError
 from stacking.inference.predictor import Predictor
 from tests.waiting import wait_loaded
@@ -213,7 +215,7 @@ with TestClient(create_app(Settings(bundle=bundle, max_tta=3))) as client:
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
     runtime = client.get("/v1/model").json()["runtime"]
-pixels = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
+pixels = Pixels({16: np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)})
 np.save(sys.argv[2], Predictor(bundle).predict(pixels).probabilities)
 try:
     Predictor(bundle, runtime="tf")
@@ -238,7 +240,7 @@ def test_an_exported_bundle_serves_without_tensorflow_installed(tiny_bundle, tmp
         "which this installation does not have (the serving-only install)"
     ) in done.stdout
     assert "'runtime': 'litert', 'threads': {'num_threads':" in done.stdout  # /v1/model says what runs where
-    pixels = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
+    pixels = Pixels({16: np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)})
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), Predictor(tiny_bundle).predict(pixels).probabilities)
 
 

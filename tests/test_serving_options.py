@@ -18,6 +18,7 @@ from stacking import bundle as bundle_io
 from stacking.bundle import load_manifest, write_manifest
 from stacking.bundle.manifest import StageEntry
 from stacking.data.datasets import load_pixels, read_evaluation_set
+from stacking.data.images import Pixels
 from stacking.errors import UserError
 from stacking.inference.options import pareto_front, resolve_serve_as
 from stacking.inference.predictor import Predictor
@@ -32,9 +33,9 @@ from stacking.training.meta_step import refit_meta
 from tests.conftest import Server
 
 
-def labelled_pixels(digits_dir) -> tuple[np.ndarray, np.ndarray]:
+def labelled_pixels(digits_dir) -> tuple[Pixels, np.ndarray]:
     labelled = read_evaluation_set(digits_dir / "test", digits_dir / "test_labels.csv", [str(d) for d in range(10)])
-    labelled, pixels, _ = load_pixels(labelled, 16)
+    labelled, pixels, _ = load_pixels(labelled, [16])
     return pixels, labelled.labels
 
 
@@ -168,7 +169,7 @@ def cascade_bundle(bundle_copy, digits_dir) -> Path:
     weak after 3 epochs for the tuning to choose any)."""
     pixels, _ = labelled_pixels(digits_dir)
     predictor = Predictor(bundle_copy)
-    sure = predictor.model_forward(0).folds(pixels, predictor.tta.view_list(16, 1))[0, 0, 0].max(axis=1)
+    sure = predictor.model_forward(0).folds(pixels, predictor.views(1))[0, 0, 0].max(axis=1)
     threshold = float(np.quantile(sure, 0.5))
     manifest = load_manifest(bundle_copy)
     stages = [
@@ -193,7 +194,7 @@ def test_escalated_images_get_exactly_the_stacks_answer(cascade_bundle, digits_d
     assert 0 < escalated.sum() < len(pixels) and (by == "cascade/tiny_cnn@1").sum() > 0
     assert np.array_equal(answer.probabilities[escalated], stack.probabilities[escalated])
     assert np.array_equal(answer.base_probabilities[:, escalated], stack.base_probabilities[:, escalated])
-    views = cascade.tta.view_list(16)
+    views = cascade.views()
     tiny = cascade.model_forward(0).folds(pixels, views)[:, 0]  # (K, T, N, C)
     for stage, count in (("tiny_cnn@1", 1), ("tiny_cnn@3", 3)):
         rows = by == f"cascade/{stage}"
@@ -285,7 +286,9 @@ def test_the_student_is_stored_hashed_and_answers_on_one_view(distilled, digits_
     import keras
 
     model = keras.models.load_model(distilled / student.files[0], compile=False, safe_mode=True)
-    np.testing.assert_allclose(answer.probabilities, model.predict(pixels.astype(np.float32), verbose=0), atol=1e-4)
+    np.testing.assert_allclose(
+        answer.probabilities, model.predict(pixels.at(16).astype(np.float32), verbose=0), atol=1e-4
+    )
 
 
 def test_student_targets_come_only_from_answers_on_unseen_images(distilled, digits_dir):

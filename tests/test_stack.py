@@ -8,6 +8,7 @@ import pytest
 from app.cli import main
 from stacking import bundle as bundle_io
 from stacking.data.datasets import load_pixels, read_training_set
+from stacking.data.images import Pixels
 from stacking.errors import UserError
 from stacking.inference.predictor import Predictor
 from stacking.meta.learners import meta_features
@@ -33,7 +34,7 @@ def test_meta_command_refits_only_the_meta_learner(bundle_copy, capsys):
     for name in [f for f in before.files if f.startswith(("base/", "history/")) or f == bundle_io.OOF_FILE]:
         assert after.files[name] == before.files[name]  # no CNN was retrained
     predictor = Predictor(bundle_copy)
-    pixels = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+    pixels = Pixels({16: np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)})
     prediction = predictor.predict(pixels)
     raw = predictor.meta_answer(predictor.candidates()["rf"], prediction.features)
     assert (prediction.probabilities.argmax(axis=1) == raw.argmax(axis=1)).all()
@@ -45,7 +46,7 @@ def test_tta_features_reach_the_meta_learner_when_serving(bundle_copy):
     predictor = Predictor(bundle_copy)
     n_models, n_classes = len(predictor.base_names), len(predictor.classes)
     assert predictor.meta.n_features_in_ == n_models * n_classes + 2 * n_models
-    pixels = np.random.default_rng(1).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    pixels = Pixels({16: np.random.default_rng(1).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)})
     prediction = predictor.predict(pixels)
     assert prediction.features.shape == (1, 4, predictor.meta.n_features_in_)  # one fold: a holdout bundle
     np.testing.assert_allclose(prediction.probabilities.sum(axis=1), 1, rtol=1e-6)
@@ -64,7 +65,7 @@ def test_oof_rows_are_merged_over_tta_exactly_as_served(tiny_bundle, digits_dir)
     images = read_training_set(digits_dir)
     by_id = {image_id: i for i, image_id in enumerate(images.ids)}
     rows = images.subset([by_id[str(i)] for i in oof["ids"][:40]])
-    _, pixels, _ = load_pixels(rows, 16)
+    _, pixels, _ = load_pixels(rows, [16])
     prediction = Predictor(tiny_bundle).predict(pixels)
     np.testing.assert_allclose(prediction.base_probabilities, oof["probabilities"][:, :40], atol=1e-5)
     np.testing.assert_allclose(prediction.features[0], meta_features(oof["probabilities"][:, :40]), atol=1e-4)

@@ -22,6 +22,7 @@ from app.settings import Settings
 from stacking.bundle import SIGNATURE, BundleError, Trust, load_manifest, sha256_file
 from stacking.bundle.estimators import load_estimators, save_estimators, untrusted_types
 from stacking.choices import META_KINDS
+from stacking.data.images import Pixels
 from stacking.inference.predictor import Predictor
 from stacking.meta.calibration import TemperatureScaled
 from stacking.meta.learners import make_meta, single_threaded
@@ -32,7 +33,7 @@ from tests.hostile import WritesOnSetState, pickled
 from tests.test_cli import one_line_error, run_cli
 from tests.waiting import wait_loaded
 
-PIXELS = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+PIXELS = Pixels({16: np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)})
 
 
 def make_keys(folder: Path, name: str) -> tuple[Path, Path]:
@@ -338,13 +339,13 @@ def test_migrate_rewrites_a_format_2_bundle_without_pickle(tiny_bundle, bundle_c
     assert (bundle_copy / "meta.joblib").is_file()
     code, out, err = run_cli(["migrate", bundle_copy, "--trust-custom-code"], capsys)
     assert code == 0, err
-    assert "is now bundle format 3" in out and not list(bundle_copy.glob("*.joblib"))
+    assert "is now bundle format 4" in out and not list(bundle_copy.glob("*.joblib"))
     manifest = load_manifest(bundle_copy)
-    assert manifest.format_version == 3 and manifest.meta_learner.file == "meta/meta.skops"
+    assert manifest.format_version == 4 and manifest.meta_learner.file == "meta/meta.skops"
     before, after = Predictor(tiny_bundle).predict(PIXELS), Predictor(bundle_copy).predict(PIXELS)
     np.testing.assert_array_equal(after.probabilities, before.probabilities)
     code, _, err = run_cli(["migrate", bundle_copy, "--trust-custom-code"], capsys)
-    assert "already in format 3" in one_line_error(code, err)
+    assert "already in format 4, which this version reads" in one_line_error(code, err)
 
 
 # --- the CLI's own cost and noise -------------------------------------------------------------------------

@@ -7,11 +7,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stacking.inference.tta import TTAForward, TTAPolicy, View, make_views, merge_views, needs_more_views, run_tta
+from stacking.data.images import Pixels
+from stacking.inference.tta import (
+    TTAForward,
+    TTAPolicy,
+    View,
+    ViewSet,
+    make_views,
+    merge_views,
+    needs_more_views,
+    run_tta,
+)
 from stacking.runtime import KerasRunner
 
 RNG = np.random.default_rng(1)
 PIXELS = RNG.integers(0, 256, size=(5, 8, 8, 3)).astype("uint8")
+IMAGES = Pixels({8: PIXELS})  # the same images, as the forward pass takes them
 
 
 def test_flip_and_shift_views_match_numpy():
@@ -51,46 +62,63 @@ def tiny_model(seed: int) -> keras.Model:
 def test_forward_equals_per_view_predictions_and_is_deterministic():
     models = [tiny_model(0), tiny_model(1)]
     views = TTAPolicy("flip-shift", views=4).view_list(8)
-    forward = TTAForward(
-        [KerasRunner([m]) for m in models], image_size=8, rows_per_call=8
-    )  # 2 images a call: several calls
-    per_view = forward(PIXELS, views)
+    forward = TTAForward([KerasRunner([m]) for m in models], [8, 8], rows_per_call=8)  # 2 images a call: several calls
+    per_view = forward(IMAGES, ViewSet.of(8, views))
     assert per_view.shape == (2, 4, 5, 3)
     stacked = make_views(PIXELS, views).reshape(4, 5, 8, 8, 3)
     for m, model in enumerate(models):
         for t in range(4):
             expected = model.predict(stacked[t], verbose=0)
             np.testing.assert_allclose(per_view[m, t], expected, atol=1e-5)
-    np.testing.assert_array_equal(forward(PIXELS, views), per_view)
+    np.testing.assert_array_equal(forward(IMAGES, ViewSet.of(8, views)), per_view)
     np.testing.assert_allclose(merge_views(per_view), per_view.mean(axis=1), rtol=1e-6)
 
 
 def test_an_image_gets_the_same_bits_whatever_its_companions():
     # Every call has one shape, so a request of one image and a batch that starts with
     # it give identical bits; elsewhere in a batch, at most a last-bit difference.
-    forward = TTAForward([KerasRunner([tiny_model(5)])], 8, rows_per_call=8)
-    views = TTAPolicy("shift", views=2).view_list(8)
-    alone = forward(PIXELS[3:4], views)
-    np.testing.assert_array_equal(forward(PIXELS[3:], views)[:, :, :1], alone)
-    np.testing.assert_array_equal(forward(PIXELS[[3, 0, 1, 2]], views)[:, :, :1], alone)
-    np.testing.assert_allclose(forward(PIXELS, views)[:, :, 3:4], alone, rtol=1e-6)
+    forward = TTAForward([KerasRunner([tiny_model(5)])], [8], rows_per_call=8)
+    views = TTAPolicy("shift", views=2).views_at([8])
+    alone = forward(IMAGES[3:4], views)
+    np.testing.assert_array_equal(forward(IMAGES[3:], views)[:, :, :1], alone)
+    np.testing.assert_array_equal(forward(IMAGES[[3, 0, 1, 2]], views)[:, :, :1], alone)
+    np.testing.assert_allclose(forward(IMAGES, views)[:, :, 3:4], alone, rtol=1e-6)
 
 
 def test_fold_members_are_averaged():
     a, b = tiny_model(2), tiny_model(3)
-    views = [View()]
-    both = TTAForward([KerasRunner([a, b])], 8)(PIXELS, views)
-    alone = [TTAForward([KerasRunner([m])], 8)(PIXELS, views) for m in (a, b)]
+    views = ViewSet.identity([8])
+    both = TTAForward([KerasRunner([a, b])], [8])(IMAGES, views)
+    alone = [TTAForward([KerasRunner([m])], [8])(IMAGES, views) for m in (a, b)]
     np.testing.assert_allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)
 
 
+def tiny_model_at(size: int, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def test_each_model_sees_the_images_and_views_at_its_own_size():
+    """Two models at 8 and 16 px in one forward pass answer as each does alone, with the same view geometry."""
+    small, large = tiny_model_at(8, 1), tiny_model_at(16, 2)
+    images = Pixels({8: PIXELS, 16: PIXELS.repeat(2, axis=1).repeat(2, axis=2)})
+    views = TTAPolicy("shift", views=3, shift=0.25).views_at([8, 16])
+    assert [v.dx for v in views.at(8)] == [0, 2, -2] and [v.dx for v in views.at(16)] == [0, 4, -4]
+    together = TTAForward([KerasRunner([small]), KerasRunner([large])], [8, 16], rows_per_call=6)(images, views)
+    for m, (model, size) in enumerate(((small, 8), (large, 16))):
+        alone = TTAForward([KerasRunner([model])], [size], rows_per_call=6)(images.only([size]), views)
+        np.testing.assert_array_equal(together[m], alone[0])
+
+
 def test_the_models_are_traced_once_for_every_view_list():
-    forward = TTAForward([KerasRunner([tiny_model(4)])], 8, rows_per_call=6)
-    views = tuple(TTAPolicy("shift", views=3).view_list(8))
-    forward(PIXELS, views)
-    forward(PIXELS[:1], views)
-    forward(PIXELS, views[:2])
-    forward(PIXELS, views[:1])
+    forward = TTAForward([KerasRunner([tiny_model(4)])], [8], rows_per_call=6)
+    views = TTAPolicy("shift", views=3).views_at([8])
+    forward(IMAGES, views)
+    forward(IMAGES[:1], views)
+    forward(IMAGES, views[:2])
+    forward(IMAGES, views[:1])
     assert forward.runners[0]._run.experimental_get_tracing_count() == 1
 
 
@@ -127,21 +155,21 @@ def test_geometric_merge_is_normalised_and_never_nan():
 
 
 def test_adaptive_tta_at_full_margin_equals_full_tta():
-    forward = TTAForward([KerasRunner([tiny_model(5)]), KerasRunner([tiny_model(6)])], 8)
-    views = TTAPolicy("shift", views=9).view_list(8)
-    full = run_tta(forward, PIXELS, views, TTAPolicy("shift", views=9))
-    adaptive = run_tta(forward, PIXELS, views, TTAPolicy("shift", views=9, adaptive_views=2, adaptive_margin=1.0))
+    forward = TTAForward([KerasRunner([tiny_model(5)]), KerasRunner([tiny_model(6)])], [8, 8])
+    views = TTAPolicy("shift", views=9).views_at([8])
+    full = run_tta(forward, IMAGES, views, TTAPolicy("shift", views=9))
+    adaptive = run_tta(forward, IMAGES, views, TTAPolicy("shift", views=9, adaptive_views=2, adaptive_margin=1.0))
     np.testing.assert_allclose(adaptive.merged, full.merged, atol=1e-6)
     assert (adaptive.views_used == 9).all()
     np.testing.assert_array_equal(adaptive.view_labels, full.view_labels)
 
 
 def test_adaptive_tta_stops_early_only_where_views_agree_and_margin_is_wide():
-    forward = TTAForward([KerasRunner([tiny_model(7)])], 8)
-    views = TTAPolicy("shift", views=9).view_list(8)
+    forward = TTAForward([KerasRunner([tiny_model(7)])], [8])
+    views = TTAPolicy("shift", views=9).views_at([8])
     policy = TTAPolicy("shift", views=9, adaptive_views=2, adaptive_margin=0.0)
-    result = run_tta(forward, PIXELS, views, policy)
-    first = forward(PIXELS, views[:2])
+    result = run_tta(forward, IMAGES, views, policy)
+    first = forward(IMAGES, views[:2])
     unsure = needs_more_views(first, policy, 0.0)
     np.testing.assert_array_equal(result.views_used, np.where(unsure, 9, 2))
     np.testing.assert_allclose(result.merged[:, ~unsure], merge_views(first)[:, ~unsure], atol=1e-6)

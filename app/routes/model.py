@@ -21,9 +21,11 @@ def model_info(predictor: PredictorDep) -> dict:
         "version": predictor.version,
         "bundle_sha256": predictor.sha256,
         "classes": predictor.classes,
-        "image_size": predictor.image_size,
+        "image_sizes": predictor.sizes,
         "base_models": [
-            b.model_dump(include={"name", "architecture", "preprocessing", "weights", "runtime"})
+            b.model_dump(
+                include={"name", "architecture", "image_size", "preprocessing", "weights", "weights_sha256", "runtime"}
+            )
             for b in manifest.base_models
         ],
         "meta_learner": {

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from stacking.bundle.estimators import check_estimator_file, load_estimators, save_estimators
-from stacking.bundle.manifest import FORMAT_VERSION, BaseModelEntry, Manifest, validation_message
+from stacking.bundle.manifest import READABLE_VERSIONS, BaseModelEntry, Manifest, validation_message
 from stacking.bundle.signing import SIGNATURE, UNSIGNED, verify_signature
 from stacking.choices import AUTO
 from stacking.errors import BundleError
@@ -201,6 +201,7 @@ def load_student(bundle: Path, manifest: Manifest, runtime: str = "auto", thread
     as_entry = BaseModelEntry(
         name="student",
         architecture=student.architecture,
+        image_size=student.image_size,
         preprocessing="",
         weights=None,
         files=student.files,
@@ -355,13 +356,15 @@ def _read_manifest(bundle: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
-    if isinstance(version, int) and version < FORMAT_VERSION:
+    if isinstance(version, int) and version < min(READABLE_VERSIONS):
         raise BundleError(
             f"{bundle}: bundle format {version}, which stores its meta-learner as a pickle (code run "
-            f"on load); this version reads format {FORMAT_VERSION} only: {MIGRATE_HINT}"
+            f"on load); this version reads formats {' and '.join(map(str, READABLE_VERSIONS))} only: {MIGRATE_HINT}"
         )
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise BundleError(
+            f"{path}: format_version {version!r}, expected one of {', '.join(map(str, READABLE_VERSIONS))}"
+        )
     return raw
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-FORMAT_VERSION = 3  # 3: meta-learners without pickle (skops), custom modules named, signatures
+# 3: meta-learners without pickle (skops), custom modules named, signatures. 4: each base model (and the student) at
+# its own image_size, with its weights' sha256; a format 3 bundle reads as one whose models all take its image_size.
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (3, 4)
 
 
 class Strict(BaseModel):
@@ -104,6 +107,7 @@ class Metrics(Strict):
     validation: dict[str, list[dict[str, float]]]  # per base model, per fold: the best epoch's val_* (Keras' names)
     fit_seconds: float
     jobs: dict[str, JobRun]
+    warnings: list[str] = []  # what the user must know about the members (one answering at chance)
 
 
 class Seeds(Strict):
@@ -161,8 +165,10 @@ class RuntimeEntry(Strict):
 class BaseModelEntry(Strict):
     name: str
     architecture: str  # a registered architecture, or pkg.module:function for your own
+    image_size: int  # its input side: images are resized to it
     preprocessing: str
-    weights: str | None
+    weights: str | None  # where its training started: "imagenet", a weights file's name, or None (from scratch)
+    weights_sha256: str | None = None  # of the weights file it started from
     files: list[str]  # one .keras file, or one per fold with kfold's fold-average
     history: str
     runtime: RuntimeEntry | None = None  # None: fitted with --runtime tf, or before exports existed
@@ -252,6 +258,7 @@ class StudentEntry(Strict):
     """A network trained on the stack's honest soft targets (``stacking distill``), served on one view."""
 
     architecture: str
+    image_size: int
     files: list[str]  # the .keras file
     runtime: RuntimeEntry | None  # its exported file, as for base models
     history: str
@@ -330,10 +337,10 @@ class MetaLearnerEntry(Strict):
 
 
 class Manifest(Strict):
-    format_version: Literal[3] = FORMAT_VERSION
+    format_version: Literal[READABLE_VERSIONS] = FORMAT_VERSION
     created: str
     classes: list[str]
-    image_size: int
+    image_size: int  # the fit's default size (format 3: every model's)
     data: DataEntry
     base_models: list[BaseModelEntry]
     meta_learner: MetaLearnerEntry
@@ -346,6 +353,28 @@ class Manifest(Strict):
     custom_modules: list[str]  # modules the base models need imported: only with --trust-custom-code
     files: dict[str, str]  # every file of the bundle but the report and the signature, with its sha256
     serving: ServingEntry | None = None  # None: fitted before cascades and students existed (the stack only)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_size_before_format_4(cls, raw: Any) -> Any:
+        """A format 3 bundle's models all take its ``image_size``: say so in each entry, as format 4 does."""
+        if not isinstance(raw, dict) or raw.get("format_version") != 3:
+            return raw
+        size = raw.get("image_size")
+        raw = {**raw, "base_models": [_sized(e, size) for e in raw.get("base_models", [])]}
+        student = ((raw.get("serving") or {}).get("student")) if isinstance(raw.get("serving"), dict) else None
+        if isinstance(student, dict):
+            raw["serving"] = {**raw["serving"], "student": _sized(student, size)}
+        return raw
+
+    @property
+    def sizes(self) -> list[int]:
+        """The distinct input sizes of the base models, ascending."""
+        return sorted({entry.image_size for entry in self.base_models})
+
+
+def _sized(entry: Any, size: Any) -> Any:
+    return {"image_size": size, **entry} if isinstance(entry, dict) else entry
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from stacking import bundle as bundle_io
 from stacking.bundle import BundleError, Manifest, custom_modules, sha256_file
 from stacking.bundle.estimators import save_estimators
-from stacking.bundle.manifest import FORMAT_VERSION, validation_message
+from stacking.bundle.manifest import FORMAT_VERSION, READABLE_VERSIONS, validation_message
 from stacking.errors import UserError
 
 NEW_FILES = {"file": bundle_io.META_FILE, "candidates_file": bundle_io.CANDIDATES_FILE}  # format 2 had .joblib
@@ -28,8 +28,10 @@ def migrate_bundle(bundle: Path, trust_custom_code: bool) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{bundle}: not a bundle (no {bundle_io.MANIFEST})")
     raw = json.loads(path.read_text())
-    if raw.get("format_version") == FORMAT_VERSION:
-        raise UserError(f"{bundle}: already in format {FORMAT_VERSION}; nothing to migrate")
+    if raw.get("format_version") in READABLE_VERSIONS:
+        raise UserError(
+            f"{bundle}: already in format {raw['format_version']}, which this version reads; nothing to migrate"
+        )
     if raw.get("format_version") != 2:
         raise BundleError(f"{path}: format_version {raw.get('format_version')!r}; migrate converts format 2 only")
     if not trust_custom_code:
@@ -45,10 +47,10 @@ def migrate_bundle(bundle: Path, trust_custom_code: bool) -> Manifest:
     for key, new in NEW_FILES.items():
         save_estimators(bundle / new, joblib.load(bundle / meta[key]))
     meta.update(NEW_FILES)
-    fields = {k: v for k, v in raw.items() if k != "format_version"}
+    fields = {**raw, "format_version": 3}  # format 2's fields are format 3's; read as such, written as the current
     fields.update(meta_learner=meta, custom_modules=custom_modules([b["architecture"] for b in raw["base_models"]]))
     try:
-        manifest = Manifest.model_validate(fields)
+        manifest = Manifest.model_validate(fields).model_copy(update={"format_version": FORMAT_VERSION})
     except ValidationError as exc:
         raise BundleError(f"{path}: cannot be migrated: {validation_message(exc)}") from None
     for old in pickles:

@@ -9,6 +9,7 @@ Class names are sorted once (numbers in numeric order) and that order is stored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from stacking.choices import ON_BAD_IMAGE
-from stacking.data.images import is_image_file, load_images
+from stacking.data.images import Pixels, is_image_file, load_images
 from stacking.errors import UserError
 
 
@@ -120,14 +121,15 @@ def read_evaluation_set(images: Path, labels_csv: Path | None, classes: list[str
 
 
 def load_pixels(
-    images: ImageSet, image_size: int, on_bad_image: str = "error", workers: int = 4
-) -> tuple[ImageSet, np.ndarray, list]:
-    """Decode every image; a bad one fails the run (``error``) or is left out and reported (``skip``).
+    images: ImageSet, sizes: Sequence[int], on_bad_image: str = "error", workers: int = 4
+) -> tuple[ImageSet, Pixels, list]:
+    """Decode every image once, at each of ``sizes``; a bad one fails the run (``error``) or is left out and reported
+    (``skip``).
 
     Returns the images kept, their pixels, and the [(path, reason)] of those left out.
     """
     ON_BAD_IMAGE.check(on_bad_image)
-    pixels, bad = load_images(images.paths, image_size, workers)
+    pixels, bad = load_images(images.paths, sizes, workers)
     if bad and on_bad_image == "error":
         path, reason = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

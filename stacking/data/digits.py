@@ -23,10 +23,14 @@ def _to_image(scan: np.ndarray) -> Image.Image:
     return Image.fromarray(rgb, "RGB").resize((8 * SCALE, 8 * SCALE), Image.Resampling.NEAREST)
 
 
-def write_digits(out: Path, test_fraction: float = 0.2, seed: int = 0, limit: int | None = None) -> dict:
+def write_digits(
+    out: Path, test_fraction: float = 0.2, seed: int = 0, limit: int | None = None, train_scans: int | None = None
+) -> dict:
     """Write ``out/train/<digit>/*.png``, ``out/test/*.png``, ``test_labels.csv``, ``sample_submission.csv``.
 
-    ``limit`` keeps a stratified subset of that many scans (for quick tests).
+    ``limit`` keeps a stratified subset of that many scans (for quick tests). ``train_scans``
+    keeps a stratified subset of the training split alone, the test split untouched: a
+    harder task on which base models differ by more than a couple of images (the demo).
     Deterministic for a given ``seed``. Returns counts per split.
     """
     digits = load_digits()
@@ -36,6 +40,10 @@ def write_digits(out: Path, test_fraction: float = 0.2, seed: int = 0, limit: in
     train_idx, test_idx = train_test_split(
         index, test_size=test_fraction, stratify=digits.target[index], random_state=seed
     )
+    if train_scans is not None and train_scans < len(train_idx):
+        train_idx, _ = train_test_split(
+            train_idx, train_size=train_scans, stratify=digits.target[train_idx], random_state=seed
+        )
     out = Path(out)
     for i in sorted(train_idx):
         folder = out / "train" / str(digits.target[i])

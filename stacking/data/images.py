@@ -1,15 +1,18 @@
 """The one place images are decoded and resized, for training, prediction and the service.
 
-Every image becomes an ``image_size`` x ``image_size`` x 3 uint8 RGB array: EXIF
-orientation applied; grayscale (16-bit scaled to 8), palette, RGBA (composited on
-white) and CMYK converted; an animated image's first frame; oversized images refused
-before their pixels are decoded.
+Every image is decoded once and becomes a ``size`` x ``size`` x 3 uint8 RGB array at
+each input size the base models take (``Pixels``), resized once per size from the one
+decoded image: EXIF orientation applied; grayscale (16-bit scaled to 8), palette, RGBA
+(composited on white) and CMYK converted; an animated image's first frame; oversized
+images refused before their pixels are decoded.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,41 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MAX_PIXELS = 40_000_000  # larger images are refused as likely decompression bombs
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """The same N images at each input size: ``by_size[s]`` is uint8 (N, s, s, 3). Indexing selects images."""
+
+    by_size: dict[int, np.ndarray]
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted(self.by_size)
+
+    def at(self, size: int) -> np.ndarray:
+        return self.by_size[size]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.by_size.values())))
+
+    def __getitem__(self, rows) -> Pixels:
+        return Pixels({s: a[rows] for s, a in self.by_size.items()})
+
+    def only(self, sizes: Sequence[int]) -> Pixels:
+        """These sizes alone."""
+        return Pixels({s: self.by_size[s] for s in sizes})
+
+    @staticmethod
+    def zeros(n: int, sizes: Sequence[int]) -> Pixels:
+        return Pixels({s: np.zeros((n, s, s, 3), np.uint8) for s in sizes})
+
+    @staticmethod
+    def concat(parts: Sequence[Pixels], sizes: Sequence[int] | None = None) -> Pixels:
+        """The images of ``parts`` in order (none: zero images at ``sizes``)."""
+        if not parts:
+            return Pixels.zeros(0, sizes or [])
+        return Pixels({s: np.concatenate([p.by_size[s] for p in parts]) for s in parts[0].by_size})
 
 
 class ImageDecodeError(ValueError):
@@ -42,8 +80,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode encoded image bytes to a (size, size, 3) uint8 RGB array."""
+def decode_image(data: bytes, sizes: Sequence[int], max_pixels: int = MAX_PIXELS) -> Pixels:
+    """Decode encoded image bytes once into one image at each of ``sizes``."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
@@ -51,9 +89,7 @@ def decode_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS) -> 
                 raise ImageDecodeError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
             img = ImageOps.exif_transpose(img)
             img = _to_rgb(img)
-            if img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            return Pixels({size: _resized(img, size)[None] for size in sizes})
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:  # PIL's own check, at twice its limit, fires before ours
@@ -64,32 +100,37 @@ def decode_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS) -> 
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from None
 
 
-def load_image(path: Path, image_size: int) -> np.ndarray:
+def _resized(img: Image.Image, size: int) -> np.ndarray:
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_image(path: Path, sizes: Sequence[int]) -> Pixels:
     """Read and decode one image file; errors name the file."""
     try:
-        return decode_image(Path(path).read_bytes(), image_size)
+        return decode_image(Path(path).read_bytes(), sizes)
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"{path}: {exc}") from None
     except OSError as exc:
         raise ImageDecodeError(f"{path}: cannot read file ({exc.strerror or exc})") from None
 
 
-def load_images(paths: list[Path], image_size: int, workers: int = 4) -> tuple[np.ndarray, list[tuple[Path, str]]]:
+def load_images(paths: list[Path], sizes: Sequence[int], workers: int = 4) -> tuple[Pixels, list[tuple[Path, str]]]:
     """Decode ``paths`` in parallel; return (images of the good ones, [(path, reason)] of the bad).
 
     The caller decides whether a bad image fails the run or is skipped; order of
     the good images follows ``paths``.
     """
 
-    def one(path: Path) -> np.ndarray | str:
+    def one(path: Path) -> Pixels | str:
         try:
-            return load_image(path, image_size)
+            return load_image(path, sizes)
         except ImageDecodeError as exc:
             return str(exc)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, paths))
-    good = [r for r in results if isinstance(r, np.ndarray)]
+    good = [r for r in results if isinstance(r, Pixels)]
     bad = [(p, r) for p, r in zip(paths, results) if isinstance(r, str)]
-    images = np.stack(good) if good else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return images, bad
+    return Pixels.concat(good, sizes), bad

@@ -137,7 +137,7 @@ def _chunk_file(folder: Path, k: int) -> Path:
 
 def decode_chunk(predictor: Predictor, paths: list[Path], options: PredictOptions):
     """A chunk's (images kept, pixels, [(path, reason)] of those that could not be read)."""
-    return load_pixels(ImageSet(paths, predictor.classes), predictor.image_size, options.on_bad_image, options.workers)
+    return load_pixels(ImageSet(paths, predictor.classes), predictor.sizes, options.on_bad_image, options.workers)
 
 
 def predict_chunk(predictor: Predictor, decoded, options: PredictOptions) -> bytes:

@@ -1,7 +1,8 @@
 """``Predictor``: a verified bundle loaded once, turning pixels into stacked probabilities.
 
 The CLI (``predict``, ``evaluate``) and the HTTP service both predict through this
-class, so the same bundle, images and TTA give the same probabilities everywhere.
+class, so the same bundle, images and TTA give the same probabilities everywhere. It takes
+``Pixels``: each image decoded once, at every size its base models (``sizes``) take.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from stacking import bundle as bundle_io  # first: before TensorFlow (see stacki
 from stacking.bundle import Trust
 from stacking.bundle.manifest import Manifest
 from stacking.choices import RUNTIME, TTA_POLICY
+from stacking.data.images import Pixels
 from stacking.errors import UserError
 from stacking.inference.options import CASCADE, STACK, STUDENT, resolve_serve_as
-from stacking.inference.tta import CALL_ROWS, TTAForward, TTAPolicy, TTAResult, View, adaptive_views, run_tta
+from stacking.inference.tta import CALL_ROWS, TTAForward, TTAPolicy, TTAResult, ViewSet, adaptive_views, run_tta
 from stacking.meta.learners import full_probabilities, meta_features, single_threaded
 
 
@@ -98,17 +100,22 @@ class Predictor:
         self.name = self.bundle.resolve().name
         self.version = self.sha256[:12]
         self.classes: list[str] = self.manifest.classes
-        self.image_size: int = self.manifest.image_size
         self.base_names = [b.name for b in self.manifest.base_models]
+        self.base_sizes = [b.image_size for b in self.manifest.base_models]
+        student = self.manifest.serving.student if self.manifest.serving else None
+        self.student_size: int | None = student.image_size if student else None
         self.tta = TTAPolicy.from_dict(self.manifest.tta.model_dump())
         self.forward = TTAForward(
-            bundle_io.load_base_models(self.bundle, self.manifest, trust, runtime, threads), self.image_size, call_rows
+            bundle_io.load_base_models(self.bundle, self.manifest, trust, runtime, threads), self.base_sizes, call_rows
         )
         self.meta = single_threaded(bundle_io.load_meta(self.bundle, self.manifest))
         self.tta_features: bool = self.manifest.meta_learner.features.tta_features
         self.threads = threads
         self.latency_budget_ms = latency_budget_ms
         self.serve_as = resolve_serve_as(self.manifest, serve_as, latency_budget_ms)
+        # The sizes images are decoded to: the served option's (the student's alone), or every one (``evaluate``).
+        self.sizes = [self.student_size] if self.serve_as == STUDENT else sorted(set(self.base_sizes))
+        self.every_size = sorted({*self.base_sizes, *([self.student_size] if self.student_size else [])})
         self._model_forwards: dict[int, TTAForward] = {}
         self._first_folds: dict[int, TTAForward] = {}
         self._student: TTAForward | None = None
@@ -118,7 +125,9 @@ class Predictor:
     def model_forward(self, m: int) -> TTAForward:
         """Base model m alone (the cascade's early stages, and its cost)."""
         if m not in self._model_forwards:
-            self._model_forwards[m] = TTAForward([self.forward.runners[m]], self.image_size, self.forward.rows_per_call)
+            self._model_forwards[m] = TTAForward(
+                [self.forward.runners[m]], [self.base_sizes[m]], self.forward.rows_per_call
+            )
         return self._model_forwards[m]
 
     def first_fold_forward(self, m: int) -> TTAForward:
@@ -129,14 +138,14 @@ class Predictor:
             runner = bundle_io.load_base_models(
                 self.bundle, self.manifest, self.trust, self.runtime, self.threads, only=(m, 0)
             )[0]
-            self._first_folds[m] = TTAForward([runner], self.image_size, self.forward.rows_per_call)
+            self._first_folds[m] = TTAForward([runner], [self.base_sizes[m]], self.forward.rows_per_call)
         return self._first_folds[m]
 
     def student_forward(self) -> TTAForward:
         """The distilled student's runner, loaded on first use."""
         if self._student is None:
             runner = bundle_io.load_student(self.bundle, self.manifest, self.runtime, self.threads)
-            self._student = TTAForward([runner], self.image_size, self.forward.rows_per_call)
+            self._student = TTAForward([runner], [self.student_size], self.forward.rows_per_call)
         return self._student
 
     def serving_info(self) -> dict:
@@ -173,7 +182,7 @@ class Predictor:
         return self.tta if name == self.tta.name else replace(self.tta, name=name)
 
     def max_views(self, policy: str | None = None) -> int:
-        return self.policy(policy).max_views(self.image_size)
+        return self.policy(policy).max_views(max(self.base_sizes))
 
     def check_views(self, views: int | None, policy: str | None = None) -> None:
         """Refuse a TTA view count the policy cannot provide."""
@@ -181,15 +190,19 @@ class Predictor:
         if views is not None and not 0 <= views <= most:
             raise UserError(f"--tta {views}: must be between 0 and {most} for TTA policy {self.policy(policy).name!r}")
 
-    def merged_views(self, pixels: np.ndarray, views: int | None = None, policy: str | None = None) -> TTAResult:
-        """Each base model's TTA-merged probabilities for uint8 (N, size, size, 3) pixels."""
+    def views(self, count: int | None = None, policy: TTAPolicy | None = None) -> ViewSet:
+        """The first ``count`` views (default: the bundle's) of ``policy`` (default: the bundle's) at each size."""
+        return (policy or self.tta).views_at(sorted(set(self.base_sizes)), count)
+
+    def merged_views(self, pixels: Pixels, views: int | None = None, policy: str | None = None) -> TTAResult:
+        """Each base model's TTA-merged probabilities."""
         chosen = self.policy(policy)
-        return run_tta(self.forward, pixels, chosen.view_list(self.image_size, views), chosen)
+        return run_tta(self.forward, pixels, self.views(views, chosen), chosen)
 
     def predict(
-        self, pixels: np.ndarray, views: int | None = None, policy: str | None = None, serve_as: str | None = None
+        self, pixels: Pixels, views: int | None = None, policy: str | None = None, serve_as: str | None = None
     ) -> Prediction:
-        """The served answer for uint8 (N, size, size, 3) pixels: the stack's with ``views`` views of ``policy``,
+        """The served answer for N images: the stack's with ``views`` views of ``policy``,
         the cascade's (those settings apply where the stack answers) or the student's (one view).
 
         ``serve_as``: another option than the one this predictor serves (``evaluate`` scores them all).
@@ -201,7 +214,7 @@ class Predictor:
             return self._student_answer(pixels)
         return self._stack_answer(pixels, views, policy)
 
-    def _stack_answer(self, pixels: np.ndarray, views: int | None, policy: str | None) -> Prediction:
+    def _stack_answer(self, pixels: Pixels, views: int | None, policy: str | None) -> Prediction:
         started = time.perf_counter()
         result = self.merged_views(pixels, views, policy)
         forwarded = time.perf_counter()
@@ -227,7 +240,7 @@ class Predictor:
             seconds,
         )
 
-    def _cascade(self, pixels: np.ndarray, views: int | None, policy: str | None) -> Prediction:
+    def _cascade(self, pixels: Pixels, views: int | None, policy: str | None) -> Prediction:
         """Each image from the first stage sure enough of it; the rest from the stack, exactly as it answers alone."""
         stages = self.manifest.serving.cascade.stages
         n, m_count, c = len(pixels), len(self.base_names), len(self.classes)
@@ -240,7 +253,7 @@ class Predictor:
                 break
             m = self.base_names.index(stage.model)
             forward = self.first_fold_forward(m)
-            view_list = self.tta.view_list(self.image_size, stage.views)
+            view_list = self.views(stage.views)
             done = 0 if seen is None else seen.shape[1]
             new = forward.folds(pixels[open_rows], view_list[done:])[:, 0]  # (1, T_new, open, C): one network
             seen = new if seen is None else np.concatenate([seen, new], axis=1)
@@ -263,11 +276,11 @@ class Predictor:
             seconds = {k: seconds.get(k, 0.0) + v for k, v in rest.seconds.items()}
         return Prediction(probs, base, agreement, used, None, served_by, cost, ran, seconds)
 
-    def _student_answer(self, pixels: np.ndarray) -> Prediction:
+    def _student_answer(self, pixels: Pixels) -> Prediction:
         """The student on the identity view alone: one network, one view."""
         started = time.perf_counter()
         forward = self.student_forward()
-        probs = forward.folds(pixels, [View()])[:, 0, 0].mean(axis=0)
+        probs = forward.folds(pixels, ViewSet.identity([self.student_size]))[:, 0, 0].mean(axis=0)
         n = len(pixels)
         return Prediction(
             probs,
@@ -300,22 +313,24 @@ class Predictor:
         ask for). With adaptive TTA each count needs two view sets: the first views,
         and the rest that only unsure images get.
         """
-        served = len(self.tta.view_list(self.image_size))
-        for n in [served] if up_to is None else range(1, min(up_to, self.max_views()) + 1):
-            views = self.tta.view_list(self.image_size, n)
-            k = adaptive_views(self.tta, len(views))
-            for part in [views[:k], views[k:]] if k < len(views) else [views]:
-                for images in self.forward.call_sizes(len(part)):
-                    self.forward.folds(np.zeros((images, self.image_size, self.image_size, 3), np.uint8), part)
+        blank = Pixels.zeros  # (images, sizes)
+        if self.serve_as != STUDENT:
+            served = len(self.views())
+            for n in [served] if up_to is None else range(1, min(up_to, self.max_views()) + 1):
+                views = self.views(n)
+                k = adaptive_views(self.tta, len(views))
+                for part in [views[:k], views[k:]] if k < len(views) else [views]:
+                    for images in self.forward.call_sizes(len(part)):
+                        self.forward.folds(blank(images, self.sizes), part)
         if self.serve_as == CASCADE:
             done = 0
             for stage in self.manifest.serving.cascade.stages[:-1]:  # the views each early stage adds
                 forward = self.first_fold_forward(self.base_names.index(stage.model))
-                part = self.tta.view_list(self.image_size, stage.views)[done:]
+                part = self.views(stage.views)[done:]
                 for images in forward.call_sizes(len(part)):
-                    forward.folds(np.zeros((images, self.image_size, self.image_size, 3), np.uint8), part)
+                    forward.folds(blank(images, self.sizes), part)
                 done = stage.views
         if self.serve_as == STUDENT:
             for images in self.student_forward().call_sizes(1):
-                self.predict(np.zeros((images, self.image_size, self.image_size, 3), np.uint8))
-        self.predict(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
+                self.predict(blank(images, self.sizes))
+        self.predict(blank(1, self.sizes))

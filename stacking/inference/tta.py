@@ -5,7 +5,10 @@ N. Deterministic policies use flips, shifts and zoomed crops; ``random`` draws e
 view's flip, shift and zoom once from the training augmentation's ranges with a
 fixed seed, so every image gets the same views whatever its batch. For a batch of
 B images and T views, every base model runs once on a B x T tensor in one call of
-its runtime (TensorFlow, or its exported file), in inference mode; the views are
+its runtime (TensorFlow, or its exported file), in inference mode, at its own input size:
+a view has one geometry (a flip, a shift and a zoom as fractions of the side) made in
+pixels at each size (``ViewSet``), and the rows of one size are made once for every
+model that takes it; the views are
 then merged (mean or geometric mean, the identity view weighted as tuned on out-of-fold images). The config check
 keeps views within the training augmentation (no flips for a model never shown
 one), so TTA sees nothing the models were not taught to handle.
@@ -24,6 +27,7 @@ from pydantic.dataclasses import dataclass as settings_dataclass
 
 from models.choices import STRICT
 from stacking.choices import MERGES, TTAMerge, TTAPolicyName
+from stacking.data.images import Pixels
 
 RANDOM_VIEWS = 32  # views the random policy can draw
 EPS = 1e-7
@@ -44,6 +48,36 @@ class View:
         parts = (["hflip"] if self.flip else []) + ([f"zoom{self.zoom:.2f}"] if self.zoom != 1.0 else [])
         parts += [f"shift({self.dx},{self.dy})"] if self.dx or self.dy else []
         return "+".join(parts) or "identity"
+
+
+@dataclass(frozen=True)
+class ViewSet:
+    """The same T views at each input size: ``by_size[s]`` in pixels of an s x s image. Slicing selects views."""
+
+    by_size: dict[int, tuple[View, ...]]
+
+    def at(self, size: int) -> list[View]:
+        return list(self.by_size[size])
+
+    def __len__(self) -> int:
+        return len(next(iter(self.by_size.values())))
+
+    def __getitem__(self, views: slice) -> ViewSet:
+        return ViewSet({s: v[views] for s, v in self.by_size.items()})
+
+    @property
+    def names(self) -> list[str]:
+        """Each view's name at the largest size."""
+        return [v.name for v in self.by_size[max(self.by_size)]]
+
+    @staticmethod
+    def identity(sizes: Sequence[int]) -> ViewSet:
+        return ViewSet({s: (View(),) for s in sizes})
+
+    @staticmethod
+    def of(size: int, views: Sequence[View]) -> ViewSet:
+        """Views made for one size alone (one model's)."""
+        return ViewSet({size: tuple(views)})
 
 
 @settings_dataclass(frozen=True, config=STRICT)
@@ -106,6 +140,10 @@ class TTAPolicy:
             dx, dy = (int(round(rng.uniform(-self.shift, self.shift) * image_size)) for _ in range(2))
             views.append(View(flip, dx, dy, float(round(1 + rng.uniform(0, self.zoom), 3))))
         return views
+
+    def views_at(self, sizes: Sequence[int], views: int | None = None) -> ViewSet:
+        """The first ``views`` views at each of ``sizes``: the same geometry, in each size's pixels."""
+        return ViewSet({s: tuple(self.view_list(s, views)) for s in sizes})
 
     def max_views(self, image_size: int) -> int:
         return len(self.view_list(image_size, views=10_000))
@@ -214,9 +252,9 @@ class TTAForward:
     measures both.
     """
 
-    def __init__(self, runners: Sequence[Runner], image_size: int, rows_per_call: int = CALL_ROWS):
+    def __init__(self, runners: Sequence[Runner], sizes: Sequence[int], rows_per_call: int = CALL_ROWS):
         self.runners = list(runners)
-        self.image_size = image_size
+        self.sizes = list(sizes)  # each runner's input side
         self.rows_per_call = rows_per_call
         self.seconds = np.zeros(len(self.runners))  # each runner's time so far (evaluate costs each base model)
 
@@ -227,21 +265,24 @@ class TTAForward:
             return [size]
         return sorted({min(size, 1 << k) for k in range(size.bit_length() + 1)})
 
-    def folds(self, pixels: np.ndarray, views: Sequence[View]) -> np.ndarray:
-        """uint8 (N, H, W, 3) -> float32 (K, M, T, N, C) probabilities per fold model, base model and view."""
-        sizes = self.call_sizes(len(views))
-        size = sizes[-1]
+    def folds(self, pixels: Pixels, views: ViewSet) -> np.ndarray:
+        """Images at each runner's size -> float32 (K, M, T, N, C) probabilities per fold model, base model and view."""
+        counts = self.call_sizes(len(views))
+        most = counts[-1]
         chunks = []
-        for i in range(0, len(pixels), size):
-            chunk = pixels[i : i + size]
-            call = next(s for s in sizes if s >= len(chunk))
-            padded = np.zeros((call, *pixels.shape[1:]), np.uint8)
-            padded[: len(chunk)] = chunk
-            rows = make_views(padded, views)
+        for i in range(0, len(pixels), most):
+            chunk = pixels[i : i + most]
+            call = next(s for s in counts if s >= len(chunk))
+            rows = {}  # each size's view rows, made once for the runners that take it
             answers = []
             for m, run in enumerate(self.runners):
+                size = self.sizes[m]
+                if size not in rows:
+                    padded = np.zeros((call, size, size, 3), np.uint8)
+                    padded[: len(chunk)] = chunk.at(size)
+                    rows[size] = make_views(padded, views.at(size))
                 started = time.perf_counter()
-                answers.append(run(rows))
+                answers.append(run(rows[size]))
                 self.seconds[m] += time.perf_counter() - started
             out = np.stack(answers, axis=1)  # (K, M, T * call, C), view-major
             chunks.append(out.reshape(*out.shape[:2], len(views), call, -1)[:, :, :, : len(chunk)])
@@ -250,7 +291,7 @@ class TTAForward:
             return np.zeros((first.folds, len(self.runners), len(views), 0, first.classes), np.float32)
         return np.concatenate(chunks, axis=3)
 
-    def __call__(self, pixels: np.ndarray, views: Sequence[View]) -> np.ndarray:
+    def __call__(self, pixels: Pixels, views: ViewSet) -> np.ndarray:
         """(M, T, N, C): each base model's probabilities per view, its fold models averaged."""
         return self.folds(pixels, views).mean(axis=0)
 
@@ -329,7 +370,7 @@ def served_result(per_view: np.ndarray, policy: TTAPolicy) -> TTAResult:
     return summarise_views(per_view[None], unsure, k, policy)
 
 
-def run_tta(forward: TTAForward, pixels: np.ndarray, views: list[View], policy: TTAPolicy) -> TTAResult:
+def run_tta(forward: TTAForward, pixels: Pixels, views: ViewSet, policy: TTAPolicy) -> TTAResult:
     """All ``views``; or, with adaptive TTA, the first ones everywhere and the rest where needed."""
     k = adaptive_views(policy, len(views))
     first = forward.folds(pixels, views[:k])

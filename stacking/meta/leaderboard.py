@@ -24,6 +24,18 @@ def bootstrap_interval(right: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed
     return float(low), float(high)
 
 
+def paired_difference(
+    right: np.ndarray, other: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> tuple[float, float, float]:
+    """Accuracy of one answer minus another's on the same images, and its 95% paired bootstrap interval: each
+    resample of the images scores both, so what they get right together cancels out."""
+    delta = np.asarray(right, float) - np.asarray(other, float)
+    rng = np.random.default_rng(seed)
+    means = np.array([delta[rng.integers(0, len(delta), len(delta))].mean() for _ in range(samples)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(delta.mean()), float(low), float(high)
+
+
 def table_row(name: str, kind: str, probs: np.ndarray, labels: np.ndarray) -> dict:
     scores = score(probs, labels)
     low, high = bootstrap_interval(np.asarray(probs).argmax(axis=1) == labels)

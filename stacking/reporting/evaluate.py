@@ -13,22 +13,25 @@ import numpy as np
 
 from stacking import bundle as bundle_io
 from stacking.data.datasets import load_pixels, read_evaluation_set
+from stacking.data.images import Pixels
 from stacking.inference.options import CASCADE, STACK, STUDENT, servable
 from stacking.inference.predictor import Predictor
-from stacking.meta.leaderboard import leaderboard, table_row
+from stacking.meta.leaderboard import leaderboard, paired_difference, table_row
 
 WARM_UP_IMAGES = 64
 
 
 def compare(
-    predictor: Predictor, pixels: np.ndarray, labels: np.ndarray, views: int | None = None, policy: str | None = None
+    predictor: Predictor, pixels: Pixels, labels: np.ndarray, views: int | None = None, policy: str | None = None
 ) -> list[dict]:
     """One row per base model, per meta candidate (each fitted on the OOF rows), the stack, and (kind ``serving``)
     the cascade and the student where the bundle has them.
 
     Every row says what it cost here: ``cost_views`` (forward passes per image, fold models
     counted) and ``ms_per_image`` (the models' time, measured on these images; candidates
-    share the stack's); ``served`` marks the option this predictor serves.
+    share the stack's); ``served`` marks the option this predictor serves, and its row has
+    ``paired``: its accuracy minus the best member's (by OOF accuracy, never these labels) and
+    the plain mean's, each with a 95% paired bootstrap interval.
     """
     n = max(len(pixels), 1)
     options = [STACK, *(o for o in (CASCADE, STUDENT) if o in servable(predictor.manifest))]
@@ -49,8 +52,10 @@ def compare(
     views_run = float(prediction.views.mean())
     costs = [(run.folds * views_run, float(ms)) for run, ms in zip(predictor.forward.runners, model_ms)]
     costs += [stack_cost] * (len(rows) - len(costs))
+    answers = {STACK: prediction.probabilities}
     for option in options[1:]:
         answer = predictor.predict(pixels, views, policy, serve_as=option)
+        answers[option] = answer.probabilities
         rows.append(table_row(option, "serving", answer.probabilities, labels))
         costs.append((float(answer.cost_views.mean()), sum(answer.seconds.values()) * 1000 / n))
     for row, (views_cost, ms) in zip(rows, costs):
@@ -59,7 +64,26 @@ def compare(
             ms_per_image=round(ms, 4),
             served=row["kind"] == "chosen" if predictor.serve_as == STACK else row["name"] == predictor.serve_as,
         )
+    served = next(row for row in rows if row["served"])
+    served["paired"] = _paired(predictor, answers[predictor.serve_as], prediction, candidates, labels)
     return rows
+
+
+def _paired(
+    predictor: Predictor, served: np.ndarray, prediction, candidates: dict[str, np.ndarray], labels: np.ndarray
+) -> list[dict]:
+    """The served answer against its best member (by OOF accuracy) and against the plain mean, image by image."""
+    oof = predictor.manifest.metrics.oof
+    best = max(range(len(predictor.base_names)), key=lambda m: oof[predictor.base_names[m]].accuracy)
+    others = {f"best member ({predictor.base_names[best]})": prediction.base_probabilities[best]}
+    if "mean" in candidates:
+        others["plain mean"] = candidates["mean"]
+    right = served.argmax(axis=1) == labels
+    out = []
+    for name, probs in others.items():
+        difference, low, high = paired_difference(right, probs.argmax(axis=1) == labels)
+        out.append({"against": name, "difference": difference, "ci_low": low, "ci_high": high})
+    return out
 
 
 def format_table(rows: list[dict]) -> str:
@@ -75,11 +99,18 @@ def format_table(rows: list[dict]) -> str:
         f"{r['cost_views']:>6.3g}  {r['ms_per_image']:>8.3f}"
         for r in rows
     ]
+    served = next((r for r in rows if r.get("served")), None)
+    paired = [
+        f"{served['name']} against the {p['against']}: {p['difference']:+.4f} accuracy, 95% paired bootstrap "
+        f"interval [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]"
+        for p in (served or {}).get("paired", [])
+    ]
     return "\n".join(
         [
             *lines,
             "* the option served (--serve-as); passes: forward passes per image (image-views "
             "through networks, fold models counted); ms/image: the networks' time on these images",
+            *paired,
         ]
     )
 
@@ -94,7 +125,7 @@ def evaluate_folder(
 ) -> tuple[list[dict], int, list]:
     """:func:`compare` on class folders, or a folder plus an Id,Category CSV: (rows, images used, skipped)."""
     labelled = read_evaluation_set(images, labels_csv, predictor.classes)
-    labelled, pixels, bad = load_pixels(labelled, predictor.image_size, on_bad_image)
+    labelled, pixels, bad = load_pixels(labelled, predictor.every_size, on_bad_image)
     return compare(predictor, pixels, labelled.labels, views, policy), len(labelled.paths), bad
 
 

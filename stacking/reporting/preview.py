@@ -42,7 +42,8 @@ def preview_augmentation(
     if is_identity(augmentation):
         raise UserError("[augmentation]: every augmentation is off, so there is nothing to preview")
     images = read_training_set(data_dir)
-    images, pixels, _ = load_pixels(images.subset(_one_per_class(images, count)), image_size, "skip")
+    images, decoded, _ = load_pixels(images.subset(_one_per_class(images, count)), [image_size], "skip")
+    pixels = decoded.at(image_size)
     keras.utils.set_random_seed(seed)
     augment = make_augmenter(augmentation, seed)
     batch = pixels.astype("float32")

@@ -25,7 +25,7 @@ from sklearn.metrics import confusion_matrix
 
 from models.training import Augmentation
 from stacking import bundle as bundle_io
-from stacking.bundle.manifest import Manifest, ProtocolEntry
+from stacking.bundle.manifest import BaseModelEntry, Manifest, ProtocolEntry
 from stacking.choices import Final, Protocol
 from stacking.data.datasets import read_training_set
 from stacking.errors import UserError
@@ -67,7 +67,7 @@ body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .7em;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}tr.chosen td{font-weight:bold;background:#eef6ee}
 img{max-width:100%}figure{margin:1em 0}figcaption{font-size:.9em;color:#555}.missing{color:#8a5a00;font-style:italic}
-nav ol{columns:2}
+nav ol{columns:2}.warning{background:#fff3e0;border-left:4px solid #c60;padding:.4em .8em}
 @media print{body{max-width:none;margin:0;font-size:10pt}nav{display:none}a{color:inherit;text-decoration:none}
 figure,table,tr{break-inside:avoid}h2,h3{break-after:avoid}img{max-height:24cm}}
 """
@@ -186,12 +186,22 @@ def _summary(b: _Bundle) -> str:
     m = b.manifest
     metrics, meta = m.metrics, m.meta_learner
     base = _table(
-        ["base model", "architecture", "weights", "preprocessing", "model files", "OOF accuracy", "OOF log-loss"],
+        [
+            "base model",
+            "architecture",
+            "size",
+            "weights",
+            "preprocessing",
+            "model files",
+            "OOF accuracy",
+            "OOF log-loss",
+        ],
         [
             [
                 e.name,
                 e.architecture,
-                e.weights or "none (from scratch)",
+                f"{e.image_size} px",
+                _weights_text(e),
                 e.preprocessing,
                 str(len(e.files)),
                 f"{metrics.oof[e.name].accuracy:.4f}",
@@ -204,9 +214,12 @@ def _summary(b: _Bundle) -> str:
     features = "log-probabilities" + (
         " plus each model's TTA entropy and view disagreement" if meta.features.tta_features else ""
     )
+    warnings = "".join(f'<p class="warning"><b>Warning:</b> {_esc(w)}</p>' for w in metrics.warnings)
     parts = [
+        warnings,
         f"<p>{len(b.classes)} classes, {m.data.images} training images from <code>{_esc(m.data.source)}"
-        f"</code> at {m.image_size} px; TTA policy <b>{_esc(m.tta.policy)}</b> with {m.tta.views} "
+        f"</code> at {' and '.join(f'{s} px' for s in m.sizes)}; TTA policy <b>{_esc(m.tta.policy)}</b> with "
+        f"{m.tta.views} "
         f"view(s); fitted {_esc(m.created)} in {metrics.fit_seconds:.0f} s.</p>",
         f"<p>Protocol: {_protocol_text(m.protocol)}</p>",
         base,
@@ -217,6 +230,13 @@ def _summary(b: _Bundle) -> str:
         _data_table(b),
     ]
     return "\n".join(parts)
+
+
+def _weights_text(entry: BaseModelEntry) -> str:
+    """Where a base model's training started, with the file's sha256 when it came from one."""
+    if entry.weights is None:
+        return "none (from scratch)"
+    return entry.weights + (f" (sha256 {entry.weights_sha256[:12]}…)" if entry.weights_sha256 else "")
 
 
 def _headline(b: _Bundle) -> str:
@@ -346,7 +366,7 @@ def _tta(b: _Bundle) -> str:
         return "\n".join([*parts, _missing("Only the identity view was measured: no curve or per-view map to draw.")])
     plot_tta_curve(diag["accuracy_by_views"], b.out / "tta_curve.png", diag["served_views"])
     names = [
-        v.name for v in TTAPolicy.from_dict(b.manifest.tta.model_dump()).view_list(b.manifest.image_size, diag["views"])
+        v.name for v in TTAPolicy.from_dict(b.manifest.tta.model_dump()).view_list(max(b.manifest.sizes), diag["views"])
     ]
     heat = diag["heatmap"]
     plot_tta_heatmap(heat["predicted"], heat["labels"], b.classes, b.out / "tta_heatmap.png", names)
@@ -404,7 +424,7 @@ def _augmentation(b: _Bundle) -> str:
     file, source = "augmentation.png", Path(b.manifest.data.source)
     try:
         preview_augmentation(
-            source, b.out / file, augmentation, b.manifest.image_size, cfg["seed"], count=min(8, len(b.classes))
+            source, b.out / file, augmentation, max(b.manifest.sizes), cfg["seed"], count=min(8, len(b.classes))
         )
     except UserError:
         if not (b.out / file).is_file():
@@ -412,7 +432,7 @@ def _augmentation(b: _Bundle) -> str:
     return _figure(
         file,
         "training images and augmented copies",
-        f"Left: a training image at {b.manifest.image_size} px; right: copies as training saw them "
+        f"Left: a training image at {max(b.manifest.sizes)} px; right: copies as training saw them "
         f"({settings}). A copy that no longer shows its class means the augmentation is too strong.",
     )
 

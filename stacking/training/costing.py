@@ -32,6 +32,7 @@ from stacking.bundle.manifest import (
     StageEntry,
     StudentEntry,
 )
+from stacking.data.images import Pixels
 from stacking.inference.options import CASCADE, STACK, STUDENT
 from stacking.inference.predictor import Predictor
 from stacking.inference.tta import TTAPolicy
@@ -54,11 +55,11 @@ def median_seconds(call: Callable[[], object], repeats: int = TIMING_REPEATS) ->
     return float(np.median(times))
 
 
-def measure_costs(predictor: Predictor, pixels: np.ndarray) -> ServingTiming:
+def measure_costs(predictor: Predictor, pixels: Pixels) -> ServingTiming:
     """Milliseconds per image on ``pixels``: each base model on its served views (every fold model), one view of
     its first fold model (the cascade's early stages), and the whole stack."""
     n = len(pixels)
-    views = predictor.tta.view_list(predictor.image_size)
+    views = predictor.views()
     base_ms, view_ms = {}, {}
     for m, name in enumerate(predictor.base_names):
         base_ms[name] = median_seconds(lambda m=m: predictor.model_forward(m).folds(pixels, views)) * 1000 / n
@@ -199,7 +200,7 @@ def describe_cascade(serving: ServingEntry) -> str:
 
 
 def add_serving(
-    bundle: Path, manifest: Manifest, pixels: np.ndarray, seed: int, trust: Trust, echo: Callable[[str], None]
+    bundle: Path, manifest: Manifest, pixels: Pixels, seed: int, trust: Trust, echo: Callable[[str], None]
 ) -> Manifest:
     """Time every option on ``pixels`` through the prediction path, tune the cascade, write the manifest again."""
     timing = measure_costs(Predictor(bundle, trust=trust), pixels[:TIMING_IMAGES])

@@ -48,6 +48,14 @@ def _train_config(config: dict, epochs: int | None):
     return TrainConfig(**train)
 
 
+def _student_size(student: str, default: int) -> tuple[str, int]:
+    """``--student ARCH[@SIZE]`` as (architecture, size); the size defaults to the fit's default size."""
+    architecture, at, size = student.partition("@")
+    if at and not size.isdigit():
+        raise UserError(f"--student {student}: expected ARCH or ARCH@SIZE with SIZE a whole number of pixels")
+    return architecture, int(size) if at else default
+
+
 def _check_student(student: str, image_size: int) -> None:
     from models.registry import get_spec, is_custom
 
@@ -61,12 +69,10 @@ def _check_student(student: str, image_size: int) -> None:
     except KeyError as exc:
         raise UserError(f"--student: {exc.args[0]}") from None
     if image_size < spec.min_image_size:
-        raise UserError(
-            f"--student {student}: needs images of at least {spec.min_image_size} px; the bundle's are {image_size}"
-        )
+        raise UserError(f"--student {student}@{image_size}: needs images of at least {spec.min_image_size} px")
 
 
-def oof_pixels(manifest: Manifest, ids: np.ndarray, data: Path | None) -> np.ndarray:
+def oof_pixels(manifest: Manifest, ids: np.ndarray, data: Path | None, size: int) -> np.ndarray:
     """The training images behind the OOF rows, in their order, from the fit's data folder (or ``data``)."""
     source = Path(data) if data is not None else Path(manifest.data.source)
     where = "--data" if data is not None else "the fit's data folder (manifest data.source; or give --data)"
@@ -81,26 +87,29 @@ def oof_pixels(manifest: Manifest, ids: np.ndarray, data: Path | None) -> np.nda
             f"{where} {source}: {len(missing)} of the bundle's OOF images are not there (first: "
             f"{missing[0]}); it must be the data the bundle was fitted on"
         )
-    _, pixels, _ = load_pixels(images.subset([position[str(i)] for i in ids]), manifest.image_size)
-    return pixels
+    _, pixels, _ = load_pixels(images.subset([position[str(i)] for i in ids]), [size])
+    return pixels.at(size)
 
 
-def _pseudo_labels(bundle: Path, folder: Path, trust: Trust, echo: Echo) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Every readable image of ``folder`` with the served stack's answer on it (unreadable ones reported, skipped)."""
+def _pseudo_labels(
+    bundle: Path, folder: Path, size: int, trust: Trust, echo: Echo
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Every readable image of ``folder`` at the student's ``size``, with the served stack's answer on it (unreadable
+    ones reported, skipped)."""
     from stacking.inference.predictor import Predictor
 
     paths = list_images(folder)
     if not paths:
         raise UserError(f"--unlabelled {folder}: no images")
     predictor = Predictor(bundle, trust=trust)
-    pixels, bad = load_images(paths, predictor.image_size)
+    pixels, bad = load_images(paths, sorted({*predictor.sizes, size}))
     for _, reason in bad:
         echo(f"skipped {reason}")
     kept = [p for p in paths if p not in {b for b, _ in bad}]
     if not kept:
         raise UserError(f"--unlabelled {folder}: none of its {len(paths)} images could be read")
     answers = predictor.predict(pixels, serve_as=STACK).probabilities
-    return [f"unlabelled/{p.name}" for p in kept], pixels, answers
+    return [f"unlabelled/{p.name}" for p in kept], pixels.at(size), answers
 
 
 def _split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,20 +151,22 @@ def _served_answers(
     trained, content: bytes | None, runtime: RuntimeEntry, pixels: np.ndarray, image_size: int
 ) -> tuple[np.ndarray, float]:
     """The student's answers on ``pixels`` as it will serve (its runner, one view), and its ms per image."""
-    from stacking.inference.tta import TTAForward, View
+    from stacking.data.images import Pixels
+    from stacking.inference.tta import TTAForward, ViewSet
     from stacking.runtime import TF, KerasRunner, LiteRTRunner
 
     runner = KerasRunner([trained]) if runtime.served == TF or content is None else LiteRTRunner([content])
-    forward = TTAForward([runner], image_size)
-    timed = pixels[:TIMING_IMAGES]
-    ms = median_seconds(lambda: forward.folds(timed, [View()])) * 1000 / len(timed)
-    return forward.folds(pixels, [View()])[0, 0, 0], ms
+    forward, views = TTAForward([runner], [image_size]), ViewSet.identity([image_size])
+    timed = Pixels({image_size: pixels[:TIMING_IMAGES]})
+    ms = median_seconds(lambda: forward.folds(timed, views)) * 1000 / len(timed)
+    return forward.folds(Pixels({image_size: pixels}), views)[0, 0, 0], ms
 
 
 def _targets(
     bundle: Path,
     manifest: Manifest,
     pixels: np.ndarray,
+    size: int,
     taught: np.ndarray,
     unlabelled: Path | None,
     trust: Trust,
@@ -172,7 +183,7 @@ def _targets(
             + ("" if unlabelled else " (add --unlabelled DIR to teach it on more images, labelled by the stack)")
         )
     if unlabelled is not None:
-        extra_ids, extra_pixels, extra = _pseudo_labels(bundle, Path(unlabelled), trust, echo)
+        extra_ids, extra_pixels, extra = _pseudo_labels(bundle, Path(unlabelled), size, trust, echo)
         x, y = np.concatenate([x, extra_pixels]), np.concatenate([y, extra])
         ids, sources = ids + extra_ids, sources + ["unlabelled"] * len(extra_ids)
         echo(f"{len(extra_ids)} unlabelled images labelled by the stack added to the student's targets")
@@ -206,7 +217,8 @@ def distill(
     trust: Trust = Trust(),
     echo: Echo = print,
 ) -> Manifest:
-    """Train ``student`` on the stack's honest soft targets; store it in ``bundle``; return the new manifest."""
+    """Train ``student`` (ARCH or ARCH@SIZE) on the stack's honest soft targets; store it in ``bundle``; return the
+    new manifest."""
     import keras
 
     from models.registry import create_model
@@ -220,7 +232,8 @@ def distill(
             f"{bundle}: fitted before serving options existed (no costs, no per-view OOF answers); "
             "refit it with this version first"
         )
-    _check_student(student, manifest.image_size)
+    student, size = _student_size(student, manifest.image_size)
+    _check_student(student, size)
     train_cfg = _train_config(manifest.config, epochs)
     if unlabelled is not None and not Path(unlabelled).is_dir():
         raise UserError(f"--unlabelled {unlabelled}: no such folder")
@@ -228,23 +241,22 @@ def distill(
     config, seed = manifest.config, int(manifest.config["seed"]) + 7919  # apart from every base model's seed
     oof = bundle_io.load_oof(bundle)
     labels, n_classes = oof["labels"], len(manifest.classes)
-    pixels = oof_pixels(manifest, oof["ids"], data)
+    pixels = oof_pixels(manifest, oof["ids"], data, size)
     taught, held = _split(labels, seed)
-    x, y, targets = _targets(bundle, manifest, pixels, taught, unlabelled, trust, echo)
+    x, y, targets = _targets(bundle, manifest, pixels, size, taught, unlabelled, trust, echo)
     keras.utils.set_random_seed(seed)
-    model = create_model(
-        student, n_classes, manifest.image_size, weights=None, head=config["head"], dropout=config["dropout"]
-    )
+    model = create_model(student, n_classes, size, weights=None, head=config["head"], dropout=config["dropout"])
     with tempfile.TemporaryDirectory(prefix="stackserve-student-") as tmp:
         checkpoint = Path(tmp) / "student.keras"
         truth = np.eye(n_classes, dtype=np.float32)[labels[held]]  # the best epoch is picked on true labels
         trained, history = train_model(model, (x, y), (pixels[held], truth), train_cfg, checkpoint, seed=seed)
-        content, runtime = _export(trained, pixels[held], manifest.image_size, echo)
-        answers, ms = _served_answers(trained, content, runtime, pixels[held], manifest.image_size)
+        content, runtime = _export(trained, pixels[held], size, echo)
+        answers, ms = _served_answers(trained, content, runtime, pixels[held], size)
         keras_file, exported_file = bundle_io.save_student(bundle, checkpoint, content, targets)
     scores = _scores(bundle, manifest, held, answers)
     entry = StudentEntry(
         architecture=student,
+        image_size=size,
         files=[keras_file],
         runtime=runtime.model_copy(update={"files": [exported_file] if exported_file else []}),
         history=bundle_io.save_history(bundle, "student", [history]),
@@ -264,7 +276,8 @@ def distill(
     write_report(bundle, manifest)
     best = scores["best_base"]
     echo(
-        f"student {student}: accuracy {scores['student']['accuracy']:.4f} on {len(held)} held-out OOF rows "
+        f"student {student} at {size} px: accuracy {scores['student']['accuracy']:.4f} on {len(held)} held-out OOF "
+        "rows "
         f"(stack {scores['stack']['accuracy']:.4f}, best base model {best['name']} {best['accuracy']:.4f}), "
         f"{ms:.3g} ms per image on one view, best epoch {history['best_epoch'] + 1}/{len(history['loss'])}"
     )

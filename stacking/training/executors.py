@@ -13,37 +13,26 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import Field
-from pydantic.dataclasses import dataclass as settings_dataclass
 
-from models.choices import STRICT
 from stacking.choices import Executor
 from stacking.cluster import check_request, job_threads, ray_cluster, size_worker
+from stacking.data.images import Pixels
 from stacking.errors import UserError
+from stacking.training.config import ClusterConfig
 from stacking.training.jobs import Job, JobResult, JobSettings, run_job
 
 Echo = Callable[[str], None]
 
 
-@settings_dataclass(frozen=True, config=STRICT)
-class ClusterConfig:
-    """How a fit's jobs are run. None of it changes what a job computes, except the thread count (see jobs)."""
-
-    executor: Executor = Executor.LOCAL  # local: one after another in this process; ray: tasks on a Ray cluster
-    address: str = ""  # the Ray cluster to join ("auto", "ray://head:10001"); empty: start a local one
-    cpus_per_job: float = Field(1.0, gt=0)  # each job's Ray request; its TensorFlow threads follow it
-    gpus_per_job: float = Field(0.0, ge=0)  # 1 on GPU nodes; a fraction shares a GPU (memory growth is switched on)
-    max_retries: int = Field(2, ge=0)  # times a job is run again when its worker process dies
-
-
 @dataclass(frozen=True)
 class JobInputs:
-    """What every job reads; on Ray the pixels go into the object store once and are shared."""
+    """What every job reads; on Ray each size's pixels go into the object store once and are shared."""
 
-    pixels: np.ndarray
+    pixels: Pixels  # every training image at each base model's size
     labels: np.ndarray
     n_classes: int
     settings: JobSettings
+    offline: bool = False  # downloads refused (not part of a job's key: it changes nothing a job computes)
 
 
 class Progress:
@@ -81,7 +70,8 @@ def local_jobs(jobs: list[Job], inputs: JobInputs, progress: Progress) -> Iterat
     for job in jobs:
         progress.started(job)
         try:
-            result = run_job(job, inputs.pixels, inputs.labels, inputs.n_classes, inputs.settings)
+            pixels = inputs.pixels.at(job.member.image_size)
+            result = run_job(job, pixels, inputs.labels, inputs.n_classes, inputs.settings, inputs.offline)
         except Exception as exc:  # yielded: the fit decides whether the others run; Ctrl-C stops it
             yield job, exc
         else:
@@ -94,13 +84,14 @@ def _ray_job(
     labels: np.ndarray,
     n_classes: int,
     settings: JobSettings,
+    offline: bool,
     cluster: ClusterConfig,
     board,
 ) -> JobResult:
     """One job in a Ray worker: says it started (again, if its last worker died), then runs."""
     board.put(job.id)  # waited for: a worker that dies next must not take the note with it
     size_worker(cluster.cpus_per_job, cluster.gpus_per_job)
-    return run_job(job, pixels, labels, n_classes, settings)
+    return run_job(job, pixels, labels, n_classes, settings, offline)
 
 
 def _started(ray, board) -> list[str]:
@@ -141,7 +132,8 @@ def ray_jobs(
             },
         )
         board = Queue(actor_options={"num_cpus": 0})  # the tasks' "started" notes: running, not just queued
-        pixels, labels = ray.put(inputs.pixels), ray.put(inputs.labels)  # stored once, shared by every job
+        pixels = {size: ray.put(inputs.pixels.at(size)) for size in inputs.pixels.sizes}  # once, shared
+        labels = ray.put(inputs.labels)
         threads = str(job_threads(cluster.cpus_per_job))
         task = ray.remote(_ray_job).options(
             num_cpus=cluster.cpus_per_job,
@@ -154,7 +146,17 @@ def ray_jobs(
         )
         by_id = {job.id: job for job in jobs}
         pending = {
-            task.remote(job, pixels, labels, inputs.n_classes, inputs.settings, cluster, board): job for job in jobs
+            task.remote(
+                job,
+                pixels[job.member.image_size],
+                labels,
+                inputs.n_classes,
+                inputs.settings,
+                inputs.offline,
+                cluster,
+                board,
+            ): job
+            for job in jobs
         }
         try:
             while pending:

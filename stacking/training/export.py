@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from stacking.choices import AUTO, Precision
+from stacking.data.images import Pixels
 from stacking.errors import UserError
-from stacking.inference.tta import CALL_ROWS, TTAForward, View, make_views
+from stacking.inference.tta import CALL_ROWS, TTAForward, View, ViewSet, make_views
 from stacking.meta.learners import score
 from stacking.runtime import EXPORTED, TF, KerasRunner, LiteRTRunner
 
@@ -75,12 +76,16 @@ class Parity:
 
 
 def exported_answers(content: bytes, pixels: np.ndarray, views: list[View], image_size: int) -> np.ndarray:
-    """(T, N, C) the exported file's answers per view, in the served call shape."""
-    return TTAForward([LiteRTRunner([content])], image_size, CALL_ROWS)(pixels, views)[0]
+    """(T, N, C) the exported file's answers per view on images at its ``image_size``, in the served call shape."""
+    return _answers(LiteRTRunner([content]), pixels, views, image_size)
 
 
 def keras_answers(model, pixels: np.ndarray, views: list[View], image_size: int) -> np.ndarray:
-    return TTAForward([KerasRunner([model])], image_size, CALL_ROWS)(pixels, views)[0]
+    return _answers(KerasRunner([model]), pixels, views, image_size)
+
+
+def _answers(runner, pixels: np.ndarray, views: list[View], size: int) -> np.ndarray:
+    return TTAForward([runner], [size], CALL_ROWS)(Pixels({size: pixels}), ViewSet.of(size, views))[0]
 
 
 def served_rows(views: int) -> int:

@@ -30,14 +30,15 @@ from stacking.bundle.signing import check_signing_key, sign_bundle
 from stacking.choices import Executor, Final, Precision, Protocol, Quantize
 from stacking.cluster import check_ray
 from stacking.data.datasets import ImageSet, load_pixels, read_groups, read_training_set
+from stacking.data.images import Pixels
 from stacking.errors import UserError
 from stacking.files import default_mode
-from stacking.inference.tta import TTAPolicy, served_result
+from stacking.inference.tta import TTAPolicy, View, served_result
 from stacking.inference.tta_diagnostics import diagnostic_rows, tune_and_measure
-from stacking.meta.learners import score
+from stacking.meta.learners import at_chance, score
 from stacking.reporting.report import write_report
 from stacking.runtime import EXPORTED, TF, export_litert
-from stacking.training.config import FitConfig
+from stacking.training.config import FitConfig, ModelConfig
 from stacking.training.costing import add_serving
 from stacking.training.executors import JobInputs, Progress, run_jobs
 from stacking.training.export import (
@@ -105,14 +106,9 @@ def _locked_work_folder(out: Path, resume: bool, echo: Echo) -> Iterator[Path]:
             raise
 
 
-def base_name(model: str) -> str:
-    """A base model's name in the bundle: its architecture, or module.function for your own."""
-    return model.replace(":", ".")
-
-
 class TrainingData(NamedTuple):
     images: ImageSet
-    pixels: np.ndarray
+    pixels: Pixels  # every image at each base model's size
     skipped: list  # [(path, reason)] of unreadable images left out
     groups: np.ndarray | None  # None without --group-column
 
@@ -121,14 +117,14 @@ def _load_training_data(data_dir: Path, cfg: FitConfig, echo: Echo) -> TrainingD
     images = read_training_set(data_dir)
     need = minimum_per_class(cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds)
     check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
-    images, pixels, bad = load_pixels(images, cfg.image_size, cfg.on_bad_image)
+    images, pixels, bad = load_pixels(images, cfg.sizes, cfg.on_bad_image)
     for _, reason in bad:
         echo(f"skipped {reason}")
     check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
     groups = read_groups(data_dir, images, cfg.group_column) if cfg.group_column else None
     echo(
         f"{len(images.labels)} images, {len(images.classes)} classes, protocol {cfg.protocol}, models "
-        f"{', '.join(cfg.models)}"
+        f"{', '.join(f'{m.name} ({m.architecture} at {m.image_size} px, weights {_source(m)})' for m in cfg.models)}"
         + (f", grouped by {cfg.group_column} ({len(np.unique(groups))} groups)" if groups is not None else "")
     )
     return TrainingData(images, pixels, bad, groups)
@@ -142,6 +138,17 @@ def _summary_line(desc: str, history: dict, oof_accuracy: float | None) -> str:
     return line + (f", OOF accuracy {oof_accuracy:.4f}" if oof_accuracy is not None else "")
 
 
+def _source(member: ModelConfig) -> str:
+    """A member's weights as the report and the log name them: none, imagenet, or the file's name."""
+    file = member.weights_file
+    return str(member.weights) if file is None else file.name
+
+
+def oof_views(cfg: FitConfig, member: ModelConfig) -> list[View]:
+    """The views a job predicts on its OOF rows, at the member's size: the served ones and the diagnostics'."""
+    return cfg.tta.view_list(member.image_size, max(cfg.tta.views, cfg.tta_diagnostic_views))
+
+
 def plan_jobs(cfg: FitConfig, splits: list[Split], refit: Split | None) -> list[Job]:
     """One job per (base model, split), and one refit per base model with ``--final refit``.
 
@@ -149,20 +156,17 @@ def plan_jobs(cfg: FitConfig, splits: list[Split], refit: Split | None) -> list[
     so every job is the same however, wherever and in whichever order jobs run.
     """
     jobs = []
-    for m, model in enumerate(cfg.models):
-        name, weights, seed = base_name(model), cfg.weights_for(model), cfg.seed + 1000 * m
+    for m, member in enumerate(cfg.models):
+        seed, views = cfg.seed + 1000 * m, tuple(oof_views(cfg, member))
         for k, split in enumerate(splits):
-            jobs.append(Job(model, name, seed + k, split, weights, None if cfg.protocol == Protocol.HOLDOUT else k))
+            jobs.append(Job(member, seed + k, split, views, None if cfg.protocol == Protocol.HOLDOUT else k))
         if refit is not None:
-            jobs.append(Job(model, name, seed + len(splits), refit, weights, refit=True))
+            jobs.append(Job(member, seed + len(splits), refit, views, refit=True))
     return jobs
 
 
 def job_settings(cfg: FitConfig) -> JobSettings:
-    views = cfg.tta.view_list(cfg.image_size, max(cfg.tta.views, cfg.tta_diagnostic_views))
-    return JobSettings(
-        cfg.image_size, cfg.head, cfg.dropout, cfg.deterministic, cfg.mixed_precision, cfg.train, tuple(views)
-    )
+    return JobSettings(cfg.deterministic, cfg.mixed_precision)
 
 
 def _job_summary(job: Job, result: JobResult, labels: np.ndarray, tta: TTAPolicy, served: int) -> str:
@@ -235,9 +239,14 @@ def _plan(data: TrainingData, cfg: FitConfig) -> Plan:
     jobs = plan_jobs(
         cfg, splits, refit_split(labels, cfg.validation_fraction, cfg.seed, data.groups) if refit else None
     )
-    settings, data_key = job_settings(cfg), data_fingerprint(data.images.ids, labels, data.pixels)
+    settings = job_settings(cfg)
+    data_keys = {size: data_fingerprint(data.images.ids, labels, data.pixels.at(size)) for size in cfg.sizes}
     return Plan(
-        splits, folds, fold_hash(data.images.ids, folds), jobs, {job.id: job.key(settings, data_key) for job in jobs}
+        splits,
+        folds,
+        fold_hash(data.images.ids, folds),
+        jobs,
+        {job.id: job.key(settings, data_keys[job.member.image_size]) for job in jobs},
     )
 
 
@@ -258,41 +267,43 @@ def _assemble_base_models(
     n_images, n_classes = len(data.images.labels), len(data.images.classes)
     served = len(cfg.tta.view_list(cfg.image_size))
     diag = diagnostic_rows(np.concatenate([s.oof for s in plan.splits]), cfg.seed)
-    oof_views = np.zeros((len(cfg.models), served, n_images, n_classes), np.float32)
-    diag_views = np.zeros((len(cfg.models), len(job_settings(cfg).views), len(diag), n_classes), np.float32)
+    served_views = np.zeros((len(cfg.models), served, n_images, n_classes), np.float32)
+    diag_views = np.zeros((len(cfg.models), len(oof_views(cfg, cfg.models[0])), len(diag), n_classes), np.float32)
     entries, validation = [], {}
-    for m, model in enumerate(cfg.models):
-        name = base_name(model)
+    for m, member in enumerate(cfg.models):
+        name = member.name
         jobs = [j for j in plan.jobs if j.name == name]
         served_jobs = [j for j in jobs if j.refit] or jobs  # a refit is served; the fold models only made OOF rows
         stored = {job.id: store.load(job) for job in jobs}
         per_view = {job.id: stored[job.id][1] for job in jobs if not job.refit}
         runtime = None
         if cfg.runtime != TF:
-            runtime, exported = _export(model, jobs, served_jobs, store, per_view, work, cfg, data, diag, echo)
+            runtime, exported = _export(member, jobs, served_jobs, store, per_view, work, cfg, data, diag, echo)
             if runtime.served != TF:
                 per_view = exported
         for job in jobs:
             if job.refit:
                 continue
-            oof_views[m][:, job.split.oof] = per_view[job.id][:served]
+            served_views[m][:, job.split.oof] = per_view[job.id][:served]
             kept = np.isin(job.split.oof, diag)
             diag_views[m][:, np.searchsorted(diag, job.split.oof[kept])] = per_view[job.id][:, kept]
         histories = [{**stored[job.id][0], "refit": True} if job.refit else stored[job.id][0] for job in jobs]
-        spec = get_spec(model)
+        spec, file = get_spec(member.architecture), member.weights_file
         entries.append(
             BaseModelEntry(
                 name=name,
                 architecture=spec.name,
+                image_size=member.image_size,
                 preprocessing=spec.preprocessing,
-                weights=cfg.weights_for(model),
+                weights=member.start and _source(member),
+                weights_sha256=None if file is None else bundle_io.sha256_file(file),
                 files=[bundle_io.save_base_model(work, name, job.fold, store.model_file(job)) for job in served_jobs],
                 history=bundle_io.save_history(work, name, histories),
                 runtime=runtime,
             )
         )
         validation[name] = [h["best"] for h in histories]
-    return BaseModels(oof_views, diag, diag_views, entries, validation)
+    return BaseModels(served_views, diag, diag_views, entries, validation)
 
 
 class Exports(NamedTuple):
@@ -304,7 +315,7 @@ class Exports(NamedTuple):
 
 
 def _export(
-    model: str,
+    member: ModelConfig,
     jobs: list[Job],
     served_jobs: list[Job],
     store: JobStore,
@@ -320,9 +331,9 @@ def _export(
     ``keras_views``: each fold job's own OOF answers (Keras'). Returns the manifest's entry and the served
     files' answers on each fold job's OOF views.
     """
-    name = base_name(model)
+    name, size = member.name, member.image_size
     try:
-        fp32, parity = _convert(model, jobs, store, keras_views, cfg, data, diag)
+        fp32, parity = _convert(member, jobs, store, keras_views, cfg, data, diag)
     except ExportFailed as exc:
         refuse(cfg.runtime, name, str(exc))
         echo(f"{name}: not exported to {EXPORTED} ({exc}); served by TensorFlow")
@@ -335,11 +346,11 @@ def _export(
             name=EXPORTED, files=[], served=TF, parity=parity.as_dict(), timing=None, refused=problem
         ), {}
     int8, verdict = _quantize(jobs, fp32, cfg, data) if cfg.quantize == Quantize.INT8 else (None, None)
-    served_views = len(cfg.tta.view_list(cfg.image_size))
+    served_views = len(cfg.tta.view_list(size))
     timing = time_runtimes(
         [fp32.models[j.id] for j in served_jobs],
         [fp32.files[j.id] for j in served_jobs],
-        cfg.image_size,
+        size,
         served_views,
         int8 and [int8.files[j.id] for j in served_jobs],
     )
@@ -379,7 +390,7 @@ class ExportFailed(Exception):
 
 
 def _convert(
-    model: str,
+    member: ModelConfig,
     jobs: list[Job],
     store: JobStore,
     keras_views: dict[str, np.ndarray],
@@ -396,9 +407,10 @@ def _convert(
 
     from models.registry import import_custom_module
 
-    if is_custom(model):
-        import_custom_module(model)
-    views = list(job_settings(cfg).views)
+    if is_custom(member.architecture):
+        import_custom_module(member.architecture)
+    size, views = member.image_size, oof_views(cfg, member)
+    pixels = data.pixels.at(size)
     parity, exports = Parity(0, 0.0, 0), Exports({}, {}, {})
     for job in jobs:
         trained = keras.models.load_model(store.model_file(job), compile=False, safe_mode=True)
@@ -408,15 +420,15 @@ def _convert(
             text = str(exc).strip()
             raise ExportFailed(f"conversion failed: {text.splitlines()[-1] if text else type(exc).__name__}") from exc
         if job.refit:
-            pixels, checked = data.pixels[diag], views[:1]
+            checked = views[:1]
             parity = parity.merge(
                 Parity.of(
-                    keras_answers(trained, pixels, checked, cfg.image_size),
-                    exported_answers(content, pixels, checked, cfg.image_size),
+                    keras_answers(trained, pixels[diag], checked, size),
+                    exported_answers(content, pixels[diag], checked, size),
                 )
             )
         else:
-            exports.answers[job.id] = exported_answers(content, data.pixels[job.split.oof], views, cfg.image_size)
+            exports.answers[job.id] = exported_answers(content, pixels[job.split.oof], views, size)
             parity = parity.merge(Parity.of(keras_views[job.id], exports.answers[job.id]))
         exports.models[job.id], exports.files[job.id] = trained, content
     return exports, parity
@@ -428,16 +440,15 @@ def _quantize(jobs: list[Job], fp32: Exports, cfg: FitConfig, data: TrainingData
     The verdict compares both exports' served views on every fold job's OOF rows (a
     refit's INT8 file is judged by its fold models', as its OOF rows are theirs).
     """
-    views = list(job_settings(cfg).views)
-    served = len(cfg.tta.view_list(cfg.image_size))
+    member = jobs[0].member
+    size, views = member.image_size, oof_views(cfg, member)
+    pixels, served = data.pixels.at(size), len(cfg.tta.view_list(size))
     int8 = Exports(fp32.models, {}, {})
     for job in jobs:
-        calibration = calibration_rows(data.pixels[job.split.fit], cfg.seed)
+        calibration = calibration_rows(pixels[job.split.fit], cfg.seed)
         int8.files[job.id] = export_litert(fp32.models[job.id], calibration)
         if not job.refit:
-            int8.answers[job.id] = exported_answers(
-                int8.files[job.id], data.pixels[job.split.oof], views, cfg.image_size
-            )
+            int8.answers[job.id] = exported_answers(int8.files[job.id], pixels[job.split.oof], views, size)
     folds = [job for job in jobs if not job.refit]
     labels = np.concatenate([data.images.labels[job.split.oof] for job in folds])
     fp32_views, int8_views = (
@@ -472,6 +483,21 @@ def _served_oof(
     }
     bundle_io.save_oof(work, oof)
     return tta, oof
+
+
+def chance_warnings(oof: dict[str, np.ndarray]) -> list[str]:
+    """A warning for each base model no better than naming the commonest class on its OOF rows."""
+    warnings = []
+    for name, probs in zip(oof["models"], oof["probabilities"]):
+        low, chance = at_chance(probs, oof["labels"])
+        if low:
+            accuracy = score(probs, oof["labels"])["accuracy"]
+            warnings.append(
+                f"base model {str(name)!r} answers at chance on its OOF rows (accuracy {accuracy:.4f}; naming the "
+                f"commonest class scores {chance:.4f}): it learnt nothing its inference-mode network keeps. Train it "
+                "longer, from pretrained weights, or leave it out: it adds cost and no accuracy"
+            )
+    return warnings
 
 
 def _manifest(
@@ -522,6 +548,7 @@ def _manifest(
             "validation": base.validation,
             "fit_seconds": round(seconds, 1),
             "jobs": job_runs,  # where each job ran, for how long, on how many threads
+            "warnings": chance_warnings(oof),
         },
         seeds={"seed": cfg.seed, "per_model": "seed + 1000 * model index + fold (refit: fold = K)"},
         versions=bundle_io.library_versions(),
@@ -536,26 +563,53 @@ def _move_into_place(work: Path, out: Path) -> None:
     work.rename(out)
 
 
+def check_starts(cfg: FitConfig, offline: bool, echo: Echo) -> None:
+    """Every pretrained member's weights, before any work: ImageNet's fetched into Keras' cache (or, ``offline``,
+    refused naming the file), a weights file checked against its architecture at its size."""
+    from models.weights import WeightsError, check_start
+
+    for member in cfg.models:
+        if member.start is None:
+            continue
+        try:
+            check_start(member.architecture, member.image_size, member.start, offline)
+        except WeightsError as exc:
+            raise UserError(f"model {member.name!r} weights {member.weights!r}: {exc}") from None
+        file = member.weights_file
+        echo(
+            f"{member.name}: starts from "
+            + ("ImageNet's weights" if file is None else f"{file} (sha256 {bundle_io.sha256_file(file)[:12]}…)")
+        )
+
+
 def fit(
-    data_dir: Path, out: Path, cfg: FitConfig, echo: Echo = print, resume: bool = False, sign_key: Path | None = None
+    data_dir: Path,
+    out: Path,
+    cfg: FitConfig,
+    echo: Echo = print,
+    resume: bool = False,
+    sign_key: Path | None = None,
+    offline: bool = False,
 ) -> Manifest:
     """Run the whole fit; return the manifest of the bundle written to ``out``.
 
     ``resume``: keep the finished jobs of an interrupted fit to ``out`` (those whose
     settings, seed, rows and data are unchanged) and run only the others.
     ``sign_key``: sign the bundle at the end with this private key (checked first).
+    ``offline``: a download Keras would need (ImageNet weights) is an error naming the file, before any work.
     """
     started, out = time.monotonic(), Path(out)
     if cfg.cluster.executor == Executor.RAY:
         check_ray(cfg.cluster.address)  # before minutes of decoding images
     if sign_key is not None:
         check_signing_key(sign_key)  # before hours of training
+    check_starts(cfg, offline, echo)
     with _locked_work_folder(out, resume, echo) as work_root:
         set_numerics(cfg.deterministic, cfg.mixed_precision)
         data = _load_training_data(data_dir, cfg, echo)
         plan = _plan(data, cfg)
         store = JobStore(work_root / "jobs")
-        inputs = JobInputs(data.pixels, data.images.labels, len(data.images.classes), job_settings(cfg))
+        inputs = JobInputs(data.pixels, data.images.labels, len(data.images.classes), job_settings(cfg), offline)
         _run_jobs(plan.jobs, plan.keys, store, inputs, cfg, echo)
 
         work = work_root / "bundle"  # assembled afresh from the stored jobs
@@ -564,6 +618,8 @@ def fit(
         bundle_io.save_folds(work, data.images.ids, plan.folds, data.groups)
         base = _assemble_base_models(plan, store, work, cfg, data, echo)
         tta, oof = _served_oof(base, plan, data, cfg, work, echo)
+        for warning in chance_warnings(oof):
+            echo(f"WARNING: {warning}")
         meta = fit_meta(work, oof, MetaSettings.from_config(cfg.as_dict()), plan.fold_hash)
         echo(describe(meta))
         manifest = bundle_io.write_manifest(

@@ -19,6 +19,7 @@ import os
 import socket
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,42 +27,47 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from pydantic import TypeAdapter
 from tqdm import tqdm
 
 from models.registry import create_model, get_spec, is_custom
-from models.training import TrainConfig, train_model
+from models.training import train_model
 from stacking import bundle as bundle_io
+from stacking.data.images import Pixels
 from stacking.errors import UserError
 from stacking.files import atomic_path
-from stacking.inference.tta import TTAForward, View
+from stacking.inference.tta import TTAForward, View, ViewSet
 from stacking.runtime import KerasRunner
+from stacking.training.config import ModelConfig
 from stacking.training.protocols import Split
 
 
 @dataclass(frozen=True)
 class JobSettings:
-    """Every setting a job reads. A job's key hashes them, so changing one reruns the job on ``--resume``."""
+    """The fit-wide settings a job reads. A job's key hashes them, so changing one reruns the job on ``--resume``."""
 
-    image_size: int
-    head: str
-    dropout: float
     deterministic: bool
     mixed_precision: bool
-    train: TrainConfig
-    views: tuple[View, ...]  # the OOF views predicted: the served ones and the TTA diagnostics'
 
 
 @dataclass(frozen=True)
 class Job:
-    """Train ``model`` on ``split.fit`` watching ``split.val``, then predict ``split.oof`` (none for a refit)."""
+    """Train ``member`` on ``split.fit`` watching ``split.val``, then predict ``split.oof`` (none for a refit)."""
 
-    model: str  # as --models names it: an architecture, or module:function
-    name: str  # the base model's name in the bundle
+    member: ModelConfig  # the base model: architecture, size, weights, head and recipe
     seed: int
     split: Split
-    weights: str | None  # pretrained weights to start from (None: from scratch)
+    views: tuple[View, ...]  # the OOF views predicted, at the member's size: the served ones and the diagnostics'
     fold: int | None = None  # kfold's fold; None for holdout and for the refit
     refit: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.member.name
+
+    @property
+    def model(self) -> str:
+        return self.member.architecture
 
     @property
     def id(self) -> str:
@@ -74,22 +80,26 @@ class Job:
         )
 
     def key(self, settings: JobSettings, data: str) -> str:
-        """What the job computes from: its identity, seed, rows, settings, the data's fingerprint and the code.
+        """What the job computes from: its identity, base model, seed, rows, views, settings, the data's fingerprint
+        and the code.
 
-        The code: the library versions, and for your own architecture its module's
-        source. Not the thread count: a job run with other threads is as good, not the
-        same to the bit (its record keeps the count).
+        ``data``: the fingerprint of the training data at the member's size. The code: the
+        library versions, and for your own architecture its module's source. A weights file
+        counts by its content. Not the thread count: a job run with other threads is as good,
+        not the same to the bit (its record keeps the count).
         """
         rows = {
             part: hashlib.sha256(np.asarray(getattr(self.split, part), np.int64).tobytes()).hexdigest()
             for part in ("fit", "val", "oof")
         }
+        file = self.member.weights_file
         content = {
             "job": self.id,
-            "model": self.model,
+            "member": TypeAdapter(ModelConfig).dump_python(self.member, mode="json"),
+            "weights_sha256": bundle_io.sha256_file(file) if file is not None else None,
             "seed": self.seed,
-            "weights": self.weights,
             "rows": rows,
+            "views": [asdict(v) for v in self.views],
             "settings": asdict(settings),
             "data": data,
             "versions": bundle_io.library_versions(),
@@ -132,49 +142,62 @@ def set_numerics(deterministic: bool, mixed_precision: bool) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
 
 
-def _build_model(job: Job, n_classes: int, settings: JobSettings) -> keras.Model:
+def _build_model(job: Job, n_classes: int, offline: bool) -> keras.Model:
     """A freshly initialised base model; seeding first fixes its initial weights."""
+    from models.weights import no_downloads
+
     keras.utils.set_random_seed(job.seed)  # initial weights, dropout and augmentation
+    member = job.member
     try:
-        return create_model(
-            job.model, n_classes, settings.image_size, weights=job.weights, head=settings.head, dropout=settings.dropout
-        )
+        with no_downloads() if offline else nullcontext():
+            return create_model(
+                member.architecture,
+                n_classes,
+                member.image_size,
+                weights=member.start,
+                head=member.head,
+                dropout=member.dropout,
+            )
     except ValueError as exc:  # a custom builder that cannot be imported or returns the wrong shape
-        raise UserError(f"--models: {exc}") from None
-    except Exception as exc:  # keras raises plain Exceptions when the weights download fails
-        if job.weights is None:
+        raise UserError(f"model {job.name!r}: {exc}") from None
+    except Exception as exc:  # keras raises plain Exceptions when a download fails (checked before the fit, here
+        if member.start is None:  # again on a Ray node with another cache)
             raise
-        raise UserError(
-            f"--weights {job.weights}: could not load them for {job.model!r} ({exc}); without the internet, put the "
-            "weight files in ~/.keras/models/ first, or train from scratch with --weights none"
-        ) from None
+        raise UserError(f"model {job.name!r}: could not load its weights {member.weights!r} ({exc})") from None
 
 
-def run_job(job: Job, pixels: np.ndarray, labels: np.ndarray, n_classes: int, settings: JobSettings) -> JobResult:
-    """The whole job, wherever it runs: train one base model, keep its best epoch, predict its OOF rows."""
+def run_job(
+    job: Job, pixels: np.ndarray, labels: np.ndarray, n_classes: int, settings: JobSettings, offline: bool = False
+) -> JobResult:
+    """The whole job, wherever it runs: train one base model, keep its best epoch, predict its OOF rows.
+
+    ``pixels``: every training image at the member's size; ``offline``: no download (a Ray node's cache may lack
+    what the fit checked on its own)."""
     started = time.monotonic()
     set_numerics(settings.deterministic, settings.mixed_precision)
-    model = _build_model(job, n_classes, settings)
+    model = _build_model(job, n_classes, offline)
+    member = job.member
     with tempfile.TemporaryDirectory(prefix="stackserve-job-") as tmp:
         path = Path(tmp) / "model.keras"
         # A live bar on a terminal only (disable=None); the fit prints a summary line in any case.
-        with tqdm(total=settings.train.epochs, desc=job.desc, unit="epoch", leave=False, disable=None) as bar:
+        with tqdm(total=member.train.epochs, desc=job.desc, unit="epoch", leave=False, disable=None) as bar:
             trained, history = train_model(
                 model,
                 (pixels[job.split.fit], labels[job.split.fit]),
                 (pixels[job.split.val], labels[job.split.val]),
-                settings.train,
+                member.train,
                 path,
                 seed=job.seed,
-                fine_tune=get_spec(job.model).block_pattern if job.weights else None,
+                fine_tune=get_spec(job.model).block_pattern if member.start else None,
                 on_epoch_end=lambda _, logs: (bar.update(), bar.set_postfix(val_acc=f"{logs['val_accuracy']:.3f}")),
             )
+        size = member.image_size
         per_view = (
             None
             if job.refit
-            else TTAForward([KerasRunner([trained])], settings.image_size)(pixels[job.split.oof], list(settings.views))[
-                0
-            ]
+            else TTAForward([KerasRunner([trained])], [size])(
+                Pixels({size: pixels[job.split.oof]}), ViewSet.of(size, job.views)
+            )[0]
         )
         return JobResult(
             path.read_bytes(),
@@ -237,6 +260,7 @@ class JobStore:
                 "job": job.id,
                 "key": key,
                 "model": job.model,
+                "image_size": job.member.image_size,
                 "fold": job.fold,
                 "refit": job.refit,
                 "seed": job.seed,
