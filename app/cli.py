@@ -13,7 +13,8 @@ from stacking.cli import BudgetOption, RuntimeOption, ServeAsOption, TrustCodeOp
 from stacking.cli import main as stacking_main
 
 DEMO_CONFIG = Path(str(files("stacking") / "configs" / "digits.toml"))
-DEMO_STUDENT = "tiny_cnn"  # the demo's cheapest network
+DEMO_STUDENT = "tiny_cnn@16"  # the demo's cheapest network
+DEMO_TRAIN_SCANS = 500  # of the 1,437 training scans: a task where the members differ (configs/digits.toml)
 
 
 def serve_bundle(bundle: Path, **overrides) -> None:
@@ -126,13 +127,14 @@ def demo_command(
     from stacking.data.digits import write_digits
     from stacking.inference.batch_predict import predict_folder
     from stacking.inference.predictor import Predictor
+    from stacking.reporting.diversity import diversity, format_diversity
     from stacking.reporting.evaluate import evaluate_folder, format_table, record_evaluation
     from stacking.training.config import load_config
     from stacking.training.distill import distill
     from stacking.training.fit import fit
 
     data, bundle = workdir / "digits", workdir / "bundle"
-    counts = write_digits(data, limit=limit)
+    counts = write_digits(data, limit=limit, train_scans=DEMO_TRAIN_SCANS)
     typer.echo(f"1/5 data: {counts['train']} training and {counts['test']} test scans in {data}")
     typer.echo(f"2/5 fit: config {DEMO_CONFIG}")
     fit(data, bundle, load_config(DEMO_CONFIG, {"epochs": epochs}), echo=lambda s: typer.echo(f"    {s}"))
@@ -142,6 +144,7 @@ def demo_command(
     rows, count, bad = evaluate_folder(predictor, data / "test", data / "test_labels.csv")
     typer.echo(f"4/5 held-out test split ({count} scans no model or meta-learner saw), every way to answer:")
     typer.echo(format_table(rows))
+    typer.echo(format_diversity(*diversity(bundle)))
     record_evaluation(predictor, rows, data / "test", data / "test_labels.csv", count, bad)
     submission = workdir / "submission.csv"
     written = predict_folder(predictor, data / "test", submission, echo=lambda s: typer.echo(f"    {s}"))

@@ -14,36 +14,42 @@ pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fas
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_throughput_harness_measures_every_path(tiny_bundle, digits_dir, tmp_path):
-    out = tmp_path / "throughput.json"
+def run_benchmark(name: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """``python benchmarks/NAME.py ARGS`` from the checkout, as a user runs it; it must succeed."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/throughput.py",
-            str(tiny_bundle),
-            "--folder",
-            str(digits_dir / "test"),
-            "--workdir",
-            str(tmp_path),
-            "--images",
-            "8",
-            "--offline-images",
-            "24",
-            "--requests",
-            "16",
-            "--memory-requests",
-            "64",
-            "--kfold-epochs",
-            "1",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, f"benchmarks/{name}.py", *map(str, args)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_throughput_harness_measures_every_path(tiny_bundle, digits_dir, tmp_path):
+    out = tmp_path / "throughput.json"
+    done = run_benchmark(
+        "throughput",
+        str(tiny_bundle),
+        "--folder",
+        str(digits_dir / "test"),
+        "--workdir",
+        str(tmp_path),
+        "--images",
+        "8",
+        "--offline-images",
+        "24",
+        "--requests",
+        "16",
+        "--memory-requests",
+        "64",
+        "--kfold-epochs",
+        "1",
+        "--json",
+        str(out),
+        timeout=900,
+    )
     r = json.loads(out.read_text())
     assert r["runtime"] == {"tiny_cnn": "litert", "mini_mobilenet": "litert"}  # as the fit chose; beside TF
     for runtime in ("tf", "auto"):
@@ -100,31 +106,46 @@ def test_throughput_harness_measures_every_path(tiny_bundle, digits_dir, tmp_pat
 
 def test_load_harness_drives_the_service_through_triton_clients(tiny_bundle, digits_dir, tmp_path):
     out = tmp_path / "load.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/load.py",
-            str(tiny_bundle),
-            "--images",
-            str(digits_dir / "test"),
-            "--mode",
-            "clients",
-            "--client-concurrency",
-            "1,4",
-            "--requests",
-            "12",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    done = run_benchmark(
+        "load",
+        str(tiny_bundle),
+        "--images",
+        str(digits_dir / "test"),
+        "--mode",
+        "clients",
+        "--client-concurrency",
+        "1,4",
+        "--requests",
+        "12",
+        "--json",
+        str(out),
         timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     clients = json.loads(out.read_text())["clients"]
     assert set(clients) == {"bare /v1", "tritonclient http", "tritonclient grpc"}
     for levels in clients.values():
         assert set(levels) == {"1", "4"}
         assert all(r["images_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] for r in levels.values())
     assert "tritonclient grpc" in done.stdout and "/ bare" in done.stdout
+
+
+def test_heterogeneous_harness_compares_stacks_on_an_untouched_test_split(tmp_path):
+    out = tmp_path / "heterogeneous.json"
+    done = run_benchmark(
+        "heterogeneous",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--epochs",
+        "1",
+        "--stacks",
+        "heterogeneous",
+        "--json",
+        str(out),
+        timeout=900,
+    )
+    (result,) = json.loads(out.read_text())
+    assert result["sizes"] == {"tiny_cnn": 16, "small_resnet": 32, "mini_mobilenet": 40}
+    assert result["test_images"] == 1079 and result["images_per_second"] > 0 and 0 < result["oof_correlation"] <= 1
+    gain = result["gain_over_best"]
+    assert gain["ci_low"] <= gain["difference"] <= gain["ci_high"]
+    assert "| heterogeneous | tiny_cnn@16: " in done.stdout

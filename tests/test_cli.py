@@ -338,9 +338,10 @@ def test_evaluate_writes_the_comparison_table(bundle_copy, digits_dir, tmp_path,
     assert set(paired) == {f"best member ({best})", "plain mean"}
     member = rows[[r["name"] for r in rows].index(best)]
     versus = paired[f"best member ({best})"]
-    assert versus["difference"] == pytest.approx(stack["accuracy"] - member["accuracy"])
-    assert versus["ci_low"] <= versus["difference"] <= versus["ci_high"]
-    assert f"{stack['name']} against the best member ({best}): {versus['difference']:+.4f} accuracy" in out
+    for metric in ("accuracy", "log_loss"):
+        assert versus[metric]["difference"] == pytest.approx(stack[metric] - member[metric])
+        assert versus[metric]["ci_low"] <= versus[metric]["difference"] <= versus[metric]["ci_high"]
+    assert f"{stack['name']} against the best member ({best}): {versus['accuracy']['difference']:+.4f} accuracy" in out
     # The report now shows the same table, and calls it out of date once the meta step is rerun.
     page = (tiny_bundle / "report" / "index.html").read_text()
     test_table = page.split("<h3>Test</h3>", 1)[1].split("</table>", 1)[0]

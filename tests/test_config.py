@@ -83,6 +83,19 @@ def test_a_file_setting_is_named_by_its_table_and_key(tmp_path):
         ),
         ('[tta]\npolicy = "zoom"\nzoom = 0.3\n', "[tta] zoom 0.3: larger than"),
         ("[tta]\nallow_flip = true\n", "allow_flip follows [augmentation] flip"),
+        # A [[model]] table's problems are named by the table (its name, or architecture) and key.
+        ('[[model]]\narchitecture = "tiny_cnn"\nlr = 1\n', "[[model]] 'tiny_cnn': unknown setting(s) ['lr']; known: "),
+        ('[[model]]\narchitecture = "tiny_cnn"\n[model.train]\nlr = 1\n', "[[model]] 'tiny_cnn' train: unknown"),
+        ('[[model]]\nname = "a"\n', "[[model]] 'a' architecture: required"),
+        ('[[model]]\narchitecture = "tiny_cnn"\n[[model]]\narchitecture = "tiny_cnn"\n', "['tiny_cnn'] given twice"),
+        ('[[model]]\narchitecture = "mobilenetv3small"\nimage_size = 16\n', "image_size 16: mobilenetv3small needs"),
+        ('[[model]]\narchitecture = "tiny_cnn"\nweights = "imagenet"\n', "is a built-in architecture without"),
+        ('[[model]]\narchitecture = "mobilenetv2"\nweights = "gone.h5"\n', "weights '"),
+        ('[[model]]\narchitecture = "mobilenetv2"\nweights = "w.bin"\n', "path of a Keras weights file"),
+        ('[[model]]\narchitecture = "tiny_cnn"\n[model.train]\nepochs = 0\n', "[[model]] 'tiny_cnn' train.epochs 0"),
+        ('models = ["tiny_cnn"]\n[[model]]\narchitecture = "tiny_cnn"\n', "models = [...] or [[model]] tables"),
+        ('[[model]]\narchitecture = "nope"\n', "[[model]] 'nope': unknown model 'nope'"),
+        ('models = ["tiny_cnn@big"]\n', "expected ARCH or ARCH@SIZE"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, text, message):
@@ -96,3 +109,47 @@ def test_random_views_follow_the_augmentation_flip(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[tta]\npolicy = "random"\nviews = 8\n[augmentation]\nflip = false\n')
     assert load_config(path, {}).tta.allow_flip is False
+
+
+MEMBERS = """
+image_size = 24
+weights = "none"
+[train]
+epochs = 9
+learning_rate = 0.002
+[augmentation]
+zoom = 0.15
+
+[[model]]
+architecture = "tiny_cnn"
+
+[[model]]
+name = "mob"
+architecture = "mobilenetv3small"
+image_size = 48
+weights = "start.weights.h5"
+dropout = 0.4
+[model.train]
+learning_rate = 0.0003
+[model.augmentation]
+zoom = 0.05
+"""
+
+
+def test_each_model_table_overrides_the_top_level_defaults(tmp_path):
+    (tmp_path / "start.weights.h5").write_bytes(b"")  # exists: its content is checked when the fit starts
+    path = tmp_path / "c.toml"
+    path.write_text(MEMBERS)
+    tiny, mob = load_config(path, {}).models
+    assert (tiny.name, tiny.image_size, tiny.weights, tiny.dropout) == ("tiny_cnn", 24, "none", 0.2)
+    assert (tiny.train.epochs, tiny.train.learning_rate, tiny.train.augmentation.zoom) == (9, 0.002, 0.15)
+    assert (mob.name, mob.image_size, mob.dropout) == ("mob", 48, 0.4)
+    assert mob.weights == str(tmp_path / "start.weights.h5")  # relative to the file, not the working folder
+    assert (mob.train.epochs, mob.train.learning_rate, mob.train.augmentation.zoom) == (9, 0.0003, 0.05)
+    assert load_config(path, {}).sizes == [24, 48]
+    # The command line has the last word everywhere it speaks; --models ARCH@SIZE keeps its own size.
+    flagged = load_config(path, {"epochs": 2, "image_size": 32}).models
+    assert [(m.train.epochs, m.image_size) for m in flagged] == [(2, 32), (2, 32)]
+    shorthand = load_config(path, {"models": ("tiny_cnn@16", "small_resnet"), "image_size": 20}).models
+    assert [m.spec for m in shorthand] == ["tiny_cnn@16", "small_resnet@20"]
+    assert all(m.train.learning_rate == 0.002 for m in shorthand)  # the file's [train] is still the default

@@ -86,6 +86,10 @@ def test_demo_ends_with_a_report_showing_every_part(tmp_path, capsys):
     for option in ("stack (", "cascade ", "student "):  # a cascade and a student, each with accuracy and cost
         line = next(line for line in table.splitlines() if line.startswith(option))
         assert re.search(r"\d\.\d{4}  \[.*\]\s+\d\.\d{4}  \d\.\d{4}\s+[\d.]+\s+\d+\.\d{3}$", line), line
+    assert re.search(r"^stack \(.*\) against the best member \(\w+\): [+-]\d\.\d{4} accuracy \[", table, re.M)
+    assert "against the plain mean" in table and "correlation of base models' OOF probabilities" in table
+    manifest = load_manifest(workdir / "bundle")
+    assert len({b.architecture for b in manifest.base_models}) >= 2 and len(manifest.sizes) >= 2  # a real stack
     page = page_path.read_text()
     assert page.count("<section id=") == 9 and "class=missing" not in page  # the test split included
     assert "test accuracy" in page and "60 labelled images" in page

@@ -25,11 +25,11 @@ def bootstrap_interval(right: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed
 
 
 def paired_difference(
-    right: np.ndarray, other: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+    ours: np.ndarray, theirs: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
 ) -> tuple[float, float, float]:
-    """Accuracy of one answer minus another's on the same images, and its 95% paired bootstrap interval: each
-    resample of the images scores both, so what they get right together cancels out."""
-    delta = np.asarray(right, float) - np.asarray(other, float)
+    """The mean of a per-image score (right or wrong, or log-loss) of one answer minus another's on the same images,
+    and its 95% paired bootstrap interval: each resample of the images scores both, so what they share cancels out."""
+    delta = np.asarray(ours, float) - np.asarray(theirs, float)
     rng = np.random.default_rng(seed)
     means = np.array([delta[rng.integers(0, len(delta), len(delta))].mean() for _ in range(samples)])
     low, high = np.percentile(means, [2.5, 97.5])

@@ -17,6 +17,7 @@ from stacking.data.images import Pixels
 from stacking.inference.options import CASCADE, STACK, STUDENT, servable
 from stacking.inference.predictor import Predictor
 from stacking.meta.leaderboard import leaderboard, paired_difference, table_row
+from stacking.meta.learners import EPS
 
 WARM_UP_IMAGES = 64
 
@@ -78,12 +79,24 @@ def _paired(
     others = {f"best member ({predictor.base_names[best]})": prediction.base_probabilities[best]}
     if "mean" in candidates:
         others["plain mean"] = candidates["mean"]
-    right = served.argmax(axis=1) == labels
     out = []
     for name, probs in others.items():
-        difference, low, high = paired_difference(right, probs.argmax(axis=1) == labels)
-        out.append({"against": name, "difference": difference, "ci_low": low, "ci_high": high})
+        entry = {"against": name}
+        for metric, per_image in (("accuracy", _right), ("log_loss", _nll)):
+            difference, low, high = paired_difference(per_image(served, labels), per_image(probs, labels))
+            entry[metric] = {"difference": difference, "ci_low": low, "ci_high": high}
+        out.append(entry)
     return out
+
+
+def _right(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return probs.argmax(axis=1) == labels
+
+
+def _nll(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each image's log-loss, its probabilities clipped and renormalised as ``score`` does."""
+    clipped = np.clip(np.asarray(probs, np.float64), EPS, 1.0)
+    return -np.log(clipped[np.arange(len(labels)), labels] / clipped.sum(axis=1))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -101,8 +114,12 @@ def format_table(rows: list[dict]) -> str:
     ]
     served = next((r for r in rows if r.get("served")), None)
     paired = [
-        f"{served['name']} against the {p['against']}: {p['difference']:+.4f} accuracy, 95% paired bootstrap "
-        f"interval [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]"
+        f"{served['name']} against the {p['against']}: "
+        + ", ".join(
+            f"{p[m]['difference']:+.4f} {m.replace('_', '-')} [{p[m]['ci_low']:+.4f}, {p[m]['ci_high']:+.4f}]"
+            for m in ("accuracy", "log_loss")
+        )
+        + " (95% paired bootstrap intervals)"
         for p in (served or {}).get("paired", [])
     ]
     return "\n".join(

@@ -220,8 +220,8 @@ def _member(
     member = dict(table)
     own_train = dict(member.pop("train", {}) or {})
     own_augmentation = dict(member.pop("augmentation", {}) or {})
-    for key in MEMBER_DEFAULTS:
-        if key in top and (key not in member or (key,) in flagged):
+    for key in MEMBER_DEFAULTS:  # --models ARCH@SIZE's own size is as much the command line's as --image-size
+        if key in top and (key not in member or (key,) in flagged and not label.startswith("--models")):
             member[key] = top[key]
     architecture = member.get("architecture")
     member.setdefault("name", base_name(architecture) if isinstance(architecture, str) else "")
