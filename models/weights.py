@@ -107,12 +107,12 @@ def check_start(architecture: str, image_size: int, weights: str | None, offline
     try:
         with no_downloads() if offline else nullcontext():
             model = create_model(architecture, 2, image_size, weights=None if file else weights)
-    except ValueError:  # WeightsError among them
+    except WeightsError:
         raise
-    except Exception as exc:  # Keras raises plain Exceptions for a failed download
+    except Exception as exc:  # a failed download (Keras raises plain Exceptions), a file failing its hash...
         raise WeightsError(
             f"could not get ImageNet weights for {architecture} ({exc}); without the internet put Keras' file in "
-            "its cache (~/.keras/models) or start from a weights file of your own"
+            "its cache ($KERAS_HOME/models, by default ~/.keras/models) or start from a weights file of your own"
         ) from None
     if file is not None:
         backbone = next(layer for layer in model.layers if layer.name == BACKBONE)

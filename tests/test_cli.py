@@ -402,7 +402,7 @@ def test_imagenet_weights_that_cannot_be_fetched_are_a_clear_error(digits_dir, t
     )
     line = one_line_error(code, err)
     assert "model 'mobilenetv3small' weights 'imagenet': could not get ImageNet weights for mobilenetv3small" in line
-    assert "put Keras' file in its cache (~/.keras/models) or start from a weights file" in line
+    assert "put Keras' file in its cache ($KERAS_HOME/models, by default ~/.keras/models)" in line
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial*"))
 
 

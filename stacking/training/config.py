@@ -194,6 +194,13 @@ def parse_spec(spec: str, where: str) -> dict[str, Any]:
     return {"architecture": architecture, "image_size": int(size)}
 
 
+def _relative_to(folder: Path | None, weights: Any) -> Any:
+    """A weights file named in the config file is relative to that file's folder; everything else is as given."""
+    if folder is None or not isinstance(weights, str) or weights in tuple(Weights) or Path(weights).is_absolute():
+        return weights
+    return str((folder / weights).resolve())
+
+
 def _builtin_or_custom(architecture: Any) -> bool | None:
     """Whether an architecture has no pretrained weights of ours to start from; None when it is unknown."""
     if not isinstance(architecture, str):
@@ -213,15 +220,17 @@ def _member(
     flagged: set[tuple[str, ...]],
     folder: Path | None,
     label: str,
+    typed: bool = False,
 ) -> dict[str, Any]:
-    """One [[model]] table with the top-level defaults filled in and the command line on top."""
+    """One [[model]] table with the top-level defaults filled in and the command line on top (``typed``: the table
+    came from ``--models ARCH@SIZE``, whose own size is as much the command line's as ``--image-size``)."""
     if not isinstance(table, dict):
         raise UserError(f"{label}: expected a table, got {table!r}")
     member = dict(table)
     own_train = dict(member.pop("train", {}) or {})
     own_augmentation = dict(member.pop("augmentation", {}) or {})
-    for key in MEMBER_DEFAULTS:  # --models ARCH@SIZE's own size is as much the command line's as --image-size
-        if key in top and (key not in member or (key,) in flagged and not label.startswith("--models")):
+    for key in MEMBER_DEFAULTS:
+        if key in top and (key not in member or (key,) in flagged and not typed):
             member[key] = top[key]
     architecture = member.get("architecture")
     member.setdefault("name", base_name(architecture) if isinstance(architecture, str) else "")
@@ -239,8 +248,8 @@ def _member(
         )
     if without_weights:
         member["weights"] = Weights.NONE  # the top-level default is for keras.applications families
-    elif isinstance(weights, str) and weights not in tuple(Weights) and "weights" in table and folder is not None:
-        member["weights"] = str((folder / weights).resolve()) if not Path(weights).is_absolute() else weights
+    elif "weights" in table:
+        member["weights"] = _relative_to(folder, weights)
     recipe = {k: v for k, v in train.items() if k != "augmentation"}
     recipe.update(own_train)
     recipe.update({place[1]: train[place[1]] for place in flagged if place[0] == "train"})
@@ -277,7 +286,8 @@ def _members(
         ]
     defaults = {key: getattr(FitConfig(), key) for key in MEMBER_DEFAULTS}
     top = {**defaults, **{key: values[key] for key in MEMBER_DEFAULTS if key in values}}
-    return [_member(t, top, train, flagged, folder, label) for t, label in zip(tables, labels)], labels
+    typed = ("models",) in flagged
+    return [_member(t, top, train, flagged, folder, label, typed) for t, label in zip(tables, labels)], labels
 
 
 def _nest(
@@ -306,10 +316,8 @@ def _nest(
         (tables[place[0]] if len(place) == 2 else values)[place[-1]] = value
         flagged.add(place)
     train["augmentation"] = augmentation
-    if ("weights",) not in flagged and isinstance(values.get("weights"), str) and folder is not None:
-        weights = values["weights"]
-        if weights not in tuple(Weights) and not Path(weights).is_absolute():
-            values["weights"] = str((folder / weights).resolve())  # a file's paths are relative to the file
+    if ("weights",) not in flagged and "weights" in values:
+        values["weights"] = _relative_to(folder, values["weights"])
     members, labels = _members(values, train, flagged, folder, where)
     # Random TTA views mirror only if every base model was trained on mirrored images.
     tta["allow_flip"] = all(m["train"]["augmentation"].get("flip", True) for m in members)
