@@ -5,6 +5,7 @@ prediction equals local prediction."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -172,6 +173,22 @@ def test_a_job_key_follows_what_the_job_computes_from():
     same = key()
     assert key(meta="logreg") == same and key(executor="ray") == same  # how it is stacked or where it runs
     assert len({same, key(dropout=0.3), key(epochs=2), key(tta_policy="none"), key(seed=3), key(image_size=24)}) == 6
+
+
+def test_a_job_key_follows_the_content_of_its_weights_file(tmp_path):
+    """Another file under the same name reruns the job on --resume; the file is hashed once per member."""
+    start = tmp_path / "start.weights.h5"
+
+    def key() -> str:
+        cfg = load_config(None, {**HOLDOUT, "models": ("mobilenetv2@32",), "weights": str(start)})
+        jobs = plan_jobs(cfg, make_splits(np.arange(40) % 2, seed=cfg.seed), None)
+        assert jobs[0].weights_sha256 == hashlib.sha256(start.read_bytes()).hexdigest()
+        return jobs[0].key(job_settings(cfg), "data")
+
+    start.write_bytes(b"first")
+    first = key()
+    start.write_bytes(b"second")
+    assert key() != first
 
 
 def test_the_data_fingerprint_sees_one_pixel_a_label_or_an_id_change():

@@ -158,10 +158,13 @@ def plan_jobs(cfg: FitConfig, splits: list[Split], refit: Split | None) -> list[
     jobs = []
     for m, member in enumerate(cfg.models):
         seed, views = cfg.seed + 1000 * m, tuple(oof_views(cfg, member))
+        file = member.weights_file  # its content is part of every job's key: hashed once here
+        sha = None if file is None else bundle_io.sha256_file(file)
         for k, split in enumerate(splits):
-            jobs.append(Job(member, seed + k, split, views, None if cfg.protocol == Protocol.HOLDOUT else k))
+            fold = None if cfg.protocol == Protocol.HOLDOUT else k
+            jobs.append(Job(member, seed + k, split, views, fold, weights_sha256=sha))
         if refit is not None:
-            jobs.append(Job(member, seed + len(splits), refit, views, refit=True))
+            jobs.append(Job(member, seed + len(splits), refit, views, refit=True, weights_sha256=sha))
     return jobs
 
 
@@ -288,7 +291,7 @@ def _assemble_base_models(
             kept = np.isin(job.split.oof, diag)
             diag_views[m][:, np.searchsorted(diag, job.split.oof[kept])] = per_view[job.id][:, kept]
         histories = [{**stored[job.id][0], "refit": True} if job.refit else stored[job.id][0] for job in jobs]
-        spec, file = get_spec(member.architecture), member.weights_file
+        spec = get_spec(member.architecture)
         entries.append(
             BaseModelEntry(
                 name=name,
@@ -296,7 +299,7 @@ def _assemble_base_models(
                 image_size=member.image_size,
                 preprocessing=spec.preprocessing,
                 weights=member.start and _source(member),
-                weights_sha256=None if file is None else bundle_io.sha256_file(file),
+                weights_sha256=jobs[0].weights_sha256,
                 files=[bundle_io.save_base_model(work, name, job.fold, store.model_file(job)) for job in served_jobs],
                 history=bundle_io.save_history(work, name, histories),
                 runtime=runtime,
@@ -576,10 +579,7 @@ def check_starts(cfg: FitConfig, offline: bool, echo: Echo) -> None:
         except WeightsError as exc:
             raise UserError(f"model {member.name!r} weights {member.weights!r}: {exc}") from None
         file = member.weights_file
-        echo(
-            f"{member.name}: starts from "
-            + ("ImageNet's weights" if file is None else f"{file} (sha256 {bundle_io.sha256_file(file)[:12]}…)")
-        )
+        echo(f"{member.name}: starts from " + ("ImageNet's weights" if file is None else str(file)))
 
 
 def fit(

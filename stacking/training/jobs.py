@@ -60,6 +60,7 @@ class Job:
     views: tuple[View, ...]  # the OOF views predicted, at the member's size: the served ones and the diagnostics'
     fold: int | None = None  # kfold's fold; None for holdout and for the refit
     refit: bool = False
+    weights_sha256: str | None = None  # of the member's weights file, hashed once per member by the plan
 
     @property
     def name(self) -> str:
@@ -92,11 +93,10 @@ class Job:
             part: hashlib.sha256(np.asarray(getattr(self.split, part), np.int64).tobytes()).hexdigest()
             for part in ("fit", "val", "oof")
         }
-        file = self.member.weights_file
         content = {
             "job": self.id,
             "member": TypeAdapter(ModelConfig).dump_python(self.member, mode="json"),
-            "weights_sha256": bundle_io.sha256_file(file) if file is not None else None,
+            "weights_sha256": self.weights_sha256,
             "seed": self.seed,
             "rows": rows,
             "views": [asdict(v) for v in self.views],
