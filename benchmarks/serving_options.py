@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from load import measure, test_images  # noqa: E402
 
 from stacking.bundle import Trust, load_manifest, load_oof  # noqa: E402
+from stacking.data.cache import PixelCache  # noqa: E402
 from stacking.data.digits import write_digits  # noqa: E402
+from stacking.data.images import Pixels  # noqa: E402
 from stacking.inference.predictor import Predictor  # noqa: E402
 from stacking.reporting.evaluate import evaluate_folder, format_table  # noqa: E402
 from stacking.training.config import load_config  # noqa: E402
@@ -110,10 +112,11 @@ def main() -> None:
     else:  # fitted by an earlier run: its options timed and its cascade tuned again, by this code, on this machine
         manifest = load_manifest(bundle)
         manifest = manifest.model_copy(update={"serving": manifest.serving.model_copy(update={"student": None})})
+        ids = load_oof(bundle)["ids"]
         add_serving(
             bundle,
             manifest,
-            oof_pixels(manifest, load_oof(bundle)["ids"], None),
+            Pixels({s: oof_pixels(manifest, ids, None, s, PixelCache(), print) for s in manifest.sizes}),
             manifest.config["seed"],
             Trust(),
             print,

@@ -310,7 +310,7 @@ def kfold_fit_ratio(digits: Path, workdir: Path, epochs: int) -> dict:
     )
     bare = 0.0
     for member in cfg.models:
-        x = pixels.at(member.image_size)
+        x = np.asarray(pixels.at(member.image_size))  # a bare Keras fit: every pixel in memory
         for split in splits:
             keras.utils.set_random_seed(cfg.seed)
             net = create_model(

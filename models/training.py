@@ -126,14 +126,39 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, fl
     return {c: float(len(labels) / (n_classes * n)) for c, n in enumerate(counts) if n > 0}
 
 
-def _training_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int) -> tf.data.Dataset:
+def _batches(x, y: np.ndarray, batch_size: int, seed: int | None = None) -> tf.data.Dataset:
+    """Batches of (uint8 images, targets), the images read from ``x`` by row numbers as each batch is needed.
+
+    ``x``: an array, or an array-like whose ``np.asarray(x[rows])`` reads those rows (a disk cache), so memory holds
+    batches, not the data set. ``seed``: shuffled each epoch. Shuffling row numbers orders the examples exactly as
+    shuffling the examples themselves would (the permutation depends on the seed and the count alone).
+    """
+    shape = tuple(x.shape[1:])
+    rows = tf.data.Dataset.from_tensor_slices((np.arange(len(x)), y))
+    if seed is not None:
+        rows = rows.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+
+    def read(index, targets):
+        images = tf.numpy_function(lambda r: np.asarray(x[r], np.uint8), [index], tf.uint8, stateful=False)
+        images.set_shape((None, *shape))
+        return images, targets
+
+    # Parallel reads, delivered in order: the order of examples (and so the weights) does not depend on timing.
+    return rows.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _training_dataset(x, y: np.ndarray, cfg: TrainConfig, seed: int) -> tf.data.Dataset:
     augment = make_augmenter(cfg.augmentation, seed)
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = _batches(x, y, cfg.batch_size, seed)
     # A sequential map: the augmentation layers' random state then advances in one
     # order, so a seeded fit is reproducible.
-    ds = ds.batch(cfg.batch_size)
     if augment.layers:  # an empty Sequential cannot be built: no augmentation, no map
         ds = ds.map(lambda images, labels: (augment(tf.cast(images, "float32"), training=True), labels))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _validation_dataset(x, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    ds = _batches(x, y, batch_size).map(lambda images, labels: (tf.cast(images, "float32"), labels))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -205,8 +230,8 @@ def _schedule(cfg: TrainConfig) -> list[keras.callbacks.Callback]:
 
 def train_model(
     model: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: tuple,
+    val: tuple,
     cfg: TrainConfig,
     checkpoint_path: Path,
     seed: int = 0,
@@ -215,7 +240,8 @@ def train_model(
 ) -> tuple[keras.Model, dict]:
     """Fit ``model`` on raw-pixel ``train`` images, watching ``val``; return (best model, history).
 
-    Targets are labels (N,), or (N, C) probabilities (soft targets: then ``val``'s are one-hot).
+    ``train`` and ``val``: (images, targets). Images: uint8 (N, H, W, 3), an array or an array-like read in batches
+    (``_batches``). Targets are labels (N,), or (N, C) probabilities (soft targets: then ``val``'s are one-hot).
 
     ``fine_tune``: the block pattern of a pretrained backbone, to train in two phases;
     None trains every layer from the start. ``seed`` fixes shuffling and augmentation;
@@ -229,7 +255,7 @@ def train_model(
         checkpoint_path, monitor="val_accuracy", mode="max", save_best_only=True
     )  # one instance across both phases, so "best" spans them
     extra = [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)] if on_epoch_end else []
-    data = _training_dataset(*train, cfg, seed)
+    data, validation = _training_dataset(*train, cfg, seed), _validation_dataset(*val, cfg.batch_size)
     match_batchnorm_momentum(model, -(-len(train[0]) // cfg.batch_size))
     soft = train[1].ndim == 2  # (N, C) soft targets (a distilled student) instead of (N,) labels
     weights = class_weights(train[1].argmax(axis=1) if soft else train[1], model.output_shape[-1], cfg.class_weight)
@@ -239,7 +265,7 @@ def train_model(
         model.compile(optimizer, loss, metrics=["accuracy"], jit_compile=cfg.jit_compile)
         fitted = model.fit(
             data,
-            validation_data=(val[0].astype("float32"), val[1]),
+            validation_data=validation,
             initial_epoch=first,
             epochs=last,
             callbacks=[checkpoint, *_schedule(cfg), *extra],

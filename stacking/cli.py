@@ -29,6 +29,8 @@ data_cli = typer.Typer(help="Write a bundled real data set.")
 cli.add_typer(data_cli, name="data")
 preview_cli = typer.Typer(help="Pictures to check before a long fit.")
 cli.add_typer(preview_cli, name="preview")
+cache_cli = typer.Typer(help="The decoded-pixel cache: each image decoded once per size, reused by every command.")
+cli.add_typer(cache_cli, name="cache")
 
 TTAOption = Annotated[Optional[int], typer.Option("--tta", help="TTA views (default: the bundle's policy).")]
 PolicyOption = Annotated[
@@ -61,6 +63,16 @@ OnBadOption = Annotated[
     typer.Option(
         "--on-bad-image",
         help=choices.ON_BAD_IMAGE.help("error: stop at an unreadable image; skip: leave it out and report it."),
+    ),
+]
+# Every command that decodes a folder of images: where the decoded pixels are kept.
+CacheDirOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--cache-dir",
+        envvar="STACKSERVE_CACHE_DIR",
+        help="Where decoded pixels are kept and reused (default: $XDG_CACHE_HOME/stackserve or ~/.cache/stackserve).",
+        show_default=False,
     ),
 ]
 # Every command that loads a bundle: what it trusts.
@@ -112,6 +124,12 @@ VerifyKeyOption = Annotated[
 ]
 
 
+def make_cache(cache_dir: Path | None):
+    from stacking.data.cache import PixelCache
+
+    return PixelCache(cache_dir)
+
+
 def make_trust(trust_custom_code: bool, verify_key: Path | None):
     from stacking.bundle import Trust
 
@@ -142,6 +160,7 @@ def preview_augment(
     ] = None,
     count: Annotated[int, typer.Option(help="Images to show, one per class in turn.")] = 8,
     copies: Annotated[int, typer.Option(help="Augmented copies per image.")] = 5,
+    cache_dir: CacheDirOption = None,
 ) -> None:
     """A grid of originals and augmented copies, so a wrong augmentation is seen before training."""
     from stacking.reporting.preview import preview_augmentation
@@ -150,8 +169,36 @@ def preview_augment(
     if count < 1 or copies < 1:
         raise UserError("--count and --copies: must be at least 1")
     cfg = load_config(config, {})
-    written = preview_augmentation(data, out, cfg.train.augmentation, cfg.image_size, cfg.seed, count, copies)
+    written = preview_augmentation(
+        data, out, cfg.train.augmentation, cfg.image_size, cfg.seed, count, copies, make_cache(cache_dir)
+    )
     typer.echo(f"wrote {written}")
+
+
+@cache_cli.command("info")
+def cache_info(cache_dir: CacheDirOption = None) -> None:
+    """What the cache holds: entries and size per decoder and image size."""
+    cache = make_cache(cache_dir)
+    rows = cache.info()
+    typer.echo(f"pixel cache: {cache.root}")
+    if not rows:
+        typer.echo("empty")
+        return
+    typer.echo(f"{'decoder':<28} {'size':>5} {'entries':>9} {'MiB':>10}")
+    for row in rows:
+        mark = "" if row["current"] else " (not this version's: stacking cache clear removes it)"
+        typer.echo(f"{row['decoder']:<28} {row['size']:>5} {row['entries']:>9} {row['bytes'] / 2**20:>10.1f}{mark}")
+    typer.echo(
+        f"{'total':<28} {'':>5} {sum(r['entries'] for r in rows):>9} {sum(r['bytes'] for r in rows) / 2**20:>10.1f}"
+    )
+
+
+@cache_cli.command("clear")
+def cache_clear(cache_dir: CacheDirOption = None) -> None:
+    """Remove every decoded image (they are decoded again when next needed)."""
+    cache = make_cache(cache_dir)
+    entries, size = cache.clear()
+    typer.echo(f"removed {entries} entries ({size / 2**20:.1f} MiB) from {cache.root}")
 
 
 @cli.command("fit")
@@ -230,6 +277,7 @@ def fit_command(
     sign_key: Annotated[
         Optional[Path], typer.Option(help="Private key (PEM): sign the bundle at the end (stacking sign).")
     ] = None,
+    cache_dir: CacheDirOption = None,
 ) -> None:
     """Train base models, make OOF predictions, fit and select the meta-learner, write the bundle.
 
@@ -261,7 +309,7 @@ def fit_command(
         "quantize": quantize,
     }
     cfg = load_config(config, overrides)
-    fit(data, out, cfg, echo=typer.echo, resume=resume, sign_key=sign_key, offline=offline)
+    fit(data, out, cfg, echo=typer.echo, resume=resume, sign_key=sign_key, offline=offline, cache=make_cache(cache_dir))
     typer.echo(f"bundle written to {out}; report: {out / 'report' / 'index.html'}")
 
 
@@ -302,6 +350,7 @@ def evaluate_command(
     latency_budget_ms: BudgetOption = None,
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
+    cache_dir: CacheDirOption = None,
 ) -> None:
     """The comparison table on labelled images: base models, meta candidates, the stack, the cascade and the
     student, each with its accuracy and its cost; and diversity. The served option is marked."""
@@ -317,7 +366,9 @@ def evaluate_command(
         latency_budget_ms=latency_budget_ms,
     )
     predictor.check_views(tta, tta_policy)
-    rows, count, bad = evaluate_folder(predictor, data, labels, tta, tta_policy, on_bad_image)
+    rows, count, bad = evaluate_folder(
+        predictor, data, labels, tta, tta_policy, on_bad_image, make_cache(cache_dir), lambda s: typer.echo(s, err=True)
+    )
     for _, reason in bad:
         typer.echo(f"skipped {reason}", err=True)
     typer.echo(f"{count} labelled images; accuracy intervals: bootstrap 95%")
@@ -438,11 +489,13 @@ def distill_command(
     ] = None,
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
+    cache_dir: CacheDirOption = None,
 ) -> None:
     """Train one student network on the stack's honest soft targets; store it in the bundle (--serve-as student)."""
     from stacking.training.distill import distill
 
-    distill(bundle, student, unlabelled, epochs, data, make_trust(trust_custom_code, verify_key), echo=typer.echo)
+    trust = make_trust(trust_custom_code, verify_key)
+    distill(bundle, student, unlabelled, epochs, data, trust, echo=typer.echo, cache=make_cache(cache_dir))
     typer.echo(f"student stored in {bundle}; serve it with: stacking serve {bundle} --serve-as student")
 
 

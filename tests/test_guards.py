@@ -52,7 +52,7 @@ def in_sample_accuracy(bundle: Path, data: Path) -> float:
     images = read_training_set(data)
     trained = images.subset(np.flatnonzero(folds["fold"].to_numpy() == -1))
     _, decoded, _ = load_pixels(trained, [16])
-    pixels = decoded.at(16)
+    pixels = np.asarray(decoded.at(16))
     model = keras.models.load_model(bundle / "base" / "tests.memoriser.build" / "model.keras", compile=False)
     return float((model.predict(pixels, verbose=0).argmax(axis=1) == trained.labels).mean())
 

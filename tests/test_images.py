@@ -60,19 +60,39 @@ def test_resize_to_square():
     assert out.shape == (1, 16, 16, 3)
 
 
+def _count_decodes_and_resizes(monkeypatch) -> tuple[list, list]:
+    decodes, resized = [], []
+    real_decoder, real_resize = Image._getdecoder, Image.Image.resize
+    monkeypatch.setattr(Image, "_getdecoder", lambda *a, **k: decodes.append(a[1]) or real_decoder(*a, **k))
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: resized.append(a[0]) or real_resize(self, *a, **k))
+    return decodes, resized
+
+
 def test_an_image_is_decoded_once_and_resized_once_per_size(monkeypatch):
     """A stack of models at three sizes costs one decode per image; each size equals that size decoded alone."""
-    data = encode(Image.effect_noise((64, 48), 60).convert("RGB"), "JPEG")
+    data = encode(Image.effect_noise((64, 48), 60).convert("RGB"), "PNG")
     alone = {size: decode_image(data, [size]).at(size) for size in (16, 24, 40)}
-    opened, resized = [], []
-    real_open, real_resize = Image.open, Image.Image.resize
-    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
-    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: resized.append(a[0]) or real_resize(self, *a, **k))
+    decodes, resized = _count_decodes_and_resizes(monkeypatch)
     together = decode_image(data, [16, 24, 40])
-    assert len(opened) == 1 and sorted(resized) == [(16, 16), (24, 24), (40, 40)]
+    assert len(decodes) == 1 and sorted(resized) == [(16, 16), (24, 24), (40, 40)]
     assert together.sizes == [16, 24, 40] and len(together) == 1
     for size, pixels in alone.items():
         np.testing.assert_array_equal(together.at(size), pixels)
+
+
+def test_a_jpeg_is_decoded_at_the_reduced_scale_each_size_allows_once_per_scale(monkeypatch):
+    """64x48: 16 and 24 px both allow half scale (32x24), 40 px the full one. Each size's pixels are those of the
+    size alone (the cache keys them by size), and a reduced decode stays close to the full one."""
+    data = encode(Image.linear_gradient("L").resize((64, 48)).convert("RGB"), "JPEG")
+    alone = {size: decode_image(data, [size]).at(size) for size in (16, 24, 40)}
+    decodes, resized = _count_decodes_and_resizes(monkeypatch)
+    together = decode_image(data, [16, 24, 40])
+    assert decodes == ["jpeg", "jpeg"] and sorted(resized) == [(16, 16), (24, 24), (40, 40)]
+    for size, pixels in alone.items():
+        np.testing.assert_array_equal(together.at(size), pixels)
+    with Image.open(io.BytesIO(data)) as img:  # the full decode, resized as decode_image resizes
+        full = np.asarray(img.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR)).astype(int)
+    assert 0 < np.abs(together.at(16)[0].astype(int) - full).max() <= 8
 
 
 def test_corrupt_file_is_named(tmp_path):

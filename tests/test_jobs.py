@@ -36,6 +36,7 @@ KFOLD = {
     "protocol": "kfold",
     "folds": 2,
     "seed": 5,
+    "runtime": "litert",  # auto picks a runtime by timing, and the OOF rows are its answers: pinned for bits
 }
 HOLDOUT = {"image_size": 16, "epochs": 1, "tta_views": 1, "seed": 2}
 CORES = len(os.sched_getaffinity(0))  # TensorFlow's threads in a local fit: a Ray job with as many gives the same bits
@@ -191,17 +192,32 @@ def test_a_job_key_follows_the_content_of_its_weights_file(tmp_path):
     assert key() != first
 
 
-def test_the_data_fingerprint_sees_one_pixel_a_label_or_an_id_change():
-    ids, labels, pixels = ["a.png", "b.png"], np.array([0, 1]), np.zeros((2, 4, 4, 3), np.uint8)
-    changed_pixel = pixels.copy()
-    changed_pixel[1, 3, 3, 2] = 1
+def test_the_data_fingerprint_sees_one_pixel_a_label_or_an_id_change(tmp_path):
+    """Pixels count by each file's content and the decoder (never read again): one changed pixel is another key."""
+    from PIL import Image
+
+    from stacking.data.cache import PixelCache
+    from stacking.data.datasets import ImageSet, load_pixels
+
+    def pixels_of(values: list[np.ndarray], folder: str):
+        paths = []
+        for k, value in enumerate(values):
+            paths.append(tmp_path / folder / f"{k}.png")
+            paths[-1].parent.mkdir(exist_ok=True)
+            Image.fromarray(value).save(paths[-1])
+        return load_pixels(ImageSet(paths, ["a", "b"]), [4], cache=PixelCache(tmp_path / "cache"))[1].at(4)
+
+    ids, labels, image = ["a.png", "b.png"], np.array([0, 1]), np.zeros((4, 4, 3), np.uint8)
+    changed = image.copy()
+    changed[3, 3, 2] = 1
+    pixels, changed_pixel = pixels_of([image, image], "same"), pixels_of([image, changed], "changed")
     prints = {
         data_fingerprint(ids, labels, pixels),
         data_fingerprint(ids, labels, changed_pixel),
         data_fingerprint(ids, labels[::-1].copy(), pixels),
         data_fingerprint(["a.png", "c.png"], labels, pixels),
     }
-    assert len(prints) == 4 and data_fingerprint(ids, labels, pixels.copy()) in prints
+    assert len(prints) == 4 and data_fingerprint(ids, labels, pixels_of([image, image], "copy")) in prints
 
 
 def test_a_request_the_local_cluster_cannot_meet_is_refused(ray_cluster, digits_dir, tmp_path):

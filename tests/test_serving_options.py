@@ -36,7 +36,7 @@ from tests.conftest import Server
 def labelled_pixels(digits_dir) -> tuple[Pixels, np.ndarray]:
     labelled = read_evaluation_set(digits_dir / "test", digits_dir / "test_labels.csv", [str(d) for d in range(10)])
     labelled, pixels, _ = load_pixels(labelled, [16])
-    return pixels, labelled.labels
+    return pixels.loaded(), labelled.labels
 
 
 # --- the cascade's tuning, on rows made to show it ---------------------------------------------------------

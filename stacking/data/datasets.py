@@ -9,7 +9,7 @@ Class names are sorted once (numbers in numeric order) and that order is stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from stacking.choices import ON_BAD_IMAGE
+from stacking.data.cache import PixelCache, cached_pixels, fill_cache
 from stacking.data.images import Pixels, is_image_file, load_images
 from stacking.errors import UserError
 
@@ -121,22 +122,45 @@ def read_evaluation_set(images: Path, labels_csv: Path | None, classes: list[str
 
 
 def load_pixels(
-    images: ImageSet, sizes: Sequence[int], on_bad_image: str = "error", workers: int = 4
+    images: ImageSet,
+    sizes: Sequence[int],
+    on_bad_image: str = "error",
+    cache: PixelCache | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> tuple[ImageSet, Pixels, list]:
-    """Decode every image once, at each of ``sizes``; a bad one fails the run (``error``) or is left out and reported
-    (``skip``).
+    """Every image's pixels at each of ``sizes`` through the pixel cache (decoded once, read back in batches); a bad
+    image fails the run (``error``) or is left out and reported (``skip``).
 
-    Returns the images kept, their pixels, and the [(path, reason)] of those left out.
+    Returns the images kept, their pixels (read from the cache when used), and the [(path, reason)] of those left
+    out. ``echo`` hears how many images were decoded and how many came from the cache.
     """
     ON_BAD_IMAGE.check(on_bad_image)
+    cache = cache or PixelCache()
+    digests, reasons, report = fill_cache(cache, images.paths, sizes)
+    if echo is not None:
+        echo(report.line(cache))
+    bad = [(p, r) for p, r in zip(images.paths, reasons) if r is not None]
+    kept = _keep_readable(images, bad, on_bad_image)
+    return kept, cached_pixels(cache, kept.paths, [d for d in digests if d is not None], sizes), bad
+
+
+def decode_in_memory(
+    images: ImageSet, sizes: Sequence[int], on_bad_image: str = "error", workers: int = 4
+) -> tuple[ImageSet, Pixels, list]:
+    """``load_pixels`` for one pass over a few images (a chunk of ``predict``): decoded into memory, no cache."""
+    ON_BAD_IMAGE.check(on_bad_image)
     pixels, bad = load_images(images.paths, sizes, workers)
+    return _keep_readable(images, bad, on_bad_image), pixels, bad
+
+
+def _keep_readable(images: ImageSet, bad: list[tuple[Path, str]], on_bad_image: str) -> ImageSet:
+    """The images not in ``bad`` ([(path, reason)]); an unreadable one fails the run under ``error``."""
     if bad and on_bad_image == "error":
         path, reason = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise UserError(f"{reason}{more}; use --on-bad-image skip to leave unreadable images out")
     bad_paths = {p for p, _ in bad}
-    kept = images.subset([i for i, p in enumerate(images.paths) if p not in bad_paths])
-    return kept, pixels, bad
+    return images.subset([i for i, p in enumerate(images.paths) if p not in bad_paths])
 
 
 def read_groups(data_dir: Path, images: ImageSet, column: str) -> np.ndarray:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from stacking.bundle import Trust
 from stacking.choices import EXECUTOR, ON_BAD_IMAGE, Executor, OnBadImage
 from stacking.cluster import check_ray, check_request, job_threads, ray_cluster, size_worker
-from stacking.data.datasets import ImageSet, list_images, load_pixels
+from stacking.data.datasets import ImageSet, decode_in_memory, list_images
 from stacking.errors import UserError
 from stacking.files import atomic_path, write_atomically
 from stacking.inference.predictor import Predictor
@@ -137,7 +137,7 @@ def _chunk_file(folder: Path, k: int) -> Path:
 
 def decode_chunk(predictor: Predictor, paths: list[Path], options: PredictOptions):
     """A chunk's (images kept, pixels, [(path, reason)] of those that could not be read)."""
-    return load_pixels(ImageSet(paths, predictor.classes), predictor.sizes, options.on_bad_image, options.workers)
+    return decode_in_memory(ImageSet(paths, predictor.classes), predictor.sizes, options.on_bad_image, options.workers)
 
 
 def predict_chunk(predictor: Predictor, decoded, options: PredictOptions) -> bytes:

@@ -6,12 +6,14 @@ that agree everywhere cannot help each other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from stacking import bundle as bundle_io
+from stacking.data.cache import PixelCache
 from stacking.data.datasets import load_pixels, read_evaluation_set
 from stacking.data.images import Pixels
 from stacking.inference.options import CASCADE, STACK, STUDENT, servable
@@ -139,10 +141,14 @@ def evaluate_folder(
     views: int | None = None,
     policy: str | None = None,
     on_bad_image: str = "error",
+    cache: PixelCache | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> tuple[list[dict], int, list]:
-    """:func:`compare` on class folders, or a folder plus an Id,Category CSV: (rows, images used, skipped)."""
+    """:func:`compare` on class folders, or a folder plus an Id,Category CSV: (rows, images used, skipped).
+
+    The images go through the pixel cache (``cache``; ``echo`` hears how many were decoded)."""
     labelled = read_evaluation_set(images, labels_csv, predictor.classes)
-    labelled, pixels, bad = load_pixels(labelled, predictor.every_size, on_bad_image)
+    labelled, pixels, bad = load_pixels(labelled, predictor.every_size, on_bad_image, cache, echo)
     return compare(predictor, pixels, labelled.labels, views, policy), len(labelled.paths), bad
 
 

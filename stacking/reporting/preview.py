@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from models.training import Augmentation, make_augmenter
+from stacking.data.cache import PixelCache
 from stacking.data.datasets import ImageSet, load_pixels, read_training_set
 from stacking.errors import UserError
 from stacking.reporting.plots import augmentation_grid
@@ -37,13 +38,14 @@ def preview_augmentation(
     seed: int = 0,
     count: int = 8,
     copies: int = 5,
+    cache: PixelCache | None = None,
 ) -> Path:
     """Write a grid: ``count`` training images (one per class in turn), each with ``copies`` augmented copies."""
     if is_identity(augmentation):
         raise UserError("[augmentation]: every augmentation is off, so there is nothing to preview")
     images = read_training_set(data_dir)
-    images, decoded, _ = load_pixels(images.subset(_one_per_class(images, count)), [image_size], "skip")
-    pixels = decoded.at(image_size)
+    images, decoded, _ = load_pixels(images.subset(_one_per_class(images, count)), [image_size], "skip", cache)
+    pixels = np.asarray(decoded.at(image_size))
     keras.utils.set_random_seed(seed)
     augment = make_augmenter(augmentation, seed)
     batch = pixels.astype("float32")

@@ -203,7 +203,7 @@ def add_serving(
     bundle: Path, manifest: Manifest, pixels: Pixels, seed: int, trust: Trust, echo: Callable[[str], None]
 ) -> Manifest:
     """Time every option on ``pixels`` through the prediction path, tune the cascade, write the manifest again."""
-    timing = measure_costs(Predictor(bundle, trust=trust), pixels[:TIMING_IMAGES])
+    timing = measure_costs(Predictor(bundle, trust=trust), pixels[:TIMING_IMAGES].loaded())
     serving = plan_serving(bundle, manifest, timing, seed)
     echo(describe_cascade(serving))
     return bundle_io.write_manifest(bundle, manifest.model_copy(update={"serving": serving}))

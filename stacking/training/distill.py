@@ -25,8 +25,8 @@ from stacking import bundle as bundle_io
 from stacking.bundle import Trust
 from stacking.bundle.manifest import Manifest, RuntimeEntry, StudentEntry
 from stacking.choices import Protocol
-from stacking.data.datasets import list_images, load_pixels, read_training_set
-from stacking.data.images import load_images
+from stacking.data.cache import CachedRows, PixelCache
+from stacking.data.datasets import ImageSet, list_images, load_pixels, read_training_set
 from stacking.errors import UserError
 from stacking.inference.options import STACK
 from stacking.meta.learners import score
@@ -72,8 +72,11 @@ def _check_student(student: str, image_size: int) -> None:
         raise UserError(f"--student {student}@{image_size}: needs images of at least {spec.min_image_size} px")
 
 
-def oof_pixels(manifest: Manifest, ids: np.ndarray, data: Path | None, size: int) -> np.ndarray:
-    """The training images behind the OOF rows, in their order, from the fit's data folder (or ``data``)."""
+def oof_pixels(
+    manifest: Manifest, ids: np.ndarray, data: Path | None, size: int, cache: PixelCache, echo: Echo
+) -> CachedRows:
+    """The training images behind the OOF rows, in their order, from the fit's data folder (or ``data``), through the
+    pixel cache."""
     source = Path(data) if data is not None else Path(manifest.data.source)
     where = "--data" if data is not None else "the fit's data folder (manifest data.source; or give --data)"
     try:
@@ -87,13 +90,13 @@ def oof_pixels(manifest: Manifest, ids: np.ndarray, data: Path | None, size: int
             f"{where} {source}: {len(missing)} of the bundle's OOF images are not there (first: "
             f"{missing[0]}); it must be the data the bundle was fitted on"
         )
-    _, pixels, _ = load_pixels(images.subset([position[str(i)] for i in ids]), [size])
+    _, pixels, _ = load_pixels(images.subset([position[str(i)] for i in ids]), [size], cache=cache, echo=echo)
     return pixels.at(size)
 
 
 def _pseudo_labels(
-    bundle: Path, folder: Path, size: int, trust: Trust, echo: Echo
-) -> tuple[list[str], np.ndarray, np.ndarray]:
+    bundle: Path, folder: Path, size: int, trust: Trust, cache: PixelCache, echo: Echo
+) -> tuple[list[str], CachedRows, np.ndarray]:
     """Every readable image of ``folder`` at the student's ``size``, with the served stack's answer on it (unreadable
     ones reported, skipped)."""
     from stacking.inference.predictor import Predictor
@@ -102,14 +105,15 @@ def _pseudo_labels(
     if not paths:
         raise UserError(f"--unlabelled {folder}: no images")
     predictor = Predictor(bundle, trust=trust)
-    pixels, bad = load_images(paths, sorted({*predictor.sizes, size}))
+    kept, pixels, bad = load_pixels(
+        ImageSet(paths, predictor.classes), sorted({*predictor.sizes, size}), "skip", cache, echo
+    )
     for _, reason in bad:
         echo(f"skipped {reason}")
-    kept = [p for p in paths if p not in {b for b, _ in bad}]
-    if not kept:
+    if not kept.paths:
         raise UserError(f"--unlabelled {folder}: none of its {len(paths)} images could be read")
     answers = predictor.predict(pixels, serve_as=STACK).probabilities
-    return [f"unlabelled/{p.name}" for p in kept], pixels.at(size), answers
+    return [f"unlabelled/{p.name}" for p in kept.paths], pixels.at(size), answers
 
 
 def _split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +124,7 @@ def _split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(taught), np.sort(held)
 
 
-def _export(trained, pixels: np.ndarray, image_size: int, echo: Echo) -> tuple[bytes | None, RuntimeEntry]:
+def _export(trained, pixels: CachedRows, image_size: int, echo: Echo) -> tuple[bytes | None, RuntimeEntry]:
     """The student's LiteRT file if it converts and agrees with Keras on the held-out rows, and its record."""
     from stacking.inference.tta import View
     from stacking.runtime import EXPORTED, TF, export_litert
@@ -148,7 +152,7 @@ def _export(trained, pixels: np.ndarray, image_size: int, echo: Echo) -> tuple[b
 
 
 def _served_answers(
-    trained, content: bytes | None, runtime: RuntimeEntry, pixels: np.ndarray, image_size: int
+    trained, content: bytes | None, runtime: RuntimeEntry, pixels: CachedRows, image_size: int
 ) -> tuple[np.ndarray, float]:
     """The student's answers on ``pixels`` as it will serve (its runner, one view), and its ms per image."""
     from stacking.data.images import Pixels
@@ -157,7 +161,7 @@ def _served_answers(
 
     runner = KerasRunner([trained]) if runtime.served == TF or content is None else LiteRTRunner([content])
     forward, views = TTAForward([runner], [image_size]), ViewSet.identity([image_size])
-    timed = Pixels({image_size: pixels[:TIMING_IMAGES]})
+    timed = Pixels({image_size: pixels[:TIMING_IMAGES]}).loaded()
     ms = median_seconds(lambda: forward.folds(timed, views)) * 1000 / len(timed)
     return forward.folds(Pixels({image_size: pixels}), views)[0, 0, 0], ms
 
@@ -165,13 +169,14 @@ def _served_answers(
 def _targets(
     bundle: Path,
     manifest: Manifest,
-    pixels: np.ndarray,
+    pixels: CachedRows,
     size: int,
     taught: np.ndarray,
     unlabelled: Path | None,
     trust: Trust,
+    cache: PixelCache,
     echo: Echo,
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+) -> tuple[CachedRows, np.ndarray, dict[str, np.ndarray]]:
     """The images the student learns from, their soft targets, and the record of both (ids and sources)."""
     oof, stack = bundle_io.load_oof(bundle), bundle_io.load_meta_oof(bundle)["chosen"]
     x, y = pixels[taught], stack[taught]  # the stack's answers from meta-folds that left each row out
@@ -183,8 +188,8 @@ def _targets(
             + ("" if unlabelled else " (add --unlabelled DIR to teach it on more images, labelled by the stack)")
         )
     if unlabelled is not None:
-        extra_ids, extra_pixels, extra = _pseudo_labels(bundle, Path(unlabelled), size, trust, echo)
-        x, y = np.concatenate([x, extra_pixels]), np.concatenate([y, extra])
+        extra_ids, extra_pixels, extra = _pseudo_labels(bundle, Path(unlabelled), size, trust, cache, echo)
+        x, y = CachedRows.concat([x, extra_pixels]), np.concatenate([y, extra])
         ids, sources = ids + extra_ids, sources + ["unlabelled"] * len(extra_ids)
         echo(f"{len(extra_ids)} unlabelled images labelled by the stack added to the student's targets")
     y = y.astype(np.float32)
@@ -216,9 +221,10 @@ def distill(
     data: Path | None = None,
     trust: Trust = Trust(),
     echo: Echo = print,
+    cache: PixelCache | None = None,
 ) -> Manifest:
     """Train ``student`` (ARCH or ARCH@SIZE) on the stack's honest soft targets; store it in ``bundle``; return the
-    new manifest."""
+    new manifest. Images are read through the pixel cache (``cache``, default the user's)."""
     import keras
 
     from models.registry import create_model
@@ -241,9 +247,10 @@ def distill(
     config, seed = manifest.config, int(manifest.config["seed"]) + 7919  # apart from every base model's seed
     oof = bundle_io.load_oof(bundle)
     labels, n_classes = oof["labels"], len(manifest.classes)
-    pixels = oof_pixels(manifest, oof["ids"], data, size)
+    cache = cache or PixelCache()
+    pixels = oof_pixels(manifest, oof["ids"], data, size, cache, echo)
     taught, held = _split(labels, seed)
-    x, y, targets = _targets(bundle, manifest, pixels, size, taught, unlabelled, trust, echo)
+    x, y, targets = _targets(bundle, manifest, pixels, size, taught, unlabelled, trust, cache, echo)
     keras.utils.set_random_seed(seed)
     model = create_model(student, n_classes, size, weights=None, head=config["head"], dropout=config["dropout"])
     with tempfile.TemporaryDirectory(prefix="stackserve-student-") as tmp:

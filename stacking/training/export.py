@@ -97,7 +97,7 @@ def calibration_rows(pixels: np.ndarray, seed: int) -> np.ndarray:
     """Up to ``CALIBRATION_IMAGES`` of a model's training images, as the float32 rows runners are given."""
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(pixels), min(CALIBRATION_IMAGES, len(pixels)), replace=False))
-    return make_views(pixels[chosen], [View()])
+    return make_views(np.asarray(pixels[chosen]), [View()])
 
 
 def int8_verdict(labels: np.ndarray, fp32_views: np.ndarray, int8_views: np.ndarray) -> dict:

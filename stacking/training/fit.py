@@ -29,6 +29,7 @@ from stacking.bundle.manifest import BaseModelEntry, Manifest, MetaLearnerEntry,
 from stacking.bundle.signing import check_signing_key, sign_bundle
 from stacking.choices import Executor, Final, Precision, Protocol, Quantize
 from stacking.cluster import check_ray
+from stacking.data.cache import PixelCache
 from stacking.data.datasets import ImageSet, load_pixels, read_groups, read_training_set
 from stacking.data.images import Pixels
 from stacking.errors import UserError
@@ -108,16 +109,16 @@ def _locked_work_folder(out: Path, resume: bool, echo: Echo) -> Iterator[Path]:
 
 class TrainingData(NamedTuple):
     images: ImageSet
-    pixels: Pixels  # every image at each base model's size
+    pixels: Pixels  # every image at each base model's size, read from the pixel cache as needed
     skipped: list  # [(path, reason)] of unreadable images left out
     groups: np.ndarray | None  # None without --group-column
 
 
-def _load_training_data(data_dir: Path, cfg: FitConfig, echo: Echo) -> TrainingData:
+def _load_training_data(data_dir: Path, cfg: FitConfig, cache: PixelCache, echo: Echo) -> TrainingData:
     images = read_training_set(data_dir)
     need = minimum_per_class(cfg.protocol, cfg.holdout_fraction, cfg.validation_fraction, cfg.folds)
     check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
-    images, pixels, bad = load_pixels(images, cfg.sizes, cfg.on_bad_image)
+    images, pixels, bad = load_pixels(images, cfg.sizes, cfg.on_bad_image, cache, echo)
     for _, reason in bad:
         echo(f"skipped {reason}")
     check_class_counts(images.labels, images.classes, need, f"--protocol {cfg.protocol}")
@@ -590,6 +591,7 @@ def fit(
     resume: bool = False,
     sign_key: Path | None = None,
     offline: bool = False,
+    cache: PixelCache | None = None,
 ) -> Manifest:
     """Run the whole fit; return the manifest of the bundle written to ``out``.
 
@@ -597,6 +599,7 @@ def fit(
     settings, seed, rows and data are unchanged) and run only the others.
     ``sign_key``: sign the bundle at the end with this private key (checked first).
     ``offline``: a download Keras would need (ImageNet weights) is an error naming the file, before any work.
+    ``cache``: where decoded pixels are kept (default: ``PixelCache()``, the user's cache directory).
     """
     started, out = time.monotonic(), Path(out)
     if cfg.cluster.executor == Executor.RAY:
@@ -606,7 +609,7 @@ def fit(
     check_starts(cfg, offline, echo)
     with _locked_work_folder(out, resume, echo) as work_root:
         set_numerics(cfg.deterministic, cfg.mixed_precision)
-        data = _load_training_data(data_dir, cfg, echo)
+        data = _load_training_data(data_dir, cfg, cache or PixelCache(), echo)
         plan = _plan(data, cfg)
         store = JobStore(work_root / "jobs")
         inputs = JobInputs(data.pixels, data.images.labels, len(data.images.classes), job_settings(cfg), offline)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from models.registry import create_model, get_spec, is_custom
 from models.training import train_model
 from stacking import bundle as bundle_io
+from stacking.data.cache import CachedRows
 from stacking.data.images import Pixels
 from stacking.errors import UserError
 from stacking.files import atomic_path
@@ -126,12 +127,13 @@ class JobResult:
     threads: int  # TensorFlow's intra-op threads there (the numerics depend on it)
 
 
-def data_fingerprint(ids: list[str], labels: np.ndarray, pixels: np.ndarray) -> str:
-    """The identity of the training data as the jobs see it: ids, labels and decoded pixels."""
+def data_fingerprint(ids: list[str], labels: np.ndarray, pixels: CachedRows) -> str:
+    """The identity of the training data as the jobs see it: ids, labels and decoded pixels (each file's content
+    digest, the size and the decoder: the pixels are not read)."""
     digest = hashlib.blake2b(digest_size=32)
     digest.update("\n".join(ids).encode())
     digest.update(np.ascontiguousarray(labels, np.int64).tobytes())
-    digest.update(np.ascontiguousarray(pixels).data)
+    digest.update(pixels.identity().encode())
     return digest.hexdigest()
 
 
@@ -167,12 +169,12 @@ def _build_model(job: Job, n_classes: int, offline: bool) -> keras.Model:
 
 
 def run_job(
-    job: Job, pixels: np.ndarray, labels: np.ndarray, n_classes: int, settings: JobSettings, offline: bool = False
+    job: Job, pixels: CachedRows, labels: np.ndarray, n_classes: int, settings: JobSettings, offline: bool = False
 ) -> JobResult:
     """The whole job, wherever it runs: train one base model, keep its best epoch, predict its OOF rows.
 
-    ``pixels``: every training image at the member's size; ``offline``: no download (a Ray node's cache may lack
-    what the fit checked on its own)."""
+    ``pixels``: every training image at the member's size, read from the pixel cache in batches; ``offline``: no
+    download (a Ray node's cache may lack what the fit checked on its own)."""
     started = time.monotonic()
     set_numerics(settings.deterministic, settings.mixed_precision)
     model = _build_model(job, n_classes, offline)

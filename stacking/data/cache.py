@@ -1,0 +1,280 @@
+"""The decoded-pixel cache: each image decoded once per size and decoder, kept on disk, read back in batches.
+
+An entry is one image at one size: ``ROOT/pixels-<DECODER>/<size>/<ab>/<digest>.px``, the
+raw uint8 ``size x size x 3`` pixels followed by a 16-byte BLAKE2b checksum of them;
+``digest`` is the BLAKE2b of the image file's bytes, so a changed file is another entry
+and a renamed or copied one is the same. Entries are written to a temporary file and
+renamed into place: two processes filling the cache at once write the same bytes and
+neither reader sees half an entry. An entry whose length or checksum is wrong is
+removed and decoded again from its file, never served.
+
+Reading uses plain file reads, not memory maps: the pages then stay in the operating
+system's page cache, not in the process's resident memory, which holds batches only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from stacking.data.images import DECODER, ImageDecodeError, Pixels, decode_image
+from stacking.errors import UserError
+
+CACHE_DIR_ENV = "STACKSERVE_CACHE_DIR"
+CHECKSUM_BYTES = 16
+SUFFIX = ".px"
+
+
+def default_cache_dir() -> Path:
+    """``$STACKSERVE_CACHE_DIR``, else the user's cache directory (``$XDG_CACHE_HOME`` or ``~/.cache``)/stackserve."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "stackserve"
+
+
+def file_digest(data: bytes) -> str:
+    """An image file's identity in the cache: the BLAKE2b of its bytes (160 bits)."""
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def _checksum(pixels: bytes) -> bytes:
+    return hashlib.blake2b(pixels, digest_size=CHECKSUM_BYTES).digest()
+
+
+class PixelCache:
+    """Decoded pixels under ``root``, by file digest, size and decoder."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def prepare(self) -> None:
+        """Make the root, or say clearly why it cannot be used (before any image is decoded)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(
+                f"--cache-dir ({CACHE_DIR_ENV}) {self.root}: cannot write decoded pixels there ({exc.strerror or exc})"
+            ) from None
+
+    def entry(self, digest: str, size: int) -> Path:
+        return self.root / f"pixels-{DECODER}" / str(size) / digest[:2] / f"{digest}{SUFFIX}"
+
+    def has(self, digest: str, size: int) -> bool:
+        """An entry of the right length is there (its checksum is checked when it is read)."""
+        try:
+            return self.entry(digest, size).stat().st_size == size * size * 3 + CHECKSUM_BYTES
+        except OSError:
+            return False
+
+    def read(self, digest: str, size: int) -> np.ndarray | None:
+        """The image at ``size``; None if absent or damaged (a damaged entry is removed)."""
+        path = self.entry(digest, size)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        body, check = data[:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
+        if len(body) != size * size * 3 or _checksum(body) != check:
+            path.unlink(missing_ok=True)
+            return None
+        return np.frombuffer(body, np.uint8).reshape(size, size, 3)
+
+    def write(self, digest: str, size: int, pixels: np.ndarray) -> None:
+        """Store one image, atomically: a reader sees the whole entry or none."""
+        path = self.entry(digest, size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = np.ascontiguousarray(pixels, np.uint8).tobytes()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(body + _checksum(body))
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk, a lost mount: not an unreadable image
+            raise UserError(f"pixel cache {self.root}: cannot write {path.name} ({exc.strerror or exc})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def info(self) -> list[dict]:
+        """Per decoder and size: entries and bytes (this decoder's marked ``current``)."""
+        rows = []
+        for decoder in sorted(self.root.glob("pixels-*")) if self.root.is_dir() else []:
+            for folder in sorted((d for d in decoder.iterdir() if d.name.isdigit()), key=lambda d: int(d.name)):
+                files = [f for f in folder.glob(f"*/*{SUFFIX}")]
+                rows.append(
+                    {
+                        "decoder": decoder.name.removeprefix("pixels-"),
+                        "current": decoder.name == f"pixels-{DECODER}",
+                        "size": int(folder.name),
+                        "entries": len(files),
+                        "bytes": sum(f.stat().st_size for f in files),
+                    }
+                )
+        return rows
+
+    def clear(self) -> tuple[int, int]:
+        """Remove every entry of every decoder; return (entries, bytes) removed."""
+        rows = self.info()
+        for decoder in self.root.glob("pixels-*") if self.root.is_dir() else []:
+            shutil.rmtree(decoder, ignore_errors=True)
+        return sum(r["entries"] for r in rows), sum(r["bytes"] for r in rows)
+
+
+class CachedRows:
+    """Images at one size in the cache, used like a uint8 (N, size, size, 3) array that is not in memory.
+
+    Indexing with a slice, a mask or row numbers gives another ``CachedRows`` (nothing is
+    read); ``np.asarray`` reads the rows. An entry found damaged or missing is decoded
+    again from its file, which must still have the content it had (its digest).
+    """
+
+    def __init__(self, cache: PixelCache, size: int, digests: Sequence[str], sources: Sequence[Path], rows=None):
+        self.cache, self.size = cache, size
+        self.digests, self.sources = tuple(digests), tuple(sources)
+        self.rows = np.arange(len(self.digests)) if rows is None else np.asarray(rows, np.int64)
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.rows), self.size, self.size, 3)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key) -> CachedRows | np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self._read(int(self.rows[key]))
+        return CachedRows(self.cache, self.size, self.digests, self.sources, self.rows[key])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, np.uint8)
+        for i, row in enumerate(self.rows):
+            out[i] = self._read(int(row))
+        return out if dtype is None else out.astype(dtype)
+
+    def _read(self, row: int) -> np.ndarray:
+        digest = self.digests[row]
+        found = self.cache.read(digest, self.size)
+        if found is not None:
+            return found
+        source = self.sources[row]
+        if not Path(source).is_file():  # e.g. a Ray node that sees neither this cache nor the data
+            raise UserError(
+                f"{source}: its pixels are not in the cache at {self.cache.root} and the file is not there to decode "
+                f"on {socket.gethostname()}; with Ray, give --cache-dir a path every node sees (or the data)"
+            )
+        return _fill_one(self.cache, source, [self.size], digest)[1].at(self.size)[0]
+
+    def identity(self) -> str:
+        """What these pixels are, without reading them: the decoder, the size and each file's digest, in order."""
+        digest = hashlib.blake2b(f"{DECODER}/{self.size}\n".encode(), digest_size=32)
+        digest.update("\n".join(self.digests[r] for r in self.rows).encode())
+        return digest.hexdigest()
+
+    @staticmethod
+    def concat(parts: Sequence[CachedRows]) -> CachedRows:
+        """The rows of ``parts`` in order (one cache, one size)."""
+        first = parts[0]
+        digests = [p.digests[r] for p in parts for r in p.rows]
+        sources = [p.sources[r] for p in parts for r in p.rows]
+        return CachedRows(first.cache, first.size, digests, sources)
+
+
+def _fill_one(cache: PixelCache, path: Path, sizes: Sequence[int], expect: str | None = None) -> tuple[str, Pixels]:
+    """Read ``path``, decode it at the ``sizes`` missing from the cache and store them; (digest, decoded or empty).
+
+    ``expect``: the digest the file had when it was listed; a file changed since is an error."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    digest = file_digest(data)
+    if expect is not None and digest != expect:
+        raise ImageDecodeError(f"{path}: the file changed while in use (its cached pixels cannot be rebuilt)")
+    missing = [s for s in sizes if expect is not None or not cache.has(digest, s)]
+    if not missing:
+        return digest, Pixels({})
+    try:
+        decoded = decode_image(data, missing)
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"{path}: {exc}") from None
+    for size in missing:
+        cache.write(digest, size, decoded.at(size)[0])
+    return digest, decoded
+
+
+@dataclass(frozen=True)
+class FillReport:
+    """How the pixels of a set of files were found: decoded now or already in the cache."""
+
+    images: int
+    decoded: int  # files decoded now (at one or more sizes)
+    seconds: float
+
+    @property
+    def from_cache(self) -> int:
+        return self.images - self.decoded
+
+    def line(self, cache: PixelCache) -> str:
+        rate = self.images / self.seconds if self.seconds > 0 else float("inf")
+        if self.decoded == 0:
+            return f"pixels: all {self.images} images from the cache ({cache.root}), {self.seconds:.1f} s"
+        return (
+            f"pixels: {self.decoded} images decoded, {self.from_cache} from the cache ({cache.root}), "
+            f"{self.seconds:.1f} s, {rate:.0f} images/s"
+        )
+
+
+def fill_cache(
+    cache: PixelCache,
+    paths: Sequence[Path],
+    sizes: Sequence[int],
+    workers: int | None = None,
+) -> tuple[list[str | None], list[str | None], FillReport]:
+    """Make sure every file's pixels are in the cache at every size, decoding the missing ones on every core.
+
+    Returns each file's digest (None for an unreadable one), each file's reason for being
+    unreadable (None for a good one), and the report.
+    """
+    cache.prepare()
+    started, decoded = time.monotonic(), 0
+    workers = workers or len(os.sched_getaffinity(0))
+
+    def one(path: Path) -> tuple[str | None, str | None, bool]:
+        try:
+            digest, fresh = _fill_one(cache, path, sizes)
+            return digest, None, bool(fresh.by_size)
+        except ImageDecodeError as exc:
+            return None, str(exc), False
+
+    digests, reasons = [], []
+    with (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool,
+        tqdm(total=len(paths), desc="decoding", unit="img", leave=False, disable=None) as bar,
+    ):
+        for digest, reason, fresh in pool.map(one, paths):
+            digests.append(digest)
+            reasons.append(reason)
+            decoded += fresh
+            bar.update()
+            bar.set_postfix(from_cache=len(digests) - decoded, refresh=False)
+    return digests, reasons, FillReport(len(paths), decoded, time.monotonic() - started)
+
+
+def cached_pixels(cache: PixelCache, paths: Sequence[Path], digests: Sequence[str], sizes: Sequence[int]) -> Pixels:
+    """``Pixels`` whose every size reads from the cache (nothing in memory)."""
+    return Pixels({size: CachedRows(cache, size, digests, paths) for size in sizes})
