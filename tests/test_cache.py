@@ -51,8 +51,12 @@ def test_a_second_load_reads_every_image_from_the_cache(tmp_path, monkeypatch):
     decodes = count_decodes(monkeypatch)
     _, first, _ = load_pixels(images_of(paths), [16, 24], cache=cache, echo=lines.append)
     assert len(decodes) == 6 and "6 images decoded, 0 from the cache" in lines[-1]
+    hashed: list[int] = []
+    real_digest = cache_module.file_digest
+    monkeypatch.setattr(cache_module, "file_digest", lambda data: hashed.append(1) or real_digest(data))
     _, again, _ = load_pixels(images_of(paths), [16, 24], cache=cache, echo=lines.append)
     assert len(decodes) == 6 and lines[-1].startswith("pixels: all 6 images from the cache")
+    assert not hashed  # unchanged files (path, size, mtime, inode) are not even read
     for size in (16, 24):
         expected = np.concatenate([decode_image(p.read_bytes(), [size]).at(size) for p in paths])
         np.testing.assert_array_equal(np.asarray(first.at(size)), expected)

@@ -3,7 +3,10 @@
 An entry is one image at one size: ``ROOT/pixels-<DECODER>/<size>/<ab>/<digest>.px``, the
 raw uint8 ``size x size x 3`` pixels followed by a 16-byte BLAKE2b checksum of them;
 ``digest`` is the BLAKE2b of the image file's bytes, so a changed file is another entry
-and a renamed or copied one is the same. Entries are written to a temporary file and
+and a renamed or copied one is the same. A file's digest is remembered under its path,
+size, modification time, inode and device (``ROOT/files/``), so a second pass over
+unchanged files reads none of their bytes; a file rewritten in place gets a new
+modification time and is hashed again. Entries are written to a temporary file and
 renamed into place: two processes filling the cache at once write the same bytes and
 neither reader sees half an entry. An entry whose length or checksum is wrong is
 removed and decoded again from its file, never served.
@@ -18,6 +21,7 @@ import hashlib
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +36,7 @@ from stacking.errors import UserError
 
 CACHE_DIR_ENV = "STACKSERVE_CACHE_DIR"
 CHECKSUM_BYTES = 16
+FILES = "files"  # the digests of files already hashed, by path and stat
 SUFFIX = ".px"
 
 
@@ -69,6 +74,33 @@ class PixelCache:
                 f"--cache-dir ({CACHE_DIR_ENV}) {self.root}: cannot write decoded pixels there ({exc.strerror or exc})"
             ) from None
 
+    def _file_key(self, path: Path) -> Path | None:
+        """Where the digest of ``path`` as it is now would be remembered: keyed by its real path, size, modification
+        time (ns), inode and device, as make, git and ccache know a file unchanged. None if it cannot be stat'ed."""
+        try:
+            real = Path(path).resolve()
+            st = real.stat()
+        except OSError:
+            return None
+        key = hashlib.blake2b(
+            f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_dev}".encode(), digest_size=16
+        ).hexdigest()
+        return self.root / FILES / key[:2] / key
+
+    def known_digest(self, path: Path) -> str | None:
+        """The content digest of ``path`` if it was hashed before and has not changed since (no read of its bytes)."""
+        key = self._file_key(path)
+        try:
+            digest = key.read_text() if key is not None else ""
+        except OSError:
+            return None
+        return digest if len(digest) == 40 else None
+
+    def remember_digest(self, path: Path, digest: str) -> None:
+        key = self._file_key(path)
+        if key is not None:
+            self._write_atomically(key, digest.encode())
+
     def entry(self, digest: str, size: int) -> Path:
         return self.root / f"pixels-{DECODER}" / str(size) / digest[:2] / f"{digest}{SUFFIX}"
 
@@ -94,13 +126,15 @@ class PixelCache:
 
     def write(self, digest: str, size: int, pixels: np.ndarray) -> None:
         """Store one image, atomically: a reader sees the whole entry or none."""
-        path = self.entry(digest, size)
-        path.parent.mkdir(parents=True, exist_ok=True)
         body = np.ascontiguousarray(pixels, np.uint8).tobytes()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+        self._write_atomically(self.entry(digest, size), body + _checksum(body))
+
+    def _write_atomically(self, path: Path, content: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
-                f.write(body + _checksum(body))
+                f.write(content)
             os.replace(tmp, path)
         except OSError as exc:  # a full disk, a lost mount: not an unreadable image
             raise UserError(f"pixel cache {self.root}: cannot write {path.name} ({exc.strerror or exc})") from None
@@ -125,10 +159,10 @@ class PixelCache:
         return rows
 
     def clear(self) -> tuple[int, int]:
-        """Remove every entry of every decoder; return (entries, bytes) removed."""
+        """Remove every entry of every decoder, and the remembered digests; return (entries, bytes) removed."""
         rows = self.info()
-        for decoder in self.root.glob("pixels-*") if self.root.is_dir() else []:
-            shutil.rmtree(decoder, ignore_errors=True)
+        for folder in [*self.root.glob("pixels-*"), self.root / FILES] if self.root.is_dir() else []:
+            shutil.rmtree(folder, ignore_errors=True)
         return sum(r["entries"] for r in rows), sum(r["bytes"] for r in rows)
 
 
@@ -195,9 +229,16 @@ class CachedRows:
 
 
 def _fill_one(cache: PixelCache, path: Path, sizes: Sequence[int], expect: str | None = None) -> tuple[str, Pixels]:
-    """Read ``path``, decode it at the ``sizes`` missing from the cache and store them; (digest, decoded or empty).
+    """Make sure ``path``'s pixels are in the cache at ``sizes``, decoding those missing; (digest, decoded or empty).
 
-    ``expect``: the digest the file had when it was listed; a file changed since is an error."""
+    A file whose path, size, modification time and inode are those it had when last
+    hashed is not read again (``PixelCache.known_digest``). ``expect``: the digest the file
+    had when it was listed, to decode ``sizes`` again from it; a file changed since is an error.
+    """
+    if expect is None:
+        known = cache.known_digest(path)
+        if known is not None and all(cache.has(known, s) for s in sizes):
+            return known, Pixels({})
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -206,14 +247,15 @@ def _fill_one(cache: PixelCache, path: Path, sizes: Sequence[int], expect: str |
     if expect is not None and digest != expect:
         raise ImageDecodeError(f"{path}: the file changed while in use (its cached pixels cannot be rebuilt)")
     missing = [s for s in sizes if expect is not None or not cache.has(digest, s)]
-    if not missing:
-        return digest, Pixels({})
-    try:
-        decoded = decode_image(data, missing)
-    except ImageDecodeError as exc:
-        raise ImageDecodeError(f"{path}: {exc}") from None
-    for size in missing:
-        cache.write(digest, size, decoded.at(size)[0])
+    decoded = Pixels({})
+    if missing:
+        try:
+            decoded = decode_image(data, missing)
+        except ImageDecodeError as exc:
+            raise ImageDecodeError(f"{path}: {exc}") from None
+        for size in missing:
+            cache.write(digest, size, decoded.at(size)[0])
+    cache.remember_digest(path, digest)
     return digest, decoded
 
 
@@ -232,10 +274,10 @@ class FillReport:
     def line(self, cache: PixelCache) -> str:
         rate = self.images / self.seconds if self.seconds > 0 else float("inf")
         if self.decoded == 0:
-            return f"pixels: all {self.images} images from the cache ({cache.root}), {self.seconds:.1f} s"
+            return f"pixels: all {self.images} images from the cache ({cache.root}), {self.seconds:.2f} s"
         return (
             f"pixels: {self.decoded} images decoded, {self.from_cache} from the cache ({cache.root}), "
-            f"{self.seconds:.1f} s, {rate:.0f} images/s"
+            f"{self.seconds:.2f} s, {rate:.0f} images/s"
         )
 
 
