@@ -417,6 +417,7 @@ def predict_command(
     runtime: RuntimeOption = "auto",
     serve_as: ServeAsOption = "stack",
     latency_budget_ms: BudgetOption = None,
+    cache_dir: CacheDirOption = None,
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
 ) -> None:
@@ -444,6 +445,7 @@ def predict_command(
         ray_address or "",
         actors,
         cpus_per_actor,
+        str(cache_dir or ""),
     )
     try:
         summary = predict_folder(

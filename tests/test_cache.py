@@ -21,6 +21,7 @@ from stacking.data import cache as cache_module
 from stacking.data.cache import CachedRows, PixelCache, fill_cache
 from stacking.data.datasets import ImageSet, load_pixels
 from stacking.data.images import DECODER, decode_image
+from stacking.inference.predictor import Predictor
 from stacking.training.config import load_config
 from stacking.training.fit import fit
 from tests.conftest import TINY_FIT
@@ -232,3 +233,20 @@ def test_an_upload_and_predict_decode_a_large_jpeg_alike_to_the_bit(server, tiny
     assert response.status_code == 200, response.text
     served = np.array([[p["probabilities"][c] for c in cli.columns] for p in response.json()["predictions"]])
     np.testing.assert_allclose(served, cli.loc[[p.name for p in paths]].to_numpy(), rtol=0, atol=1e-7)
+
+
+def test_predict_decodes_a_folder_once_and_answers_alike_from_the_cache(tiny_bundle, tmp_path, capsys, monkeypatch):
+    """A second ``predict`` over the same images (again, or with another bundle) decodes nothing, same numbers."""
+    folder, root = tmp_path / "photos", tmp_path / "cache"
+    write_jpegs(folder, 5, 160, 120)
+    decodes = count_decodes(monkeypatch)
+    outputs = []
+    for run in ("one", "two"):
+        probabilities = tmp_path / f"{run}.csv"
+        args = ["predict", tiny_bundle, folder, "--out", tmp_path / f"s{run}.csv", "--probabilities", probabilities]
+        code, _, err = run_cli([*args, "--cache-dir", root, "--batch-size", "2"], capsys)
+        assert code == 0, err
+        outputs.append(pd.read_csv(probabilities, dtype={"Id": str}))
+        assert len(decodes) == 5  # the first run decoded each image once; the second, none
+    pd.testing.assert_frame_equal(outputs[0], outputs[1], check_exact=True)
+    assert sum(row["entries"] for row in PixelCache(root).info()) == 5 * len(Predictor(tiny_bundle).sizes)

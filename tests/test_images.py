@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stacking.data.images import ImageDecodeError, decode_image, load_image, load_images
+from stacking.data.cache import PixelCache
+from stacking.data.datasets import ImageSet, load_pixels
+from stacking.data.images import ImageDecodeError, decode_image
+from stacking.errors import UserError
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -95,19 +98,27 @@ def test_a_jpeg_is_decoded_at_the_reduced_scale_each_size_allows_once_per_scale(
     assert 0 < np.abs(together.at(16)[0].astype(int) - full).max() <= 8
 
 
+def bad_images(tmp_path, paths) -> list[tuple]:
+    """The (path, reason) of each unreadable file among ``paths``, as every folder-decoding command finds them."""
+    _, _, bad = load_pixels(ImageSet(paths, ["x"]), [8], "skip", cache=PixelCache(tmp_path / "cache"))
+    return bad
+
+
 def test_corrupt_file_is_named(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(ImageDecodeError, match="broken.png"):
-        load_image(bad, [8])
+    [(path, reason)] = bad_images(tmp_path, [bad])
+    assert path == bad and reason.startswith(f"{bad}: not a readable image")
 
 
 def test_truncated_image_is_an_error(tmp_path):
     data = encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageDecodeError, match="cut.jpg"):
-        load_image(cut, [8])
+    [(path, reason)] = bad_images(tmp_path, [cut])
+    assert path == cut and "cut.jpg" in reason
+    with pytest.raises(UserError, match="cut.jpg.*--on-bad-image skip"):
+        load_pixels(ImageSet([cut], ["x"]), [8], "error", cache=PixelCache(tmp_path / "cache"))
 
 
 def test_pixel_limit_refuses_bombs():
@@ -116,11 +127,11 @@ def test_pixel_limit_refuses_bombs():
         decode_image(data, [8], max_pixels=300 * 300 - 1)
 
 
-def test_load_images_separates_bad_ones(tmp_path):
+def test_load_pixels_separates_bad_ones(tmp_path):
     good = tmp_path / "a.png"
     good.write_bytes(encode(Image.new("RGB", (4, 4), (1, 2, 3))))
     bad = tmp_path / "b.png"
     bad.write_bytes(b"nope")
-    pixels, failed = load_images([good, bad, good], [4])
-    assert pixels.at(4).shape == (2, 4, 4, 3)
+    kept, pixels, failed = load_pixels(ImageSet([good, bad, good], ["x"]), [4], "skip", cache=PixelCache(tmp_path))
+    assert kept.paths == [good, good] and np.asarray(pixels.at(4)).shape == (2, 4, 4, 3)
     assert [p for p, _ in failed] == [bad] and "b.png" in failed[0][1]

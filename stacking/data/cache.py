@@ -286,11 +286,13 @@ def fill_cache(
     paths: Sequence[Path],
     sizes: Sequence[int],
     workers: int | None = None,
+    progress: bool = True,
 ) -> tuple[list[str | None], list[str | None], FillReport]:
     """Make sure every file's pixels are in the cache at every size, decoding the missing ones on every core.
 
     Returns each file's digest (None for an unreadable one), each file's reason for being
-    unreadable (None for a good one), and the report.
+    unreadable (None for a good one), and the report. ``progress``: a bar of its own (off
+    where the caller already shows one, e.g. ``predict``'s chunks).
     """
     cache.prepare()
     started, decoded = time.monotonic(), 0
@@ -306,7 +308,7 @@ def fill_cache(
     digests, reasons = [], []
     with (
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool,
-        tqdm(total=len(paths), desc="decoding", unit="img", leave=False, disable=None) as bar,
+        tqdm(total=len(paths), desc="decoding", unit="img", leave=False, disable=None if progress else True) as bar,
     ):
         for digest, reason, fresh in pool.map(one, paths):
             digests.append(digest)

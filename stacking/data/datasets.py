@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from stacking.choices import ON_BAD_IMAGE
-from stacking.data.cache import PixelCache, cached_pixels, fill_cache
-from stacking.data.images import Pixels, is_image_file, load_images
+from stacking.data.cache import FillReport, PixelCache, cached_pixels, fill_cache
+from stacking.data.images import Pixels, is_image_file
 from stacking.errors import UserError
 
 
@@ -134,23 +134,35 @@ def load_pixels(
     Returns the images kept, their pixels (read from the cache when used), and the [(path, reason)] of those left
     out. ``echo`` hears how many images were decoded and how many came from the cache.
     """
-    ON_BAD_IMAGE.check(on_bad_image)
     cache = cache or PixelCache()
-    digests, reasons, report = fill_cache(cache, images.paths, sizes)
+    kept, pixels, bad, report = _through_cache(images, sizes, on_bad_image, cache)
     if echo is not None:
         echo(report.line(cache))
+    return kept, pixels, bad
+
+
+def load_chunk(
+    images: ImageSet, sizes: Sequence[int], on_bad_image: str, cache: PixelCache, workers: int
+) -> tuple[ImageSet, Pixels, list]:
+    """``load_pixels`` for one chunk of ``predict``: the same cache, ``workers`` threads, no bar of its own (the
+    caller counts chunks), and the pixels read into memory (the chunk is predicted at once)."""
+    kept, pixels, bad, _ = _through_cache(images, sizes, on_bad_image, cache, workers, progress=False)
+    return kept, pixels.loaded(), bad
+
+
+def _through_cache(
+    images: ImageSet,
+    sizes: Sequence[int],
+    on_bad_image: str,
+    cache: PixelCache,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[ImageSet, Pixels, list, FillReport]:
+    ON_BAD_IMAGE.check(on_bad_image)
+    digests, reasons, report = fill_cache(cache, images.paths, sizes, workers, progress)
     bad = [(p, r) for p, r in zip(images.paths, reasons) if r is not None]
     kept = _keep_readable(images, bad, on_bad_image)
-    return kept, cached_pixels(cache, kept.paths, [d for d in digests if d is not None], sizes), bad
-
-
-def decode_in_memory(
-    images: ImageSet, sizes: Sequence[int], on_bad_image: str = "error", workers: int = 4
-) -> tuple[ImageSet, Pixels, list]:
-    """``load_pixels`` for one pass over a few images (a chunk of ``predict``): decoded into memory, no cache."""
-    ON_BAD_IMAGE.check(on_bad_image)
-    pixels, bad = load_images(images.paths, sizes, workers)
-    return _keep_readable(images, bad, on_bad_image), pixels, bad
+    return kept, cached_pixels(cache, kept.paths, [d for d in digests if d is not None], sizes), bad, report
 
 
 def _keep_readable(images: ImageSet, bad: list[tuple[Path, str]], on_bad_image: str) -> ImageSet:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,33 +126,3 @@ def _resized(img: Image.Image, size: int) -> np.ndarray:
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
-
-
-def load_image(path: Path, sizes: Sequence[int]) -> Pixels:
-    """Read and decode one image file; errors name the file."""
-    try:
-        return decode_image(Path(path).read_bytes(), sizes)
-    except ImageDecodeError as exc:
-        raise ImageDecodeError(f"{path}: {exc}") from None
-    except OSError as exc:
-        raise ImageDecodeError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-
-
-def load_images(paths: list[Path], sizes: Sequence[int], workers: int = 4) -> tuple[Pixels, list[tuple[Path, str]]]:
-    """Decode ``paths`` in parallel into memory; return (images of the good ones, [(path, reason)] of the bad).
-
-    The caller decides whether a bad image fails the run or is skipped; order of
-    the good images follows ``paths``.
-    """
-
-    def one(path: Path) -> Pixels | str:
-        try:
-            return load_image(path, sizes)
-        except ImageDecodeError as exc:
-            return str(exc)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(one, paths))
-    good = [r for r in results if isinstance(r, Pixels)]
-    bad = [(p, r) for p, r in zip(paths, results) if isinstance(r, str)]
-    return Pixels.concat(good, sizes), bad

@@ -1,8 +1,8 @@
 """``stacking predict``: a Kaggle ``Id,Category`` submission from a folder of images, streamed and resumable.
 
 Images go through in chunks of ``batch_size``: while one chunk is predicted the next is
-decoded (``workers`` threads), so memory holds two chunks of pixels whatever the folder's
-size. Each finished chunk's probabilities are saved in a checkpoint folder beside the
+decoded (``workers`` threads, through the pixel cache), so memory holds two chunks of
+pixels whatever the folder's size. Each finished chunk's probabilities are saved in a checkpoint folder beside the
 output (``.NAME.partial``); ``--resume`` continues an interrupted run from there, and
 the outputs are written atomically only when every chunk is done. Predictions come
 from :class:`Predictor`, the service's own path.
@@ -28,7 +28,8 @@ from tqdm import tqdm
 from stacking.bundle import Trust
 from stacking.choices import EXECUTOR, ON_BAD_IMAGE, Executor, OnBadImage
 from stacking.cluster import check_ray, check_request, job_threads, ray_cluster, size_worker
-from stacking.data.datasets import ImageSet, decode_in_memory, list_images
+from stacking.data.cache import PixelCache
+from stacking.data.datasets import ImageSet, list_images, load_chunk
 from stacking.errors import UserError
 from stacking.files import atomic_path, write_atomically
 from stacking.inference.predictor import Predictor
@@ -49,10 +50,11 @@ class PredictOptions:
     ray_address: str = ""  # the Ray cluster to join; empty: start a local one
     actors: int = 2  # Ray actors, each with its own copy of the bundle
     cpus_per_actor: float = 1.0  # each actor's Ray request; its TensorFlow threads follow it
+    cache_dir: str = ""  # the pixel cache (empty: the default); with Ray, as each actor's node sees it
 
 
 # Where the chunks run, not what they compute: a run may be resumed on another executor.
-WHERE_OPTIONS = ("resume", "executor", "ray_address", "actors", "cpus_per_actor")
+WHERE_OPTIONS = ("resume", "executor", "ray_address", "actors", "cpus_per_actor", "cache_dir")
 
 
 @dataclass
@@ -136,8 +138,10 @@ def _chunk_file(folder: Path, k: int) -> Path:
 
 
 def decode_chunk(predictor: Predictor, paths: list[Path], options: PredictOptions):
-    """A chunk's (images kept, pixels, [(path, reason)] of those that could not be read)."""
-    return decode_in_memory(ImageSet(paths, predictor.classes), predictor.sizes, options.on_bad_image, options.workers)
+    """A chunk's (images kept, pixels in memory, [(path, reason)] of those that could not be read), through the
+    pixel cache: a second run, or another bundle at the same sizes, decodes nothing."""
+    cache = PixelCache(Path(options.cache_dir) if options.cache_dir else None)
+    return load_chunk(ImageSet(paths, predictor.classes), predictor.sizes, options.on_bad_image, cache, options.workers)
 
 
 def predict_chunk(predictor: Predictor, decoded, options: PredictOptions) -> bytes:
