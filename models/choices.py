@@ -26,3 +26,18 @@ class Head(Named):
 class ClassWeight(Named):
     NONE = "none"
     BALANCED = "balanced"  # each class weighed by n / (classes x its count)
+
+
+class FineTuneSchedule(Named):
+    """How a pretrained backbone is unfrozen (``[train] fine_tune_schedule``)."""
+
+    PHASED = "phased"  # the head on the frozen backbone, then the top fine_tune_blocks blocks at once
+    GRADUAL = "gradual"  # the head, then one more top block per phase, up to fine_tune_blocks
+    FULL = "full"  # every layer from the first epoch, at fine_tune_learning_rate
+
+
+class BatchNormMomentum(Named):
+    """The momentum of BatchNormalization layers that train (``[train] batchnorm_momentum``)."""
+
+    MATCHED = "matched"  # lowered so the moving statistics forget their start within one epoch (never below 0.9)
+    BUILDER = "builder"  # as the architecture's builder set it (keras.applications: 0.99, MobileNets 0.999)

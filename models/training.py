@@ -1,10 +1,12 @@
 """Training of one base model, as an experienced practitioner would do it.
 
 - Augmentation (Keras preprocessing layers) on training batches only.
-- A pretrained backbone is fine-tuned in two phases: first the head alone on the
-  frozen backbone; then the top N whole blocks unfrozen, every BatchNormalization
-  layer kept frozen (and in inference mode), at a lower learning rate, optionally
-  smaller still for the backbone than for the head (``DiscriminativeAdam``).
+- A pretrained backbone is fine-tuned in phases (``fine_tune_schedule``): by default
+  first the head alone on the frozen backbone; then the top N whole blocks unfrozen,
+  every BatchNormalization layer kept frozen (and so in inference mode), at a lower
+  learning rate, optionally smaller still for the backbone than for the head
+  (``DiscriminativeAdam``). ``gradual`` unfreezes one more block per phase; ``full``
+  trains every layer from the start. ``stacking study finetune`` measures them.
 - Every BatchNormalization layer forgets its initial moving statistics within one epoch,
   but averages over at least the last ten or so batches (``match_batchnorm_momentum``):
   keras.applications builders use momentum 0.99 or 0.999, which after a few hundred steps
@@ -29,7 +31,7 @@ import tensorflow as tf
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from models.choices import STRICT, ClassWeight
+from models.choices import STRICT, BatchNormMomentum, ClassWeight, FineTuneSchedule
 from models.registry import BACKBONE, BN_MOMENTUM, block_ids
 
 
@@ -58,6 +60,12 @@ class TrainConfig:
     fine_tune_blocks: int = Field(2, ge=0)  # phase 2 unfreezes this many top blocks of the backbone (0: head only)
     fine_tune_learning_rate: float = Field(1e-4, gt=0)
     backbone_lr_factor: float = Field(1.0, gt=0)  # phase 2 backbone rate = this x the head's (e.g. 0.1); 1: one rate
+    # phased: head, then the top fine_tune_blocks blocks; gradual: head, then one more block per phase up to
+    # fine_tune_blocks (the epochs after the head's shared between them); full: every layer from the first epoch.
+    fine_tune_schedule: FineTuneSchedule = FineTuneSchedule.PHASED
+    freeze_batchnorm: bool = True  # unfrozen blocks keep BatchNorm frozen (inference mode, pretrained statistics)
+    # matched: momentum lowered so moving statistics forget their start within an epoch; builder: keep Keras' 0.99/0.999
+    batchnorm_momentum: BatchNormMomentum = BatchNormMomentum.MATCHED
     class_weight: ClassWeight = ClassWeight.NONE  # "balanced" weighs each class by n / (classes x its count)
     jit_compile: bool = False  # XLA, for GPU users; off on CPU
     augmentation: Augmentation = Augmentation()
@@ -167,18 +175,22 @@ def find_backbone(model: keras.Model) -> keras.Model | None:
     return next((layer for layer in model.layers if layer.name == BACKBONE), None)
 
 
-def unfreeze_top_blocks(backbone: keras.Model, block_pattern: str, n: int) -> None:
-    """Make the top ``n`` whole blocks trainable, every BatchNormalization layer frozen."""
+def unfreeze_top_blocks(
+    backbone: keras.Model, block_pattern: str, n: int | None, freeze_batchnorm: bool = True
+) -> None:
+    """Make the top ``n`` whole blocks trainable (None: every layer), BatchNormalization layers frozen unless
+    ``freeze_batchnorm`` is False (a frozen one also runs in inference mode: its statistics stay)."""
     ids = block_ids(backbone, block_pattern)
     order = list(dict.fromkeys(b for b in ids if b is not None))
-    if n >= len(order):
+    if n is None or n >= len(order):
         start = 0
     else:
         boundary = order[len(order) - n - 1]  # the last block that stays frozen
         start = max(i for i, b in enumerate(ids) if b == boundary) + 1
     backbone.trainable = True
     for i, layer in enumerate(backbone.layers):
-        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        frozen_bn = freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= start and not frozen_bn
 
 
 # Share of the initial moving statistics a training BatchNormalization layer may still hold after one epoch.
@@ -228,6 +240,40 @@ def _schedule(cfg: TrainConfig) -> list[keras.callbacks.Callback]:
     ]
 
 
+def _fine_tune(backbone: keras.Model, pattern: str, cfg: TrainConfig, run: Callable[..., dict]) -> list[dict]:
+    """The phases of fine-tuning a pretrained backbone, as ``cfg.fine_tune_schedule`` says; each phase's history.
+
+    ``run(optimizer, first_epoch, last_epoch, phase)`` trains one phase; a phase that stops
+    early hands its remaining epochs to the next.
+    """
+
+    def rate() -> keras.optimizers.Optimizer:
+        return DiscriminativeAdam(cfg.backbone_lr_factor, learning_rate=cfg.fine_tune_learning_rate)
+
+    if cfg.fine_tune_schedule == FineTuneSchedule.FULL:
+        unfreeze_top_blocks(backbone, pattern, None, cfg.freeze_batchnorm)
+        return [run(rate(), 0, cfg.epochs, 1)]
+    backbone.trainable = False
+    phases = []  # head_epochs 0: straight to the unfrozen blocks
+    if cfg.head_epochs > 0:
+        phases.append(run(keras.optimizers.Adam(cfg.learning_rate), 0, min(cfg.head_epochs, cfg.epochs), 1))
+    done = len(phases[0]["loss"]) if phases else 0
+    if cfg.fine_tune_schedule == FineTuneSchedule.GRADUAL:
+        steps = list(range(1, cfg.fine_tune_blocks + 1))  # one more block each phase
+    else:
+        steps = [cfg.fine_tune_blocks] if cfg.fine_tune_blocks > 0 else []
+    for k, blocks in enumerate(steps):
+        if done >= cfg.epochs:
+            break
+        last = done + -(-(cfg.epochs - done) // (len(steps) - k))  # the epochs left, shared by the phases left
+        unfreeze_top_blocks(backbone, pattern, blocks, cfg.freeze_batchnorm)
+        phases.append(run(rate(), done, last, len(phases) + 1))
+        done += len(phases[-1]["loss"])
+    if not phases:
+        raise ValueError("nothing to train: head_epochs and fine_tune_blocks are both 0")
+    return phases
+
+
 def train_model(
     model: keras.Model,
     train: tuple,
@@ -256,7 +302,8 @@ def train_model(
     )  # one instance across both phases, so "best" spans them
     extra = [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)] if on_epoch_end else []
     data, validation = _training_dataset(*train, cfg, seed), _validation_dataset(*val, cfg.batch_size)
-    match_batchnorm_momentum(model, -(-len(train[0]) // cfg.batch_size))
+    if cfg.batchnorm_momentum == BatchNormMomentum.MATCHED:
+        match_batchnorm_momentum(model, -(-len(train[0]) // cfg.batch_size))
     soft = train[1].ndim == 2  # (N, C) soft targets (a distilled student) instead of (N,) labels
     weights = class_weights(train[1].argmax(axis=1) if soft else train[1], model.output_shape[-1], cfg.class_weight)
     loss = "categorical_crossentropy" if soft else "sparse_categorical_crossentropy"
@@ -277,13 +324,7 @@ def train_model(
 
     backbone = find_backbone(model)
     if fine_tune and backbone is not None:
-        backbone.trainable = False
-        phases = [run(keras.optimizers.Adam(cfg.learning_rate), 0, min(cfg.head_epochs, cfg.epochs), 1)]
-        done = len(phases[0]["loss"])
-        if cfg.fine_tune_blocks > 0 and done < cfg.epochs:
-            unfreeze_top_blocks(backbone, fine_tune, cfg.fine_tune_blocks)
-            optimizer = DiscriminativeAdam(cfg.backbone_lr_factor, learning_rate=cfg.fine_tune_learning_rate)
-            phases.append(run(optimizer, done, cfg.epochs, 2))
+        phases = _fine_tune(backbone, fine_tune, cfg, run)
     else:
         phases = [run(keras.optimizers.Adam(cfg.learning_rate), 0, cfg.epochs, 1)]
     history = {k: [float(v) for p in phases for v in p[k]] for k in phases[0]}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from models.choices import ClassWeight, Head, Named
+from models.choices import BatchNormMomentum, ClassWeight, FineTuneSchedule, Head, Named
 from stacking.errors import UserError
 
 
@@ -169,6 +169,8 @@ SERVE_AS = Choice("--serve-as", ServeAs)
 RUNTIME = Choice("--runtime", Runtime, extra=(AUTO,))
 HEAD = Choice("head", Head)
 CLASS_WEIGHT = Choice("[train] class_weight", ClassWeight)
+FINE_TUNE_SCHEDULE = Choice("[train] fine_tune_schedule", FineTuneSchedule)
+BATCHNORM_MOMENTUM = Choice("[train] batchnorm_momentum", BatchNormMomentum)
 
 # The families' members by the names the code uses.
 POLICIES, MERGES, META_KINDS = TTA_POLICY.values, TTA_MERGE.values, META.values

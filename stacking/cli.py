@@ -31,6 +31,8 @@ preview_cli = typer.Typer(help="Pictures to check before a long fit.")
 cli.add_typer(preview_cli, name="preview")
 cache_cli = typer.Typer(help="The decoded-pixel cache: each image decoded once per size, reused by every command.")
 cli.add_typer(cache_cli, name="cache")
+study_cli = typer.Typer(help="Studies that answer a recipe question by measurement on your data.")
+cli.add_typer(study_cli, name="study")
 
 TTAOption = Annotated[Optional[int], typer.Option("--tta", help="TTA views (default: the bundle's policy).")]
 PolicyOption = Annotated[
@@ -73,6 +75,21 @@ CacheDirOption = Annotated[
         envvar="STACKSERVE_CACHE_DIR",
         help="Where decoded pixels are kept and reused (default: $XDG_CACHE_HOME/stackserve or ~/.cache/stackserve).",
         show_default=False,
+    ),
+]
+# The commands that build models: where their weights come from, and whether they may be downloaded.
+WeightsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Starting weights of keras.applications models: imagenet, none, or a Keras weights file of the "
+        "backbone without its top."
+    ),
+]
+OfflineOption = Annotated[
+    bool,
+    typer.Option(
+        envvar="STACKSERVE_OFFLINE",
+        help="No downloads: ImageNet weights missing from Keras' cache are an error naming the file, before any work.",
     ),
 ]
 # Every command that loads a bundle: what it trusts.
@@ -230,21 +247,8 @@ def fit_command(
     image_size: Annotated[
         Optional[int], typer.Option(help="Every base model's input side (a [[model]] table's own size is replaced).")
     ] = None,
-    weights: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Starting weights of keras.applications models: imagenet, none, or a Keras weights file of the "
-            "backbone without its top."
-        ),
-    ] = None,
-    offline: Annotated[
-        bool,
-        typer.Option(
-            envvar="STACKSERVE_OFFLINE",
-            help="No downloads: ImageNet weights missing from Keras' cache are an error naming the file, before any "
-            "work.",
-        ),
-    ] = False,
+    weights: WeightsOption = None,
+    offline: OfflineOption = False,
     on_bad_image: Annotated[
         Optional[str],
         typer.Option(
@@ -311,6 +315,37 @@ def fit_command(
     cfg = load_config(config, overrides)
     fit(data, out, cfg, echo=typer.echo, resume=resume, sign_key=sign_key, offline=offline, cache=make_cache(cache_dir))
     typer.echo(f"bundle written to {out}; report: {out / 'report' / 'index.html'}")
+
+
+@study_cli.command("finetune")
+def study_finetune_command(
+    data: Annotated[Path, typer.Option("--data", help="Class folders or train.csv + train/.")],
+    model: Annotated[str, typer.Option("--model", help="The keras.applications architecture: ARCH or ARCH@SIZE.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for study.json, index.html and the curves.")],
+    weights: WeightsOption = None,
+    strategies: Annotated[
+        Optional[str],
+        typer.Option(help="Comma-separated strategies (default: all); stacking study finetune --help lists them."),
+    ] = None,
+    labelled_per_class: Annotated[
+        Optional[int],
+        typer.Option(help="Train on this many images per class (a tenth of them validate); hold out the rest."),
+    ] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML settings: the recipe each strategy starts from.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs per strategy.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the split, the initial weights and training.")] = None,
+    offline: OfflineOption = False,
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """Fine-tune one architecture under each strategy on one split; the table, the curves and the winner."""
+    from stacking.training.config import load_config
+    from stacking.training.finetune_study import pick_strategies, run_study
+
+    chosen = pick_strategies(strategies)
+    cfg = load_config(config, {"models": (model,), "weights": weights, "epochs": epochs, "seed": seed})
+    study = run_study(data, out, cfg, chosen, labelled_per_class, typer.echo, offline, make_cache(cache_dir))
+    typer.echo(f"study written to {out / 'study.json'}; page: {out / 'index.html'}")
+    typer.echo(f"winner by held-out log-loss: {study['winner']}; for stacking fit --config:\n{study['winner_toml']}")
 
 
 @cli.command("meta")

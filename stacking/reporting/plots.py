@@ -45,6 +45,25 @@ def plot_history(history: dict, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def plot_study_curves(histories: dict[str, dict], path: Path) -> Path:
+    """Each strategy's validation accuracy and loss per epoch, on shared axes (one line each, its best epoch
+    ringed), so strategies read side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    colours = plt.get_cmap("tab10")
+    for k, (name, history) in enumerate(histories.items()):
+        epochs = np.arange(1, len(history["loss"]) + 1)
+        best = history["best_epoch"]
+        for ax, metric in zip(axes, ("val_accuracy", "val_loss")):
+            ax.plot(epochs, history[metric], color=colours(k % 10), label=name, linestyle="-" if k < 10 else "--")
+            ax.plot(best + 1, history[metric][best], "o", color=colours(k % 10), fillstyle="none", markersize=9)
+    for ax, title in zip(axes, ("validation accuracy", "validation loss")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
 def augmentation_grid(originals: np.ndarray, augmented: np.ndarray, path: Path, titles: list[str]) -> Path:
     """Each row: an original (left) then its augmented copies; ``augmented`` is (copies, N, H, W, 3)."""
     copies, n = augmented.shape[:2]

@@ -15,7 +15,6 @@ meta-folds that left each row out), the test leaderboard from the last
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from stacking.inference.tta import TTAPolicy
 from stacking.meta.calibration import reliability_bins
 from stacking.meta.leaderboard import stack_name
 from stacking.reporting.diversity import diversity
+from stacking.reporting.pages import STYLE, esc, figure, missing, table
 from stacking.reporting.plots import (
     image_grid,
     plot_confusion,
@@ -61,16 +61,6 @@ SECTIONS = {
 }
 MISTAKES_SHOWN = 16
 THUMBNAIL = 256  # mistakes are drawn at most this many pixels a side
-
-STYLE = """
-body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
-table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .7em;text-align:right}
-td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}tr.chosen td{font-weight:bold;background:#eef6ee}
-img{max-width:100%}figure{margin:1em 0}figcaption{font-size:.9em;color:#555}.missing{color:#8a5a00;font-style:italic}
-nav ol{columns:2}.warning{background:#fff3e0;border-left:4px solid #c60;padding:.4em .8em}
-@media print{body{max-width:none;margin:0;font-size:10pt}nav{display:none}a{color:inherit;text-decoration:none}
-figure,table,tr{break-inside:avoid}h2,h3{break-after:avoid}img{max-height:24cm}}
-"""
 
 
 @dataclass
@@ -100,29 +90,6 @@ class _Bundle:
     def oof_scores(self) -> list[dict]:
         """The OOF leaderboard as rows like an evaluation's (the tables show both alike)."""
         return [row.model_dump() for row in self.manifest.meta_learner.oof_scores]
-
-
-def _esc(value: object) -> str:
-    return html.escape(str(value))
-
-
-def _table(header: list[str], rows: list[list[str]], marked: set[int] = frozenset()) -> str:
-    """An HTML table; rows whose index is in ``marked`` get the ``chosen`` class."""
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join(
-        f"<tr{' class=chosen' if i in marked else ''}>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>"
-        for i, row in enumerate(rows)
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _figure(file: str, alt: str, caption: str = "") -> str:
-    text = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
-    return f"<figure><img src='{_esc(file)}' alt='{_esc(alt)}'>{text}</figure>"
-
-
-def _missing(text: str) -> str:
-    return f"<p class=missing>{_esc(text)}</p>"
 
 
 def _score_rows(rows: list[dict]) -> tuple[list[list[str]], set[int]]:
@@ -165,7 +132,7 @@ def _protocol_text(protocol: ProtocolEntry) -> str:
             f"served: {served}"
         )
     if protocol.group_column:
-        text += f"; images grouped by <code>{_esc(protocol.group_column)}</code>, each group on one side of every split"
+        text += f"; images grouped by <code>{esc(protocol.group_column)}</code>, each group on one side of every split"
     return text + f"; {protocol.validation_fraction:.0%} of each training part watched for early stopping."
 
 
@@ -178,14 +145,14 @@ def _data_table(b: _Bundle) -> str:
     rows = [[name, str(per_class[name]), *[str(c[i]) for c in counts]] for i, name in enumerate(b.classes)]
     rows.append(["all", str(b.manifest.data.images), *[str(c.sum()) for c in counts]])
     skipped = b.manifest.data.skipped
-    note = f"<p>{len(skipped)} unreadable image(s) left out: {_esc(', '.join(skipped[:5]))}</p>" if skipped else ""
-    return _table(["class", "images", *names], rows) + note
+    note = f"<p>{len(skipped)} unreadable image(s) left out: {esc(', '.join(skipped[:5]))}</p>" if skipped else ""
+    return table(["class", "images", *names], rows) + note
 
 
 def _summary(b: _Bundle) -> str:
     m = b.manifest
     metrics, meta = m.metrics, m.meta_learner
-    base = _table(
+    base = table(
         [
             "base model",
             "architecture",
@@ -214,17 +181,17 @@ def _summary(b: _Bundle) -> str:
     features = "log-probabilities" + (
         " plus each model's TTA entropy and view disagreement" if meta.features.tta_features else ""
     )
-    warnings = "".join(f'<p class="warning"><b>Warning:</b> {_esc(w)}</p>' for w in metrics.warnings)
+    warnings = "".join(f'<p class="warning"><b>Warning:</b> {esc(w)}</p>' for w in metrics.warnings)
     parts = [
         warnings,
-        f"<p>{len(b.classes)} classes, {m.data.images} training images from <code>{_esc(m.data.source)}"
-        f"</code> at {' and '.join(f'{s} px' for s in m.sizes)}; TTA policy <b>{_esc(m.tta.policy)}</b> with "
+        f"<p>{len(b.classes)} classes, {m.data.images} training images from <code>{esc(m.data.source)}"
+        f"</code> at {' and '.join(f'{s} px' for s in m.sizes)}; TTA policy <b>{esc(m.tta.policy)}</b> with "
         f"{m.tta.views} "
-        f"view(s); fitted {_esc(m.created)} in {metrics.fit_seconds:.0f} s.</p>",
+        f"view(s); fitted {esc(m.created)} in {metrics.fit_seconds:.0f} s.</p>",
         f"<p>Protocol: {_protocol_text(m.protocol)}</p>",
         base,
-        f"<p>Meta-learner: <b>{_esc(stack_name(selection))}</b> on {features}, chosen because: "
-        f"{_esc(selection.reason)}.</p>",
+        f"<p>Meta-learner: <b>{esc(stack_name(selection))}</b> on {features}, chosen because: "
+        f"{esc(selection.reason)}.</p>",
         _headline(b),
         "<h3>Data</h3>",
         _data_table(b),
@@ -259,9 +226,7 @@ def _headline(b: _Bundle) -> str:
         rows.append([f"{label}: {name}", *cells])
     where = " and ".join(text for _, _, text in tables)
     note = "" if b.evaluation else " " + _no_test(b)
-    return f"<p>Scores on {where}, accuracy with its bootstrap 95% interval.{_esc(note)}</p>" + _table(
-        header, rows, {2}
-    )
+    return f"<p>Scores on {where}, accuracy with its bootstrap 95% interval.{esc(note)}</p>" + table(header, rows, {2})
 
 
 def _no_test(b: _Bundle) -> str:
@@ -286,28 +251,28 @@ def _leaderboard(b: _Bundle) -> str:
         f"<h3>Out-of-fold ({b.manifest.metrics.oof_rows} images no base model trained on)</h3>",
         "<p>Base models as they predicted the OOF rows; each candidate and the stack scored on answers from the "
         "meta-learner folds that left the row out (fitting and scoring on the same rows would flatter them).</p>",
-        _table(SCORE_HEADER, *_score_rows(b.oof_scores)),
+        table(SCORE_HEADER, *_score_rows(b.oof_scores)),
     ]
     parts.append("<h3>Test</h3>")
     if b.evaluation:
         e = b.evaluation
-        labels = f" (labels {_esc(e['labels'])})" if e.get("labels") else ""
+        labels = f" (labels {esc(e['labels'])})" if e.get("labels") else ""
         parts.append(
-            f"<p>{e['images']} labelled images in <code>{_esc(e['data'])}</code>{labels}, {e['views']} "
-            f"TTA view(s) ({_esc(e['policy'])}), evaluated {_esc(e['created'])}.</p>"
+            f"<p>{e['images']} labelled images in <code>{esc(e['data'])}</code>{labels}, {e['views']} "
+            f"TTA view(s) ({esc(e['policy'])}), evaluated {esc(e['created'])}.</p>"
         )
-        parts.append(_table(SCORE_HEADER, *_score_rows(e["rows"])))
+        parts.append(table(SCORE_HEADER, *_score_rows(e["rows"])))
     else:
-        parts.append(_missing(_no_test(b)))
+        parts.append(missing(_no_test(b)))
     parts.append(f"<h3>Meta-learner selection ({selection.cv_folds}-fold cross-validation on the OOF rows)</h3>")
     parts.append(
-        f"<p>Ranked by mean {_esc(selection.criterion)} over the folds (± its spread); a learned stack "
+        f"<p>Ranked by mean {esc(selection.criterion)} over the folds (± its spread); a learned stack "
         f"must beat every averaging candidate. Reliance per base model in the order "
-        f"{_esc(', '.join(meta.features.base_models))}.</p>"
+        f"{esc(', '.join(meta.features.base_models))}.</p>"
     )
     board = selection.leaderboard
     parts.append(
-        _table(
+        table(
             ["candidate", "family", "CV accuracy", "CV log-loss", "Brier", "ECE", "reliance per base model"],
             [
                 [
@@ -338,7 +303,7 @@ def _tta(b: _Bundle) -> str:
     """The TTA table, fixed/broken counts, accuracy-by-views curve and per-view heat map."""
     diag = bundle_io.load_tta_diagnostics(b.path)
     columns = list(next(iter(diag["table"].values())))
-    table = _table(
+    tta_table = table(
         ["model", *[f"{c} acc / log-loss" for c in columns], "fixed", "broken"],
         [
             [
@@ -360,10 +325,10 @@ def _tta(b: _Bundle) -> str:
         else "<p>Adaptive TTA is off.</p>",
         f"<p>Measured on {diag['rows']} out-of-fold images. Fixed: wrong with the identity view alone, right "
         f"with the served {diag['served_views']} views; broken: the reverse.</p>",
-        table,
+        tta_table,
     ]
     if diag["views"] < 2:
-        return "\n".join([*parts, _missing("Only the identity view was measured: no curve or per-view map to draw.")])
+        return "\n".join([*parts, missing("Only the identity view was measured: no curve or per-view map to draw.")])
     plot_tta_curve(diag["accuracy_by_views"], b.out / "tta_curve.png", diag["served_views"])
     names = [
         v.name for v in TTAPolicy.from_dict(b.manifest.tta.model_dump()).view_list(max(b.manifest.sizes), diag["views"])
@@ -371,8 +336,8 @@ def _tta(b: _Bundle) -> str:
     heat = diag["heatmap"]
     plot_tta_heatmap(heat["predicted"], heat["labels"], b.classes, b.out / "tta_heatmap.png", names)
     parts += [
-        _figure("tta_curve.png", "accuracy against the number of TTA views"),
-        _figure(
+        figure("tta_curve.png", "accuracy against the number of TTA views"),
+        figure(
             "tta_heatmap.png",
             "predicted class per view and image",
             f"Ensemble's predicted class per view for {len(heat['labels'])} images, grouped by true class (bottom "
@@ -395,7 +360,7 @@ def _curves(b: _Bundle) -> str:
             file = f"curves_{entry.name}{tag}.png"
             plot_history(history, b.out / file, f"{entry.name}{suffix}")
             parts.append(
-                _figure(
+                figure(
                     file,
                     f"training curves of {entry.name}{suffix}",
                     f"{entry.name}{suffix}: best epoch {history['best_epoch'] + 1} of {len(history['loss'])} kept, "
@@ -420,7 +385,7 @@ def _augmentation(b: _Bundle) -> str:
     augmentation = Augmentation(**cfg["train"]["augmentation"])
     settings = ", ".join(f"{k} {v}" for k, v in cfg["train"]["augmentation"].items())
     if is_identity(augmentation):
-        return f"<p>Training used no augmentation ({_esc(settings)}).</p>"
+        return f"<p>Training used no augmentation ({esc(settings)}).</p>"
     file, source = "augmentation.png", Path(b.manifest.data.source)
     try:
         preview_augmentation(
@@ -428,8 +393,8 @@ def _augmentation(b: _Bundle) -> str:
         )
     except UserError:
         if not (b.out / file).is_file():
-            return _missing(f"The training images are no longer at {source}: no augmentation preview.")
-    return _figure(
+            return missing(f"The training images are no longer at {source}: no augmentation preview.")
+    return figure(
         file,
         "training images and augmented copies",
         f"Left: a training image at {max(b.manifest.sizes)} px; right: copies as training saw them "
@@ -450,13 +415,13 @@ def _errors(b: _Bundle) -> str:
     plot_reliability(curves, b.out / "reliability.png")
     return "\n".join(
         [
-            _figure(
+            figure(
                 "confusion.png",
                 "confusion matrix of the chosen stack",
                 f"{name}, cross-validated answers on the OOF rows: counts of true (rows) against predicted class; "
                 f"{int(np.trace(counts))} of {len(labels)} right.",
             ),
-            _figure(
+            figure(
                 "reliability.png",
                 "reliability diagram",
                 "Accuracy against confidence in equal-width confidence bins; on the diagonal a model is as sure as it "
@@ -470,7 +435,7 @@ def _diversity(b: _Bundle) -> str:
     selection, names = b.manifest.meta_learner.selection, b.base_names
     parts = []
     if len(names) < 2:
-        parts.append(_missing("One base model: no diversity to show."))
+        parts.append(missing("One base model: no diversity to show."))
     else:
         _, corr = diversity(b.path)
         plot_correlation(names, corr, b.out / "diversity.png")
@@ -487,12 +452,12 @@ def _diversity(b: _Bundle) -> str:
             for j in range(i + 1, len(names))
         ]
         parts += [
-            _figure(
+            figure(
                 "diversity.png",
                 "correlation of base models' OOF probabilities",
                 "Lower correlation means more for the ensemble to gain.",
             ),
-            _table(["pair", "correlation", "disagree on label", "both wrong"], pairs),
+            table(["pair", "correlation", "disagree on label", "both wrong"], pairs),
         ]
     plot_weights(
         {row.name: row.model_weights for row in selection.leaderboard},
@@ -501,7 +466,7 @@ def _diversity(b: _Bundle) -> str:
         b.out / "weights.png",
     )
     parts.append(
-        _figure(
+        figure(
             "weights.png",
             "reliance of each candidate on each base model",
             "Averages: their weights; logistic regression: mean absolute coefficient per model; random "
@@ -529,7 +494,7 @@ def _mistakes(b: _Bundle) -> str:
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
     files = _training_images(b)
     if files is None:
-        return _missing(
+        return missing(
             f"{len(wrong)} OOF images are wrong, but the training images are no longer at "
             f"{b.manifest.data.source} to show them."
         )
@@ -547,14 +512,14 @@ def _mistakes(b: _Bundle) -> str:
         if len(shown) == MISTAKES_SHOWN:
             break
     if not shown:
-        return _missing(f"{len(wrong)} OOF images are wrong, but none of them is readable in {b.manifest.data.source}.")
+        return missing(f"{len(wrong)} OOF images are wrong, but none of them is readable in {b.manifest.data.source}.")
     image_grid(shown, captions, b.out / "mistakes.png")
     return "\n".join(
         [
             f"<p>{len(wrong)} of {len(labels)} OOF images are wrong (cross-validated stack answers); the "
             f"{len(shown)} it was surest about:</p>",
-            _figure("mistakes.png", "the stack's most confident mistakes"),
-            _table(["image", "true class", "predicted", "confidence"], rows),
+            figure("mistakes.png", "the stack's most confident mistakes"),
+            table(["image", "true class", "predicted", "confidence"], rows),
         ]
     )
 
@@ -573,7 +538,7 @@ def _cost(b: _Bundle) -> str:
     """Every way to answer on one chart, accuracy and log-loss against ms per image, the front marked; the table."""
     found = _cost_rows(b)
     if found is None:
-        return _missing("This bundle was fitted before costs were measured: refit it to see the trade.")
+        return missing("This bundle was fitted before costs were measured: refit it to see the trade.")
     rows, where = found
     ms = [r["ms_per_image"] for r in rows]
     front = pareto_front(ms, [r["accuracy"] for r in rows])
@@ -588,7 +553,7 @@ def _cost(b: _Bundle) -> str:
         if serving and serving.cascade
         else "none"
     )
-    table = _table(
+    options = table(
         ["option", "kind", "accuracy", "log-loss", "forward passes", "ms per image", "on the accuracy front"],
         [
             [
@@ -606,18 +571,18 @@ def _cost(b: _Bundle) -> str:
     )
     return "\n".join(
         [
-            f"<p>Each way this bundle can answer, scored on {_esc(where)}. Forward passes: image-views through "
+            f"<p>Each way this bundle can answer, scored on {esc(where)}. Forward passes: image-views through "
             "networks per image, fold models counted. An option is on the front when none other is both as cheap "
             "and as accurate. "
             f"Serve one with <code>--serve-as</code>, or let <code>--latency-budget-ms</code> pick. Cascade stages: "
-            f"{_esc(stages)}.</p>",
-            _figure(
+            f"{esc(stages)}.</p>",
+            figure(
                 "cost.png",
                 "accuracy and log-loss against milliseconds per image",
                 "Accuracy (left) and log-loss (right) against ms per image, log scale; ringed and joined: the "
                 "options no other beats on both cost and that score.",
             ),
-            table,
+            options,
         ]
     )
 

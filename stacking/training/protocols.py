@@ -130,6 +130,28 @@ def make_splits(
     return splits
 
 
+def labelled_split(
+    labels: np.ndarray, per_class: int, validation_fraction: float, seed: int, classes: list[str]
+) -> Split:
+    """``per_class`` labelled images of each class (drawn with ``seed``; an inner validation split among them), the
+    rest held out: how a study measures what a few labels per class give."""
+    if per_class < 2:
+        raise UserError(f"--labelled-per-class {per_class}: needs at least 2 (one to train on, one to validate)")
+    check_class_counts(labels, classes, per_class + 1, f"--labelled-per-class {per_class} (and one held out)")
+    rng = np.random.default_rng(seed)
+    labelled = np.sort(
+        np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(len(classes))])
+    )
+    held_out = np.setdiff1d(np.arange(len(labels)), labelled)
+    if math.ceil(validation_fraction * len(labelled)) < len(classes):
+        raise UserError(
+            f"validation_fraction {validation_fraction}: fewer validation images than the {len(classes)} classes "
+            f"among {len(labelled)} labelled ones; raise it or --labelled-per-class"
+        )
+    fit, val = _carve(labelled, labels, None, validation_fraction, seed)
+    return Split(np.sort(fit), np.sort(val), held_out)
+
+
 def refit_split(labels: np.ndarray, validation_fraction: float, seed: int, groups: np.ndarray | None = None) -> Split:
     """``--final refit``: train on every image but an inner validation split that drives the callbacks."""
     fit, val = _carve(np.arange(len(labels)), labels, groups, validation_fraction, seed)
