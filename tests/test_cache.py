@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
+import time
 from pathlib import Path
 
 import httpx
@@ -29,10 +31,12 @@ from tests.test_cli import one_line_error, run_cli
 
 
 def write_jpegs(folder: Path, count: int, width: int = 96, height: int = 72) -> list[Path]:
+    """Photo-like JPEGs, last modified an hour ago (settled: the cache remembers their digests)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{i}.jpg" for i in range(count)]
     for i, path in enumerate(paths):
         path.write_bytes(photo(i, i % 4, width, height))
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
     return paths
 
 
@@ -52,12 +56,15 @@ def test_a_second_load_reads_every_image_from_the_cache(tmp_path, monkeypatch):
     decodes = count_decodes(monkeypatch)
     _, first, _ = load_pixels(images_of(paths), [16, 24], cache=cache, echo=lines.append)
     assert len(decodes) == 6 and "6 images decoded, 0 from the cache" in lines[-1]
-    hashed: list[int] = []
-    real_digest = cache_module.file_digest
+    hashed, looked_up = [], []
+    real_digest, real_fill = cache_module.file_digest, cache_module._fill_one
     monkeypatch.setattr(cache_module, "file_digest", lambda data: hashed.append(1) or real_digest(data))
+    monkeypatch.setattr(cache_module, "_fill_one", lambda *a, **k: looked_up.append(1) or real_fill(*a, **k))
     _, again, _ = load_pixels(images_of(paths), [16, 24], cache=cache, echo=lines.append)
     assert len(decodes) == 6 and lines[-1].startswith("pixels: all 6 images from the cache")
-    assert not hashed  # unchanged files (path, size, mtime, inode) are not even read
+    assert not looked_up  # the same unchanged files (path, size, mtime, inode): the fill's record, one read
+    load_pixels(images_of(paths[:5]), [16, 24], cache=cache, echo=lines.append)  # another list: file by file
+    assert len(looked_up) == 5 and not hashed  # each file's remembered digest: none of them read
     for size in (16, 24):
         expected = np.concatenate([decode_image(p.read_bytes(), [size]).at(size) for p in paths])
         np.testing.assert_array_equal(np.asarray(first.at(size)), expected)

@@ -6,7 +6,9 @@ raw uint8 ``size x size x 3`` pixels followed by a 16-byte BLAKE2b checksum of t
 and a renamed or copied one is the same. A file's digest is remembered under its path,
 size, modification time, inode and device (``ROOT/files/``), so a second pass over
 unchanged files reads none of their bytes; a file rewritten in place gets a new
-modification time and is hashed again. Entries are written to a temporary file and
+modification time and is hashed again. The outcome of a whole fill is remembered the same
+way under its list of files, so a second fit over the same unchanged folder costs a stat
+per file and one read. Entries are written to a temporary file and
 renamed into place: two processes filling the cache at once write the same bytes and
 neither reader sees half an entry. An entry whose length or checksum is wrong is
 removed and decoded again from its file, never served.
@@ -18,6 +20,7 @@ system's page cache, not in the process's resident memory, which holds batches o
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -37,6 +40,9 @@ from stacking.errors import UserError
 CACHE_DIR_ENV = "STACKSERVE_CACHE_DIR"
 CHECKSUM_BYTES = 16
 FILES = "files"  # the digests of files already hashed, by path and stat
+# A file modified this recently may change again within the filesystem's timestamp granularity without its stat
+# changing (git's "racy" files): its digest is not remembered.
+SETTLED_NS = 2 * 10**9
 SUFFIX = ".px"
 
 
@@ -45,6 +51,10 @@ def default_cache_dir() -> Path:
     if os.environ.get(CACHE_DIR_ENV):
         return Path(os.environ[CACHE_DIR_ENV]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "stackserve"
+
+
+def _settled(st: os.stat_result) -> bool:
+    return st.st_mtime_ns < time.time_ns() - SETTLED_NS
 
 
 def file_digest(data: bytes) -> str:
@@ -76,11 +86,14 @@ class PixelCache:
 
     def _file_key(self, path: Path) -> Path | None:
         """Where the digest of ``path`` as it is now would be remembered: keyed by its real path, size, modification
-        time (ns), inode and device, as make, git and ccache know a file unchanged. None if it cannot be stat'ed."""
+        time (ns), inode and device, as make, git and ccache know a file unchanged. None if it cannot be stat'ed or
+        was modified in the last ``SETTLED_NS``."""
         try:
             real = Path(path).resolve()
             st = real.stat()
         except OSError:
+            return None
+        if not _settled(st):
             return None
         key = hashlib.blake2b(
             f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_dev}".encode(), digest_size=16
@@ -100,6 +113,41 @@ class PixelCache:
         key = self._file_key(path)
         if key is not None:
             self._write_atomically(key, digest.encode())
+
+    def _list_key(self, paths: Sequence[Path], sizes: Sequence[int]) -> Path | None:
+        """Where the outcome of filling exactly these files, as they are now, at these sizes is remembered: keyed by
+        each path and its stat (size, modification time, inode, device). None if a file cannot be stat'ed or was
+        modified in the last ``SETTLED_NS``."""
+        key = hashlib.blake2b(f"{DECODER}\0{sorted(set(sizes))}\n".encode(), digest_size=16)
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            if not _settled(st):
+                return None
+            key.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_dev}\n".encode())
+        digest = key.hexdigest()
+        return self.root / FILES / "lists" / digest[:2] / digest
+
+    def known_list(self, paths: Sequence[Path], sizes: Sequence[int]) -> tuple[list, list] | None:
+        """(digests, reasons) of a fill of these unchanged files whose every entry is still there; else None."""
+        key = self._list_key(paths, sizes)
+        try:
+            found = json.loads(key.read_text()) if key is not None else None
+        except (OSError, ValueError):
+            return None
+        if not isinstance(found, dict) or len(found.get("digests", ())) != len(paths):
+            return None
+        digests, reasons = found["digests"], found["reasons"]
+        if all(self.has(d, s) for d in digests if d is not None for s in sizes):
+            return digests, reasons
+        return None
+
+    def remember_list(self, paths: Sequence[Path], sizes: Sequence[int], digests: list, reasons: list) -> None:
+        key = self._list_key(paths, sizes)
+        if key is not None:
+            self._write_atomically(key, json.dumps({"digests": digests, "reasons": reasons}).encode())
 
     def entry(self, digest: str, size: int) -> Path:
         return self.root / f"pixels-{DECODER}" / str(size) / digest[:2] / f"{digest}{SUFFIX}"
@@ -296,6 +344,9 @@ def fill_cache(
     """
     cache.prepare()
     started, decoded = time.monotonic(), 0
+    known = cache.known_list(paths, sizes)  # the same files as a fill before: one read, no file opened
+    if known is not None:
+        return known[0], known[1], FillReport(len(paths), 0, time.monotonic() - started)
     workers = workers or len(os.sched_getaffinity(0))
 
     def one(path: Path) -> tuple[str | None, str | None, bool]:
@@ -316,6 +367,7 @@ def fill_cache(
             decoded += fresh
             bar.update()
             bar.set_postfix(from_cache=len(digests) - decoded, refresh=False)
+    cache.remember_list(paths, sizes, digests, reasons)
     return digests, reasons, FillReport(len(paths), decoded, time.monotonic() - started)
 
 
