@@ -159,7 +159,7 @@ def label_figures(bundle: Path, paths: list[Path]) -> dict:
     a = answers(lambda data: decode_image(data, [size]).at(size)[0])
     b = answers(lambda data: full_decode(data, size))
     c = answers(lambda data: full_decode(data, size, Image.Resampling.BICUBIC))
-    truth = np.array([CLASSES.index(p.parent.name) for p in paths])
+    truth = np.array([predictor.classes.index(p.parent.name) for p in paths])
     return {
         "images": len(paths),
         "accuracy": round(float((b.argmax(1) == truth).mean()), 3),
