@@ -117,9 +117,11 @@ def create_model(
 ) -> keras.Model:
     """Build ``name`` for ``image_size`` x ``image_size`` RGB input and ``num_classes``.
 
-    A keras.applications backbone is a nested model named ``BACKBONE``, called with
-    ``training=False`` so its BatchNorm layers stay in inference mode even when
-    fine-tuned (their ImageNet statistics are kept).
+    A keras.applications backbone is a nested model named ``BACKBONE``. Its call's
+    ``training=False`` does not keep BatchNorm in inference mode: Keras 3 replaces it with
+    the outer model's flag when that trains. A BatchNorm layer runs in inference mode (its
+    pretrained statistics kept) because it is frozen (``trainable = False``, see
+    ``models.training.unfreeze_top_blocks``); one that trains updates its statistics.
     """
     if is_custom(name):
         return _create_custom(name, num_classes, image_size)
