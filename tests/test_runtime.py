@@ -170,7 +170,7 @@ def perturbed_export(name: str):
 @pytest.mark.slow
 def test_a_perturbed_export_is_refused_naming_the_model(digits_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("stacking.training.fit.export_litert", perturbed_export("tiny_cnn"))
-    settings = {**TINY_FIT, "epochs": 1}
+    settings = {**TINY_FIT, "epochs": 1, "runtime": "auto"}  # auto: a refused export is served on TensorFlow
     lines: list[str] = []
     manifest = fit(digits_dir, tmp_path / "auto", load_config(None, settings), echo=lines.append)
     tiny, mobile = manifest.base_models
