@@ -100,19 +100,18 @@ class PixelCache:
         ).hexdigest()
         return self.root / FILES / key[:2] / key
 
-    def known_digest(self, path: Path) -> str | None:
-        """The content digest of ``path`` if it was hashed before and has not changed since (no read of its bytes)."""
-        key = self._file_key(path)
+    def recall(self, key: Path | None) -> str | None:
+        """What was remembered under ``key`` (from ``_file_key``/``_list_key``, taken before the files were read)."""
         try:
-            digest = key.read_text() if key is not None else ""
+            return key.read_text() if key is not None else None
         except OSError:
             return None
-        return digest if len(digest) == 40 else None
 
-    def remember_digest(self, path: Path, digest: str) -> None:
-        key = self._file_key(path)
+    def remember(self, key: Path | None, content: str) -> None:
+        """Store ``content`` under ``key``: the stat taken before reading, so a file changed meanwhile is not
+        paired with what was read from it before."""
         if key is not None:
-            self._write_atomically(key, digest.encode())
+            self._write_atomically(key, content.encode())
 
     def _list_key(self, paths: Sequence[Path], sizes: Sequence[int]) -> Path | None:
         """Where the outcome of filling exactly these files, as they are now, at these sizes is remembered: keyed by
@@ -130,24 +129,19 @@ class PixelCache:
         digest = key.hexdigest()
         return self.root / FILES / "lists" / digest[:2] / digest
 
-    def known_list(self, paths: Sequence[Path], sizes: Sequence[int]) -> tuple[list, list] | None:
-        """(digests, reasons) of a fill of these unchanged files whose every entry is still there; else None."""
-        key = self._list_key(paths, sizes)
+    def known_list(self, key: Path | None, count: int, sizes: Sequence[int]) -> tuple[list, list] | None:
+        """(digests, reasons) remembered under ``key`` for ``count`` files whose every entry is still there; else
+        None."""
         try:
-            found = json.loads(key.read_text()) if key is not None else None
-        except (OSError, ValueError):
+            found = json.loads(self.recall(key) or "null")
+        except ValueError:
             return None
-        if not isinstance(found, dict) or len(found.get("digests", ())) != len(paths):
+        if not isinstance(found, dict) or len(found.get("digests", ())) != count:
             return None
         digests, reasons = found["digests"], found["reasons"]
         if all(self.has(d, s) for d in digests if d is not None for s in sizes):
             return digests, reasons
         return None
-
-    def remember_list(self, paths: Sequence[Path], sizes: Sequence[int], digests: list, reasons: list) -> None:
-        key = self._list_key(paths, sizes)
-        if key is not None:
-            self._write_atomically(key, json.dumps({"digests": digests, "reasons": reasons}).encode())
 
     def entry(self, digest: str, size: int) -> Path:
         return self.root / f"pixels-{DECODER}" / str(size) / digest[:2] / f"{digest}{SUFFIX}"
@@ -280,13 +274,13 @@ def _fill_one(cache: PixelCache, path: Path, sizes: Sequence[int], expect: str |
     """Make sure ``path``'s pixels are in the cache at ``sizes``, decoding those missing; (digest, decoded or empty).
 
     A file whose path, size, modification time and inode are those it had when last
-    hashed is not read again (``PixelCache.known_digest``). ``expect``: the digest the file
+    hashed is not read again (``PixelCache._file_key``). ``expect``: the digest the file
     had when it was listed, to decode ``sizes`` again from it; a file changed since is an error.
     """
-    if expect is None:
-        known = cache.known_digest(path)
-        if known is not None and all(cache.has(known, s) for s in sizes):
-            return known, Pixels({})
+    key = cache._file_key(path) if expect is None else None
+    known = cache.recall(key)
+    if known is not None and len(known) == 40 and all(cache.has(known, s) for s in sizes):
+        return known, Pixels({})
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -303,7 +297,7 @@ def _fill_one(cache: PixelCache, path: Path, sizes: Sequence[int], expect: str |
             raise ImageDecodeError(f"{path}: {exc}") from None
         for size in missing:
             cache.write(digest, size, decoded.at(size)[0])
-    cache.remember_digest(path, digest)
+    cache.remember(key, digest)
     return digest, decoded
 
 
@@ -344,7 +338,8 @@ def fill_cache(
     """
     cache.prepare()
     started, decoded = time.monotonic(), 0
-    known = cache.known_list(paths, sizes)  # the same files as a fill before: one read, no file opened
+    key = cache._list_key(paths, sizes)
+    known = cache.known_list(key, len(paths), sizes)  # the same files as a fill before: one read, no file opened
     if known is not None:
         return known[0], known[1], FillReport(len(paths), 0, time.monotonic() - started)
     workers = workers or len(os.sched_getaffinity(0))
@@ -367,7 +362,7 @@ def fill_cache(
             decoded += fresh
             bar.update()
             bar.set_postfix(from_cache=len(digests) - decoded, refresh=False)
-    cache.remember_list(paths, sizes, digests, reasons)
+    cache.remember(key, json.dumps({"digests": digests, "reasons": reasons}))
     return digests, reasons, FillReport(len(paths), decoded, time.monotonic() - started)
 
 

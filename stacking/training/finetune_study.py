@@ -170,11 +170,11 @@ def run_study(
     file = base.weights_file
     sha = None if file is None else bundle_io.sha256_file(file)
     rows, curves = [], {}
+    rows_at_size, n_classes, settings = pixels.at(base.image_size), len(images.classes), job_settings(cfg)
     for strategy in strategies:
         member = strategy_member(base, strategy)
         job = Job(member, cfg.seed, split, (View(),), weights_sha256=None if strategy.scratch else sha)
-        rows_at_size, n_classes = pixels.at(base.image_size), len(images.classes)
-        result = run_job(job, rows_at_size, images.labels, n_classes, job_settings(cfg), offline)
+        result = run_job(job, rows_at_size, images.labels, n_classes, settings, offline)
         scored = table_row(strategy.name, "strategy", result.per_view[0], held_out)
         history = result.history
         rows.append(
