@@ -71,15 +71,19 @@ def free_port() -> int:
 class Server:
     """``stacking serve`` in a child process on a loopback port."""
 
-    def __init__(self, bundle: Path, env: dict[str, str] | None = None, via_uvicorn: bool = False):
-        """``via_uvicorn``: start as a container does, ``uvicorn --factory`` with STACKSERVE_BUNDLE set."""
+    def __init__(
+        self, bundle: Path, env: dict[str, str] | None = None, via_uvicorn: bool = False, preload: str | None = None
+    ):
+        """``via_uvicorn``: start as a container does, ``uvicorn --factory`` with STACKSERVE_BUNDLE set.
+        ``preload``: a test module imported before the server starts (one that patches the app to observe it)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if via_uvicorn:
             command = ["-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(self.port)]
             env = {**(env or {}), "STACKSERVE_BUNDLE": str(bundle)}
         else:
-            command = ["-c", "from app.cli import run; run()", "serve", str(bundle), "--port", str(self.port)]
+            preamble = f"import {preload}; " if preload else ""
+            command = ["-c", f"{preamble}from app.cli import run; run()", "serve", str(bundle), "--port", str(self.port)]
         self.process = subprocess.Popen(
             [sys.executable, *command],
             env={**os.environ, **(env or {})},
