@@ -82,8 +82,8 @@ class Server:
             command = ["-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(self.port)]
             env = {**(env or {}), "STACKSERVE_BUNDLE": str(bundle)}
         else:
-            preamble = f"import {preload}; " if preload else ""
-            command = ["-c", f"{preamble}from app.cli import run; run()", "serve", str(bundle), "--port", str(self.port)]
+            start = f"import {preload}; " * bool(preload) + "from app.cli import run; run()"
+            command = ["-c", start, "serve", str(bundle), "--port", str(self.port)]
         self.process = subprocess.Popen(
             [sys.executable, *command],
             env={**os.environ, **(env or {})},
