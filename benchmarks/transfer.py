@@ -12,6 +12,7 @@ it. Prints one table (held-out accuracy with its bootstrap interval, log-loss, b
 and the gain of the best pretrained strategy over ``scratch``. ``--json FILE`` keeps it.
 
     python benchmarks/transfer.py [--workdir DIR] [--per-class 10,50] [--epochs 30] [--source-epochs 12]
+        [--strategies a,b,..]
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def pretrain(out: Path, per_class: int, epochs: int) -> dict:
     }
 
 
-def study(data: Path, weights: Path, out: Path, per_class: int, epochs: int) -> dict:
+def study(data: Path, weights: Path, out: Path, per_class: int, epochs: int, strategies: str | None) -> dict:
     from stacking.data.cache import PixelCache
     from stacking.training.config import load_config
     from stacking.training.finetune_study import pick_strategies, run_study
@@ -111,7 +112,9 @@ def study(data: Path, weights: Path, out: Path, per_class: int, epochs: int) -> 
     cfg = load_config(
         out / "recipe.toml", {"models": (f"{ARCH}@{SIZE}",), "weights": str(weights), "epochs": epochs, "seed": 0}
     )
-    return run_study(data, out, cfg, pick_strategies(None), per_class, print, cache=PixelCache(out.parent / "cache"))
+    return run_study(
+        data, out, cfg, pick_strategies(strategies), per_class, print, cache=PixelCache(out.parent / "cache")
+    )
 
 
 def main() -> None:
@@ -121,6 +124,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30, help="each strategy's epochs")
     parser.add_argument("--source-per-class", type=int, default=300, help="rendered letters per class")
     parser.add_argument("--source-epochs", type=int, default=12)
+    parser.add_argument("--strategies", help="a,b,...: these strategies only (default: every one)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = args.workdir
@@ -131,7 +135,7 @@ def main() -> None:
     if not (digits / "train").is_dir():
         write_digits(digits)
     studies = {
-        n: study(digits, work / "letters.weights.h5", work / f"study{n}", n, args.epochs)
+        n: study(digits, work / "letters.weights.h5", work / f"study{n}", n, args.epochs, args.strategies)
         for n in (int(v) for v in args.per_class.split(","))
     }
     result = {"source": source, "studies": studies}
@@ -155,6 +159,8 @@ def print_table(result: dict) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
     for n in counts:
         rows = by_name[n]
+        if "scratch" not in rows or all(k.startswith("scratch") for k in rows):
+            continue  # nothing to compare
         pretrained = max((r for k, r in rows.items() if not k.startswith("scratch")), key=lambda r: r["accuracy"])
         gain = pretrained["accuracy"] - rows["scratch"]["accuracy"]
         print(f"{n}/class: best pretrained ({pretrained['strategy']}) minus scratch: {100 * gain:+.1f} points")
