@@ -138,7 +138,7 @@ def demo_command(
     typer.echo(f"1/5 data: {counts['train']} training and {counts['test']} test scans in {data}")
     typer.echo(f"2/5 fit: config {DEMO_CONFIG}")
     fit(data, bundle, load_config(DEMO_CONFIG, {"epochs": epochs}), echo=lambda s: typer.echo(f"    {s}"))
-    typer.echo(f"3/5 distill: one {DEMO_STUDENT} taught by the stack's out-of-fold answers")
+    typer.echo(f"3/5 distill: one {DEMO_STUDENT}, taught by the stack answering each augmented picture it trains on")
     distill(bundle, DEMO_STUDENT, epochs=epochs, echo=lambda s: typer.echo(f"    {s}"))
     predictor = Predictor(bundle)
     rows, count, bad = evaluate_folder(predictor, data / "test", data / "test_labels.csv")

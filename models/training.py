@@ -108,6 +108,27 @@ class DiscriminativeAdam(keras.optimizers.Adam):
         return {**super().get_config(), "backbone_factor": self.backbone_factor, "head_prefix": self.head_prefix}
 
 
+@keras.saving.register_keras_serializable(package="stackserve")
+class TemperedCrossEntropy(keras.losses.Loss):
+    """Cross-entropy between the target and the model's probabilities, both softened at ``temperature`` (Hinton et
+    al. 2015), times the temperature squared so gradients keep their scale. The model ends in a softmax: the
+    log of its probabilities is its logits up to a constant, which the softmax at the temperature ignores."""
+
+    def __init__(self, temperature: float = 1.0, name: str = "tempered_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.temperature = float(temperature)
+
+    def _soften(self, p):
+        return keras.ops.softmax(keras.ops.log(keras.ops.clip(p, 1e-7, 1.0)) / self.temperature, axis=-1)
+
+    def call(self, y_true, y_pred):
+        crossed = keras.losses.categorical_crossentropy(self._soften(y_true), self._soften(y_pred))
+        return self.temperature**2 * crossed
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "temperature": self.temperature}
+
+
 def make_augmenter(aug: Augmentation, seed: int) -> keras.Sequential:
     """The random augmentation applied to training batches only."""
     steps: list[keras.layers.Layer] = []
@@ -228,14 +249,17 @@ def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return found
 
 
-def _schedule(cfg: TrainConfig) -> list[keras.callbacks.Callback]:
+MONITORS = {"val_accuracy": "max", "val_log_loss": "min"}  # what picks the best epoch and stops training
+
+
+def _schedule(cfg: TrainConfig, monitor: str) -> list[keras.callbacks.Callback]:
     """Per-phase callbacks: the LR drops first, training stops later, best weights restored."""
     return [
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, min_lr=1e-6
         ),
         keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True
+            monitor=monitor, mode=MONITORS[monitor], patience=cfg.early_stopping_patience, restore_best_weights=True
         ),
     ]
 
@@ -283,6 +307,8 @@ def train_model(
     seed: int = 0,
     fine_tune: str | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    monitor: str = "val_accuracy",
+    temperature: float = 1.0,
 ) -> tuple[keras.Model, dict]:
     """Fit ``model`` on raw-pixel ``train`` images, watching ``val``; return (best model, history).
 
@@ -293,12 +319,16 @@ def train_model(
     None trains every layer from the start. ``seed`` fixes shuffling and augmentation;
     seed Keras (``keras.utils.set_random_seed``) before building the model to fix its
     initial weights too. ``on_epoch_end(epoch, logs)`` is called after each epoch.
+    ``monitor``: ``val_accuracy``, or ``val_log_loss`` (smoother on few validation rows) picks the best epoch and
+    stops training. ``temperature``: soft targets are matched at this temperature (``TemperedCrossEntropy``).
     The history holds each metric per epoch, the learning rate and phase per epoch,
     and ``best_epoch`` (0-based) with that epoch's validation metrics.
     """
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    if monitor not in MONITORS:
+        raise ValueError(f"monitor {monitor!r}: expected one of {', '.join(MONITORS)}")
     checkpoint = keras.callbacks.ModelCheckpoint(
-        checkpoint_path, monitor="val_accuracy", mode="max", save_best_only=True
+        checkpoint_path, monitor=monitor, mode=MONITORS[monitor], save_best_only=True
     )  # one instance across both phases, so "best" spans them
     extra = [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)] if on_epoch_end else []
     data, validation = _training_dataset(*train, cfg, seed), _validation_dataset(*val, cfg.batch_size)
@@ -306,16 +336,24 @@ def train_model(
         match_batchnorm_momentum(model, -(-len(train[0]) // cfg.batch_size))
     soft = train[1].ndim == 2  # (N, C) soft targets (a distilled student) instead of (N,) labels
     weights = class_weights(train[1].argmax(axis=1) if soft else train[1], model.output_shape[-1], cfg.class_weight)
-    loss = "categorical_crossentropy" if soft else "sparse_categorical_crossentropy"
+    if temperature != 1.0 and not soft:
+        raise ValueError("temperature: only soft targets are matched at a temperature")
+    loss = (
+        (TemperedCrossEntropy(temperature) if temperature != 1.0 else "categorical_crossentropy")
+        if soft
+        else "sparse_categorical_crossentropy"
+    )
+    log_loss = keras.metrics.CategoricalCrossentropy if soft else keras.metrics.SparseCategoricalCrossentropy
+    metrics = ["accuracy", *([log_loss(name="log_loss")] if monitor == "val_log_loss" else [])]
 
     def run(optimizer: keras.optimizers.Optimizer, first: int, last: int, phase: int) -> dict:
-        model.compile(optimizer, loss, metrics=["accuracy"], jit_compile=cfg.jit_compile)
+        model.compile(optimizer, loss, metrics=metrics, jit_compile=cfg.jit_compile)
         fitted = model.fit(
             data,
             validation_data=validation,
             initial_epoch=first,
             epochs=last,
-            callbacks=[checkpoint, *_schedule(cfg), *extra],
+            callbacks=[checkpoint, *_schedule(cfg, monitor), *extra],
             class_weight=weights,
             shuffle=False,
             verbose=0,
@@ -329,7 +367,8 @@ def train_model(
         phases = [run(keras.optimizers.Adam(cfg.learning_rate), 0, cfg.epochs, 1)]
     history = {k: [float(v) for p in phases for v in p[k]] for k in phases[0]}
     history["phase"] = [int(v) for v in history["phase"]]
-    best = int(np.argmax(history["val_accuracy"]))  # first maximum, as ModelCheckpoint keeps it
+    watched = np.array(history[monitor]) * (1 if MONITORS[monitor] == "max" else -1)
+    best = int(np.argmax(watched))  # first best, as ModelCheckpoint keeps it
     history["best_epoch"] = best
     history["best"] = {k: v[best] for k, v in history.items() if isinstance(v, list) and k.startswith("val_")}
     return keras.models.load_model(checkpoint_path), history

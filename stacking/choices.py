@@ -117,6 +117,13 @@ class ServeAs(Named):
     STUDENT = "student"
 
 
+class TeachingMethod(Named):
+    """How ``stacking distill`` teaches (``stacking.training.teaching``)."""
+
+    CONSISTENT = "consistent"  # the stack answers the very augmented, blended pictures the student sees
+    FIXED = "fixed"  # one answer per image, on the plain image, while the student sees augmented ones (the old way)
+
+
 class Runtime(Named):
     """Where base models run (``stacking.runtime``)."""
 
@@ -166,6 +173,7 @@ EXECUTOR = Choice("--executor", Executor)
 ON_BAD_IMAGE = Choice("--on-bad-image", OnBadImage)
 QUANTIZE = Choice("--quantize", Quantize)
 SERVE_AS = Choice("--serve-as", ServeAs)
+TEACHING = Choice("--teaching", TeachingMethod)
 RUNTIME = Choice("--runtime", Runtime, extra=(AUTO,))
 HEAD = Choice("head", Head)
 CLASS_WEIGHT = Choice("[train] class_weight", ClassWeight)

@@ -510,7 +510,9 @@ def distill_command(
     student: Annotated[
         str,
         typer.Option(
-            "--student", help="Architecture of the student (a registered one, e.g. tiny_cnn or mobilenet_v3_small)."
+            "--student",
+            help="The student: a registered architecture as ARCH or ARCH@SIZE (from scratch, the fit's recipe), a "
+            "base model's name (its architecture, size, weights and recipe), or a TOML file with one [[model]] table.",
         ),
     ],
     unlabelled: Annotated[
@@ -524,15 +526,32 @@ def distill_command(
         Optional[Path],
         typer.Option("--data", help="The training data the bundle was fitted on (default: the folder the fit read)."),
     ] = None,
+    teaching: Annotated[
+        str,
+        typer.Option(
+            help=choices.TEACHING.help(
+                "consistent: the stack answers every augmented, blended picture the student trains on; fixed: its "
+                "one answer per plain image (the old way, for comparison)."
+            )
+        ),
+    ] = choices.TeachingMethod.CONSISTENT,
+    copies: Annotated[int, typer.Option(help="Consistent teaching: pictures per image, each answered once.")] = 8,
+    mixup: Annotated[
+        float, typer.Option(help="Consistent teaching: a blend's share drawn from Beta(a, a); 0: no blending.")
+    ] = 1.0,
+    temperature: Annotated[float, typer.Option(help="Targets and the student's answers softened alike.")] = 1.0,
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
     cache_dir: CacheDirOption = None,
 ) -> None:
     """Train one student network on the stack's honest soft targets; store it in the bundle (--serve-as student)."""
-    from stacking.training.distill import distill
+    from stacking.training.distill import Teaching, distill
 
     trust = make_trust(trust_custom_code, verify_key)
-    distill(bundle, student, unlabelled, epochs, data, trust, echo=typer.echo, cache=make_cache(cache_dir))
+    how = Teaching(teaching, copies, mixup, temperature)
+    distill(
+        bundle, student, unlabelled, epochs, data, trust, echo=typer.echo, cache=make_cache(cache_dir), teaching=how
+    )
     typer.echo(f"student stored in {bundle}; serve it with: stacking serve {bundle} --serve-as student")
 
 

@@ -234,6 +234,7 @@ class CascadeTuning(Strict):
 class CascadeEntry(Strict):
     stages: list[StageEntry]
     tolerance: float  # the cascade's OOF accuracy may be this far below the stack's
+    log_loss_tolerance: float = 0.0  # and its OOF log-loss this far above (bundles before it was a setting: 0)
     tuning: CascadeTuning
 
 
@@ -254,6 +255,19 @@ class StudentScores(Strict):
     best_base: NamedScores
 
 
+class StudentTeaching(Strict):
+    """How the student was taught (``stacking distill --teaching``), and what the teaching cost."""
+
+    method: Literal["consistent", "fixed"]
+    copies: int  # pictures per taught image (fixed: 1, the plain image)
+    mixup: float  # Beta(a, a) of a blend's share (0: none)
+    temperature: float
+    pictures: int  # the student's training examples
+    teacher_passes: int  # forward passes of one network on one view spent answering them (fixed: none, from OOF)
+    teacher_seconds: float
+    student_seconds: float  # the student's own training, beside the teacher's
+
+
 class StudentEntry(Strict):
     """A network trained on the stack's honest soft targets (``stacking distill``), served on one view."""
 
@@ -265,6 +279,7 @@ class StudentEntry(Strict):
     targets: StudentTargets  # where the soft targets came from and how many
     scores: StudentScores
     ms_per_image: float  # measured through the student's runner, one view
+    teaching: StudentTeaching | None = None  # None: distilled before teaching was recorded
 
 
 class ServingTiming(Strict):

@@ -10,8 +10,9 @@ OOF row holds, so the thresholds are tuned on answers of the very kind they will
 The thresholds (and which base model goes first) are tuned on the OOF rows only: the base
 models' OOF answers and the stack's cross-validated ones, which no model trained on. The
 choice is the least expected cost (milliseconds measured per stage) whose accuracy on
-those rows is within ``TOLERANCE`` of the stack's and whose log-loss is no worse than
-the stack's (``LOG_LOSS_TOLERANCE``); plain stacking is always a candidate,
+those rows is within a tolerance of the stack's and whose log-loss is no worse than
+the stack's plus another (``Tolerance``: the fit's ``cascade_accuracy_tolerance`` and
+``cascade_log_loss_tolerance``); plain stacking is always a candidate,
 so a cascade never costs more than the stack. The choice is cross-validated over the OOF
 rows (tuned on four fifths, scored on the fifth left out), as honest an estimate of what
 it will do on new images as the stack's own.
@@ -28,11 +29,20 @@ from stacking.meta.learners import EPS, score
 
 NEVER = 2.0  # a threshold no probability reaches: the stage is skipped
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, NEVER)
-TOLERANCE = 0.001  # accuracy the cascade may give up against the stack on the tuning rows
-# Log-loss it may add: none. Accuracy alone is blind to how sure the early answers are, and on OOF rows it often
-# ties at every threshold (measured on noisy digits: a stage at p >= 0.5 tied the stack there and lost 0.75 points
-# on test images; allowing 0.005 nats lost 0.37 points at 25% of the stack's passes, 0 lost none at 42%)
-LOG_LOSS_TOLERANCE = 0.0
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What the cascade may give up against the stack on the tuning rows.
+
+    The defaults: 0.1 point of accuracy and no log-loss. Accuracy alone is blind to how sure the early answers
+    are, and on OOF rows it often ties at every threshold (measured on noisy digits: a stage at p >= 0.5 tied the
+    stack there and lost 0.75 points on test images; allowing 0.005 nats lost 0.37 points at 25% of the stack's
+    passes, 0 lost none at 42%).
+    """
+
+    accuracy: float = 0.001
+    log_loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,7 @@ def _best(
     labels: np.ndarray,
     costs: Costs,
     rows: np.ndarray,
+    tolerance: Tolerance,
 ) -> Candidate:
     """The cheapest candidate on ``rows`` within the tolerances of the stack's accuracy and log-loss there (ties: the
     more accurate)."""
@@ -142,7 +153,8 @@ def _best(
         accuracy, loss = _accuracy_and_log_loss(outcome.probabilities, labels[rows])
         key = (float(outcome.ms.mean()), -accuracy)
         holds = (
-            accuracy >= target_accuracy - TOLERANCE - 1e-12 and loss <= target_log_loss + LOG_LOSS_TOLERANCE + 1e-12
+            accuracy >= target_accuracy - tolerance.accuracy - 1e-12
+            and loss <= target_log_loss + tolerance.log_loss + 1e-12
         ) or all(t >= NEVER for t in c.thresholds)  # the plain stack is always allowed
         if holds and (best_key is None or key < best_key):
             best, best_key = c, key
@@ -170,6 +182,7 @@ def tune_cascade(
     costs: Costs,
     folds: list[tuple[np.ndarray, np.ndarray]],
     networks: list[str] | None = None,
+    tolerance: Tolerance = Tolerance(),
 ) -> dict:
     """Stages and thresholds from (M, T, N, C) OOF served views and the stack's (N, C) cross-validated answers.
 
@@ -185,14 +198,14 @@ def tune_cascade(
     early = [[(v, stage_probabilities(per_view, m, v, policy)) for v in counts] for m in range(len(names))]
     candidates = _candidates(len(names), len(counts))
     everything = np.arange(len(labels))
-    chosen = _best(candidates, early, stack, labels, costs, everything)
+    chosen = _best(candidates, early, stack, labels, costs, everything, tolerance)
     stages = chosen.stages(names, views, networks)
     on_oof = _summary(run_candidate(chosen, early[chosen.model], stack, costs), labels, [s["name"] for s in stages])
 
     probabilities, stage_rows = stack.copy(), np.zeros(len(labels), int)
     ms, passes, picks = np.zeros(len(labels)), np.zeros(len(labels)), []
     for tuned_on, held in folds:
-        pick = _best(candidates, early, stack, labels, costs, tuned_on)
+        pick = _best(candidates, early, stack, labels, costs, tuned_on, tolerance)
         outcome = run_candidate(pick, [(v, p[held]) for v, p in early[pick.model]], stack[held], costs)
         probabilities[held], ms[held], passes[held] = outcome.probabilities, outcome.ms, outcome.views
         stage_rows[held] = outcome.stage == len(pick.stages(names, views, networks)) - 1  # 1 where the stack answered

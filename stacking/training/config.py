@@ -137,6 +137,10 @@ class FitConfig:
     # "int8": also quantize each export (static, calibrated on training images); served only where, on the model's
     # OOF rows, accuracy does not drop and log-loss rises by at most stacking.training.export.INT8_LOG_LOSS_TOLERANCE.
     quantize: Quantize = Quantize.NONE
+    # What the cascade may give up against the stack on the OOF rows it is tuned on: accuracy (0.001 = 0.1 point)
+    # and log-loss in nats. More lets cheaper stages answer more images (and get more of them wrong).
+    cascade_accuracy_tolerance: float = Field(0.001, ge=0, le=1)
+    cascade_log_loss_tolerance: float = Field(0.0, ge=0)
     tta_diagnostic_views: int = Field(10, ge=1)  # views measured for the TTA diagnostics (at most the policy's)
     tta: TTAPolicy = TTAPolicy()
     train: TrainConfig = TrainConfig()

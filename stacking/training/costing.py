@@ -38,7 +38,7 @@ from stacking.inference.predictor import Predictor
 from stacking.inference.tta import TTAPolicy
 from stacking.meta.leaderboard import stack_name
 from stacking.meta.learners import meta_cv_folds
-from stacking.training.cascade import TOLERANCE, Costs, tune_cascade
+from stacking.training.cascade import Costs, Tolerance, tune_cascade
 
 TIMING_IMAGES = 32  # images each option is timed on
 TIMING_REPEATS = 3  # timed calls after a warm-up call; the median counts
@@ -132,9 +132,12 @@ def plan_serving(bundle: Path, manifest: Manifest, timing: ServingTiming, seed: 
     costs = Costs(np.array([timing.view_ms[n] for n in names]), timing.stack_ms, stack_views)
     networks = [n if k == 1 else f"{n}/fold0" for n, k in zip(names, folds)]  # kfold: the first fold model alone
     meta_folds = meta_cv_folds(labels, oof.get("groups"), int(manifest.config.get("meta_folds", 5)), seed)
-    tuned = tune_cascade(
-        oof["views"], stack, labels, names, TTAPolicy.from_dict(manifest.tta.model_dump()), costs, meta_folds, networks
+    tolerance = Tolerance(
+        float(manifest.config.get("cascade_accuracy_tolerance", Tolerance.accuracy)),
+        float(manifest.config.get("cascade_log_loss_tolerance", Tolerance.log_loss)),
     )
+    policy = TTAPolicy.from_dict(manifest.tta.model_dump())
+    tuned = tune_cascade(oof["views"], stack, labels, names, policy, costs, meta_folds, networks, tolerance)
     tuning = CascadeTuning.model_validate({k: v for k, v in tuned.items() if k != "stages"})
     rows, where = len(labels), "OOF rows"
     scores = {r.name: r for r in manifest.meta_learner.oof_scores}
@@ -176,7 +179,8 @@ def plan_serving(bundle: Path, manifest: Manifest, timing: ServingTiming, seed: 
         options.append(student_option(student))
     cascade = CascadeEntry(
         stages=[StageEntry(**s) for s in tuned["stages"]],
-        tolerance=TOLERANCE,
+        tolerance=tolerance.accuracy,
+        log_loss_tolerance=tolerance.log_loss,
         tuning=tuning,
     )
     return ServingEntry(options=options, timing=timing, cascade=cascade, student=student)
