@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -157,3 +159,18 @@ def test_a_cascade_tolerance_out_of_range_is_refused_by_name(tmp_path):
     config.write_text("cascade_accuracy_tolerance = 2\n")
     with pytest.raises(UserError, match="cascade_accuracy_tolerance"):
         load_config(config, {})
+
+
+def test_one_bundle_and_seed_give_one_student(tiny_bundle, tmp_path):
+    """Twice, each in a fresh process where no fit has switched deterministic ops on first: the same student, to
+    the bit, as the same seed gives the same base models."""
+    weights = []
+    for name in ("a", "b"):
+        bundle = tmp_path / name
+        shutil.copytree(tiny_bundle, bundle)
+        command = ["-c", "from app.cli import run; run()", "distill", str(bundle), "--student", "tiny_cnn"]
+        subprocess.run([sys.executable, *command, "--epochs", "2", "--copies", "2"], check=True, capture_output=True)
+        model = keras.models.load_model(bundle / "student" / "model.keras", compile=False, safe_mode=True)
+        weights.append(model.get_weights())
+    for first, second in zip(*weights):
+        np.testing.assert_array_equal(first, second)

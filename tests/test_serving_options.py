@@ -326,7 +326,8 @@ def test_student_targets_come_only_from_answers_on_unseen_images(distilled, digi
 def test_fixed_teaching_answers_plain_images_with_the_cross_validated_stack(tiny_bundle, digits_dir, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    distill(bundle, "tiny_cnn", digits_dir / "test", epochs=1, echo=lambda _: None, teaching=Teaching("fixed"))
+    # The student at another size than the base models': the stack still answers the unlabelled images at theirs.
+    distill(bundle, "tiny_cnn@20", digits_dir / "test", epochs=1, echo=lambda _: None, teaching=Teaching("fixed"))
     targets = bundle_io.load_student_targets(bundle)
     oof, stack = bundle_io.load_oof(bundle), bundle_io.load_meta_oof(bundle)["chosen"]
     from_oof = targets["source"] == "oof"
@@ -398,6 +399,11 @@ def test_the_report_draws_every_option_against_its_cost(distilled, digits_dir, t
     assert names == [o.name for o in load_manifest(bundle).serving.options]
     assert {"tiny_cnn", "mini_mobilenet", "stack", "cascade", "student"} <= set(names)
     assert (bundle / "report" / "cost.png").stat().st_size > 10_000
+    t = load_manifest(bundle).serving.student.teaching
+    assert (
+        f"taught consistent on {t.pictures} pictures ({t.copies} per image); the teacher spent {t.teacher_passes} "
+        "forward passes"
+    ) in section
     assert (
         main(
             [

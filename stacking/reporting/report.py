@@ -534,6 +534,19 @@ def _cost_rows(b: _Bundle) -> tuple[list[dict], str] | None:
     return rows, 'rows no option trained on (each row\'s "scored on"), costs timed when the bundle was made'
 
 
+def _teaching(serving) -> str:
+    """How the student was taught and what teaching cost beside its own training; empty without a record."""
+    student = serving.student if serving else None
+    if student is None or student.teaching is None:
+        return ""
+    t = student.teaching
+    return (
+        f" Student: {student.architecture} at {student.image_size} px, taught {t.method} on {t.pictures} pictures "
+        f"({t.copies} per image); the teacher spent {t.teacher_passes} forward passes in {t.teacher_seconds:g} s, "
+        f"the student's own training {t.student_seconds:g} s."
+    )
+
+
 def _cost(b: _Bundle) -> str:
     """Every way to answer on one chart, accuracy and log-loss against ms per image, the front marked; the table."""
     found = _cost_rows(b)
@@ -575,7 +588,7 @@ def _cost(b: _Bundle) -> str:
             "networks per image, fold models counted. An option is on the front when none other is both as cheap "
             "and as accurate. "
             f"Serve one with <code>--serve-as</code>, or let <code>--latency-budget-ms</code> pick. Cascade stages: "
-            f"{esc(stages)}.</p>",
+            f"{esc(stages)}.{esc(_teaching(serving))}</p>",
             figure(
                 "cost.png",
                 "accuracy and log-loss against milliseconds per image",

@@ -298,6 +298,7 @@ def distill(
     from models.registry import create_model, get_spec
     from models.training import Augmentation, train_model
     from stacking.reporting.report import write_report
+    from stacking.training.jobs import set_numerics
 
     bundle = Path(bundle)
     manifest = bundle_io.load_manifest(bundle, trust)
@@ -315,9 +316,10 @@ def distill(
     oof = bundle_io.load_oof(bundle)
     labels, n_classes = oof["labels"], len(manifest.classes)
     cache = cache or PixelCache()
-    # Consistent teaching makes each picture at every base model's size too; a plain answer needs the student's.
-    sizes = sorted({size, *(b.image_size for b in manifest.base_models)}) if consistent else [size]
-    pixels = oof_pixels(manifest, oof["ids"], data, sizes, cache, echo)
+    # The stack answers at every base model's size: consistent teaching's pictures of the OOF rows, and unlabelled
+    # images either way; a fixed answer on an OOF row is read from the bundle, so only the student's size is needed.
+    every = sorted({size, *(b.image_size for b in manifest.base_models)})
+    pixels = oof_pixels(manifest, oof["ids"], data, every if consistent else [size], cache, echo)
     taught, held = _split(labels, seed)
     if manifest.protocol.name == Protocol.HOLDOUT:
         echo(
@@ -325,7 +327,7 @@ def distill(
             f"train on; the student learns from {len(taught)} of them"
             + ("" if unlabelled else " (add --unlabelled DIR to teach it on more images, labelled by the stack)")
         )
-    extra = None if unlabelled is None else _unlabelled(Path(unlabelled), manifest.classes, sizes, cache, echo)
+    extra = None if unlabelled is None else _unlabelled(Path(unlabelled), manifest.classes, every, cache, echo)
     train_cfg = member.train
     with tempfile.TemporaryDirectory(prefix="stackserve-student-") as tmp:
         if consistent:
@@ -338,6 +340,8 @@ def distill(
             lesson = _fixed_lesson(bundle, pixels.at(size), taught, extra, trust)
         if extra is not None:
             echo(f"{len(extra[0])} unlabelled images labelled by the stack added to the student's targets")
+        # As the fit trains: deterministic ops unless the fit turned them off, so one bundle and seed give one student.
+        set_numerics(bool(manifest.config.get("deterministic", True)), bool(manifest.config.get("mixed_precision")))
         keras.utils.set_random_seed(seed)
         model = create_model(
             member.architecture, n_classes, size, weights=member.start, head=member.head, dropout=member.dropout
