@@ -263,7 +263,7 @@ class StudentTeaching(Strict):
     mixup: float  # Beta(a, a) of a blend's share (0: none)
     temperature: float
     pictures: int  # the student's training examples
-    teacher_passes: int  # forward passes of one network on one view spent answering them (fixed: none, from OOF)
+    teacher_passes: int  # forward passes of one network on one view spent answering (fixed: unlabelled images only)
     teacher_seconds: float
     student_seconds: float  # the student's own training, beside the teacher's
 

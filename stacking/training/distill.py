@@ -208,19 +208,24 @@ class Lesson:
 
 
 def _fixed_lesson(bundle: Path, pixels: CachedRows, taught: np.ndarray, extra: tuple | None, trust: Trust) -> Lesson:
-    """The stack's cross-validated answer on each plain OOF image (and the served stack's on each unlabelled one)."""
+    """The stack's cross-validated answer on each plain OOF image, read from the bundle, and the served stack's on
+    each unlabelled one (the only teacher passes this way spends)."""
     from stacking.inference.predictor import Predictor
 
     oof, stack = bundle_io.load_oof(bundle), bundle_io.load_meta_oof(bundle)["chosen"]
     x, y = pixels[taught], stack[taught]  # the stack's answers from meta-folds that left each row out
     ids, sources = [str(i) for i in oof["ids"][taught]], ["oof"] * len(taught)
+    passes, seconds = 0, 0.0
     if extra is not None:
         extra_ids, extra_pixels = extra
-        answers = Predictor(bundle, trust=trust).predict(extra_pixels, serve_as=STACK).probabilities
-        x, y = CachedRows.concat([x, extra_pixels.at(pixels.size)]), np.concatenate([y, answers])
+        started = time.perf_counter()
+        answered = Predictor(bundle, trust=trust).predict(extra_pixels, serve_as=STACK)
+        passes, seconds = int(answered.cost_views.sum()), time.perf_counter() - started
+        x, y = CachedRows.concat([x, extra_pixels.at(pixels.size)]), np.concatenate([y, answered.probabilities])
         ids, sources = ids + extra_ids, sources + ["unlabelled"] * len(extra_ids)
     y = y.astype(np.float32)
-    return Lesson(x, y, {"ids": np.array(ids), "probabilities": y, "source": np.array(sources)}, 1, 0, 0.0)
+    record = {"ids": np.array(ids), "probabilities": y, "source": np.array(sources)}
+    return Lesson(x, y, record, 1, passes, seconds)
 
 
 def _consistent_lesson(
