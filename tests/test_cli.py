@@ -501,7 +501,7 @@ def test_grouped_kfold_keeps_each_group_in_one_fold(digits_dir, tmp_path, capsys
     data = grouped_csv_layout(digits_dir, tmp_path / "grouped")
     tuned_on: list[np.ndarray] = []  # the rows each cascade choice is made on
     best = cascade._best
-    monkeypatch.setattr(cascade, "_best", lambda *args: tuned_on.append(args[-1]) or best(*args))
+    monkeypatch.setattr(cascade, "_best", lambda *args: tuned_on.append(args[5]) or best(*args))  # its rows
     code, out, err = run_cli(
         [
             "fit",
