@@ -115,6 +115,10 @@ def test_fixed_teaching_stays_for_comparison(tiny_bundle, tmp_path, capsys):
     assert "--teaching 'loud': expected one of consistent, fixed" in capsys.readouterr().err
     assert main(["distill", str(bundle), "--student", "tiny_cnn", "--copies", "0"]) == 2
     assert "--copies 0" in capsys.readouterr().err
+    assert main(["distill", str(bundle), "--student", str(tmp_path / "none.toml")]) == 2
+    assert f"--student {tmp_path / 'none.toml'}: no such file" in capsys.readouterr().err
+    assert main(["distill", str(bundle), "--student", "tiny_cnn@x"]) == 2
+    assert "--student: 'tiny_cnn@x': expected ARCH or ARCH@SIZE" in capsys.readouterr().err
 
 
 def test_the_student_can_be_a_base_models_own_recipe(tiny_bundle, tmp_path):

@@ -39,7 +39,7 @@ from stacking.data.images import Pixels
 from stacking.errors import UserError
 from stacking.inference.options import STACK
 from stacking.meta.learners import score
-from stacking.training.config import ModelConfig, load_config
+from stacking.training.config import ModelConfig, load_config, parse_spec
 from stacking.training.costing import TIMING_IMAGES, median_seconds, with_student
 from stacking.training.teaching import SERVED, Teacher, build_pool, draw_plan
 
@@ -73,6 +73,8 @@ def student_member(student: str, manifest: Manifest, epochs: int | None) -> Mode
 
     names = [b.name for b in manifest.base_models]
     if student.endswith(".toml"):
+        if not Path(student).is_file():
+            raise UserError(f"--student {student}: no such file")
         models = load_config(Path(student), {}).models
         if len(models) != 1:
             raise UserError(f"--student {student}: expected one [[model]] table, found {len(models)}")
@@ -80,14 +82,10 @@ def student_member(student: str, manifest: Manifest, epochs: int | None) -> Mode
     elif student in names:
         member = TypeAdapter(ModelConfig).validate_python(manifest.config["models"][names.index(student)])
     else:
-        architecture, at, size = student.partition("@")
-        if at and not size.isdigit():
-            raise UserError(f"--student {student}: expected ARCH or ARCH@SIZE with SIZE a whole number of pixels")
         config = manifest.config
-        table = {"architecture": architecture, "name": architecture, "weights": Weights.NONE, "train": config["train"]}
-        table.update(
-            image_size=int(size) if at else config["image_size"], head=config["head"], dropout=config["dropout"]
-        )
+        table = {"image_size": config["image_size"], **parse_spec(student, "--student")}
+        table.update(name=table["architecture"], weights=Weights.NONE, train=config["train"])
+        table.update(head=config["head"], dropout=config["dropout"])
         member = TypeAdapter(ModelConfig).validate_python(table)
     if is_custom(member.architecture):
         raise UserError(

@@ -27,6 +27,7 @@ import numpy as np
 from stacking import bundle as bundle_io
 from stacking.bundle import Trust
 from stacking.bundle.manifest import Manifest
+from stacking.choices import Final, Protocol
 from stacking.data.images import Pixels
 from stacking.errors import UserError
 from stacking.inference.tta import TTAForward, TTAPolicy, View, make_views, run_tta
@@ -55,8 +56,6 @@ class Plan:
 def draw_plan(groups: np.ndarray, copies: int, flip: bool, shift: float, zoom: float, mixup: float, seed: int) -> Plan:
     """``copies`` pictures of each image (image-major), blended only within its group. ``mixup``: Beta(a, a)'s a,
     0 for no blending; ``flip``, ``shift``, ``zoom``: the training augmentation's ranges."""
-    if copies < 1:
-        raise UserError(f"--copies {copies}: must be at least 1")
     rng = np.random.default_rng(seed)
     rows = np.repeat(np.arange(len(groups)), copies)
     partners = rows.copy()
@@ -99,12 +98,12 @@ class Teacher:
     """The stack answering pictures as it serves them, one fold's models at a time (``SERVED``: all of them)."""
 
     def __init__(self, bundle: Path, manifest: Manifest, trust: Trust, runtime: str = "auto"):
-        if manifest.protocol.final_models == "refit":
+        if manifest.protocol.final_models == Final.REFIT:
             raise UserError(
                 f"{bundle}: its served models trained on every image (--final refit), so none can answer a new "
                 "picture of a training image honestly; use --teaching fixed, or fit again keeping the fold models"
             )
-        oof_folds = manifest.protocol.folds if manifest.protocol.name == "kfold" else 1
+        oof_folds = manifest.protocol.folds if manifest.protocol.name == Protocol.KFOLD else 1
         self.sizes = [b.image_size for b in manifest.base_models]
         self.models = len(self.sizes)
         if oof_folds == 1:
