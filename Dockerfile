@@ -11,7 +11,7 @@
 #   FROM stackserve:slim  /  COPY --chown=10001:0 my-bundle /bundle
 # gRPC (the Open Inference Protocol's inference.GRPCInferenceService, for tritonclient.grpc and KServe) is off
 # unless STACKSERVE_GRPC_PORT is set: -e STACKSERVE_GRPC_PORT=8001 -p 8001:8001.
-# Settings are STACKSERVE_* variables (README); threads: STACKSERVE_RUNTIME_THREADS (LiteRT),
+# Settings are STACKSERVE_* variables (the manual: docs/service.md); threads: STACKSERVE_RUNTIME_THREADS (LiteRT),
 # STACKSERVE_INTRA_OP_THREADS and STACKSERVE_INTER_OP_THREADS (TensorFlow), STACKSERVE_DECODE_THREADS.
 
 FROM debian:bookworm-slim AS source

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-container bench lint lock browser protos clean
+.PHONY: install demo test test-fast test-container bench lint lock browser protos clean docs docs-serve
 
 # Exactly the locked versions, every wheel checked against its sha256 (requirements/test.txt, made by make lock),
 # then this package itself, editable, adding nothing.
@@ -61,6 +61,14 @@ test: lint browser
 test-fast: lint
 	$(BIN)/pytest -q -m "not slow" -n auto
 
+# The manual (mkdocs.yml, docs/): built strictly into site/ (a broken link, a missing page or an undocumented
+# setting fails; tests/test_docs.py builds it in make test too), or served at http://127.0.0.1:8008 as you edit.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8008
+
 # Builds the Dockerfile with podman and runs the image's own command (needs root and apt; see the script).
 test-container: $(STAMP)
 	tests/container/build_and_run.sh
@@ -72,4 +80,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py $(if $(wildcard $(BENCH)/bundle/manifest.json),$(BENCH)/bundle,--make-bundle $(BENCH))
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache
+	rm -rf $(VENV) artifacts .pytest_cache site

@@ -91,7 +91,7 @@ def serve_command(
     trust_custom_code: TrustCodeOption = False,
     verify_key: VerifyKeyOption = None,
 ) -> None:
-    """Start the HTTP service (every setting also reads its STACKSERVE_* variable; see the README)."""
+    """Start the HTTP service (every setting also reads its STACKSERVE_* variable: the manual's service page)."""
     serve_bundle(
         bundle,
         host=host,
@@ -151,6 +151,10 @@ def demo_command(
     typer.echo(f"5/5 submission: {len(written.table)} rows in {submission}; report: {bundle / 'report' / 'index.html'}")
     if serve:
         serve_bundle(bundle, host=host, port=port, grpc_port=grpc_port)
+
+
+# The whole command line as one command object: the manual's command-line reference is generated from it.
+command = typer.main.get_command(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

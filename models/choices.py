@@ -7,8 +7,9 @@ from enum import StrEnum
 
 from pydantic import ConfigDict
 
-# Settings classes are pydantic dataclasses with this config: a misspelt key is an error naming it, never ignored.
-STRICT = ConfigDict(extra="forbid")
+# Settings classes are pydantic dataclasses with this config: a misspelt key is an error naming it, never ignored;
+# each field's docstring is its description, which the manual's configuration reference is generated from.
+STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class Named(StrEnum):

@@ -39,36 +39,57 @@ from models.registry import BACKBONE, BN_MOMENTUM, block_ids
 class Augmentation:
     """Training-time augmentation by name and strength; TTA views should stay within it."""
 
-    flip: bool = True  # horizontal flips: off for data where mirroring changes the class (digits, text)
-    shift: float = Field(0.1, ge=0, lt=1)  # translation, as a fraction of the image side
-    rotate: float = Field(0.0, ge=0, le=0.5)  # rotation, as a fraction of a full turn (0.05 = up to 18 degrees)
-    zoom: float = Field(0.1, ge=0, lt=1)  # zoom in or out by up to this fraction
-    contrast: float = Field(0.0, ge=0, le=1)  # contrast changed by up to this fraction
+    flip: bool = True
+    """Horizontal flips: off for data where mirroring changes the class (digits, text)."""
+    shift: float = Field(0.1, ge=0, lt=1)
+    """Translation, as a fraction of the image side."""
+    rotate: float = Field(0.0, ge=0, le=0.5)
+    """Rotation, as a fraction of a full turn (0.05 = up to 18 degrees)."""
+    zoom: float = Field(0.1, ge=0, lt=1)
+    """Zoom in or out by up to this fraction."""
+    contrast: float = Field(0.0, ge=0, le=1)
+    """Contrast changed by up to this fraction."""
 
 
 @dataclass(frozen=True, config=STRICT)
 class TrainConfig:
     """Optimisation settings shared by every base model of a fit."""
 
-    epochs: int = Field(30, ge=1)  # all epochs, both phases together
+    epochs: int = Field(30, ge=1)
+    """All epochs, both phases together."""
     batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)  # from scratch, or phase 1 (head on a frozen backbone)
+    """Images per training step."""
+    learning_rate: float = Field(1e-3, gt=0)
+    """From scratch, or phase 1 (head on a frozen backbone)."""
     early_stopping_patience: int = Field(6, ge=1)
-    reduce_lr_patience: int = Field(3, ge=0)  # below the early-stopping patience: the LR drops before it stops
+    """Epochs without a better validation score before training stops (the best epoch's weights are kept)."""
+    reduce_lr_patience: int = Field(3, ge=0)
+    """Epochs without a better validation score before the learning rate drops; below the early-stopping
+    patience, so it drops before training stops."""
     reduce_lr_factor: float = Field(0.3, gt=0, lt=1)
-    head_epochs: int = Field(5, ge=0)  # phase 1 of fine-tuning a pretrained backbone
-    fine_tune_blocks: int = Field(2, ge=0)  # phase 2 unfreezes this many top blocks of the backbone (0: head only)
+    """The learning rate is multiplied by this when it drops."""
+    head_epochs: int = Field(5, ge=0)
+    """Phase 1 of fine-tuning a pretrained backbone."""
+    fine_tune_blocks: int = Field(2, ge=0)
+    """Phase 2 unfreezes this many top blocks of the backbone (0: head only)."""
     fine_tune_learning_rate: float = Field(1e-4, gt=0)
-    backbone_lr_factor: float = Field(1.0, gt=0)  # phase 2 backbone rate = this x the head's (e.g. 0.1); 1: one rate
-    # phased: head, then the top fine_tune_blocks blocks; gradual: head, then one more block per phase up to
-    # fine_tune_blocks (the epochs after the head's shared between them); full: every layer from the first epoch.
+    """Phase 2's learning rate (the head's, and the backbone's unless backbone_lr_factor says otherwise)."""
+    backbone_lr_factor: float = Field(1.0, gt=0)
+    """Phase 2 backbone rate = this x the head's (e.g. 0.1); 1: one rate."""
     fine_tune_schedule: FineTuneSchedule = FineTuneSchedule.PHASED
-    freeze_batchnorm: bool = True  # unfrozen blocks keep BatchNorm frozen (inference mode, pretrained statistics)
-    # matched: momentum lowered so moving statistics forget their start within an epoch; builder: keep Keras' 0.99/0.999
+    """Phased: head, then the top fine_tune_blocks blocks; gradual: head, then one more block per phase up to
+    fine_tune_blocks (the epochs after the head's shared between them); full: every layer from the first epoch."""
+    freeze_batchnorm: bool = True
+    """Unfrozen blocks keep BatchNorm frozen (inference mode, pretrained statistics)."""
     batchnorm_momentum: BatchNormMomentum = BatchNormMomentum.MATCHED
-    class_weight: ClassWeight = ClassWeight.NONE  # "balanced" weighs each class by n / (classes x its count)
-    jit_compile: bool = False  # XLA, for GPU users; off on CPU
+    """Matched: momentum lowered so moving statistics forget their start within an epoch; builder: keep Keras'
+    0.99/0.999 (the trap: a short schedule from scratch validates at chance)."""
+    class_weight: ClassWeight = ClassWeight.NONE
+    """None, or "balanced": each class weighed by n / (classes x its count)."""
+    jit_compile: bool = False
+    """XLA, for GPU users; off on CPU."""
     augmentation: Augmentation = Augmentation()
+    """[augmentation] in the file."""
 
     def __post_init__(self) -> None:
         if self.reduce_lr_patience >= self.early_stopping_patience:

@@ -436,7 +436,7 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(help="Images decoded and predicted at a time.")] = 256,
     workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
     call_rows: Annotated[
-        int, typer.Option(help="Image-views per compiled call: one padded shape (see the README's Speed section).")
+        int, typer.Option(help="Image-views per compiled call: one padded shape (see the manual's speed page).")
     ] = 64,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run of the same command from its checkpoint.")

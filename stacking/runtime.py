@@ -1,7 +1,7 @@
 """Where a base model's forward pass runs: TensorFlow, or the model's exported LiteRT file.
 
 LiteRT (``ai-edge-litert``, XNNPACK kernels on the CPU) was chosen by measurement
-(README, "Speed"; ``benchmarks/runtimes.py``): 1.3-6.5x TensorFlow's image-views/s on
+(the manual's speed page; ``benchmarks/runtimes.py``): 1.3-6.5x TensorFlow's image-views/s on
 every architecture measured at 96 px, never behind OpenVINO, one 59 MB wheel, and no
 TensorFlow needed to run it. A runner takes float32 view rows
 (R, H, W, 3) of raw 0..255 pixels, the same rows whichever runtime (``tta.make_views``),

@@ -1,8 +1,9 @@
-"""Settings: the README's documented defaults are the code's, and overrides layer correctly."""
+"""Settings: the manual's documented defaults are the code's, and overrides layer correctly."""
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,22 +11,30 @@ import pytest
 from stacking.errors import UserError
 from stacking.training.config import FitConfig, load_config
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def documented_defaults() -> str:
-    text = README.read_text()
-    section = text[text.index("Every setting, with its default:") :]
-    return re.search(r"```toml\n(.*?)```", section, re.S).group(1)
-
-
-def test_readme_lists_every_setting_with_the_real_default(tmp_path):
+def test_the_manuals_defaults_are_the_codes(tmp_path):
+    """The configuration reference, as generated for the manual, written back as a TOML file, is the default
+    config: every key in it, each default the one the code uses, each table named as the file names it."""
+    sys.path.insert(0, str(DOCS))
+    try:
+        import hooks
+    finally:
+        sys.path.remove(str(DOCS))
+    toml = []
+    for table in hooks.fit_reference().split("### ")[1:]:
+        title, _, rows = table.partition("\n")
+        if title == "[[model]]":
+            continue  # its values default to the top level's
+        toml.append("" if title == "Top level" else title)
+        for key, default in re.findall(r"^\| `(\w+)` \| [^|]* \| `([^`]*)` \|", rows, re.M):
+            toml.append(f"{key} = {default}")
     path = tmp_path / "defaults.toml"
-    path.write_text(documented_defaults())
+    path.write_text("\n".join(toml) + "\n")
     assert load_config(path, {}) == FitConfig()
-    keys = set(re.findall(r"^(\w+) =", documented_defaults(), re.M))
-    fields = set(FitConfig.__dataclass_fields__) - {"tta", "train", "cluster"}  # tables, checked by the equality
-    assert fields <= keys
+    written = set(re.findall(r"^(\w+) =", path.read_text(), re.M))
+    assert set(FitConfig.__dataclass_fields__) - {"tta", "train", "cluster", "models"} <= written
 
 
 def test_command_line_overrides_the_file(tmp_path):

@@ -85,18 +85,26 @@ class TTAPolicy:
     """A named, ordered view list; stored in the bundle manifest so serving matches validation."""
 
     name: TTAPolicyName = TTAPolicyName.FLIP
-    views: int = Field(2, ge=0)  # the number of views used by default
-    shift: float = Field(0.06, ge=0, lt=1)  # shift views move by (random: up to) this fraction of the image side
-    zoom: float = Field(0.1, ge=0, lt=1)  # zoom views crop the centre by (random: up to) this fraction
-    seed: int = 0  # draws the random policy's views
-    allow_flip: bool = True  # random views may mirror; set from the training augmentation
-    identity_weight: float = Field(1.0, gt=0)  # the identity view's weight when merging; tuned by the fit
-    merge: TTAMerge = TTAMerge.MEAN  # mean of probabilities, or geometric (mean of log-probabilities)
-    # Adaptive TTA: run this many views first (0: off), the rest only on images whose views
-    # disagree or whose margin (top-1 minus top-2 probability) is below adaptive_margin,
-    # which the fit tunes on out-of-fold images.
+    """The policy (``policy`` in the file's [tta]): which views, in which order."""
+    views: int = Field(2, ge=0)
+    """The number of views used by default."""
+    shift: float = Field(0.06, ge=0, lt=1)
+    """Shift views move by (random: up to) this fraction of the image side."""
+    zoom: float = Field(0.1, ge=0, lt=1)
+    """Zoom views crop the centre by (random: up to) this fraction."""
+    seed: int = 0
+    """Draws the random policy's views."""
+    allow_flip: bool = True
+    """Random views may mirror; set from the training augmentation."""
+    identity_weight: float = Field(1.0, gt=0)
+    """The identity view's weight when merging; tuned by the fit."""
+    merge: TTAMerge = TTAMerge.MEAN
+    """Mean of probabilities, or geometric (mean of log-probabilities)."""
     adaptive_views: int = Field(0, ge=0)
+    """Adaptive TTA: run this many views first (0: off), the rest only on images whose views disagree or whose
+    margin (top-1 minus top-2 probability) is below adaptive_margin."""
     adaptive_margin: float = Field(0.0, ge=0)
+    """Adaptive TTA's margin; the fit tunes it on out-of-fold images."""
 
     def view_list(self, image_size: int, views: int | None = None) -> list[View]:
         """The first ``views`` (default: the policy's count) views; at least the identity."""

@@ -47,11 +47,16 @@ from stacking.inference.tta import TTAPolicy
 class ClusterConfig:
     """How a fit's jobs are run. None of it changes what a job computes, except the thread count (see jobs)."""
 
-    executor: Executor = Executor.LOCAL  # local: one after another in this process; ray: tasks on a Ray cluster
-    address: str = ""  # the Ray cluster to join ("auto", "ray://head:10001"); empty: start a local one
-    cpus_per_job: float = Field(1.0, gt=0)  # each job's Ray request; its TensorFlow threads follow it
-    gpus_per_job: float = Field(0.0, ge=0)  # 1 on GPU nodes; a fraction shares a GPU (memory growth is switched on)
-    max_retries: int = Field(2, ge=0)  # times a job is run again when its worker process dies
+    executor: Executor = Executor.LOCAL
+    """Local: one after another in this process; ray: tasks on a Ray cluster."""
+    address: str = ""
+    """The Ray cluster to join ("auto", "ray://head:10001"); empty: start a local one."""
+    cpus_per_job: float = Field(1.0, gt=0)
+    """Each job's Ray request; its TensorFlow threads follow it."""
+    gpus_per_job: float = Field(0.0, ge=0)
+    """1 on GPU nodes; a fraction shares a GPU (memory growth is switched on)."""
+    max_retries: int = Field(2, ge=0)
+    """Times a job is run again when its worker process dies."""
 
 
 DEFAULT_MODELS = ("tiny_cnn", "small_resnet", "mini_mobilenet")
@@ -79,13 +84,20 @@ def base_name(architecture: str) -> str:
 class ModelConfig:
     """One base model (a ``[[model]]`` table), every setting resolved against the top-level defaults."""
 
-    architecture: str  # a registered architecture, or "pkg.module:function"
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")]  # unique in the bundle: folder, column
+    architecture: str
+    """Required: a registered architecture, or "pkg.module:function" for your own."""
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")]
+    """Unique in the bundle, its folder and column names (default: the architecture)."""
     image_size: Annotated[int, Field(ge=1)]
-    weights: WeightsSource  # "imagenet", "none", or a weights file of the backbone without its top
+    """Its input side (default: the top-level image_size)."""
+    weights: WeightsSource
+    """"imagenet", "none", or a weights file of the backbone without its top (default: the top-level weights)."""
     head: Head
+    """Its head (default: the top-level head)."""
     dropout: Annotated[float, Field(ge=0, lt=1)]
+    """Its dropout (default: the top-level dropout)."""
     train: TrainConfig
+    """Its recipe: [model.train] and [model.augmentation] over the top-level [train] and [augmentation]."""
 
     @property
     def start(self) -> str | None:
@@ -109,45 +121,73 @@ def default_members() -> tuple[ModelConfig, ...]:
 
 @dataclass(frozen=True, config=STRICT)
 class FitConfig:
+    """Everything ``stacking fit`` does: the top level of the TOML file, its tables, and the command line."""
+
     protocol: Protocol = Protocol.HOLDOUT
+    """How out-of-fold rows are made: holdout (one held-out part) or kfold (every image out of fold once)."""
     folds: int = Field(5, ge=2)
+    """K of kfold."""
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    """Holdout: the part of the images held out for the meta-learner's rows."""
     validation_fraction: float = Field(0.1, gt=0, lt=1)
-    # A column of DIR/train.csv (or DIR/groups.csv: Id,<column>) whose images stay on one side of every split.
+    """The part of each fit's training images kept aside for early stopping and the best epoch."""
     group_column: str = ""
-    final: Final = Final.FOLD_AVERAGE  # kfold's served models: the K fold models (stacked per fold, averaged), or refit
-    meta: Literal[META.allowed] = AUTO  # auto: the candidate cross-validation ranks first (a stack must win)
-    meta_criterion: MetaCriterion = MetaCriterion.LOG_LOSS  # how candidates are ranked: log_loss (lower), accuracy
-    meta_folds: int = Field(5, ge=2)  # cross-validation folds over the OOF rows that rank the candidates
-    tta_features: bool = False  # also give the meta-learner each model's TTA entropy and view disagreement
-    calibration: Calibration = Calibration.NONE  # temperature: scale the chosen output, fitted on OOF rows only
-    image_size: int = Field(32, ge=1)  # the default input side of every base model
-    # The default starting weights of keras.applications families: ImageNet's (downloaded once to ~/.keras/models),
-    # "none" (from scratch), or a weights file of the backbone without its top. Built-in architectures have none.
+    """A column of DIR/train.csv (or DIR/groups.csv: Id,<column>) whose images stay on one side of every split."""
+    final: Final = Final.FOLD_AVERAGE
+    """Kfold's served models: the K fold models (stacked per fold, averaged), or refit on every image."""
+    meta: Literal[META.allowed] = AUTO
+    """The meta-learner; auto: the candidate cross-validation ranks first (a stack must beat the best model)."""
+    meta_criterion: MetaCriterion = MetaCriterion.LOG_LOSS
+    """How candidates are ranked: log_loss (lower), accuracy."""
+    meta_folds: int = Field(5, ge=2)
+    """Cross-validation folds over the OOF rows that rank the candidates."""
+    tta_features: bool = False
+    """Also give the meta-learner each model's TTA entropy and view disagreement."""
+    calibration: Calibration = Calibration.NONE
+    """Temperature: scale the chosen output, fitted on OOF rows only."""
+    image_size: int = Field(32, ge=1)
+    """The default input side of every base model."""
     weights: WeightsSource = Weights.IMAGENET
+    """The default starting weights of keras.applications families: ImageNet's (downloaded once to
+    ~/.keras/models), "none" (from scratch), or a weights file of the backbone without its top. Built-in
+    architectures have none."""
     seed: int = 0
+    """Splits, initial weights, augmentation and shuffling: the same seed gives the same bundle."""
     on_bad_image: OnBadImage = OnBadImage.ERROR
-    head: Head = Head.GAP  # gap: pool, dropout, softmax; gap-dense adds a hidden dense + BatchNorm layer
+    """An unreadable image: error stops the run naming it; skip leaves it out and lists it."""
+    head: Head = Head.GAP
+    """The default head; gap: pool, dropout, softmax; gap-dense adds a hidden dense + BatchNorm layer."""
     dropout: float = Field(0.2, ge=0, lt=1)
-    deterministic: bool = True  # deterministic TensorFlow ops: the same seed gives the same weights
-    mixed_precision: bool = False  # float16 compute, for GPU users; off on CPU
-    # Where the base models are served and their OOF rows computed: "auto" exports each to LiteRT and serves it
-    # there unless TensorFlow is faster; "litert" fails the fit if a model cannot be exported; "tf" exports nothing.
+    """The default dropout before each head's softmax."""
+    deterministic: bool = True
+    """Deterministic TensorFlow ops: the same seed gives the same weights."""
+    mixed_precision: bool = False
+    """Float16 compute, for GPU users; off on CPU."""
     runtime: Literal[RUNTIME.allowed] = AUTO
-    # "int8": also quantize each export (static, calibrated on training images); served only where, on the model's
-    # OOF rows, accuracy does not drop and log-loss rises by at most stacking.training.export.INT8_LOG_LOSS_TOLERANCE.
+    """Where the base models are served and their OOF rows computed: "auto" exports each to LiteRT and serves it
+    there unless TensorFlow is faster; "litert" fails the fit if a model cannot be exported; "tf" exports
+    nothing."""
     quantize: Quantize = Quantize.NONE
-    # What the cascade may give up against the stack on the OOF rows it is tuned on: accuracy (0.001 = 0.1 point)
-    # and log-loss in nats. More lets cheaper stages answer more images (and get more of them wrong).
+    """"int8": also quantize each export (static, calibrated on training images); served only where, on the
+    model's OOF rows, accuracy does not drop and log-loss rises by at most
+    stacking.training.export.INT8_LOG_LOSS_TOLERANCE."""
     cascade_accuracy_tolerance: float = Field(0.001, ge=0, le=1)
+    """The accuracy the cascade may give up against the stack on the OOF rows it is tuned on (0.001 = 0.1 point):
+    more lets cheaper stages answer more images (and get more of them wrong)."""
     cascade_log_loss_tolerance: float = Field(0.0, ge=0)
-    tta_diagnostic_views: int = Field(10, ge=1)  # views measured for the TTA diagnostics (at most the policy's)
+    """The log-loss, in nats, the cascade may give up against the stack on those rows."""
+    tta_diagnostic_views: int = Field(10, ge=1)
+    """Views measured for the TTA diagnostics (at most the policy's)."""
     tta: TTAPolicy = TTAPolicy()
+    """The views each image is answered from: [tta] in the file."""
     train: TrainConfig = TrainConfig()
-    cluster: ClusterConfig = ClusterConfig()  # where the jobs run: [cluster] in the file
-    # The base models, resolved: [[model]] tables, or models = ["ARCH[@SIZE]", ...] (--models) with the defaults.
-    # Last, so a top-level setting's error is named before the tables that inherit it.
+    """The default training recipe of every base model: [train] in the file."""
+    cluster: ClusterConfig = ClusterConfig()
+    """Where the jobs run: [cluster] in the file."""
     models: tuple[ModelConfig, ...] = Field(default_factory=default_members, min_length=1)
+    """The base models: [[model]] tables, or models = ["ARCH[@SIZE]", ...] (--models) with the defaults
+    (default: the three built-in architectures). Last, so a top-level setting's error is named before the tables
+    that inherit it."""
 
     @property
     def sizes(self) -> list[int]:
@@ -161,8 +201,6 @@ class FitConfig:
 
 # Command-line options stored under another name than their own: the option's key, where it goes, its flag. Every
 # other option is its top-level key, its flag that key dashed.
-# Command-line options stored under another name than their own: the option's key, where it goes, its flag. Every
-# other option is its top-level key, its flag that key dashed.
 NESTED_OPTIONS = {
     "tta_views": (("tta", "views"), "--tta"),
     "tta_policy": (("tta", "name"), "--tta-policy"),
@@ -173,6 +211,8 @@ NESTED_OPTIONS = {
 FLAGS = dict(NESTED_OPTIONS.values())
 # Where a nested setting sits in the TOML file, where that differs from the model.
 TOML_NAMES = {("tta", "name"): "[tta] policy", ("train", "augmentation"): "[augmentation]"}
+# Settings the fit derives from another, never a key of the file: where each comes from.
+DERIVED = {("tta", "allow_flip"): "[augmentation] flip"}
 # Top-level settings that are the defaults of every [[model]] table.
 MEMBER_DEFAULTS = ("image_size", "weights", "head", "dropout")
 
@@ -302,8 +342,9 @@ def _nest(
     each base model as the user named it."""
     values = dict(raw)
     tta = dict(values.pop("tta", {}))
-    if "allow_flip" in tta:
-        raise UserError("[tta] allow_flip follows [augmentation] flip; set that instead")
+    for (_, key), source in DERIVED.items():
+        if key in tta:
+            raise UserError(f"[tta] {key} follows {source}; set that instead")
     if "name" in tta:  # the policy's field in the model, not a key of the file
         raise UserError(f"{where} [tta]: unknown setting(s) ['name']; known: {', '.join(_known(('tta',)))}")
     if "policy" in tta:
@@ -359,7 +400,7 @@ def _known(table: tuple[str, ...]) -> list[str]:
         ("cluster",): ClusterConfig,
         ("models",): ModelConfig,
     }[table]
-    nested = {"tta", "train", "cluster", "augmentation", "allow_flip", "models"}
+    nested = {"tta", "train", "cluster", "augmentation", "models", *(key for _, key in DERIVED)}
     known = ["policy" if f.name == "name" and cls is TTAPolicy else f.name for f in dataclasses.fields(cls)]
     tables = {FitConfig: ["model"], ModelConfig: ["train", "augmentation"]}.get(cls, [])
     return [k for k in known if k not in nested] + tables
