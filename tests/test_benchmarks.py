@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.benchmarking import run_benchmark
+
 pytestmark = pytest.mark.slow  # fits, servers or Ray: left out by make test-fast
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_benchmark(name: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
-    """``python benchmarks/NAME.py ARGS`` from the checkout, as a user runs it; it must succeed."""
-    done = subprocess.run(
-        [sys.executable, f"benchmarks/{name}.py", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 def test_throughput_harness_measures_every_path(tiny_bundle, digits_dir, tmp_path):
@@ -127,55 +111,3 @@ def test_load_harness_drives_the_service_through_triton_clients(tiny_bundle, dig
         assert set(levels) == {"1", "4"}
         assert all(r["images_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] for r in levels.values())
     assert "tritonclient grpc" in done.stdout and "/ bare" in done.stdout
-
-
-def test_heterogeneous_harness_compares_stacks_on_an_untouched_test_split(tmp_path):
-    out = tmp_path / "heterogeneous.json"
-    done = run_benchmark(
-        "heterogeneous",
-        "--workdir",
-        str(tmp_path / "work"),
-        "--epochs",
-        "1",
-        "--stacks",
-        "heterogeneous",
-        "--json",
-        str(out),
-        timeout=900,
-    )
-    (result,) = json.loads(out.read_text())
-    assert result["sizes"] == {"tiny_cnn": 16, "small_resnet": 32, "mini_mobilenet": 40}
-    assert result["test_images"] == 1079 and result["images_per_second"] > 0 and 0 < result["oof_correlation"] <= 1
-    gain = result["gain_over_best"]
-    assert gain["ci_low"] <= gain["difference"] <= gain["ci_high"]
-    assert "| heterogeneous | tiny_cnn@16: " in done.stdout
-
-
-def test_transfer_benchmark_pretrains_saves_a_backbone_and_studies_every_strategy(tmp_path):
-    """Tiny: 4 letters a class for one epoch, 10 digits a class, two strategies; the weights file and the table."""
-    out = tmp_path / "transfer.json"
-    done = run_benchmark(
-        "transfer",
-        "--workdir",
-        tmp_path,
-        "--source-per-class",
-        "4",
-        "--source-epochs",
-        "1",
-        "--per-class",
-        "10",
-        "--epochs",
-        "1",
-        "--strategies",
-        "scratch,phased",
-        "--json",
-        out,
-        timeout=900,
-    )
-    r = json.loads(out.read_text())
-    assert r["source"]["classes"] == 26 and r["source"]["images"] == 104 and r["source"]["fonts"] >= 1
-    assert (tmp_path / "letters.weights.h5").stat().st_size > 0
-    rows = {row["strategy"]: row for row in r["studies"]["10"]["rows"]}
-    assert set(rows) == {"scratch", "phased"}
-    assert all(0 <= row["ci_low"] <= row["accuracy"] <= row["ci_high"] <= 1 for row in rows.values())
-    assert "| phased |" in done.stdout and "10/class: best pretrained" in done.stdout
