@@ -153,10 +153,6 @@ def demo_command(
         serve_bundle(bundle, host=host, port=port, grpc_port=grpc_port)
 
 
-# The whole command line as one command object: the manual's command-line reference is generated from it.
-command = typer.main.get_command(cli)
-
-
 def main(argv: list[str] | None = None) -> int:
     return stacking_main(argv, cli)
 

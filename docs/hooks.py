@@ -19,11 +19,18 @@ from typing import Any
 from mkdocs.exceptions import PluginError
 
 
+def _command():
+    """The whole command line (``serve`` and ``demo`` included) as Typer builds it to run it."""
+    import typer
+
+    from app.cli import cli
+
+    return typer.main.get_command(cli)
+
+
 def _fit_flags() -> set[str]:
     """The options ``stacking fit`` takes, as the command line itself declares them."""
-    from app.cli import command
-
-    fit = command.commands["fit"]
+    fit = _command().commands["fit"]
     return {name for param in fit.params for name in param.opts if name.startswith("--")}
 
 
@@ -115,8 +122,11 @@ def fit_reference() -> str:
     for title, (path, props) in tables.items():
         nested_tables = {n for n, p in props.items() if "properties" in _resolve(schema, p)}
         shown = {n: p for n, p in props.items() if n not in nested_tables and (*path, n) not in DERIVED}
-        renamed = {TOML_NAMES.get((*path, n), n).split(" ")[-1]: p for n, p in shown.items()}
-        rows = _settings_rows(schema, renamed, flags_of(path, shown))
+        flags = flags_of(path, shown)
+        in_file = {n: TOML_NAMES.get((*path, n), n).split(" ")[-1] for n in shown}  # [tta] name is policy
+        rows = _settings_rows(
+            schema, {in_file[n]: p for n, p in shown.items()}, {in_file[n]: f for n, f in flags.items()}
+        )
         parts.append(f"### {title or 'Top level'}\n\n" + _table(rows, head))
     return "\n\n".join(parts)
 
@@ -157,8 +167,7 @@ def cli_reference() -> str:
     import typer
     from typer.cli import get_docs_for_click
 
-    from app.cli import command
-
+    command = _command()
     return get_docs_for_click(obj=command, ctx=typer.Context(command), name="stacking", indent=1)
 
 

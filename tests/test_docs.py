@@ -73,7 +73,8 @@ def test_the_manual_builds_strictly_with_every_setting_and_command_and_the_readm
         assert f"<code>{name}</code>" in configuration, name
     for table in ("[tta]", "[train]", "[augmentation]", "[cluster]", "[[model]]"):
         assert f">{table}<" in configuration, table
-    assert "<code>policy</code>" in configuration  # [tta] policy, as the file spells it
+    # [tta] policy, as the file spells it, with its flag
+    assert re.search(r"<code>policy</code></td>\s*<td><code>--tta-policy</code>", configuration)
     service = (tmp_path / "site" / "service" / "index.html").read_text()
     from app.settings import Settings
 
@@ -83,9 +84,11 @@ def test_the_manual_builds_strictly_with_every_setting_and_command_and_the_readm
         html = (tmp_path / "site" / ("" if page == "index" else page) / "index.html").read_text()  # the page exists
         assert not anchor or f'id="{anchor}"' in html, f"README links to docs/{page}.md#{anchor}: no such part"
     cli = (tmp_path / "site" / "cli" / "index.html").read_text()
-    from app.cli import command
+    import typer
 
-    for name, sub in command.commands.items():
+    from app.cli import cli as app
+
+    for name, sub in typer.main.get_command(app).commands.items():
         assert f"stacking {name}" in cli, name
         for param in sub.params:
             assert all(opt in cli for opt in param.opts if opt.startswith("--")), (name, param.opts)
